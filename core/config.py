@@ -1,0 +1,253 @@
+"""Typed run configuration: one YAML file, validated at the boundary.
+
+Every stage (CLI, KFP component, test) receives a :class:`Config`. Inside a KFP
+pipeline the config travels as JSON (``Config.model_dump_json``) in one string
+parameter, so the pipeline and the trainer can never disagree about a setting.
+
+Errors name the offending field as a dotted path (``train.n_epochs``) and the
+file it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric"]
+
+#: Separator used by multi-categorical features ("Action|Comedy").
+MULTI_VALUE_SEPARATOR = "|"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FeatureSpec(_Strict):
+    """One declared feature column and how the towers should encode it."""
+
+    name: str = Field(min_length=1)
+    type: FeatureType
+
+
+class SchemaConfig(_Strict):
+    """Which columns exist and which tower consumes them.
+
+    ``query_key`` is the interactions column identifying the query side: ``user_id``
+    (recommendation) or ``query`` (search). Query features other than the key are
+    looked up in ``users.*`` by ``user_id``. Item features come from ``items.*``;
+    ``item_id`` is always the item key and is embedded only when
+    ``train.use_item_ids_as_features`` is true.
+    """
+
+    query_key: str = "user_id"
+    query_features: list[FeatureSpec]
+    item_features: list[FeatureSpec]
+    display_fields: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SchemaConfig":
+        names = [f.name for f in self.query_features]
+        if self.query_key not in names:
+            raise ValueError(f"query_key {self.query_key!r} must also be declared in query_features")
+        for side, feats in (("query_features", self.query_features), ("item_features", self.item_features)):
+            seen: set[str] = set()
+            for f in feats:
+                if f.name in seen:
+                    raise ValueError(f"{side}: feature {f.name!r} declared twice")
+                seen.add(f.name)
+        clash = set(names) & {f.name for f in self.item_features}
+        if clash:
+            raise ValueError(f"feature names must be unique across towers; both declare {sorted(clash)}")
+        if any(f.name == "item_id" for f in self.item_features):
+            raise ValueError("item_features: do not declare item_id; it is the item key "
+                             "(see train.use_item_ids_as_features)")
+        return self
+
+    @property
+    def user_features(self) -> list[FeatureSpec]:
+        """Query features that live in users.* (everything but the key)."""
+        return [f for f in self.query_features if f.name != self.query_key]
+
+
+class DataConfig(_Strict):
+    path: str = Field(min_length=1, description="dataset folder or gs:// prefix")
+    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    min_rating: Optional[float] = Field(None, description="ratings below this are not positives")
+
+
+class TransformConfig(_Strict):
+    runner: str = Field("direct", description="'direct' = in-process Beam; else a Beam runner name")
+    direct_num_workers: int = Field(1, ge=1)
+    pipeline_options: dict[str, Any] = Field(default_factory=dict)
+    split: Literal["auto", "leave_last_out", "hashed"] = "auto"
+    valid_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    max_vocab_size: int = Field(100_000, ge=1)
+    vocab_min_count: int = Field(1, ge=1)
+    text_max_tokens: int = Field(24, ge=1)
+    seed: int = 0
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(256, ge=2)
+    n_epochs: int = Field(10, ge=1)
+    lr: float = Field(0.01, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    patience: int = Field(2, ge=0)
+    embedding_dims: int = Field(64, ge=2)
+    feature_dims: int = Field(32, ge=2, description="width of each feature's own embedding")
+    hidden_dims: list[int] = Field(default_factory=lambda: [128])
+    activation_fn: Literal["relu", "gelu", "tanh", "swish", "elu"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    optimizer: Literal["adam", "adamw", "adagrad"] = "adam"
+    temperature: float = Field(0.05, gt=0.0)
+    negative_samples_count: int = Field(0, ge=0)
+    use_item_ids_as_features: bool = True
+    text_hash_buckets: int = Field(0, ge=0, description="extra hashed word-bigram buckets (0 = off)")
+    num_workers: int = Field(1, ge=1, description="tf.data parallelism")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    seed: int = 0
+    max_eval_queries: int = Field(2000, ge=1, description="validation queries for early stopping")
+
+
+class EvaluateConfig(_Strict):
+    ks: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    ndcg_k: int = 10
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("ks must be a non-empty list of positive ints")
+        return sorted(set(v))
+
+
+class IndexConfig(_Strict):
+    brute_force_below: int = Field(20_000, ge=0, description="exact search for catalogs smaller than this")
+    num_leaves: Optional[int] = Field(None, ge=1, description="None = sqrt(n) rounded")
+    num_leaves_to_search: Optional[int] = Field(None, ge=1)
+    reorder_k: int = Field(100, ge=1)
+    training_sample_size: int = Field(100_000, ge=1000)
+    eval_queries: int = Field(500, ge=1)
+
+
+class GateConfig(_Strict):
+    min_recall_at_10: float = Field(0.0, ge=0.0, le=1.0)
+    must_beat_popularity: bool = True
+
+
+class PublishConfig(_Strict):
+    store: str = Field(min_length=1, description="store folder or gs:// prefix")
+    keep_versions: int = Field(5, ge=1)
+
+
+class PipelineConfig(_Strict):
+    name: str = "twotower"
+    image: str = Field("twotower:0.1.0", min_length=1, description="component image for cluster runs")
+    runs_dir: str = Field("runs", description="local run folders (summary.json, KFP outputs)")
+
+
+class Config(_Strict):
+    data: DataConfig
+    schema_: SchemaConfig = Field(alias="schema")
+    transform: TransformConfig = Field(default_factory=TransformConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    publish: PublishConfig
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    @property
+    def schema(self) -> SchemaConfig:  # type: ignore[override]
+        return self.schema_
+
+    def to_json(self) -> str:
+        """Serialise for a KFP string parameter (round-trips through :func:`config_from_json`)."""
+        return self.model_dump_json(by_alias=True)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with dotted-key overrides applied and re-validated."""
+        raw = json.loads(self.to_json())
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value)
+        return _validate(raw, source="overrides")
+
+
+def config_from_json(text: str) -> Config:
+    return _validate(json.loads(text), source="config JSON")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config and apply ``key=value`` overrides (values parsed as YAML).
+
+    Raises:
+        ConfigError: naming the file and the dotted field that is wrong.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return _validate(raw, source=str(path))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=0.1"`` -> ``("train.lr", 0.1)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _validate(raw: dict, source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{loc}: {msg}")
+        raise ConfigError(f"{source}: invalid config: " + "; ".join(problems)) from None

@@ -1,0 +1,79 @@
+"""The TFRecord contract between the Beam transform and the trainer / embedder.
+
+Every feature is a scalar per example, so one schema serves TFRecords, SavedModel
+signatures and JSON requests alike:
+
+- id, categorical, text, multi_categorical -> one UTF-8 string
+  (text already normalised by :func:`core.text.normalize_text`; multi-categorical
+  values joined with ``|``);
+- numeric -> one float32 (missing values already filled by the transform).
+
+Interaction examples carry the query features, ``item_id`` and the item features.
+Catalog examples (items-*.tfrecord) carry ``item_id`` and the item features.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from core.config import FeatureSpec, SchemaConfig
+
+ITEM_KEY = "item_id"
+
+
+def is_numeric(spec: FeatureSpec) -> bool:
+    return spec.type == "numeric"
+
+
+def interaction_specs(schema: SchemaConfig) -> list[FeatureSpec]:
+    """Feature specs of one interaction example, query side first, then item_id, then item side."""
+    return [*schema.query_features, FeatureSpec(name=ITEM_KEY, type="id"), *schema.item_features]
+
+
+def item_specs(schema: SchemaConfig) -> list[FeatureSpec]:
+    """Feature specs of one catalog example: item_id then the item features."""
+    return [FeatureSpec(name=ITEM_KEY, type="id"), *schema.item_features]
+
+
+def encode_example(values: Mapping[str, object], specs: Iterable[FeatureSpec]) -> bytes:
+    """Serialise one row (already cleaned) to a tf.train.Example.
+
+    Raises:
+        KeyError: a declared feature is missing from ``values``.
+    """
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    feats = {}
+    for spec in specs:
+        value = values[spec.name]
+        if is_numeric(spec):
+            feats[spec.name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(value)]))
+        else:
+            feats[spec.name] = feature_pb2.Feature(
+                bytes_list=feature_pb2.BytesList(value=[str(value).encode("utf-8")]))
+    return example_pb2.Example(features=feature_pb2.Features(feature=feats)).SerializeToString()
+
+
+def decode_example(data: bytes, specs: Iterable[FeatureSpec]) -> dict[str, object]:
+    """Inverse of :func:`encode_example` (pure Python; for tests and small reads)."""
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example.FromString(data)
+    out: dict[str, object] = {}
+    for spec in specs:
+        feat = example.features.feature[spec.name]
+        if is_numeric(spec):
+            out[spec.name] = float(feat.float_list.value[0])
+        else:
+            out[spec.name] = feat.bytes_list.value[0].decode("utf-8")
+    return out
+
+
+def tf_feature_description(specs: Iterable[FeatureSpec]) -> dict:
+    """``tf.io.parse_example`` spec: scalar string or float32 per feature."""
+    import tensorflow as tf
+
+    return {
+        spec.name: tf.io.FixedLenFeature([], tf.float32 if is_numeric(spec) else tf.string)
+        for spec in specs
+    }

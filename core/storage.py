@@ -1,0 +1,256 @@
+"""One storage interface for local folders and gs:// prefixes.
+
+Every stage reads and writes through these functions so a local run and a cluster
+run take the same code path. Paths are plain strings: ``/abs/dir/file``,
+``relative/dir`` or ``gs://bucket/prefix/file``.
+
+GCS goes through the real google-cloud-storage client (which honours
+``STORAGE_EMULATOR_HOST`` for tests). Writes of single objects are atomic on both
+backends: locally a temp file in the same folder plus ``os.replace``; on GCS an
+object upload is atomic by nature. :func:`write_bytes_if_generation` is the
+compare-and-swap primitive the version store uses for its CURRENT pointer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+GCS_SCHEME = "gs://"
+
+
+class PreconditionFailed(RuntimeError):
+    """A compare-and-swap lost: the object changed since it was read."""
+
+
+def is_gcs(path: str) -> bool:
+    return str(path).startswith(GCS_SCHEME)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with '/', for local and gs:// alike."""
+    base = str(base)
+    if is_gcs(base):
+        out = base.rstrip("/")
+        for part in parts:
+            out = f"{out}/{str(part).strip('/')}"
+        return out
+    return str(Path(base, *parts))
+
+
+def _split_gcs(path: str) -> tuple[str, str]:
+    rest = path[len(GCS_SCHEME):]
+    bucket, _, blob = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"invalid gs:// path (no bucket): {path!r}")
+    return bucket, blob
+
+
+_client = None
+
+
+def gcs_client():
+    """A process-wide google.cloud.storage Client (created on first use, never at import)."""
+    global _client
+    if _client is None:
+        from google.cloud import storage
+
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            from google.auth.credentials import AnonymousCredentials
+
+            _client = storage.Client(project="twotower-test", credentials=AnonymousCredentials())
+        else:
+            _client = storage.Client()
+    return _client
+
+
+def reset_gcs_client() -> None:
+    """Forget the cached client (tests that start a new emulator call this)."""
+    global _client
+    _client = None
+
+
+def _blob(path: str):
+    bucket, name = _split_gcs(path)
+    return gcs_client().bucket(bucket).blob(name)
+
+
+def exists(path: str) -> bool:
+    if is_gcs(path):
+        bucket, name = _split_gcs(path)
+        if _blob(path).exists():
+            return True
+        # A "folder" exists when any object lives under it.
+        prefix = name.rstrip("/") + "/"
+        return any(True for _ in gcs_client().list_blobs(bucket, prefix=prefix, max_results=1))
+    return os.path.exists(path)
+
+
+def read_bytes(path: str) -> bytes:
+    if is_gcs(path):
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return _blob(path).download_as_bytes()
+        except NotFound:
+            raise FileNotFoundError(path) from None
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole object atomically: readers see the old or the new content, never half."""
+    if is_gcs(path):
+        _blob(path).upload_from_string(data)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def generation(path: str) -> Optional[int]:
+    """The object's current generation (GCS) or a content-derived stand-in (local); None if absent."""
+    if is_gcs(path):
+        blob = _blob(path)
+        try:
+            blob.reload()
+        except Exception as exc:  # NotFound
+            from google.api_core.exceptions import NotFound
+
+            if isinstance(exc, NotFound):
+                return None
+            raise
+        return int(blob.generation)
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes_if_generation(path: str, data: bytes, expected: Optional[int]) -> None:
+    """Compare-and-swap: write only if the object is still at ``expected`` (None = must not exist).
+
+    Raises:
+        PreconditionFailed: someone else wrote the object first; nothing was changed.
+    """
+    if is_gcs(path):
+        from google.api_core.exceptions import PreconditionFailed as GcsPreconditionFailed
+
+        try:
+            _blob(path).upload_from_string(data, if_generation_match=0 if expected is None else expected)
+        except GcsPreconditionFailed as exc:
+            raise PreconditionFailed(f"{path}: changed since generation {expected}") from exc
+        return
+    # Local: serialise publishers with an exclusive lock file, then check and replace.
+    lock = path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise PreconditionFailed(f"{path}: another writer holds {lock}") from None
+    try:
+        if generation(path) != expected:
+            raise PreconditionFailed(f"{path}: changed since generation {expected}")
+        write_bytes(path, data)
+    finally:
+        os.close(fd)
+        os.unlink(lock)
+
+
+def list_files(prefix: str) -> list[str]:
+    """Every file below a folder/prefix, as full paths, sorted."""
+    if is_gcs(prefix):
+        bucket, name = _split_gcs(prefix)
+        name = name.rstrip("/") + "/" if name else ""
+        return sorted(f"{GCS_SCHEME}{bucket}/{b.name}" for b in gcs_client().list_blobs(bucket, prefix=name)
+                      if not b.name.endswith("/"))
+    out = []
+    for root, _, files in os.walk(prefix):
+        out.extend(os.path.join(root, f) for f in files)
+    return sorted(out)
+
+
+def list_children(prefix: str) -> list[str]:
+    """Names of the immediate children (files and folders) of a folder/prefix."""
+    if is_gcs(prefix):
+        bucket, name = _split_gcs(prefix)
+        name = name.rstrip("/") + "/" if name else ""
+        it = gcs_client().list_blobs(bucket, prefix=name, delimiter="/")
+        files = [b.name[len(name):] for b in it]
+        dirs = [p[len(name):].rstrip("/") for p in it.prefixes]
+        return sorted(set(f for f in files if f) | set(dirs))
+    if not os.path.isdir(prefix):
+        return []
+    return sorted(os.listdir(prefix))
+
+
+def delete_tree(prefix: str) -> None:
+    if is_gcs(prefix):
+        for path in list_files(prefix):
+            _blob(path).delete()
+        return
+    shutil.rmtree(prefix, ignore_errors=False)
+
+
+def upload_tree(local_dir: str, dest: str) -> list[str]:
+    """Copy a local folder to ``dest`` (local or gs://); returns the relative paths copied."""
+    rels = []
+    for path in list_files(local_dir):
+        rel = os.path.relpath(path, local_dir).replace(os.sep, "/")
+        target = join(dest, rel)
+        if is_gcs(dest):
+            _blob(target).upload_from_filename(path)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(path, target)
+        rels.append(rel)
+    return rels
+
+
+def download_tree(src: str, local_dir: str) -> str:
+    """Make ``src`` available as a local folder (a no-op copy-free path when already local)."""
+    if not is_gcs(src):
+        return src
+    for path in list_files(src):
+        rel = path[len(src.rstrip("/")) + 1:]
+        target = os.path.join(local_dir, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _blob(path).download_to_filename(target)
+    return local_dir
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a local file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def iter_lines(path: str) -> Iterator[str]:
+    for line in read_text(path).splitlines():
+        if line.strip():
+            yield line

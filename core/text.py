@@ -1,0 +1,41 @@
+"""Text normalisation shared by the Beam transform (Python) and the towers (TensorFlow).
+
+Both implementations must agree exactly; ``tests/unit/test_text.py`` checks parity.
+The rule: lower-case, every run of characters outside [a-z0-9] becomes one space,
+trim. "Nike Air-Max 90!" -> "nike air max 90".
+"""
+
+from __future__ import annotations
+
+import re
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+#: The same rule as a RE2 pattern for tf.strings.regex_replace.
+TF_NON_ALNUM_PATTERN = r"[^a-z0-9]+"
+
+
+def normalize_text(value: object) -> str:
+    """Normalise one raw text value (None and NaN become "")."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value != value:  # NaN from pandas
+        return ""
+    return _NON_ALNUM.sub(" ", str(value).lower()).strip()
+
+
+def tokenize(value: object, max_tokens: int | None = None) -> list[str]:
+    """Whitespace tokens of the normalised text, at most ``max_tokens``."""
+    tokens = normalize_text(value).split()
+    return tokens if max_tokens is None else tokens[:max_tokens]
+
+
+def tf_normalize_text(strings):
+    """TensorFlow twin of :func:`normalize_text` for a string tensor of any shape.
+
+    Imports TensorFlow lazily so the Beam workers and CLI stay light.
+    """
+    import tensorflow as tf
+
+    lowered = tf.strings.lower(strings, encoding="utf-8")
+    spaced = tf.strings.regex_replace(lowered, TF_NON_ALNUM_PATTERN, " ")
+    return tf.strings.strip(spaced)

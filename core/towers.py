@@ -1,0 +1,61 @@
+"""Load an exported tower SavedModel and embed raw feature batches with it.
+
+The trainer exports each tower with a ``serving_default`` signature whose inputs
+are the tower's raw features by name (strings as tf.string [B], numerics as
+tf.float32 [B]) and whose output ``embedding`` is float32 [B, D], L2-normalised.
+The evaluator, the Beam embedder and the query service all load towers here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+SIGNATURE = "serving_default"
+OUTPUT_KEY = "embedding"
+
+
+class Tower:
+    """A loaded tower: ``embed(features) -> float32 [B, D]``."""
+
+    def __init__(self, path: str):
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        import tensorflow as tf
+
+        self._tf = tf
+        self.path = path
+        self._loaded = tf.saved_model.load(path)
+        self._fn = self._loaded.signatures[SIGNATURE]
+        _, kwargs = self._fn.structured_input_signature
+        #: input name -> tf.DType, e.g. {"query": tf.string}
+        self.input_dtypes = {name: spec.dtype for name, spec in kwargs.items()}
+
+    @property
+    def input_names(self) -> list[str]:
+        return sorted(self.input_dtypes)
+
+    def embed(self, features: Mapping[str, Sequence]) -> np.ndarray:
+        """Embed a batch of raw features.
+
+        Args:
+            features: input name -> sequence of B raw values (str or number).
+              Missing strings may be "" and missing numerics NaN-free floats.
+        Returns:
+            float32 array [B, D].
+        Raises:
+            KeyError: naming a signature input absent from ``features``.
+        """
+        tf = self._tf
+        missing = [n for n in self.input_dtypes if n not in features]
+        if missing:
+            raise KeyError(f"tower {self.path}: missing input feature(s) {missing}")
+        tensors = {}
+        for name, dtype in self.input_dtypes.items():
+            values = features[name]
+            if dtype == tf.string:
+                tensors[name] = tf.constant([str(v) for v in values], dtype=tf.string)
+            else:
+                tensors[name] = tf.constant(np.asarray(values, dtype=np.float32), dtype=dtype)
+        return self._fn(**tensors)[OUTPUT_KEY].numpy().astype(np.float32)
