@@ -27,8 +27,9 @@ def make_pipeline(cfg: TransformConfig, job_name: str = "twotower"):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         mode = "in_memory" if cfg.direct_num_workers == 1 else "multi_processing"
-        options = PipelineOptions(direct_num_workers=cfg.direct_num_workers,
+        # flags=[]: never parse the host process's argv (pytest's, the CLI's) as Beam flags.
+        options = PipelineOptions(flags=[], direct_num_workers=cfg.direct_num_workers,
                                   direct_running_mode=mode, **opts)
         return beam.Pipeline(runner=FnApiRunner(), options=options)
-    options = PipelineOptions(runner=cfg.runner, job_name=job_name, **opts)
+    options = PipelineOptions(flags=[], runner=cfg.runner, job_name=job_name, **opts)
     return beam.Pipeline(options=options)

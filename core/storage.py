@@ -144,9 +144,13 @@ def generation(path: str) -> Optional[int]:
             raise
         return int(blob.generation)
     try:
-        return os.stat(path).st_mtime_ns
+        st = os.stat(path)
     except FileNotFoundError:
         return None
+    # Every write goes through os.replace of a fresh temp file, so the inode changes on each
+    # write even when the clock is too coarse to tell two mtimes apart.
+    token = f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}".encode()
+    return int.from_bytes(hashlib.sha256(token).digest()[:8], "big") >> 1
 
 
 def write_bytes_if_generation(path: str, data: bytes, expected: Optional[int]) -> None:

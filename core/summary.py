@@ -1,0 +1,57 @@
+"""The run summary contract (``summary.json``), written by the publish step of every run.
+
+Fields: run_id, metrics (recall@K, ndcg@10, popularity recall@10), index figures
+(recall vs exact, queries/s), published yes/no with the reasons, the version, and
+seconds per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Mapping
+
+STAGE_FILE = "stage.json"
+
+
+def stage_record(stage: str, seconds: float, result: Mapping) -> dict:
+    """What each stage leaves beside its outputs: name, wall seconds, its result dict."""
+    return {"stage": stage, "seconds": round(float(seconds), 3), "result": dict(result)}
+
+
+def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metrics: Mapping,
+                  publish_result: Mapping) -> dict:
+    """Assemble summary.json from the stage records and the publish decision.
+
+    Args:
+        stages: :func:`stage_record` dicts in pipeline order (publish last).
+        metrics: evaluation metrics.json (recall_at_K, ndcg_at_10, popularity {...}).
+        index_metrics: index_metrics.json.
+        publish_result: {"published", "version", "reasons", "store"}.
+    """
+    popularity = metrics.get("popularity", {})
+    return {
+        "run_id": run_id,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metrics": {
+            **{k: v for k, v in metrics.items() if k.startswith(("recall_at_", "ndcg_at_"))},
+            "popularity_recall_at_10": popularity.get("recall_at_10"),
+            "n_queries": metrics.get("n_queries"),
+        },
+        "index": {
+            "kind": index_metrics.get("kind"),
+            "n_items": index_metrics.get("n_items"),
+            "recall_at_10_vs_exact": index_metrics.get("recall_at_10_vs_exact"),
+            "qps_batched": index_metrics.get("qps_batched"),
+            "qps_single": index_metrics.get("qps_single"),
+        },
+        "published": bool(publish_result.get("published")),
+        "version": publish_result.get("version"),
+        "reasons": list(publish_result.get("reasons", [])),
+        "store": publish_result.get("store"),
+        "stage_seconds": {s["stage"]: s["seconds"] for s in stages},
+    }
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,1 @@
+"""Feature stages: ``ingest`` (validation, dead letters) and the Beam ``transform``."""

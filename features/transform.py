@@ -1,0 +1,748 @@
+"""Transform: the Apache Beam pipeline from ingested tables to training TFRecords.
+
+Input (``ingested_dir``, the ingest stage's folder): ``interactions.parquet``,
+``items.parquet`` and, for user-keyed data with user features, ``users.parquet``.
+
+Output (``out_dir``, see docs/ARCHITECTURE.md "transform"):
+
+- ``train-*.tfrecord``, ``valid-*.tfrecord``, ``test-*.tfrecord`` (positives only) and
+  ``train_negatives-*.tfrecord`` (label-0 rows), one ``core.records.interaction_specs``
+  Example per interaction;
+- ``items-*.tfrecord``: one ``core.records.item_specs`` Example per catalog item;
+- ``query_table.jsonl``, ``seen.jsonl``, ``vocab/<feature>.tsv``, ``stats.json``.
+
+Graph (I/O only at the edges)::
+
+    items ─ NormalizeFeatures ─ ComputeNumericStats(catalog) ─ FillNumerics ─┬─ items TFRecords
+                                                                              ├─ item vocabularies
+    interactions ─ NormalizeFeatures ─ ClassifyLabels ─ SplitInteractions     │
+         ─ JoinUserFeatures(users) ─ JoinItemFeatures ◄──────────────────────┘
+         ─ ComputeNumericStats(train rows) ─ FillNumerics ─ EncodeBySplit ─ split TFRecords
+    BuildVocabulary + seen + query table + stats ─ WriteTextFiles (one sink, one element per file)
+
+Feature cleaning (shared with the towers through ``core``): text -> ``normalize_text``;
+id / categorical -> stripped string ("" when missing); multi-categorical -> values split on
+``|``, stripped, empties dropped, re-joined with ``|``; numeric -> float, missing filled
+with the mean of the train split (query side) or of the catalog (item side).
+
+Vocabularies (token<TAB>count, count desc then token asc, ``vocab_min_count`` and
+``max_vocab_size`` applied): query features counted over train-split rows, item features
+over the catalog (one count per item), ``item_id`` = every catalog item with its train
+frequency (0 allowed; never capped, it is the popularity table). ``seen.jsonl`` lists
+each key's positives per split (unique, sorted).
+
+Keys: the query key is cleaned like any other feature of its type, so the ``key`` in
+``seen.jsonl``, the key in ``query_table.jsonl`` and the value in the TFRecords agree
+(for a text key that is the normalised query).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from typing import Iterable, Optional
+
+from core import storage
+from core.config import MULTI_VALUE_SEPARATOR, Config, FeatureSpec, SchemaConfig
+from core.records import ITEM_KEY, encode_example, interaction_specs, item_specs
+from core.text import normalize_text, tokenize
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io import fileio
+from apache_beam.options.value_provider import StaticValueProvider
+
+USER_KEY = "user_id"
+KEY = "_key"  # cleaned query key carried on every interaction row
+SPLIT = "_split"  # split name carried on every interaction row
+SPLITS = ("train", "valid", "test")
+NEGATIVES = "train_negatives"
+#: The vocabulary of the item key lists the whole catalog (it is the popularity table),
+#: so it is never capped or filtered by count.
+UNCAPPED_VOCABS = (ITEM_KEY,)
+STATS_FILE, SEEN_FILE, QUERY_TABLE_FILE = "stats.json", "seen.jsonl", "query_table.jsonl"
+_NUMERIC_EMPTY = {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "count": 0}
+
+
+class TransformError(ValueError):
+    """The ingested data or the config cannot be transformed; the message says why."""
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
+    """Run the Beam transform and return ``stats.json`` plus ``seconds``.
+
+    Returns:
+        ``{"numeric": {name: {"mean","std","min","max","count"}}, "counts": {"train",
+        "valid", "test", "train_negatives", "items", "queries"}, "split": str,
+        "vocab_sizes": {feature: int}, "seconds": float}``.
+
+    Raises:
+        TransformError: ``leave_last_out`` requested without a timestamp column, or an
+            input table is missing.
+    """
+    started = time.time()
+    inputs = _input_paths(config.schema, ingested_dir)
+    split = resolve_split(config.transform.split, inputs["interactions"])
+    if not storage.is_gcs(out_dir):
+        # Local renames do not create parent folders.
+        os.makedirs(os.path.join(out_dir, "vocab"), exist_ok=True)
+    temp_dir = storage.join(out_dir, f".beam-temp-{uuid.uuid4().hex}")
+    try:
+        with make_transform_pipeline(config) as pipeline:
+            build_pipeline(pipeline, config, inputs, out_dir, split, temp_dir)
+    finally:
+        if storage.exists(temp_dir):
+            storage.delete_tree(temp_dir)
+    stats = json.loads(storage.read_text(storage.join(out_dir, STATS_FILE)))
+    stats["seconds"] = round(time.time() - started, 3)
+    return stats
+
+
+def make_transform_pipeline(config: Config):
+    from core.beam import make_pipeline
+
+    return make_pipeline(config.transform, job_name="twotower-transform")
+
+
+def _input_paths(schema: SchemaConfig, ingested_dir: str) -> dict[str, Optional[str]]:
+    paths: dict[str, Optional[str]] = {}
+    for table in ("interactions", "items", "users"):
+        path = storage.join(ingested_dir, f"{table}.parquet")
+        if storage.exists(path):
+            paths[table] = path
+        elif table == "users":
+            paths[table] = None
+        else:
+            raise TransformError(f"{path}: not found (run ingest first)")
+    if uses_users_table(schema) and paths["users"] is None:
+        raise TransformError(f"{storage.join(ingested_dir, 'users.parquet')}: not found, but the schema "
+                             f"declares user features {[f.name for f in schema.user_features]}")
+    return paths
+
+
+def uses_users_table(schema: SchemaConfig) -> bool:
+    """User features are looked up in users.* only for user-keyed data."""
+    return schema.query_key == USER_KEY and bool(schema.user_features)
+
+
+def resolve_split(method: str, interactions_path: str) -> str:
+    """``auto`` -> ``leave_last_out`` when the interactions carry a timestamp, else ``hashed``."""
+    has_ts = "timestamp" in _parquet_columns(interactions_path)
+    if method == "auto":
+        return "leave_last_out" if has_ts else "hashed"
+    if method == "leave_last_out" and not has_ts:
+        raise TransformError(f"{interactions_path}: transform.split=leave_last_out needs a timestamp column")
+    return method
+
+
+def _parquet_columns(path: str) -> list[str]:
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as fh:
+        return list(pq.read_schema(fh).names)
+
+
+# --------------------------------------------------------------------------- feature cleaning
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def clean_value(spec: FeatureSpec, value: object):
+    """One raw cell -> its cleaned form (str, or float with NaN for a missing numeric)."""
+    if spec.type == "numeric":
+        return float("nan") if _missing(value) else float(value)
+    if _missing(value):
+        return ""
+    if spec.type == "text":
+        return normalize_text(value)
+    if spec.type == "multi_categorical":
+        parts = (p.strip() for p in str(value).split(MULTI_VALUE_SEPARATOR))
+        return MULTI_VALUE_SEPARATOR.join(p for p in parts if p)
+    return str(value).strip()
+
+
+def feature_tokens(spec: FeatureSpec, value: object, max_tokens: int) -> list[str]:
+    """Vocabulary entries of one cleaned value ([] for numerics and empties)."""
+    if spec.type == "numeric" or not value:
+        return []
+    if spec.type == "text":
+        return tokenize(value, max_tokens)
+    if spec.type == "multi_categorical":
+        return [v for v in str(value).split(MULTI_VALUE_SEPARATOR) if v]
+    return [str(value)]
+
+
+class NormalizeRowFn(beam.DoFn):
+    """Clean the declared features of a row; ``keep`` columns pass through unchanged."""
+
+    def __init__(self, specs: list[FeatureSpec], keep: Iterable[str] = ()):
+        self._specs = list(specs)
+        self._keep = tuple(keep)
+
+    def process(self, row: dict):
+        out = {name: row.get(name) for name in self._keep if name in row}
+        for spec in self._specs:
+            out[spec.name] = clean_value(spec, row.get(spec.name))
+        yield out
+
+
+class NormalizeFeatures(beam.PTransform):
+    """Rows (dicts) -> rows with every feature in ``specs`` cleaned (numerics not yet filled)."""
+
+    def __init__(self, specs: list[FeatureSpec], keep: Iterable[str] = ()):
+        super().__init__()
+        self._specs, self._keep = list(specs), tuple(keep)
+
+    def expand(self, rows):
+        return rows | "Clean" >> beam.ParDo(NormalizeRowFn(self._specs, self._keep))
+
+
+# --------------------------------------------------------------------------- numeric stats
+
+
+class NumericStatsFn(beam.CombineFn):
+    """Mean / population std / min / max per numeric feature, ignoring missing values.
+
+    Accumulator: ``{name: [count, sum, sum_of_squares, min, max]}``.
+    """
+
+    def __init__(self, names: list[str]):
+        self._names = list(names)
+
+    def create_accumulator(self):
+        return {n: [0, 0.0, 0.0, math.inf, -math.inf] for n in self._names}
+
+    def add_input(self, acc, row):
+        for name in self._names:
+            value = row.get(name)
+            if _missing(value):
+                continue
+            a = acc[name]
+            a[0] += 1
+            a[1] += value
+            a[2] += value * value
+            a[3] = min(a[3], value)
+            a[4] = max(a[4], value)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for acc in accs:
+            for name, (n, s, sq, lo, hi) in acc.items():
+                o = out[name]
+                o[0] += n
+                o[1] += s
+                o[2] += sq
+                o[3] = min(o[3], lo)
+                o[4] = max(o[4], hi)
+        return out
+
+    def extract_output(self, acc):
+        out = {}
+        for name, (n, s, sq, lo, hi) in acc.items():
+            if n == 0:
+                out[name] = dict(_NUMERIC_EMPTY)
+                continue
+            mean = s / n
+            out[name] = {"mean": mean, "std": math.sqrt(max(sq / n - mean * mean, 0.0)),
+                         "min": lo, "max": hi, "count": n}
+        return out
+
+
+class ComputeNumericStats(beam.PTransform):
+    """Rows -> a singleton ``{name: {"mean","std","min","max","count"}}``."""
+
+    def __init__(self, names: list[str]):
+        super().__init__()
+        self._names = list(names)
+
+    def expand(self, rows):
+        return rows | "Combine" >> beam.CombineGlobally(NumericStatsFn(self._names))
+
+
+class FillNumericsFn(beam.DoFn):
+    """Replace missing numerics with the mean from the ``stats`` side input."""
+
+    def __init__(self, names: list[str]):
+        self._names = list(names)
+
+    def process(self, row: dict, stats: dict):
+        out = dict(row)
+        for name in self._names:
+            if _missing(out.get(name)):
+                out[name] = stats[name]["mean"]
+        yield out
+
+
+# --------------------------------------------------------------------------- labels and splits
+
+
+class ClassifyLabelsFn(beam.DoFn):
+    """Positives (label 1 and rating >= min_rating when set) on the main output,
+    label-0 rows on ``negative``; label-1 rows under ``min_rating`` are dropped (counted)."""
+
+    NEGATIVE = "negative"
+
+    def __init__(self, min_rating: Optional[float]):
+        self._min_rating = min_rating
+        self._below = beam.metrics.Metrics.counter("transform", "below_min_rating")
+
+    def process(self, row: dict):
+        if int(row.get("label", 1)) == 0:
+            yield pvalue.TaggedOutput(self.NEGATIVE, {**row, SPLIT: NEGATIVES})
+            return
+        rating = row.get("rating")
+        if self._min_rating is not None and (_missing(rating) or rating < self._min_rating):
+            self._below.inc()
+            return
+        yield row
+
+
+def hashed_bucket(key: str, item_id: str, seed: int) -> float:
+    """Stable uniform value in [0, 1) for a (key, item) pair (md5; never Python's hash())."""
+    digest = hashlib.md5(f"{seed}\x1f{key}\x1f{item_id}".encode("utf-8")).hexdigest()
+    return int(digest[:15], 16) / float(16 ** 15)
+
+
+class HashSplitFn(beam.DoFn):
+    """hashed split: test when bucket < test_fraction, then valid, else train.
+
+    The same (key, item) pair always lands in the same split, so repeats cannot leak.
+    """
+
+    def __init__(self, valid_fraction: float, test_fraction: float, seed: int):
+        self._valid, self._test, self._seed = valid_fraction, test_fraction, seed
+
+    def process(self, row: dict):
+        u = hashed_bucket(row[KEY], row[ITEM_KEY], self._seed)
+        split = "test" if u < self._test else "valid" if u < self._test + self._valid else "train"
+        yield {**row, SPLIT: split}
+
+
+class LeaveLastOutFn(beam.DoFn):
+    """Per key, ordered by (timestamp, item_id): last -> test, second last -> valid.
+
+    Keys with fewer than 3 positives keep everything in train (no history to learn from).
+    """
+
+    def process(self, keyed):
+        _, rows = keyed
+        ordered = sorted(rows, key=lambda r: (int(r["timestamp"]), str(r[ITEM_KEY])))
+        n = len(ordered)
+        for i, row in enumerate(ordered):
+            split = "train"
+            if n >= 3:
+                split = "test" if i == n - 1 else "valid" if i == n - 2 else "train"
+            yield {**row, SPLIT: split}
+
+
+class SplitInteractions(beam.PTransform):
+    """Positive rows -> the same rows with ``_split`` in {"train", "valid", "test"}."""
+
+    def __init__(self, method: str, valid_fraction: float, test_fraction: float, seed: int):
+        super().__init__()
+        self._method = method
+        self._valid, self._test, self._seed = valid_fraction, test_fraction, seed
+
+    def expand(self, rows):
+        if self._method == "hashed":
+            return rows | "Hash" >> beam.ParDo(HashSplitFn(self._valid, self._test, self._seed))
+        return (rows
+                | "ByKey" >> beam.Map(lambda r: (r[KEY], r))
+                | "Group" >> beam.GroupByKey()
+                | "LeaveLastOut" >> beam.ParDo(LeaveLastOutFn()))
+
+
+# --------------------------------------------------------------------------- joins
+
+
+class MergeUserFn(beam.DoFn):
+    """(user_id, {"rows", "user"}) -> rows with the user's features (missing when unknown)."""
+
+    def __init__(self, user_specs: list[FeatureSpec]):
+        self._specs = list(user_specs)
+
+    def process(self, joined):
+        _, groups = joined
+        users = list(groups["user"])
+        user = users[0] if users else {s.name: clean_value(s, None) for s in self._specs}
+        features = {s.name: user[s.name] for s in self._specs}
+        for row in groups["rows"]:
+            yield {**row, **features}
+
+
+class JoinUserFeatures(beam.PTransform):
+    """Interaction rows + cleaned users -> rows carrying the user features (CoGroupByKey)."""
+
+    def __init__(self, users, user_specs: list[FeatureSpec]):
+        super().__init__()
+        self._users, self._specs = users, list(user_specs)
+
+    def expand(self, rows):
+        keyed_rows = rows | "RowsByUser" >> beam.Map(lambda r: (r[KEY], r))
+        keyed_users = self._users | "UsersById" >> beam.Map(lambda u: (u[USER_KEY], u))
+        return ({"rows": keyed_rows, "user": keyed_users}
+                | "CoGroup" >> beam.CoGroupByKey()
+                | "Merge" >> beam.ParDo(MergeUserFn(self._specs)))
+
+
+class MergeItemFn(beam.DoFn):
+    """(item_id, {"rows", "item"}) -> rows with the item's features; rows of unknown items
+    are dropped and counted (ingest already rejects them, so this only guards reuse)."""
+
+    def __init__(self, item_specs_: list[FeatureSpec]):
+        self._specs = list(item_specs_)
+        self._unknown = beam.metrics.Metrics.counter("transform", "unknown_item_rows")
+
+    def process(self, joined):
+        _, groups = joined
+        items = list(groups["item"])
+        rows = groups["rows"]
+        if not items:
+            for _ in rows:
+                self._unknown.inc()
+            return
+        features = {s.name: items[0][s.name] for s in self._specs}
+        for row in rows:
+            yield {**row, **features}
+
+
+class JoinItemFeatures(beam.PTransform):
+    """Interaction rows + filled catalog rows -> rows carrying the item features."""
+
+    def __init__(self, items, item_specs_: list[FeatureSpec]):
+        super().__init__()
+        self._items, self._specs = items, list(item_specs_)
+
+    def expand(self, rows):
+        keyed_rows = rows | "RowsByItem" >> beam.Map(lambda r: (r[ITEM_KEY], r))
+        keyed_items = self._items | "ItemsById" >> beam.Map(lambda i: (i[ITEM_KEY], i))
+        return ({"rows": keyed_rows, "item": keyed_items}
+                | "CoGroup" >> beam.CoGroupByKey()
+                | "Merge" >> beam.ParDo(MergeItemFn(self._specs)))
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class EncodeBySplitFn(beam.DoFn):
+    """Filled interaction rows -> serialized Examples on the output named by ``_split``."""
+
+    def __init__(self, specs: list[FeatureSpec]):
+        self._specs = list(specs)
+
+    def process(self, row: dict):
+        yield pvalue.TaggedOutput(row[SPLIT], encode_example(row, self._specs))
+
+
+class EncodeFn(beam.DoFn):
+    def __init__(self, specs: list[FeatureSpec]):
+        self._specs = list(specs)
+
+    def process(self, row: dict):
+        yield encode_example(row, self._specs)
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+
+class FeatureTokensFn(beam.DoFn):
+    """Row -> ((feature, token), weight) for every vocabulary feature of the row."""
+
+    def __init__(self, specs: list[FeatureSpec], max_tokens: int, weight: int = 1):
+        self._specs = [s for s in specs if s.type != "numeric"]
+        self._max_tokens, self._weight = max_tokens, weight
+
+    def process(self, row: dict):
+        for spec in self._specs:
+            for token in feature_tokens(spec, row.get(spec.name), self._max_tokens):
+                yield (spec.name, token), self._weight
+
+
+def format_vocab(entries: list, max_size: int, min_count: int, capped: bool) -> str:
+    """[(token, count)] -> "token\\tcount\\n" lines, count desc then token asc.
+
+    ``capped`` applies ``min_count`` and ``max_size``; the item-id vocabulary is not capped.
+    """
+    ordered = sorted(entries, key=lambda e: (-e[1], e[0]))
+    if capped:
+        ordered = [e for e in ordered if e[1] >= min_count][:max_size]
+    return "".join(f"{token}\t{count}\n" for token, count in ordered)
+
+
+class BuildVocabulary(beam.PTransform):
+    """((feature, token), weight) -> ``("vocab/<feature>.tsv", text)`` per feature.
+
+    Weight-0 entries put a token in the vocabulary without counting it (the whole
+    catalog in ``item_id.tsv``). Every feature gets a file, empty when it has no tokens.
+    """
+
+    def __init__(self, features: list[str], max_size: int, min_count: int):
+        super().__init__()
+        self._features = list(features)
+        self._max, self._min = max_size, min_count
+
+    def expand(self, weighted):
+        counts = (weighted
+                  | "Count" >> beam.CombinePerKey(sum)
+                  | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1]))))
+        # One marker per feature so a feature without any token still gets its (empty) file.
+        markers = weighted.pipeline | "Features" >> beam.Create([(f, None) for f in self._features])
+        return ((counts, markers)
+                | "WithMarkers" >> beam.Flatten()
+                | "GroupByFeature" >> beam.GroupByKey()
+                | "Format" >> beam.Map(self._file))
+
+    def _file(self, grouped) -> tuple[str, str]:
+        feature, entries = grouped
+        text = format_vocab([e for e in entries if e is not None], self._max, self._min,
+                            capped=feature not in UNCAPPED_VOCABS)
+        return vocab_path(feature), text
+
+
+def vocab_path(feature: str) -> str:
+    """Path of a feature's vocabulary relative to the transform output folder."""
+    return f"vocab/{feature}.tsv"
+
+
+def vocab_sizes_of(files: list) -> dict[str, int]:
+    """[(relpath, text)] -> {feature: entries} for the vocabulary files among them."""
+    return {path[len("vocab/"):-len(".tsv")]: text.count("\n")
+            for path, text in files if path.startswith("vocab/")}
+
+
+# --------------------------------------------------------------------------- small files
+
+
+def _join_sorted(pairs: list) -> str:
+    """[(sort_key, line)] -> the lines in sort-key order, newline-terminated."""
+    return "".join(line + "\n" for _, line in sorted(pairs))
+
+
+class _WholeFileSink(fileio.FileSink):
+    """Writes ``(relative_path, text)`` elements: the text is the whole file, as is."""
+
+    def open(self, fh):
+        self._fh = fh
+
+    def write(self, record):
+        self._fh.write(record[1].encode("utf-8"))
+
+    def flush(self):
+        self._fh.flush()
+
+
+def _destination(record) -> str:
+    return record[0]
+
+
+def _name_is_destination(window, pane, shard_index, total_shards, compression, destination) -> str:
+    return destination
+
+
+class WriteTextFiles(beam.PTransform):
+    """``(relative_path, text)`` elements -> exactly ``<out_dir>/<relative_path>`` each.
+
+    Every small output (vocabularies, seen, query table, stats) goes through this one
+    sink: one file = one element, so file content is deterministic whatever the runner
+    does with ordering, and one sink instead of one per file keeps the graph (and the
+    in-process start-up cost) small. ``temp_dir`` is removed by the caller after the run.
+    """
+
+    def __init__(self, out_dir: str, temp_dir: str):
+        super().__init__()
+        self._out_dir, self._temp_dir = out_dir, temp_dir
+
+    def expand(self, files):
+        return files | "WriteFiles" >> fileio.WriteToFiles(
+            path=self._out_dir, destination=_destination, sink=lambda _: _WholeFileSink(),
+            file_naming=_name_is_destination, shards=1,
+            # WriteToFiles wants a ValueProvider here (a plain str fails at run time).
+            temp_directory=StaticValueProvider(str, self._temp_dir))
+
+
+class SortedFile(beam.PTransform):
+    """(sort_key, line) pairs -> one ``(relative_path, text)`` with the lines in key order."""
+
+    def __init__(self, relative_path: str):
+        super().__init__()
+        self._path = relative_path
+
+    def expand(self, pairs):
+        return (pairs
+                | "ToList" >> beam.combiners.ToList()
+                | "Join" >> beam.Map(lambda pairs_, path=self._path: (path, _join_sorted(pairs_))))
+
+
+def seen_line(keyed) -> tuple[str, str]:
+    """(key, [(split, item_id)]) -> (key, JSON line with sorted unique items per split)."""
+    key, pairs = keyed
+    per_split: dict[str, set] = {s: set() for s in SPLITS}
+    for split, item in pairs:
+        per_split[split].add(item)
+    return key, json.dumps({"key": key, **{s: sorted(per_split[s]) for s in SPLITS}})
+
+
+def query_line(row: dict, specs: list[FeatureSpec], key_name: str) -> tuple[str, str]:
+    """Filled query row -> (key, JSON line of the query features in declaration order)."""
+    values = {s.name: row[s.name] for s in specs}
+    return str(values[key_name]), json.dumps(values)
+
+
+class MergeQueryRowFn(beam.DoFn):
+    """(user_id, {"user", "seen"}) -> the user's feature row (defaults when only in interactions)."""
+
+    def __init__(self, query_specs: list[FeatureSpec]):
+        self._specs = list(query_specs)
+
+    def process(self, joined):
+        key, groups = joined
+        users = list(groups["user"])
+        if users:
+            yield {s.name: users[0].get(s.name) for s in self._specs}
+        else:
+            row = {s.name: clean_value(s, None) for s in self._specs}
+            row[USER_KEY] = key
+            yield row
+
+
+def assemble_stats(_, counts: dict, numeric_query: dict, numeric_items: dict, vocab_files: list,
+                   split: str) -> tuple[str, str]:
+    """``("stats.json", text)`` (sorted keys so reruns are byte-identical)."""
+    doc = {"numeric": {**numeric_query, **numeric_items}, "counts": counts, "split": split,
+           "vocab_sizes": vocab_sizes_of(vocab_files)}
+    return STATS_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, temp_dir: str) -> None:
+    """Add every transform stage to pipeline ``p`` (reads ``inputs``, writes into ``out_dir``;
+    ``temp_dir`` holds the small files' temporaries and is the caller's to remove)."""
+    schema, tcfg = config.schema, config.transform
+    query_specs, item_feats = list(schema.query_features), list(schema.item_features)
+    key_spec = next(s for s in query_specs if s.name == schema.query_key)
+    user_side = uses_users_table(schema)
+    query_numeric = [s.name for s in query_specs if s.type == "numeric"]
+    item_numeric = [s.name for s in item_feats if s.type == "numeric"]
+    catalog_specs = item_specs(schema)
+
+    # ---- catalog: clean, catalog-mean fill, encode
+    items = (p
+             | "ReadItems" >> beam.io.ReadFromParquet(inputs["items"])
+             | "NormalizeItems" >> NormalizeFeatures(catalog_specs))
+    item_stats = items | "ItemNumericStats" >> ComputeNumericStats(item_numeric)
+    items = items | "FillItemNumerics" >> beam.ParDo(FillNumericsFn(item_numeric),
+                                                      stats=pvalue.AsSingleton(item_stats))
+    items_written = items | "EncodeItems" >> beam.ParDo(EncodeFn(catalog_specs))
+    _ = items_written | "WriteItems" >> _tfrecord_sink(out_dir, "items")
+
+    # ---- interactions: clean, classify, split
+    extra_query = [] if user_side or schema.query_key == USER_KEY else [
+        s for s in query_specs if s.name != schema.query_key]
+    passthrough = [ITEM_KEY, "label", "rating", "timestamp"]
+    interactions = (p
+                    | "ReadInteractions" >> beam.io.ReadFromParquet(inputs["interactions"])
+                    | "NormalizeInteractions" >> NormalizeFeatures([key_spec, *extra_query], passthrough)
+                    | "AttachKey" >> beam.Map(lambda r, k=schema.query_key: {**r, KEY: r[k]}))
+    classified = interactions | "ClassifyLabels" >> beam.ParDo(
+        ClassifyLabelsFn(config.data.min_rating)).with_outputs(ClassifyLabelsFn.NEGATIVE, main="positive")
+    positives = classified.positive | "SplitInteractions" >> SplitInteractions(
+        split, tcfg.valid_fraction, tcfg.test_fraction, tcfg.seed)
+    rows = (positives, classified[ClassifyLabelsFn.NEGATIVE]) | "AllRows" >> beam.Flatten()
+
+    # ---- joins: user features (user keys), then item features
+    users = None
+    if user_side:
+        users = (p
+                 | "ReadUsers" >> beam.io.ReadFromParquet(inputs["users"])
+                 | "NormalizeUsers" >> NormalizeFeatures(query_specs))
+        rows = rows | "JoinUserFeatures" >> JoinUserFeatures(users, schema.user_features)
+    rows = rows | "JoinItemFeatures" >> JoinItemFeatures(items, item_feats)
+
+    # ---- query-side numerics: train-split mean, then fill and encode by split
+    train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == "train")
+    query_stats = train_rows | "QueryNumericStats" >> ComputeNumericStats(query_numeric)
+    filled = rows | "FillQueryNumerics" >> beam.ParDo(FillNumericsFn(query_numeric),
+                                                       stats=pvalue.AsSingleton(query_stats))
+    encoded = filled | "EncodeBySplit" >> beam.ParDo(
+        EncodeBySplitFn(interaction_specs(schema))).with_outputs(*SPLITS, NEGATIVES)
+    counted = {"items": items_written}
+    for name in (*SPLITS, NEGATIVES):
+        _ = encoded[name] | f"Write[{name}]" >> _tfrecord_sink(out_dir, name)
+        counted[name] = encoded[name]
+
+    # ---- vocabularies: query side from train rows, item side from the catalog,
+    # item ids = whole catalog (weight 0) + train frequency
+    query_vocab_specs = [s for s in query_specs if s.type != "numeric"]
+    item_vocab_specs = [s for s in item_feats if s.type != "numeric"]
+    weighted = (
+        train_rows | "QueryTokens" >> beam.ParDo(FeatureTokensFn(query_vocab_specs, tcfg.text_max_tokens)),
+        items | "ItemTokens" >> beam.ParDo(FeatureTokensFn(item_vocab_specs, tcfg.text_max_tokens)),
+        items | "CatalogIds" >> beam.Map(lambda i: ((ITEM_KEY, i[ITEM_KEY]), 0)),
+        train_rows | "TrainIds" >> beam.Map(lambda r: ((ITEM_KEY, r[ITEM_KEY]), 1)),
+    ) | "AllTokens" >> beam.Flatten()
+    vocab_features = [s.name for s in query_vocab_specs] + [ITEM_KEY] + [s.name for s in item_vocab_specs]
+    vocab_files = weighted | "BuildVocabulary" >> BuildVocabulary(
+        vocab_features, tcfg.max_vocab_size, tcfg.vocab_min_count)
+
+    # ---- seen.jsonl: positives per key and split
+    seen_file = (positives
+         | "SeenPairs" >> beam.Map(lambda r: (r[KEY], (r[SPLIT], r[ITEM_KEY])))
+         | "SeenGroup" >> beam.GroupByKey()
+         | "SeenLine" >> beam.Map(seen_line)
+         | "SeenFile" >> SortedFile(SEEN_FILE))
+
+    # ---- query_table.jsonl: every user in users.* plus every key seen in interactions
+    if schema.query_key == USER_KEY:
+        keys = (interactions
+                | "InteractionKeys" >> beam.Map(lambda r: (r[KEY], None))
+                | "DistinctKeys" >> beam.CombinePerKey(lambda _: None))
+        user_rows = ((users if users is not None else p | "NoUsers" >> beam.Create([]))
+                     | "UserRowsById" >> beam.Map(lambda u: (u[USER_KEY], u)))
+        query_rows = ({"user": user_rows, "seen": keys}
+                      | "QueryCoGroup" >> beam.CoGroupByKey()
+                      | "QueryRows" >> beam.ParDo(MergeQueryRowFn(query_specs)))
+    else:
+        query_rows = interactions | "QueryRows" >> beam.Map(
+            lambda r, names=[s.name for s in query_specs]: {n: r[n] for n in names})
+    query_lines = (query_rows
+                   | "FillQueryTable" >> beam.ParDo(FillNumericsFn(query_numeric),
+                                                     stats=pvalue.AsSingleton(query_stats))
+                   | "QueryLine" >> beam.Map(query_line, query_specs, schema.query_key)
+                   # Several interactions share a key: keep one deterministic line per key.
+                   | "OnePerKey" >> beam.CombinePerKey(min))
+    query_file = query_lines | "QueryTableFile" >> SortedFile(QUERY_TABLE_FILE)
+    counted["queries"] = query_lines
+
+    # ---- stats.json
+    all_counts = [pc | f"One[{name}]" >> beam.Map(lambda _, k=name: (k, 1)) for name, pc in counted.items()]
+    all_counts.append(p | "ZeroCounts" >> beam.Create([(name, 0) for name in counted]))  # empty outputs count 0
+    all_counts = tuple(all_counts) | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
+    stats_file = (p
+         | "StatsSeed" >> beam.Create([None])
+         | "AssembleStats" >> beam.Map(assemble_stats,
+                                       counts=pvalue.AsDict(all_counts),
+                                       numeric_query=pvalue.AsSingleton(query_stats),
+                                       numeric_items=pvalue.AsSingleton(item_stats),
+                                       vocab_files=pvalue.AsList(vocab_files),
+                                       split=split))
+    _ = ((vocab_files, seen_file, query_file, stats_file)
+         | "SmallFiles" >> beam.Flatten()
+         | "WriteSmallFiles" >> WriteTextFiles(out_dir, temp_dir))
+
+
+def _tfrecord_sink(out_dir: str, name: str):
+    """``<out_dir>/<name>-SSSSS-of-NNNNN.tfrecord`` (the ``<name>-*.tfrecord`` of the contract)."""
+    return beam.io.WriteToTFRecord(storage.join(out_dir, name), file_name_suffix=".tfrecord")

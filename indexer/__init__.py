@@ -1,0 +1,1 @@
+"""Item-embedding batch inference, ScaNN build / evaluate, gate, versioned store and publish."""

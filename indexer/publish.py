@@ -1,0 +1,165 @@
+"""Gate + publish stage: assemble a servable version and make it live if the gate passes.
+
+A version folder (see :mod:`indexer.store`) holds::
+
+    query_tower/         copy of the trainer's query tower SavedModel
+    index/scann/         serialized ScaNN searcher;  index/item_ids.txt (row i = position i)
+    items.parquet        item_id, config.schema.display_fields, embedding (list<float32>)
+    query_table.jsonl    key -> raw query features (from transform)
+    seen.jsonl           key -> train/valid/test item ids (from transform)
+    manifest.json        files + sha256, metrics, index metrics, gate decision, lineage,
+                         and a "serving" section (below)
+
+The manifest's "serving" section records what the query service needs to interpret
+requests without the run config: the query key's name and type and the query
+features' names and types. We store it rather than infer it from the tower's inputs,
+because only the config knows which input is the key and whether it is free text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from core import storage
+from core.config import Config
+from core.records import ITEM_KEY, is_numeric
+from indexer.build import ITEM_IDS, METRICS, SCANN_DIR
+from indexer.catalog import read_catalog
+from indexer.embeddings import load_embeddings
+from indexer.gate import decide
+from indexer.store import VersionStore, utc_now
+
+QUERY_TOWER = "query_tower"
+INDEX = "index"
+ITEMS = "items.parquet"
+QUERY_TABLE = "query_table.jsonl"
+SEEN = "seen.jsonl"
+
+
+def _copy_tree(src: str, dest: str) -> None:
+    """Copy a local or gs:// folder to a new local folder."""
+    if not storage.exists(src):
+        raise FileNotFoundError(f"publish: {src} does not exist")
+    if storage.is_gcs(src):
+        os.makedirs(dest, exist_ok=True)
+        storage.download_tree(src, dest)
+    else:
+        shutil.copytree(src, dest)
+
+
+def _copy_file(src: str, dest: str) -> None:
+    data = storage.read_bytes(src)
+    with open(dest, "wb") as fh:
+        fh.write(data)
+
+
+def write_items_table(config: Config, transformed_dir: str, embeddings_dir: str, dest: str) -> int:
+    """Write items.parquet (item_id, display fields, embedding), sorted by item_id; returns N.
+
+    Raises:
+        ValueError: a display field is not an item feature, or the catalog and the
+          embeddings disagree on which items exist.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    specs = {f.name: f for f in config.schema.item_features}
+    unknown = [f for f in config.schema.display_fields if f not in specs]
+    if unknown:
+        raise ValueError(f"schema.display_fields {unknown} are not item features ({sorted(specs)})")
+    rows = {str(r[ITEM_KEY]): r for r in read_catalog(config, transformed_dir)}
+    ids, matrix = load_embeddings(embeddings_dir)
+    missing = sorted(set(rows) - set(ids))
+    extra = sorted(set(ids) - set(rows))
+    if missing or extra:
+        raise ValueError(f"catalog and embeddings disagree: {len(missing)} items without embedding "
+                         f"(e.g. {missing[:3]}), {len(extra)} embeddings without item (e.g. {extra[:3]})")
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    ids = [ids[i] for i in order]
+    matrix = matrix[order]
+    n, d = matrix.shape
+    columns = {ITEM_KEY: pa.array(ids, type=pa.string())}
+    for name in config.schema.display_fields:
+        values = [rows[i][name] for i in ids]
+        columns[name] = (pa.array([float(v) for v in values], type=pa.float64()) if is_numeric(specs[name])
+                         else pa.array([str(v) for v in values], type=pa.string()))
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32), type=pa.int32())
+    columns["embedding"] = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=pa.float32()))
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf)
+    with open(dest, "wb") as fh:
+        fh.write(buf.getvalue())
+    return n
+
+
+def serving_section(config: Config, index_metrics: dict) -> dict:
+    """What the query service needs to turn a request into tower inputs."""
+    schema = config.schema
+    key_type = next(f.type for f in schema.query_features if f.name == schema.query_key)
+    return {
+        "query_key": schema.query_key,
+        "query_key_type": key_type,
+        "query_features": [{"name": f.name, "type": f.type} for f in schema.query_features],
+        "display_fields": list(schema.display_fields),
+        "index_kind": index_metrics.get("kind"),
+        "reorder_k": (index_metrics.get("params") or {}).get("reorder_k"),
+        "embedding_dims": index_metrics.get("dims"),
+    }
+
+
+def assemble_staging(config: Config, transformed_dir: str, model_dir: str, embeddings_dir: str,
+                     index_dir: str, staging: str) -> None:
+    """Lay out every servable file of a version in the local folder ``staging``."""
+    _copy_tree(storage.join(model_dir, QUERY_TOWER), os.path.join(staging, QUERY_TOWER))
+    os.makedirs(os.path.join(staging, INDEX))
+    _copy_tree(storage.join(index_dir, SCANN_DIR), os.path.join(staging, INDEX, SCANN_DIR))
+    _copy_file(storage.join(index_dir, ITEM_IDS), os.path.join(staging, INDEX, ITEM_IDS))
+    write_items_table(config, transformed_dir, embeddings_dir, os.path.join(staging, ITEMS))
+    _copy_file(storage.join(transformed_dir, QUERY_TABLE), os.path.join(staging, QUERY_TABLE))
+    _copy_file(storage.join(transformed_dir, SEEN), os.path.join(staging, SEEN))
+
+
+def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embeddings_dir: str,
+                     index_dir: str, metrics: dict, run_id: str, lineage: dict) -> dict:
+    """Gate the run; when it passes publish a new live version and apply retention.
+
+    Args:
+        metrics: evaluate's metrics.json content (recall_at_10, popularity.recall_at_10, ...).
+        lineage: data fingerprint, config JSON, code version, run id (stored verbatim).
+    Returns:
+        {"published": bool, "version": str | None, "reasons": [str], "store": str,
+         "deleted": [str] (gc'd versions; empty when not published)}.
+        When the gate fails the store is not touched at all.
+    """
+    decision = decide(config, metrics)
+    store_root = config.publish.store
+    result = {"published": False, "version": None, "reasons": list(decision.reasons),
+              "store": store_root, "deleted": []}
+    if not decision.publish:
+        return result
+
+    index_metrics = json.loads(storage.read_text(storage.join(index_dir, METRICS)))
+    store = VersionStore(store_root)
+    version = store.new_version_id()
+    with tempfile.TemporaryDirectory(prefix="twotower-publish-") as tmp:
+        staging = os.path.join(tmp, version)
+        os.makedirs(staging)
+        assemble_staging(config, transformed_dir, model_dir, embeddings_dir, index_dir, staging)
+        manifest = {
+            "run_id": run_id,
+            "created": utc_now().isoformat(timespec="seconds"),
+            "metrics": metrics,
+            "index": index_metrics,
+            "gate": decision.to_dict(),
+            "lineage": lineage,
+            "serving": serving_section(config, index_metrics),
+        }
+        store.publish(version, staging, manifest)
+    result.update(published=True, version=version, deleted=store.gc(config.publish.keep_versions))
+    return result

@@ -1,0 +1,18 @@
+"""The versioned model store used by publish (implementation in :mod:`core.store`).
+
+It lives in core because both the indexer (writes versions) and serving (reads them)
+need it, and stage packages never import each other.
+"""
+
+from core.store import (  # noqa: F401  (re-exported public API)
+    CURRENT,
+    MANIFEST,
+    VERSIONS,
+    IntegrityError,
+    PublishConflictError,
+    StoreError,
+    VersionExistsError,
+    VersionNotFoundError,
+    VersionStore,
+    utc_now,
+)

@@ -1,0 +1,1 @@
+"""Pipeline definition, compile, local run, and the ``twotower`` CLI."""

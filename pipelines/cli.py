@@ -1,0 +1,99 @@
+"""The ``twotower`` command line.
+
+    twotower data synth-shop --out DIR [--products N --queries N --seed S]
+    twotower data movielens (--source DIR | --download) --out DIR
+    twotower run [--config F] [--set key=value ...]
+    twotower compile [--config F] [--set ...] --out pipeline.yaml
+    twotower query --store DIR (--text "..." | --user-id ID) [-k 10] [--exclude-seen]
+    twotower retrieve --store DIR --queries q.jsonl [-k K] [--exclude-seen] --out r.jsonl
+    twotower index list --store DIR
+
+Every command exits 2 with a one-line message on bad input (config, data, request);
+tracebacks are kept for genuine bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEFAULT_CONFIG = "configs/shop.yaml"
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.n_epochs=3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twotower", description="Two-tower retrieval pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate or convert a dataset into the canonical format")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth-shop", help="synthetic ESCI-like query->product dataset")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--products", type=int, default=2000)
+    synth.add_argument("--queries", type=int, default=3000)
+    synth.add_argument("--seed", type=int, default=0)
+    ml = data_sub.add_parser("movielens", help="convert raw MovieLens-100K to the canonical format")
+    ml.add_argument("--source", help="folder with u.data, u.user, u.item, u.genre")
+    ml.add_argument("--download", action="store_true", help="fetch the official zip (sha256-checked)")
+    ml.add_argument("--out", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline locally (KFP SubprocessRunner)")
+    _add_config_args(run)
+
+    comp = sub.add_parser("compile", help="write the KFP IR YAML for KFP / Vertex AI")
+    _add_config_args(comp)
+    comp.add_argument("--out", default="pipeline.yaml")
+
+    query = sub.add_parser("query", help="retrieve items for one query from the live index")
+    query.add_argument("--store", required=True)
+    who = query.add_mutually_exclusive_group(required=True)
+    who.add_argument("--text")
+    who.add_argument("--user-id")
+    query.add_argument("-k", type=int, default=10)
+    query.add_argument("--exclude-seen", action="store_true")
+    query.add_argument("--version", help="a published version (default: CURRENT)")
+
+    retrieve = sub.add_parser("retrieve", help="batch retrieval from a JSONL file of requests")
+    retrieve.add_argument("--store", required=True)
+    retrieve.add_argument("--queries", required=True, help='JSONL: {"user_id": ...} | {"query": ...} | features')
+    retrieve.add_argument("-k", type=int, default=10)
+    retrieve.add_argument("--exclude-seen", action="store_true")
+    retrieve.add_argument("--out", required=True)
+    retrieve.add_argument("--version")
+
+    index = sub.add_parser("index", help="inspect the versioned index store")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    lst = index_sub.add_parser("list", help="one version per line, version id first, live one marked")
+    lst.add_argument("--store", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFRS needs Keras 2; before any TF import
+    from pipelines import commands
+
+    handler = {
+        "data": commands.cmd_data,
+        "run": commands.cmd_run,
+        "compile": commands.cmd_compile,
+        "query": commands.cmd_query,
+        "retrieve": commands.cmd_retrieve,
+        "index": commands.cmd_index,
+    }[args.command]
+    try:
+        return handler(args)
+    except commands.user_errors() as exc:
+        print(f"twotower {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Handlers behind the ``twotower`` subcommands (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+
+from core.config import ConfigError, load_config
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: reported as one line with exit code 2.
+
+    Imported here, not at module top, because the stage packages pull in heavy deps.
+    """
+    from core.store import StoreError
+    from datasets.movielens import ChecksumMismatchError, MovieLensFormatError
+    from features.ingest import IngestError
+    from features.transform import TransformError
+    from serving.retriever import NoLiveVersionError, RequestError
+
+    return (ConfigError, FileNotFoundError, IngestError, TransformError, MovieLensFormatError, ChecksumMismatchError,
+            RequestError,
+            NoLiveVersionError, StoreError)
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "synth-shop":
+        from datasets.synth_shop import generate_shop
+
+        counts = generate_shop(args.out, products=args.products, queries=args.queries, seed=args.seed)
+        print(f"wrote synthetic shop dataset to {args.out}: {json.dumps(counts, sort_keys=True)}")
+        return 0
+    from datasets.movielens import convert_movielens, download_movielens
+
+    if bool(args.source) == bool(args.download):
+        raise ConfigError("give exactly one of --source DIR or --download")
+    if args.source:
+        counts = convert_movielens(args.source, args.out)
+    else:
+        # The raw files stay out of the dataset folder: only the canonical tables are kept.
+        with tempfile.TemporaryDirectory(prefix="ml-100k-") as raw:
+            counts = convert_movielens(download_movielens(raw), args.out)
+    print(f"wrote MovieLens-100K in the canonical format to {args.out}: {json.dumps(counts, sort_keys=True)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pipelines.local_run import run_local
+
+    config = load_config(args.config, args.overrides)
+    try:
+        summary = run_local(config)
+    except RuntimeError as exc:
+        print(f"twotower run: pipeline failed: {exc}", file=sys.stderr)
+        return 1
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    metrics = summary["metrics"]
+    index = summary["index"]
+    print()
+    print(f"run {summary['run_id']}  ->  {summary['run_dir']}/summary.json")
+    recalls = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
+                        if k.startswith(("recall_at_", "ndcg_at_")) and v is not None)
+    print(f"  quality   {recalls}  (popularity recall_at_10={metrics['popularity_recall_at_10']:.4f})")
+    print(f"  index     {index['kind']} over {index['n_items']} items, recall@10 vs exact "
+          f"{index['recall_at_10_vs_exact']:.3f}, {index['qps_batched']:.0f} queries/s batched")
+    state = f"published version {summary['version']}" if summary["published"] else "NOT published"
+    print(f"  publish   {state}: " + "; ".join(summary["reasons"]))
+    print("  seconds   " + "  ".join(f"{k}={v:.1f}" for k, v in summary["stage_seconds"].items()))
+
+
+def cmd_compile(args) -> int:
+    from pipelines.compile import compile_pipeline
+
+    config = load_config(args.config, args.overrides)
+    compile_pipeline(config, args.out)
+    print(f"wrote {args.out} (image {config.pipeline.image})")
+    return 0
+
+
+def _request_from_args(args) -> dict:
+    return {"query": args.text} if args.text is not None else {"user_id": args.user_id}
+
+
+def cmd_query(args) -> int:
+    from serving.retriever import Retriever
+
+    retriever = Retriever.load(args.store, version=args.version)
+    answer = retriever.retrieve(_request_from_args(args), k=args.k, exclude_seen=args.exclude_seen)
+    label = args.text if args.text is not None else f"user_id={args.user_id}"
+    print(f"version {answer['version']}  query: {label}")
+    for rank, (item, score) in enumerate(zip(answer["items"], answer["scores"]), start=1):
+        fields = "  |  ".join(str(v) for k, v in item.items() if k != "item_id")
+        print(f"{rank:3d}. {score:7.4f}  {item['item_id']}  {fields}")
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    from serving.retriever import Retriever
+
+    requests = []
+    with open(args.queries) as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                requests.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{args.queries}: line {line_no}: not valid JSON ({exc.msg})") from None
+    retriever = Retriever.load(args.store, version=args.version)
+    answers = retriever.retrieve_batch(requests, k=args.k, exclude_seen=args.exclude_seen)
+    with open(args.out, "w") as out:
+        for request, answer in zip(requests, answers):
+            key = request.get("user_id", request.get("query", request.get("features")))
+            out.write(json.dumps({"key": key, "items": [i["item_id"] for i in answer["items"]],
+                                  "scores": answer["scores"], "version": answer["version"]}) + "\n")
+    print(f"wrote {len(answers)} results to {args.out} (version {answers[0]['version'] if answers else '-'})")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from indexer.store import VersionStore
+
+    for info in VersionStore(args.store).versions():
+        mark = "*" if info["live"] else " "
+        print(f"{info['id']} {mark} created={info.get('created', '-')}"
+              f"{'' if info.get('has_manifest', True) else ' (incomplete: no manifest)'}")
+    return 0
+

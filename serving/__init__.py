@@ -1,0 +1,1 @@
+"""Query serving: load a published version and answer retrieval requests."""

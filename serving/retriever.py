@@ -1,0 +1,264 @@
+"""Answer retrieval requests from one published version (query tower + ScaNN index).
+
+A request is one of::
+
+    {"query": "nike running shoes"}       only when the query key is a text feature
+    {"user_id": "7"}                      the key looked up in the version's query table
+    {"features": {"user_id": "7", "age": 33.0}}  raw query features, by name
+
+How requests map to tower inputs comes from the manifest's "serving" section (query
+key name and type, query feature names and types), written by indexer.publish from
+the run config; see that module for why it is stored rather than inferred.
+
+Scores are dot products of L2-normalised embeddings (cosine similarity), best first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+
+from core.storage import is_gcs
+from core.store import VersionStore
+from core.text import normalize_text
+from core.towers import Tower
+
+MAX_K = 1000
+SELECTORS = ("query", "user_id", "features")
+
+# Version layout (mirrors indexer.publish; serving must not import the indexer).
+QUERY_TOWER = "query_tower"
+SCANN_DIR = os.path.join("index", "scann")
+ITEM_IDS = os.path.join("index", "item_ids.txt")
+ITEMS = "items.parquet"
+QUERY_TABLE = "query_table.jsonl"
+SEEN = "seen.jsonl"
+
+
+class RequestError(ValueError):
+    """The request is malformed; the message says why (an HTTP 400)."""
+
+
+class UnknownKeyError(RequestError):
+    """The request names a query key absent from the version's query table (an HTTP 404)."""
+
+
+class NoLiveVersionError(LookupError):
+    """The store has no CURRENT version to serve."""
+
+
+def _searcher_module():
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from scann import scann_ops_pybind
+
+    return scann_ops_pybind
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+class Retriever:
+    """One loaded version. Thread-safe for concurrent ``retrieve`` calls (reads only)."""
+
+    def __init__(self, version: str, folder: str, manifest: dict, tower: Tower, searcher,
+                 item_ids: list[str], items: dict[str, dict], query_table: dict[str, dict],
+                 seen: dict[str, set[str]]):
+        self.version = version
+        self.folder = folder
+        self.manifest = manifest
+        self.tower = tower
+        self.searcher = searcher
+        self.item_ids = item_ids
+        self.items = items
+        self.query_table = query_table
+        self.seen = seen
+        serving = manifest["serving"]
+        self.query_key: str = serving["query_key"]
+        self.query_key_type: str = serving["query_key_type"]
+        self.feature_types: dict[str, str] = {f["name"]: f["type"] for f in serving["query_features"]}
+        self.reorder_k: Optional[int] = serving.get("reorder_k") if serving.get("index_kind") == "tree_ah" else None
+        # The searcher is a C++ object; serialise calls rather than trust its re-entrancy.
+        self._lock = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, store: str, version: Optional[str] = None, cache_dir: Optional[str] = None) -> "Retriever":
+        """Load ``version`` (None = the live one) from a store (local folder or gs://).
+
+        Args:
+            cache_dir: where a gs:// version is downloaded (default: a new temp folder).
+        Raises:
+            NoLiveVersionError: version is None and the store has no CURRENT.
+            core.store.VersionNotFoundError / IntegrityError: missing or corrupt version.
+        """
+        vs = VersionStore(store)
+        if version is None:
+            version = vs.current()
+            if version is None:
+                raise NoLiveVersionError(f"store {store} has no live version (no CURRENT); publish one first")
+        # A local store is served in place; only a gs:// version needs a download folder.
+        if cache_dir is None and is_gcs(store):
+            cache_dir = tempfile.mkdtemp(prefix="twotower-serve-")
+        folder = vs.fetch_version(version, cache_dir or "")
+        manifest = vs.read_manifest(version)
+        return cls.from_folder(version, folder, manifest)
+
+    @classmethod
+    def from_folder(cls, version: str, folder: str, manifest: dict) -> "Retriever":
+        """Build from an already verified local version folder."""
+        import pyarrow.parquet as pq
+
+        if "serving" not in manifest:
+            raise ValueError(f"version {version}: manifest has no 'serving' section (published by an older build?)")
+        tower = Tower(os.path.join(folder, QUERY_TOWER))
+        searcher = _searcher_module().load_searcher(os.path.join(folder, SCANN_DIR))
+        with open(os.path.join(folder, ITEM_IDS), encoding="utf-8") as fh:
+            item_ids = [line.rstrip("\n") for line in fh if line.strip()]
+        table = pq.read_table(os.path.join(folder, ITEMS)).drop_columns(["embedding"]).to_pylist()
+        items = {str(row["item_id"]): row for row in table}
+        missing = [i for i in item_ids if i not in items]
+        if missing:
+            raise ValueError(f"version {version}: {len(missing)} indexed items absent from {ITEMS}, "
+                             f"e.g. {missing[:3]}")
+        key = manifest["serving"]["query_key"]
+        query_table = {str(row[key]): row for row in _read_jsonl(os.path.join(folder, QUERY_TABLE))}
+        seen = {str(row["key"]): {str(i) for part in ("train", "valid", "test") for i in row.get(part, [])}
+                for row in _read_jsonl(os.path.join(folder, SEEN))}
+        return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen)
+
+    # -- requests --------------------------------------------------------------------------
+    def _features_for(self, request: dict) -> tuple[dict, Optional[str]]:
+        """Validate one request -> (tower input name -> raw value, query key or None)."""
+        if not isinstance(request, dict):
+            raise RequestError(f"a request must be a JSON object, got {type(request).__name__}")
+        chosen = [s for s in SELECTORS if s in request]
+        unknown = sorted(set(request) - set(SELECTORS))
+        if unknown:
+            raise RequestError(f"unknown request field(s) {unknown}; use exactly one of {list(SELECTORS)}")
+        if len(chosen) != 1:
+            raise RequestError(f"a request needs exactly one of {list(SELECTORS)}, got {chosen or 'none'}")
+        selector = chosen[0]
+        value = request[selector]
+        if selector == "query":
+            if self.query_key_type != "text":
+                raise RequestError(f"free-text 'query' requests need a text query key; this model's key is "
+                                   f"{self.query_key!r} ({self.query_key_type}); send 'user_id' or 'features'")
+            if not isinstance(value, str):
+                raise RequestError(f"'query' must be a string, got {type(value).__name__}")
+            return self._check_features({self.query_key: value}), value
+        if selector == "user_id":
+            if self.query_key != "user_id":
+                raise RequestError(f"this model's query key is {self.query_key!r}, not 'user_id'")
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise RequestError(f"'user_id' must be a string or integer, got {type(value).__name__}")
+            key = str(value)
+            if key not in self.query_table:
+                raise UnknownKeyError(f"unknown user_id {key!r}: not in version {self.version}'s query table")
+            row = self.query_table[key]
+            incomplete = [n for n in self.tower.input_names if row.get(n) is None]
+            if incomplete:
+                # A data problem in the published version, not the caller's fault: not a RequestError.
+                raise ValueError(f"version {self.version}: query table row for user_id {key!r} lacks "
+                                 f"feature(s) {incomplete}")
+            return self._check_features({n: row[n] for n in self.tower.input_names}), key
+        if not isinstance(value, dict):
+            raise RequestError(f"'features' must be an object of feature name -> value, got {type(value).__name__}")
+        key = value.get(self.query_key)
+        return self._check_features(dict(value)), (None if key is None else str(key))
+
+    def _check_features(self, features: dict) -> dict:
+        """Exactly the tower's inputs, each of the right kind; strings for ids/categoricals/text."""
+        needed = self.tower.input_names
+        missing = [n for n in needed if n not in features]
+        if missing:
+            raise RequestError(f"missing query feature(s) {missing}; the query tower takes {needed}")
+        extra = sorted(set(features) - set(needed))
+        if extra:
+            raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {needed}")
+        out = {}
+        for name in needed:
+            value = features[name]
+            numeric = self.feature_types.get(name) == "numeric"
+            if numeric:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise RequestError(f"feature {name!r} must be a finite number, got {value!r}")
+                out[name] = float(value)
+            else:
+                if isinstance(value, bool) or not isinstance(value, (str, int)):
+                    raise RequestError(f"feature {name!r} must be a string, got {type(value).__name__}")
+                out[name] = str(value)
+        return out
+
+    def _seen_for(self, key: Optional[str]) -> set[str]:
+        """Items the key interacted with; text keys also match their normalised form."""
+        if key is None:
+            return set()
+        if key in self.seen:
+            return self.seen[key]
+        if self.query_key_type == "text":
+            return self.seen.get(normalize_text(key), set())
+        return set()
+
+    @staticmethod
+    def _check_k(k) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise RequestError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        return k
+
+    # -- answering -------------------------------------------------------------------------
+    def retrieve(self, request: dict, k: int = 10, exclude_seen: bool = False) -> dict:
+        """Top-k items for one request: {"items": [{"item_id", display...}], "scores", "version"}."""
+        return self.retrieve_batch([request], k=k, exclude_seen=exclude_seen)[0]
+
+    def retrieve_batch(self, requests: Sequence[dict], k: int = 10, exclude_seen: bool = False) -> list[dict]:
+        """Answer several requests with one query-tower call and one batched search.
+
+        With ``exclude_seen`` each query over-fetches k + |seen items| candidates so k
+        unseen ones remain after filtering (fewer only when the catalog runs out).
+        Raises:
+            RequestError: naming the first invalid request (by position) and why.
+        """
+        k = self._check_k(k)
+        if not isinstance(exclude_seen, bool):
+            raise RequestError(f"exclude_seen must be true or false, got {exclude_seen!r}")
+        if not isinstance(requests, (list, tuple)) or not requests:
+            raise RequestError("requests must be a non-empty list")
+        resolved = []
+        for pos, req in enumerate(requests):
+            try:
+                resolved.append(self._features_for(req))
+            except RequestError as exc:
+                if len(requests) == 1:
+                    raise
+                raise type(exc)(f"request {pos}: {exc}") from exc
+        columns = {name: [feats[name] for feats, _ in resolved] for name in self.tower.input_names}
+        vectors = self.tower.embed(columns)
+
+        seen_sets = [self._seen_for(key) if exclude_seen else set() for _, key in resolved]
+        n_items = len(self.item_ids)
+        fetch = min(n_items, k + max(len(s) for s in seen_sets))
+        pre = max(fetch, self.reorder_k) if self.reorder_k else None
+        with self._lock:
+            idx, scores = self.searcher.search_batched(vectors, final_num_neighbors=fetch,
+                                                       pre_reorder_num_neighbors=pre)
+        out = []
+        for row_idx, row_scores, seen in zip(np.asarray(idx), np.asarray(scores), seen_sets):
+            items, kept = [], []
+            for i, s in zip(row_idx, row_scores):
+                item_id = self.item_ids[int(i)]
+                if item_id in seen:
+                    continue
+                items.append(dict(self.items[item_id]))
+                kept.append(float(s))
+                if len(items) == k:
+                    break
+            out.append({"items": items, "scores": kept, "version": self.version})
+        return out

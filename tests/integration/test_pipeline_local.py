@@ -1,0 +1,94 @@
+"""The whole loop through the real KFP local runner on the embedded default dataset.
+
+One pipeline run (module fixture, a few minutes on 2 cores) backs every assertion:
+the summary contract, the published store, a fresh-process CLI query, and the
+acceptance queries returning products of the matching kind.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core.config import load_config
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ACCEPTANCE_QUERIES = ["nike running shoes", "red dress for wedding", "best laptop", "iphone 13",
+                      "charger for smartphone"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    from datasets.synth_shop import generate_shop
+    from pipelines.local_run import run_local
+
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "shop"
+    generate_shop(str(data))  # the same defaults `make run` uses
+    config = load_config(REPO / "configs" / "shop.yaml", [
+        f"data.path={data}", f"publish.store={root / 'store'}", f"pipeline.runs_dir={root / 'runs'}"])
+    summary = run_local(config)
+    return root, config, summary
+
+
+def test_summary_contract(pipeline_run):
+    root, _, summary = pipeline_run
+    on_disk = json.loads((root / "runs" / summary["run_id"] / "summary.json").read_text())
+    assert on_disk["run_id"] == summary["run_id"]
+    for key in ("recall_at_10", "recall_at_50", "recall_at_100", "ndcg_at_10", "popularity_recall_at_10"):
+        assert 0.0 <= summary["metrics"][key] <= 1.0, key
+    assert set(summary["stage_seconds"]) == {"ingest", "transform", "train", "evaluate", "embed", "index",
+                                             "publish"}
+    assert summary["index"]["recall_at_10_vs_exact"] >= 0.99  # exact search on a small catalog
+    assert summary["index"]["qps_batched"] > 0
+    # a correct model clearly beats popularity on the planted structure
+    assert summary["metrics"]["recall_at_10"] > 2 * summary["metrics"]["popularity_recall_at_10"]
+    assert summary["published"] is True, summary["reasons"]
+    assert summary["reasons"]
+
+
+def test_store_has_the_live_version(pipeline_run):
+    from indexer.store import VersionStore
+
+    root, _, summary = pipeline_run
+    store = VersionStore(str(root / "store"))
+    assert store.current() == summary["version"]
+    store.verify(summary["version"])
+    manifest = store.read_manifest(summary["version"])
+    assert manifest["lineage"]["run_id"] == summary["run_id"]
+    assert manifest["lineage"]["data_fingerprint"]
+
+
+def test_cli_query_in_a_fresh_process(pipeline_run):
+    root, _, summary = pipeline_run
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "query", "--store", str(root / "store"),
+                          "--text", "nike running shoes", "-k", "5"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith(f"version {summary['version']}")
+    assert len(lines) == 6 and lines[1].lstrip().startswith("1.")
+    listing = subprocess.run([sys.executable, "-m", "pipelines.cli", "index", "list", "--store",
+                              str(root / "store")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.split()[0] == summary["version"] and " * " in listing.stdout
+
+
+@pytest.mark.parametrize("query", ACCEPTANCE_QUERIES)
+def test_acceptance_queries_return_matching_products(pipeline_run, query):
+    from datasets.synth_shop import expected_category
+    from serving.retriever import Retriever
+
+    root, _, _ = pipeline_run
+    retriever = Retriever.load(str(root / "store"))
+    answer = retriever.retrieve({"query": query}, k=10)
+    categories = [item["category"] for item in answer["items"]]
+    wanted = expected_category(query)
+    assert wanted is not None
+    hits = sum(c == wanted for c in categories)
+    assert hits >= 7, f"{query!r}: expected mostly {wanted!r}, got {categories}"

@@ -1,0 +1,334 @@
+"""indexer: ScaNN vs numpy brute force, save/reload, Beam embedding, index stage, gate, publish.
+
+The towers here are tiny real SavedModels (``build_tower``) with the trainer's contract:
+raw named inputs -> {"embedding": float32 [B, D]}, L2-normalised. The item tower hashes
+item_id to a fixed random vector, so its output is fully determined and cheap.
+``test_retriever`` reuses these helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from core import storage
+from core.config import Config, IndexConfig
+from core.records import encode_example, item_specs
+
+DIMS = 8
+N_ITEMS = 60
+N_USERS = 12
+
+
+# ---------------------------------------------------------------- fixtures shared with test_retriever
+def build_tower(path: str, side: str, dims: int = DIMS, seed: int = 0) -> str:
+    """Export a tiny tower SavedModel.
+
+    side="item": inputs item_id (str), title (str), price (float32) -> table[hash(item_id)].
+    side="query": inputs user_id (str), age (float32) -> table[hash(user_id)] + age * w.
+    side="text": input query (str) -> table[hash(lower(query))].
+    """
+    import tensorflow as tf
+
+    buckets = 1 << 14
+    table = tf.constant(np.random.default_rng(seed).normal(size=(buckets, dims)).astype(np.float32))
+    w = tf.constant(np.random.default_rng(seed + 1).normal(size=(dims,)).astype(np.float32))
+
+    def _norm(x):
+        return tf.math.l2_normalize(x, axis=1)
+
+    def _lookup(strings):
+        return tf.gather(table, tf.strings.to_hash_bucket_fast(strings, buckets))
+
+    S, F = tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32)
+    module = tf.Module()
+    if side == "item":
+        @tf.function(input_signature=[S, S, F])
+        def serve(item_id, title, price):
+            del title, price  # declared inputs the tower ignores, like unused columns
+            return {"embedding": _norm(_lookup(item_id))}
+    elif side == "query":
+        @tf.function(input_signature=[S, F])
+        def serve(user_id, age):
+            return {"embedding": _norm(_lookup(user_id) + age[:, None] * w[None, :] * 0.01)}
+    elif side == "text":
+        @tf.function(input_signature=[S])
+        def serve(query):
+            return {"embedding": _norm(_lookup(tf.strings.lower(query)))}
+    else:
+        raise ValueError(side)
+    module.serve = serve
+    tf.saved_model.save(module, path, signatures={"serving_default": serve})
+    return path
+
+
+def make_config(tmp_path, **sections) -> Config:
+    raw = {
+        "data": {"path": str(tmp_path / "data")},
+        "schema": {
+            "query_key": "user_id",
+            "query_features": [{"name": "user_id", "type": "id"}, {"name": "age", "type": "numeric"}],
+            "item_features": [{"name": "title", "type": "text"}, {"name": "price", "type": "numeric"}],
+            "display_fields": ["title", "price"],
+        },
+        "publish": {"store": str(tmp_path / "store"), "keep_versions": 2},
+        "index": {"eval_queries": 50},
+    }
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return Config.model_validate(raw)
+
+
+def item_ids(n: int = N_ITEMS) -> list[str]:
+    return [f"item{i:03d}" for i in range(n)]
+
+
+def write_transformed(config: Config, folder: str, n_items: int = N_ITEMS, shards: int = 2) -> str:
+    """A transform-output folder: items-*.tfrecord shards, query_table.jsonl, seen.jsonl."""
+    import tensorflow as tf
+
+    os.makedirs(folder, exist_ok=True)
+    ids = item_ids(n_items)
+    specs = item_specs(config.schema)
+    for s in range(shards):
+        with tf.io.TFRecordWriter(os.path.join(folder, f"items-{s:05d}-of-{shards:05d}.tfrecord")) as w:
+            for i in range(s, n_items, shards):
+                w.write(encode_example({"item_id": ids[i], "title": f"thing {i}", "price": float(i) / 2},
+                                       specs))
+    with open(os.path.join(folder, "query_table.jsonl"), "w") as fh:
+        for u in range(N_USERS):
+            fh.write(json.dumps({"user_id": str(u), "age": float(20 + u)}) + "\n")
+    with open(os.path.join(folder, "seen.jsonl"), "w") as fh:
+        for u in range(N_USERS):
+            fh.write(json.dumps({"key": str(u), "train": ids[u:u + 3], "valid": [ids[u + 3]],
+                                 "test": [ids[u + 4]]}) + "\n")
+    return folder
+
+
+def write_models(folder: str) -> str:
+    build_tower(os.path.join(folder, "item_tower"), "item")
+    build_tower(os.path.join(folder, "query_tower"), "query", seed=7)
+    return folder
+
+
+GOOD_METRICS = {"recall_at_10": 0.3, "recall_at_50": 0.5, "recall_at_100": 0.6, "ndcg_at_10": 0.2,
+                "popularity": {"recall_at_10": 0.1}, "n_queries": 12}
+
+
+# ---------------------------------------------------------------- ScaNN vs brute force
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(200, d))
+    x = centers[rng.integers(0, 200, n)] + 0.3 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tree_index():
+    from indexer.build import stand_in_queries
+    from indexer.scann_index import build_searcher
+
+    db = _clustered(20_000, 32)
+    searcher, kind = build_searcher(db, IndexConfig(brute_force_below=1000), k=10)
+    return db, searcher, kind, stand_in_queries(db, 300, seed=1)
+
+
+def test_exact_mode_matches_numpy_exactly():
+    from indexer.scann_index import BRUTE_FORCE, build_searcher, exact_topk, search
+
+    rng = np.random.default_rng(3)
+    db = rng.normal(size=(500, 16)).astype(np.float32)
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+    searcher, kind = build_searcher(db, IndexConfig(brute_force_below=1000), k=10)
+    assert kind == BRUTE_FORCE
+    idx, scores = search(searcher, queries, 10, len(db))
+    want_idx, want_scores = exact_topk(db, queries, 10)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    # k beyond the catalog is clamped instead of padded.
+    idx, _ = search(searcher, queries[:2], 900, len(db))
+    assert idx.shape == (2, 500)
+
+
+def test_tree_ah_recall_on_clustered_set(tree_index):
+    from indexer.scann_index import TREE_AH, exact_topk, recall_vs_exact, search
+
+    db, searcher, kind, queries = tree_index
+    assert kind == TREE_AH
+    found, _ = search(searcher, queries, 10, len(db))
+    exact, _ = exact_topk(db, queries, 10)
+    assert recall_vs_exact(found, exact) >= 0.9
+
+
+def test_measure_reports_recall_and_throughput(tree_index):
+    from indexer.scann_index import measure
+
+    db, searcher, _, queries = tree_index
+    m = measure(searcher, db, queries, k=10, repeats=2, max_single_queries=50)
+    assert set(m) == {"recall_at_10_vs_exact", "qps_batched", "qps_single"}
+    assert m["recall_at_10_vs_exact"] >= 0.9 and m["qps_batched"] > 0 and m["qps_single"] > 0
+
+
+@pytest.mark.parametrize("kind", ["brute_force", "tree_ah"])
+def test_save_and_reload_give_identical_results(tmp_path, tree_index, kind):
+    from indexer.scann_index import build_searcher, load_searcher, save_searcher
+
+    db, tree, _, queries = tree_index
+    searcher = tree if kind == "tree_ah" else build_searcher(db[:2000], IndexConfig(), k=10)[0]
+    save_searcher(searcher, str(tmp_path / "scann"))
+    # Relative asset paths: the folder still loads after being moved (as publish does).
+    os.rename(tmp_path / "scann", tmp_path / "moved")
+    reloaded = load_searcher(str(tmp_path / "moved"))
+    a_idx, a_d = searcher.search_batched(queries, final_num_neighbors=10)
+    b_idx, b_d = reloaded.search_batched(queries, final_num_neighbors=10)
+    np.testing.assert_array_equal(a_idx, b_idx)
+    np.testing.assert_array_equal(a_d, b_d)
+
+
+def test_load_searcher_names_a_missing_folder(tmp_path):
+    from indexer.scann_index import load_searcher
+
+    with pytest.raises(FileNotFoundError, match="scann_assets.pbtxt"):
+        load_searcher(str(tmp_path))
+
+
+def test_resolve_params_defaults():
+    from indexer.scann_index import resolve_params
+
+    assert resolve_params(100, IndexConfig()).kind == "brute_force"
+    p = resolve_params(40_000, IndexConfig(training_sample_size=10_000))
+    assert (p.kind, p.num_leaves, p.num_leaves_to_search, p.training_sample_size) == ("tree_ah", 200, 20, 10_000)
+    p = resolve_params(40_000, IndexConfig(num_leaves=50, num_leaves_to_search=7, reorder_k=33))
+    assert (p.num_leaves, p.num_leaves_to_search, p.reorder_k) == (50, 7, 33)
+
+
+# ---------------------------------------------------------------- embed + index stages
+@pytest.fixture(scope="module")
+def stage_dirs(tmp_path_factory):
+    """transformed/, model/ and the Beam embed output, built once for this module."""
+    from indexer.embed import embed_items
+
+    tmp = tmp_path_factory.mktemp("stages")
+    config = make_config(tmp)
+    transformed = write_transformed(config, str(tmp / "transformed"))
+    models = write_models(str(tmp / "model"))
+    report = embed_items(config, transformed, models, str(tmp / "emb"))
+    return config, tmp, transformed, models, str(tmp / "emb"), report
+
+
+def test_embed_via_beam_equals_the_towers_own_outputs(stage_dirs):
+    from core.towers import Tower
+    from indexer.embeddings import load_embeddings
+
+    config, _, _, models, emb, report = stage_dirs
+    ids, matrix = load_embeddings(emb)
+    assert ids == sorted(item_ids())  # every item once, sorted
+    assert report["n_items"] == N_ITEMS and report["dims"] == DIMS
+    assert report["seconds"] > 0 and report["items_per_second"] > 0
+    tower = Tower(os.path.join(models, "item_tower"))
+    want = tower.embed({"item_id": ids, "title": [""] * len(ids), "price": [0.0] * len(ids)})
+    # Same vectors up to float32 rounding: oneDNN's reductions (the L2 normalisation)
+    # round differently for different batch shapes, and Beam picks its own batch sizes.
+    np.testing.assert_allclose(matrix, want, rtol=0, atol=1e-6)
+    assert matrix.dtype == np.float32
+
+
+def test_embeddings_round_trip_and_reject_duplicates(tmp_path):
+    from indexer.embeddings import load_embeddings, write_embeddings
+
+    m = np.arange(6, dtype=np.float32).reshape(3, 2)
+    write_embeddings(str(tmp_path), ["b", "c", "a"], m)
+    ids, got = load_embeddings(str(tmp_path))
+    assert ids == ["a", "b", "c"]
+    np.testing.assert_array_equal(got, m[[2, 0, 1]])
+    with pytest.raises(ValueError, match="duplicate"):
+        write_embeddings(str(tmp_path), ["a", "a"], m[:2])
+
+
+def test_index_stage_writes_contract_files(stage_dirs):
+    from indexer.build import build_index_stage, read_item_ids
+    from indexer.embeddings import load_embeddings
+    from indexer.scann_index import exact_topk, load_searcher
+
+    config, tmp, _, _, emb, _ = stage_dirs
+    out = str(tmp / "index")
+    metrics = build_index_stage(config, emb, out)
+    on_disk = json.loads(storage.read_text(os.path.join(out, "index_metrics.json")))
+    assert on_disk == metrics
+    for key in ("kind", "n_items", "dims", "recall_at_10_vs_exact", "qps_batched", "qps_single",
+                "build_seconds"):
+        assert key in metrics
+    assert metrics["kind"] == "brute_force" and metrics["recall_at_10_vs_exact"] == 1.0
+    ids, matrix = load_embeddings(emb)
+    assert read_item_ids(out) == ids
+    searcher = load_searcher(os.path.join(out, "scann"))
+    got, _ = searcher.search_batched(matrix[:5], final_num_neighbors=3)
+    np.testing.assert_array_equal(got, exact_topk(matrix, matrix[:5], 3)[0])
+
+
+# ---------------------------------------------------------------- gate
+def test_gate_pass_and_fail_reasons(tmp_path):
+    from indexer.gate import decide
+
+    config = make_config(tmp_path, gate={"min_recall_at_10": 0.2})
+    ok = decide(config, GOOD_METRICS)
+    assert ok.publish
+    assert any("0.3000 meets the minimum 0.2000" in r for r in ok.reasons)
+    assert any("beats the popularity baseline's 0.1000" in r for r in ok.reasons)
+
+    bad = decide(config, {**GOOD_METRICS, "recall_at_10": 0.1})
+    assert not bad.publish
+    assert any("0.1000 is below the minimum 0.2000" in r for r in bad.reasons)
+    assert any("does not beat the popularity baseline's 0.1000" in r for r in bad.reasons)
+
+    lenient = make_config(tmp_path, gate={"must_beat_popularity": False})
+    assert decide(lenient, {**GOOD_METRICS, "recall_at_10": 0.05}).publish
+    with pytest.raises(ValueError, match="popularity.recall_at_10"):
+        decide(config, {"recall_at_10": 0.5})
+
+
+# ---------------------------------------------------------------- gate + publish
+def test_publish_skipped_when_gate_fails_leaves_store_untouched(stage_dirs):
+    from indexer.publish import gate_and_publish
+
+    config, tmp, transformed, models, emb, _ = stage_dirs
+    config = config.with_overrides({"publish.store": str(tmp / "store-fail"), "gate.min_recall_at_10": 0.9})
+    out = gate_and_publish(config, transformed, models, emb, str(tmp / "unused-index"), GOOD_METRICS,
+                           run_id="r0", lineage={})
+    assert out["published"] is False and out["version"] is None
+    assert any("below the minimum 0.9000" in r for r in out["reasons"])
+    assert not os.path.exists(tmp / "store-fail")
+
+
+def test_publish_lays_out_a_verified_live_version(stage_dirs):
+    import pyarrow.parquet as pq
+
+    from indexer.build import build_index_stage
+    from indexer.publish import gate_and_publish
+    from indexer.store import VersionStore
+
+    config, tmp, transformed, models, emb, _ = stage_dirs
+    index_dir = str(tmp / "index-pub")
+    build_index_stage(config, emb, index_dir)
+    lineage = {"data_fingerprint": "abc", "config": config.to_json(), "code_version": "test", "run_id": "r1"}
+    out = gate_and_publish(config, transformed, models, emb, index_dir, GOOD_METRICS, "r1", lineage)
+    assert out["published"] and out["store"] == config.publish.store
+    store = VersionStore(config.publish.store)
+    assert store.current() == out["version"]
+    manifest = store.verify(out["version"])
+    assert manifest["run_id"] == "r1" and manifest["lineage"] == lineage
+    assert manifest["metrics"] == GOOD_METRICS and manifest["gate"]["publish"] is True
+    assert manifest["index"]["kind"] == "brute_force"
+    assert manifest["serving"]["query_key"] == "user_id"
+    files = set(manifest["files"])
+    assert {"index/item_ids.txt", "index/scann/scann_assets.pbtxt", "items.parquet", "query_table.jsonl",
+            "seen.jsonl", "query_tower/saved_model.pb"} <= files
+    vdir = store.version_path(out["version"])
+    table = pq.read_table(os.path.join(vdir, "items.parquet"))
+    assert table.column_names == ["item_id", "title", "price", "embedding"]
+    rows = table.to_pylist()
+    assert [r["item_id"] for r in rows] == sorted(item_ids())
+    assert rows[3]["title"] == "thing 3" and rows[3]["price"] == 1.5 and len(rows[3]["embedding"]) == DIMS

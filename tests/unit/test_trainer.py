@@ -1,0 +1,354 @@
+"""trainer: encoders, training with early stopping, export contract, evaluation.
+
+Tiny planted data (hand-checkable): 4 product categories x 12 items; every query is
+"<adjective> <category>" and only ever buys items of its category, so a model that
+reads the query text must rank its category first, while popularity cannot.
+Towers are trained once per module (two small runs, a few seconds each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import Config
+from core.records import encode_example, interaction_specs, item_specs
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+CATEGORIES = ["shoes", "hats", "bags", "watches"]
+ADJECTIVES = ["red", "cheap", "best", "light", "classic", "summer", "winter", "kids", "pro", "smart",
+              "soft", "big"]
+BRANDS = ["acme", "zenith", "orbit"]
+TAGS = ["sale", "new", "eco", ""]
+ITEMS_PER_CATEGORY = 12
+PER_QUERY = 5  # 3 train, 1 valid, 1 test (leave last out by timestamp)
+
+
+def make_config(data_path: str, **train) -> Config:
+    base = dict(batch_size=16, n_epochs=8, lr=0.02, patience=3, embedding_dims=16, feature_dims=8,
+                hidden_dims=[32], temperature=0.1, seed=3, max_eval_queries=1000)
+    base.update(train)
+    return Config.model_validate({
+        "data": {"path": data_path},
+        "schema": {
+            "query_key": "query",
+            "query_features": [{"name": "query", "type": "text"}, {"name": "segment", "type": "categorical"}],
+            "item_features": [{"name": "title", "type": "text"}, {"name": "category", "type": "categorical"},
+                              {"name": "tags", "type": "multi_categorical"},
+                              {"name": "price", "type": "numeric"}],
+        },
+        "transform": {"text_max_tokens": 6},
+        "train": base,
+        "evaluate": {"ks": [10, 50, 100], "ndcg_k": 10},
+        "publish": {"store": "unused"},
+    })
+
+
+def _write_tfrecord(path: Path, rows: list[dict], specs) -> None:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in rows:
+            writer.write(encode_example(row, specs))
+
+
+def write_transformed(root: Path, config: Config) -> dict:
+    """A transform-stage output folder per docs/ARCHITECTURE.md, built by hand."""
+    rng = np.random.default_rng(7)
+    items = []
+    for c, cat in enumerate(CATEGORIES):
+        for k in range(ITEMS_PER_CATEGORY):
+            tags = "|".join(t for t in rng.choice(TAGS, size=2, replace=False) if t)
+            items.append({"item_id": f"i{len(items):02d}", "category": cat, "tags": tags,
+                          "title": f"{BRANDS[k % 3]} {cat} model {k}", "price": float(10 * (c + 1) + k)})
+    by_cat = {cat: [it for it in items if it["category"] == cat] for cat in CATEGORIES}
+    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    seen = []
+    for c, cat in enumerate(CATEGORIES):
+        for a, adj in enumerate(ADJECTIVES):
+            query = {"query": f"{adj} {cat}", "segment": ["web", "app"][a % 2]}
+            bought = rng.choice(ITEMS_PER_CATEGORY, size=PER_QUERY, replace=False)
+            rows = [{**query, **by_cat[cat][b]} for b in bought]
+            parts = {"train": rows[:3], "valid": rows[3:4], "test": rows[4:]}
+            for split, part in parts.items():
+                splits[split].extend(part)
+            seen.append({"key": query["query"], **{s: [r["item_id"] for r in p] for s, p in parts.items()}})
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vocab").mkdir()
+    ispecs, xspecs = item_specs(config.schema), interaction_specs(config.schema)
+    _write_tfrecord(root / "items-00000-of-00001.tfrecord", items, ispecs)
+    for split, rows in splits.items():
+        _write_tfrecord(root / f"{split}-00000-of-00001.tfrecord", rows, xspecs)
+
+    def vocab(name: str, counter: Counter, all_tokens=()) -> None:
+        for t in all_tokens:
+            counter.setdefault(t, 0)
+        lines = [f"{t}\t{n}" for t, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
+        (root / "vocab" / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+
+    train = splits["train"]
+    vocab("item_id", Counter(r["item_id"] for r in train), [it["item_id"] for it in items])
+    vocab("query", Counter(t for r in train for t in r["query"].split()))
+    vocab("segment", Counter(r["segment"] for r in train))
+    vocab("title", Counter(t for r in train + items for t in r["title"].split()))
+    vocab("category", Counter(r["category"] for r in train + items))
+    vocab("tags", Counter(t for r in train + items for t in r["tags"].split("|") if t))
+    prices = np.array([r["price"] for r in train])
+    (root / "stats.json").write_text(json.dumps({
+        "numeric": {"price": {"mean": prices.mean(), "std": prices.std(), "min": prices.min(),
+                              "max": prices.max()}},
+        "counts": {s: len(r) for s, r in splits.items()} | {"items": len(items), "queries": len(seen)},
+        "split": "leave_last_out"}))
+    (root / "seen.jsonl").write_text("".join(json.dumps(s) + "\n" for s in seen))
+    return {"items": items, "splits": splits}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("transformed")
+    config = make_config(str(root))
+    planted = write_transformed(root, config)
+    return {"root": root, "config": config, **planted}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    from trainer.train import train_model
+
+    out = tmp_path_factory.mktemp("model")
+    summary = train_model(data["config"], str(data["root"]), str(out))
+    return {"out": out, "summary": summary}
+
+
+@pytest.fixture(scope="module")
+def evaluated(data, trained, tmp_path_factory):
+    from trainer.evaluate import evaluate_model
+
+    out = tmp_path_factory.mktemp("eval")
+    return {"out": out, "metrics": evaluate_model(data["config"], str(data["root"]), str(trained["out"]),
+                                                  str(out))}
+
+
+@pytest.fixture(scope="module")
+def early_stopped(data, tmp_path_factory):
+    """Content-only towers (no item ids), bigrams, adamw, dropout; patience 0."""
+    from trainer.train import train_model
+
+    config = make_config(str(data["root"]), patience=0, n_epochs=25, use_item_ids_as_features=False,
+                         text_hash_buckets=64, optimizer="adamw", weight_decay=0.01, dropout=0.1)
+    out = tmp_path_factory.mktemp("model_es")
+    return {"out": out, "config": config, "summary": train_model(config, str(data["root"]), str(out))}
+
+
+def _tower(path):
+    from core.towers import Tower
+
+    return Tower(str(path))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.slow
+def test_training_json_has_contract_keys(trained, data):
+    summary = json.loads((trained["out"] / "training.json").read_text())
+    assert summary == trained["summary"]
+    assert {"history", "best_epoch", "examples_per_second", "n_train"} <= set(summary)
+    assert summary["n_train"] == len(data["splits"]["train"])
+    assert summary["examples_per_second"] > 0
+    for i, epoch in enumerate(summary["history"], start=1):
+        assert set(epoch) == {"epoch", "loss", "val_recall_at_10", "seconds"}
+        assert epoch["epoch"] == i and np.isfinite(epoch["loss"]) and epoch["seconds"] > 0
+    assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
+    assert list((trained["out"] / "tensorboard").iterdir()), "no TensorBoard events written"
+
+
+@pytest.mark.slow
+def test_model_learns_planted_structure_and_beats_popularity(evaluated, data):
+    m = evaluated["metrics"]
+    saved = json.loads((evaluated["out"] / "metrics.json").read_text())
+    assert saved == m
+    assert m["n_queries"] == len(CATEGORIES) * len(ADJECTIVES)
+    for key in ("recall_at_10", "recall_at_50", "recall_at_100", "ndcg_at_10"):
+        assert key in m and key in m["popularity"]
+    # 12 items per category minus <= 4 masked: the category fits in the top 10.
+    assert m["recall_at_10"] >= 0.9
+    assert m["recall_at_10"] > m["popularity"]["recall_at_10"] + 0.4
+    assert m["recall_at_100"] == pytest.approx(1.0)  # K > N: everything unmasked is retrieved
+    assert m["popularity"]["recall_at_100"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_and_restores_best(early_stopped, data):
+    s = early_stopped["summary"]
+    recalls = [h["val_recall_at_10"] for h in s["history"]]
+    assert len(recalls) < 25, "patience 0 should stop once validation recall stops improving"
+    best = s["best_epoch"]
+    assert best == len(recalls) - 1  # patience 0: stop one epoch after the best
+    assert recalls[best - 1] == max(recalls) and recalls[best - 1] > recalls[-1] - 1e-12
+    assert recalls.index(max(recalls)) == best - 1  # first time the max was reached
+    # The exported towers are the best epoch's: recomputing validation recall from the
+    # SavedModels reproduces the best value, not the last one.
+    from trainer.evalset import load_catalog, load_queries
+    from trainer.evaluate import _embed
+    from trainer.metrics import embedding_retrieval_metrics
+
+    config, root = early_stopped["config"], str(data["root"])
+    catalog = load_catalog(config, root)
+    valid = load_queries(config, root, "valid", ("train",), catalog)
+    q = _embed(_tower(early_stopped["out"] / "query_tower"), valid.features)
+    i = _embed(_tower(early_stopped["out"] / "item_tower"), catalog.features)
+    got = embedding_retrieval_metrics(q, i, valid.relevant, valid.masked, ks=(10,))["recall_at_10"]
+    assert got == pytest.approx(recalls[best - 1], abs=1e-9)
+
+
+def test_fit_loop_restores_best_weights_with_fakes():
+    from trainer.train import fit_with_early_stopping
+
+    state = {"w": 0}
+    scripted = {1: 0.1, 2: 0.5, 3: 0.3, 4: 0.5, 5: 0.9}
+
+    def train_epoch(epoch):
+        state["w"] = epoch  # the "weights" after an epoch are its number
+        return 1.0 / epoch
+
+    history, best = fit_with_early_stopping(
+        10, 1, train_epoch, validate=lambda e: scripted[e], snapshot=lambda: dict(state),
+        restore=lambda w: state.update(w))
+    # 0.5 at epoch 4 is not a strict improvement over epoch 2: two bad epochs > patience 1.
+    assert [h.epoch for h in history] == [1, 2, 3, 4] and best == 2 and state["w"] == 2
+
+    history, best = fit_with_early_stopping(3, 0, train_epoch, validate=lambda e: None,
+                                            snapshot=lambda: dict(state), restore=lambda w: state.update(w))
+    assert len(history) == 3 and best == 3 and state["w"] == 3  # no validation: keep the last
+
+
+@pytest.mark.slow
+def test_gpu_requested_without_gpu_is_a_clear_error(data, tmp_path):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is present")
+    from trainer.train import train_model
+
+    config = make_config(str(data["root"]), device="gpu", n_epochs=1)
+    with pytest.raises(RuntimeError, match="train.device"):
+        train_model(config, str(data["root"]), str(tmp_path))
+
+
+# --------------------------------------------------------------------------- export
+
+
+@pytest.mark.slow
+def test_query_tower_reloads_identically_in_a_fresh_process(trained):
+    path = trained["out"] / "query_tower"
+    feats = {"query": ["red shoes", "Nike RUNNING shoes!!", ""], "segment": ["web", "app", "tv"]}
+    here = _tower(path).embed(feats)
+    script = ("import json, sys; from core.towers import Tower; "
+              "e = Tower(sys.argv[1]).embed(json.loads(sys.argv[2])); print(json.dumps(e.tolist()))")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", script, str(path), json.dumps(feats)], capture_output=True,
+                          text=True, check=True, env=env, cwd=str(Path(__file__).resolve().parents[2]))
+    there = np.array(json.loads(proc.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    assert here.shape == (3, 16) and here.dtype == np.float32
+    np.testing.assert_allclose(here, there, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(here, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_raw_text_embeds_like_normalised_text(trained, early_stopped):
+    for out in (trained["out"], early_stopped["out"]):  # unigrams only / with hashed bigrams
+        tower = _tower(out / "query_tower")
+        raw = tower.embed({"query": ["Nike RUNNING shoes!!", "  RED---Shoes "], "segment": ["web", "web"]})
+        norm = tower.embed({"query": ["nike running shoes", "red shoes"], "segment": ["web", "web"]})
+        np.testing.assert_allclose(raw, norm, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_query_tower_separates_categories(trained):
+    tower = _tower(trained["out"] / "query_tower")
+    emb = tower.embed({"query": [f"{a} {c}" for c in CATEGORIES for a in ("red", "cheap")],
+                       "segment": ["web"] * 8})
+    sims = emb @ emb.T
+    same = [sims[2 * c, 2 * c + 1] for c in range(4)]
+    other = [sims[2 * c, 2 * d] for c in range(4) for d in range(4) if c != d]
+    assert min(same) > max(other)
+
+
+@pytest.mark.slow
+def test_item_tower_signature_accepts_item_id_and_content(trained, early_stopped):
+    expected = sorted(["item_id", "title", "category", "tags", "price"])
+    for out in (trained["out"], early_stopped["out"]):  # with and without item-id embeddings
+        tower = _tower(out / "item_tower")
+        assert tower.input_names == expected
+        assert tower.input_dtypes["price"].name == "float32" and tower.input_dtypes["item_id"].name == "string"
+        emb = tower.embed({"item_id": ["i00", "i01"], "title": ["acme shoes model 0", "zenith shoes"],
+                           "category": ["shoes", "shoes"], "tags": ["sale|new", ""], "price": [10.0, 11.0]})
+        assert emb.shape == (2, 16)
+    q = _tower(trained["out"] / "query_tower").input_names
+    assert q == ["query", "segment"]
+
+
+@pytest.mark.slow
+def test_unknown_values_map_to_oov_without_error(trained):
+    item = _tower(trained["out"] / "item_tower")
+    emb = item.embed({"item_id": ["never-seen", "i00"], "title": ["", "Totally UNKNOWN words"],
+                      "category": ["unknown-category", ""], "tags": ["nope|", "||"], "price": [1e6, -3.0]})
+    assert np.isfinite(emb).all()
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    query = _tower(trained["out"] / "query_tower")
+    emb = query.embed({"query": ["zzz qqq", ""], "segment": ["unseen", ""]})
+    assert np.isfinite(emb).all()
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def test_encoders_pool_and_scale_as_documented():
+    import tensorflow as tf
+
+    from trainer.features import IdEncoder, MultiCategoricalEncoder, NumericEncoder, TextEncoder
+
+    text = TextEncoder(["nike", "running", "shoes"], 4, max_tokens=2, name="t")
+    out = text(tf.constant(["Nike RUNNING shoes!!", "nike running", "", "!!!"])).numpy()
+    table = text.embedding.embeddings.numpy()  # row 0 = OOV, then the vocabulary
+    np.testing.assert_allclose(out[0], (table[1] + table[2]) / 2, atol=1e-6)  # truncated to 2 tokens
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+    np.testing.assert_array_equal(out[2:], 0.0)  # no tokens -> zeros, not NaN
+
+    multi = MultiCategoricalEncoder(["a", "b"], 3, name="m")
+    out = multi(tf.constant(["a|b", "", "b||zz"])).numpy()
+    table = multi.embedding.embeddings.numpy()
+    np.testing.assert_allclose(out[0], (table[1] + table[2]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_allclose(out[2], (table[2] + table[0]) / 2, atol=1e-6)  # zz -> OOV row
+
+    empty = IdEncoder([], 3, name="e")  # an all-missing column yields an empty vocabulary file
+    assert empty(tf.constant(["x", ""])).shape == (2, 3)
+
+    num = NumericEncoder(10.0, 2.0, name="n")
+    np.testing.assert_allclose(num(tf.constant([10.0, 14.0])).numpy(), [[0.0], [2.0]])
+
+
+def test_dataset_batches_and_parses(data):
+    from core.records import interaction_specs
+    from trainer import artifacts
+    from trainer.data import count_records, make_dataset
+
+    files = artifacts.require_split_files(str(data["root"]), "train")
+    assert count_records(files) == len(data["splits"]["train"])
+    specs = interaction_specs(data["config"].schema)
+    batches = list(make_dataset(files, specs, 50, shuffle=True, seed=1))
+    assert [len(b["item_id"]) for b in batches] == [50, 50, 44]
+    assert batches[0]["price"].dtype.name == "float32" and batches[0]["query"].dtype.name == "string"
+    again = list(make_dataset(files, specs, 50, shuffle=True, seed=1))
+    assert (batches[0]["item_id"].numpy() == again[0]["item_id"].numpy()).all()  # seeded

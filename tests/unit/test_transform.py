@@ -1,0 +1,297 @@
+"""Beam transform on tiny hand-made data whose splits, vocabularies and fills are worked out by hand.
+
+Two real pipeline runs are shared by every test (module-scoped fixtures): a user-keyed
+leave-last-out set and a search-keyed hashed set.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from core.config import Config  # noqa: E402
+from core.records import decode_example, interaction_specs, item_specs  # noqa: E402
+from features.ingest import ingest  # noqa: E402
+from features.transform import hashed_bucket, run_transform  # noqa: E402
+
+USER_SCHEMA = {
+    "query_key": "user_id",
+    "query_features": [
+        {"name": "user_id", "type": "id"},
+        {"name": "age", "type": "numeric"},
+        {"name": "gender", "type": "categorical"},
+    ],
+    "item_features": [
+        {"name": "title", "type": "text"},
+        {"name": "genres", "type": "multi_categorical"},
+        {"name": "price", "type": "numeric"},
+    ],
+}
+
+SEARCH_SCHEMA = {
+    "query_key": "query",
+    "query_features": [{"name": "query", "type": "text"}],
+    "item_features": [{"name": "brand", "type": "categorical"}, {"name": "price", "type": "numeric"}],
+}
+
+# Catalog: price mean over known prices = (10 + 20 + 40 + 30) / 4 = 25 -> i3 gets 25.
+ITEMS = pd.DataFrame({
+    "item_id": ["i1", "i2", "i3", "i4", "i5"],
+    "title": ["The Matrix!", "Toy  Story", "Matrix Reloaded", "Alien", "Heat"],
+    "genres": ["Action| Sci-Fi ", "Animation|Comedy", "Action", "Drama", None],
+    "price": [10.0, 20.0, np.nan, 40.0, 30.0],
+})
+# u3 has no interactions; u4 interacts but is absent from users.
+USERS = pd.DataFrame({
+    "user_id": ["u1", "u2", "u3", "u5"],
+    "age": [30.0, np.nan, 50.0, 60.0],
+    "gender": [" F ", "M", "F", "M"],
+})
+# u1 (4 positives) by time: i4@50, i1@100, i2@200, i3@300 -> train {i4, i1}, valid i2, test i3.
+# u2 (2 positives) -> all train. u4, u5: one positive each -> train.
+# u6 (not in users): i3@7, then a tie at t=9 broken by item_id: i1 -> valid, i2 -> test.
+# The label-0 row goes to train_negatives only.
+INTERACTIONS = pd.DataFrame({
+    "user_id": ["u1", "u1", "u1", "u1", "u1", "u2", "u2", "u4", "u5", "u6", "u6", "u6"],
+    "item_id": ["i1", "i2", "i3", "i4", "i2", "i2", "i1", "i3", "i2", "i2", "i3", "i1"],
+    "label": [1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+    "timestamp": [100, 200, 300, 50, 400, 100, 100, 10, 5, 9, 7, 9],
+})
+
+
+def _config(path: Path, schema: dict, **overrides) -> Config:
+    raw = {"data": {"path": str(path)}, "schema": schema, "publish": {"store": str(path / "store")}}
+    cfg = Config.model_validate(raw)
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def _records(out: Path, name: str, specs) -> list[dict]:
+    import tensorflow as tf
+
+    files = sorted(glob.glob(str(out / f"{name}-*.tfrecord")))
+    assert files, f"no {name}-*.tfrecord"
+    return [decode_example(r.numpy(), specs) for r in tf.data.TFRecordDataset(files)]
+
+
+def _pairs(rows: list[dict], key: str = "user_id") -> set[tuple[str, str]]:
+    return {(r[key], r["item_id"]) for r in rows}
+
+
+def _vocab(out: Path, feature: str) -> list[tuple[str, int]]:
+    lines = (out / "vocab" / f"{feature}.tsv").read_text().splitlines()
+    return [(tok, int(cnt)) for tok, cnt in (line.split("\t") for line in lines)]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory):
+    """(config, out_dir, stats) of one leave-last-out run over the tables above."""
+    root = tmp_path_factory.mktemp("user")
+    src = root / "src"
+    src.mkdir()
+    ITEMS.to_csv(src / "items.csv", index=False)
+    USERS.to_csv(src / "users.csv", index=False)
+    INTERACTIONS.to_csv(src / "interactions.csv", index=False)
+    cfg = _config(src, USER_SCHEMA, **{"transform.split": "auto"})
+    ingest(cfg, str(root / "ingested"))
+    stats = run_transform(cfg, str(root / "ingested"), str(root / "out"))
+    return cfg, root / "out", stats
+
+
+def _search_tables(n: int = 3000) -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(7)
+    items = pd.DataFrame({"item_id": [f"p{i}" for i in range(50)],
+                          "brand": [f"B{i % 5}" for i in range(50)], "price": rng.random(50)})
+    inter = pd.DataFrame({
+        "query": [f"Query #{i % 400}" for i in range(n)],
+        "item_id": [f"p{i}" for i in rng.integers(0, 50, n)],
+        "rating": rng.integers(1, 6, n).astype(float),
+    })
+    return {"items": items, "interactions": inter}
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    """(config, out_dir, stats, interactions) of one hashed run with a min_rating filter."""
+    root = tmp_path_factory.mktemp("search")
+    src = root / "src"
+    src.mkdir()
+    tables = _search_tables()
+    for name, df in tables.items():
+        df.to_parquet(src / f"{name}.parquet", index=False)
+    cfg = _config(src, SEARCH_SCHEMA, **{"data.min_rating": 3, "transform.seed": 11})
+    ingest(cfg, str(root / "ingested"))
+    stats = run_transform(cfg, str(root / "ingested"), str(root / "out"))
+    return cfg, root / "out", stats, tables["interactions"]
+
+
+# ------------------------------------------------------------------ leave-last-out run
+
+
+def test_outputs_are_exactly_the_contract_files(user_run):
+    _, out, _ = user_run
+    names = sorted(os.path.relpath(p, out) for p in glob.glob(str(out / "**"), recursive=True)
+                   if os.path.isfile(p))
+    assert names == [
+        "items-00000-of-00001.tfrecord", "query_table.jsonl", "seen.jsonl", "stats.json",
+        "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
+        "train_negatives-00000-of-00001.tfrecord", "valid-00000-of-00001.tfrecord",
+        "vocab/gender.tsv", "vocab/genres.tsv", "vocab/item_id.tsv", "vocab/title.tsv", "vocab/user_id.tsv",
+    ]
+
+
+def test_leave_last_out_split_membership(user_run):
+    cfg, out, stats = user_run
+    specs = interaction_specs(cfg.schema)
+    assert _pairs(_records(out, "train", specs)) == {
+        ("u1", "i4"), ("u1", "i1"), ("u2", "i1"), ("u2", "i2"), ("u4", "i3"), ("u5", "i2"),
+        ("u6", "i3")}
+    assert _pairs(_records(out, "valid", specs)) == {("u1", "i2"), ("u6", "i1")}
+    assert _pairs(_records(out, "test", specs)) == {("u1", "i3"), ("u6", "i2")}
+    assert stats["split"] == "leave_last_out"
+    assert stats["counts"] == {"train": 7, "valid": 2, "test": 2, "train_negatives": 1,
+                               "items": 5, "queries": 6}
+
+
+def test_label_zero_rows_only_in_train_negatives(user_run):
+    cfg, out, _ = user_run
+    negatives = _records(out, "train_negatives", interaction_specs(cfg.schema))
+    assert _pairs(negatives) == {("u1", "i2")}
+    assert negatives[0]["title"] == "toy story"  # negatives carry the item features too
+
+
+def test_features_are_cleaned_and_numerics_filled(user_run):
+    cfg, out, stats = user_run
+    # age: train rows u1, u1 (30), u5 (60); u2/u4/u6 missing -> mean 40 (not the users' mean 46.7).
+    assert stats["numeric"]["age"]["mean"] == pytest.approx(40.0)
+    assert stats["numeric"]["price"]["mean"] == pytest.approx(25.0)
+    train = {(r["user_id"], r["item_id"]): r for r in _records(out, "train", interaction_specs(cfg.schema))}
+    assert train[("u1", "i1")] == {"user_id": "u1", "age": 30.0, "gender": "F", "item_id": "i1",
+                                   "title": "the matrix", "genres": "Action|Sci-Fi", "price": 10.0}
+    assert train[("u2", "i2")]["age"] == pytest.approx(40.0)
+    assert train[("u4", "i3")]["gender"] == "" and train[("u4", "i3")]["age"] == pytest.approx(40.0)
+    assert train[("u4", "i3")]["price"] == pytest.approx(25.0)
+    items = {r["item_id"]: r for r in _records(out, "items", item_specs(cfg.schema))}
+    assert sorted(items) == ["i1", "i2", "i3", "i4", "i5"]
+    assert items["i2"]["title"] == "toy story"
+    assert items["i3"]["price"] == pytest.approx(25.0)
+    assert items["i5"]["genres"] == ""
+
+
+def test_vocabularies_by_hand(user_run):
+    _, out, stats = user_run
+    assert _vocab(out, "user_id") == [("u1", 2), ("u2", 2), ("u4", 1), ("u5", 1), ("u6", 1)]
+    assert _vocab(out, "gender") == [("M", 3), ("F", 2)]  # u4's missing gender is not a token
+    # The whole catalog with train counts, zero included (the popularity table).
+    assert _vocab(out, "item_id") == [("i1", 2), ("i2", 2), ("i3", 2), ("i4", 1), ("i5", 0)]
+    assert _vocab(out, "genres") == [("Action", 2), ("Animation", 1), ("Comedy", 1), ("Drama", 1),
+                                     ("Sci-Fi", 1)]
+    assert _vocab(out, "title") == [("matrix", 2), ("alien", 1), ("heat", 1), ("reloaded", 1),
+                                    ("story", 1), ("the", 1), ("toy", 1)]
+    assert stats["vocab_sizes"] == {"gender": 2, "genres": 5, "item_id": 5, "title": 7, "user_id": 5}
+
+
+def test_seen_lists_positives_per_split(user_run):
+    _, out, _ = user_run
+    assert _jsonl(out / "seen.jsonl") == [
+        {"key": "u1", "train": ["i1", "i4"], "valid": ["i2"], "test": ["i3"]},
+        {"key": "u2", "train": ["i1", "i2"], "valid": [], "test": []},
+        {"key": "u4", "train": ["i3"], "valid": [], "test": []},
+        {"key": "u5", "train": ["i2"], "valid": [], "test": []},
+        {"key": "u6", "train": ["i3"], "valid": ["i1"], "test": ["i2"]},
+    ]
+
+
+def test_query_table_includes_users_without_interactions(user_run):
+    _, out, _ = user_run
+    assert _jsonl(out / "query_table.jsonl") == [
+        {"user_id": "u1", "age": 30.0, "gender": "F"},
+        {"user_id": "u2", "age": 40.0, "gender": "M"},
+        {"user_id": "u3", "age": 50.0, "gender": "F"},
+        {"user_id": "u4", "age": 40.0, "gender": ""},
+        {"user_id": "u5", "age": 60.0, "gender": "M"},
+        {"user_id": "u6", "age": 40.0, "gender": ""},
+    ]
+
+
+def test_stats_json_matches_return_value(user_run):
+    _, out, stats = user_run
+    on_disk = json.loads((out / "stats.json").read_text())
+    assert on_disk == {k: v for k, v in stats.items() if k != "seconds"}
+    assert set(on_disk["numeric"]["age"]) == {"mean", "std", "min", "max", "count"}
+    assert stats["seconds"] > 0
+
+
+# ------------------------------------------------------------------ hashed run (search keys)
+
+
+def test_hashed_bucket_is_stable_and_uniform():
+    assert hashed_bucket("q", "p1", 0) == hashed_bucket("q", "p1", 0)
+    assert hashed_bucket("q", "p1", 0) != hashed_bucket("q", "p1", 1)
+    values = np.array([hashed_bucket(f"k{i}", "x", 0) for i in range(20000)])
+    assert 0.0 <= values.min() and values.max() < 1.0
+    assert abs((values < 0.1).mean() - 0.1) < 0.01
+
+
+def test_hashed_split_is_deterministic_and_proportional(search_run):
+    cfg, out, stats, raw = search_run
+    specs = interaction_specs(cfg.schema)
+    splits = {s: _records(out, s, specs) for s in ("train", "valid", "test")}
+    positives = raw[raw["rating"] >= 3]
+    assert sum(len(v) for v in splits.values()) == len(positives)
+    assert stats["split"] == "hashed"
+    # Membership is exactly what the stable hash predicts (the seed is part of the hash).
+    for name, rows in splits.items():
+        for row in rows:
+            u = hashed_bucket(row["query"], row["item_id"], 11)
+            expected = "test" if u < 0.1 else "valid" if u < 0.2 else "train"
+            assert expected == name
+    for name, fraction in (("valid", 0.1), ("test", 0.1)):
+        assert abs(len(splits[name]) / len(positives) - fraction) < 0.04
+
+
+def test_search_keys_are_normalised_text(search_run):
+    _, out, stats, raw = search_run
+    table = _jsonl(out / "query_table.jsonl")
+    assert table[0] == {"query": "query 0"}
+    assert len(table) == raw["query"].nunique() == stats["counts"]["queries"]
+    seen_keys = [line["key"] for line in _jsonl(out / "seen.jsonl")]
+    assert seen_keys == sorted(seen_keys) and "query 0" in seen_keys
+    assert stats["counts"]["train_negatives"] == 0
+    assert _vocab(out, "query")[0][0] == "query"  # every query contributes the token "query"
+    assert [tok for tok, _ in _vocab(out, "brand")] == ["B0", "B1", "B2", "B3", "B4"]
+
+
+def test_vocab_caps_apply_but_not_to_item_ids():
+    """The vocabulary rule (a pure function) with tight caps."""
+    from features.transform import format_vocab
+
+    entries = [("b", 1), ("a", 3), ("c", 3), ("d", 2)]
+    assert format_vocab(entries, 2, 1, capped=True) == "a\t3\nc\t3\n"
+    assert format_vocab(entries, 10, 2, capped=True) == "a\t3\nc\t3\nd\t2\n"
+    assert format_vocab(entries, 1, 5, capped=False).count("\n") == 4
+
+
+def test_rerun_over_previous_output_is_byte_identical(user_run, tmp_path):
+    """Reruns are deterministic, and writing over an earlier output replaces it cleanly."""
+    import shutil
+
+    cfg, out, _ = user_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    (again / "seen.jsonl").write_text("stale\n")
+    run_transform(cfg, str(out.parent / "ingested"), str(again))
+    for rel in ("seen.jsonl", "query_table.jsonl", "stats.json", "vocab/item_id.tsv", "vocab/title.tsv"):
+        assert (again / rel).read_bytes() == (out / rel).read_bytes(), rel
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in out.iterdir())

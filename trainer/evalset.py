@@ -1,0 +1,109 @@
+"""Evaluation query sets and the catalog, shared by validation (training) and test
+evaluation so both follow one protocol.
+
+A query is a distinct key (``schema.query_key`` value) of a split; its features are
+taken from its first example there; its relevant items are the split's items for that
+key; its masked items are the key's items in ``mask_splits`` (from seen.jsonl) minus
+the relevant ones (a re-purchase of a seen item stays retrievable, so it is not a
+guaranteed miss).
+
+Trainer-internal (imports TensorFlow through :mod:`trainer.data`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.config import Config
+from core.records import ITEM_KEY, interaction_specs, item_specs
+from core.text import normalize_text
+from trainer import artifacts
+from trainer.data import read_columns
+
+
+@dataclass
+class Catalog:
+    """Every catalog item: ``ids[i]`` is position i; ``features`` columns are [N]."""
+
+    ids: list[str]
+    features: dict[str, np.ndarray]
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.ids)}
+
+
+@dataclass
+class QuerySet:
+    """Q evaluation queries: ``features`` columns [Q], ``relevant``/``masked`` Q position arrays."""
+
+    keys: list[str]
+    features: dict[str, np.ndarray]
+    relevant: list[np.ndarray]
+    masked: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def load_catalog(config: Config, transformed_dir: str) -> Catalog:
+    """The catalog from ``items-*.tfrecord`` (first occurrence wins on duplicate ids)."""
+    files = artifacts.require_split_files(transformed_dir, "items")
+    cols = read_columns(files, item_specs(config.schema))
+    ids = cols[ITEM_KEY]
+    _, first = np.unique(ids, return_index=True)
+    keep = np.sort(first)
+    return Catalog(ids=[str(i) for i in ids[keep]], features={k: v[keep] for k, v in cols.items()})
+
+
+def load_queries(config: Config, transformed_dir: str, split: str, mask_splits: tuple[str, ...],
+                 catalog: Catalog, max_queries: int | None = None, seed: int = 0) -> QuerySet:
+    """Distinct keys of ``split`` with their features, relevant and masked catalog positions.
+
+    Keys whose relevant items are all outside the catalog are dropped. With
+    ``max_queries`` set, a seeded random subset (in first-seen order) is kept.
+
+    Raises:
+        ValueError: seen.jsonl is non-empty but shares no key with the split (the
+            transform keyed it differently), which would silently disable masking.
+    """
+    files = artifacts.split_files(transformed_dir, split)
+    schema = config.schema
+    cols = read_columns(files, interaction_specs(schema))
+    key_name = schema.query_key
+    keys = cols[key_name]
+    index = catalog.index
+    first_row: dict[str, int] = {}
+    relevant: dict[str, set[int]] = {}
+    for row, (key, item) in enumerate(zip(keys, cols[ITEM_KEY])):
+        pos = index.get(item)
+        if key not in first_row:
+            first_row[key] = row
+            relevant[key] = set()
+        if pos is not None:
+            relevant[key].add(pos)
+    ordered = [k for k in first_row if relevant[k]]
+    if max_queries is not None and len(ordered) > max_queries:
+        chosen = np.random.default_rng(seed).choice(len(ordered), size=max_queries, replace=False)
+        ordered = [ordered[i] for i in np.sort(chosen)]
+
+    seen = artifacts.read_seen(transformed_dir) if mask_splits else {}
+    text_key = any(f.name == key_name and f.type == "text" for f in schema.query_features)
+    matched = 0
+    masked: list[np.ndarray] = []
+    for key in ordered:
+        entry_key = key if key in seen or not text_key else normalize_text(key)
+        matched += entry_key in seen
+        items = artifacts.seen_items(seen, entry_key, mask_splits)
+        pos = {index[i] for i in items if i in index} - relevant[key]
+        masked.append(np.array(sorted(pos), dtype=np.int64))
+    if ordered and seen and matched == 0:
+        raise ValueError(f"{transformed_dir}: none of the {split} keys appear in seen.jsonl; "
+                         f"cannot mask {'+'.join(mask_splits)} items")
+    rows = np.array([first_row[k] for k in ordered], dtype=np.int64)
+    feats = {s.name: cols[s.name][rows] for s in schema.query_features}
+    return QuerySet(keys=ordered, features=feats,
+                    relevant=[np.array(sorted(relevant[k]), dtype=np.int64) for k in ordered],
+                    masked=masked)

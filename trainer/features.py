@@ -1,0 +1,216 @@
+"""Keras feature encoders and towers built from the config schema and the vocabularies.
+
+Every encoder maps one raw feature column, shape [B] (tf.string or tf.float32), to a
+dense float32 [B, F] encoding:
+
+- id / categorical: StringLookup (1 OOV bucket at index 0) -> Embedding(F = train.feature_dims)
+- multi_categorical: split on "|" -> lookup -> mean of embeddings (no values -> zeros)
+- text: core.text.tf_normalize_text -> whitespace tokens -> first transform.text_max_tokens ->
+  lookup -> mean of embeddings (no tokens -> zeros); with train.text_hash_buckets > 0 the
+  hashed word bigrams are pooled in the same mean
+- numeric: (x - mean) / std from stats.json -> [B, 1]
+
+A tower concatenates its encodings, applies Dense(hidden_dims, activation) + Dropout,
+projects to Dense(embedding_dims) and L2-normalises, so dot products are cosines.
+
+Trainer-internal: imports TensorFlow at module import (only train/evaluate import it,
+inside functions).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from core.config import MULTI_VALUE_SEPARATOR, Config, FeatureSpec
+from core.records import ITEM_KEY
+from core.text import tf_normalize_text
+from trainer import artifacts
+from trainer.tfenv import import_tf
+
+tf = import_tf()
+
+#: Stands in for an empty vocabulary (StringLookup refuses []); it can never match a
+#: real value because text is normalised to [a-z0-9 ] and this has a NUL byte.
+_EMPTY_VOCAB_SENTINEL = "\x00<empty-vocabulary>"
+
+
+def _lookup(vocabulary: Sequence[str], name: str):
+    vocab = list(vocabulary) or [_EMPTY_VOCAB_SENTINEL]
+    return tf.keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=1, mask_token=None,
+                                        name=f"{name}_lookup")
+
+
+def _mean_pool(embedded, extra=None):
+    """Mean over the ragged token axis: [B, (T), F] -> [B, F]; empty rows -> zeros."""
+    total = tf.reduce_sum(embedded, axis=1)
+    count = tf.cast(embedded.row_lengths(), tf.float32)
+    if extra is not None:
+        total += tf.reduce_sum(extra, axis=1)
+        count += tf.cast(extra.row_lengths(), tf.float32)
+    return total / tf.maximum(count, 1.0)[:, None]
+
+
+class IdEncoder(tf.keras.layers.Layer):
+    """id / categorical: [B] string -> [B, F]. Unknown values share the OOV row."""
+
+    def __init__(self, vocabulary: Sequence[str], dims: int, **kwargs):
+        super().__init__(**kwargs)
+        self.lookup = _lookup(vocabulary, self.name)
+        self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), dims,
+                                                   name=f"{self.name}_embedding")
+
+    def call(self, values):
+        return self.embedding(self.lookup(values))
+
+
+class MultiCategoricalEncoder(tf.keras.layers.Layer):
+    """multi_categorical "a|b": [B] string -> mean of value embeddings [B, F]."""
+
+    def __init__(self, vocabulary: Sequence[str], dims: int, **kwargs):
+        super().__init__(**kwargs)
+        self.lookup = _lookup(vocabulary, self.name)
+        self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), dims,
+                                                   name=f"{self.name}_embedding")
+
+    def call(self, values):
+        parts = tf.strings.split(values, sep=MULTI_VALUE_SEPARATOR)
+        parts = tf.ragged.map_flat_values(tf.strings.strip, parts)
+        # "" splits to [""] and "a||b" has an empty middle value: neither is a value.
+        parts = tf.ragged.boolean_mask(parts, tf.not_equal(parts, ""))
+        ids = tf.ragged.map_flat_values(self.lookup, parts)
+        return _mean_pool(tf.ragged.map_flat_values(self.embedding, ids))
+
+
+class TextEncoder(tf.keras.layers.Layer):
+    """text: [B] raw or normalised string -> mean of token (+ hashed bigram) embeddings [B, F].
+
+    Normalising again here is idempotent for transformed text and makes raw serving
+    input ("Nike RUNNING shoes!!") encode exactly like its training form.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], dims: int, max_tokens: int, hash_buckets: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if max_tokens < 1:
+            raise ValueError(f"transform.text_max_tokens must be >= 1, got {max_tokens}")
+        self.max_tokens = int(max_tokens)
+        self.hash_buckets = int(hash_buckets)
+        self.lookup = _lookup(vocabulary, self.name)
+        self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), dims,
+                                                   name=f"{self.name}_embedding")
+        self.bigram_embedding = (
+            tf.keras.layers.Embedding(self.hash_buckets, dims, name=f"{self.name}_bigram_embedding")
+            if self.hash_buckets > 0 else None)
+
+    def call(self, values):
+        tokens = tf.strings.split(tf_normalize_text(values))[:, : self.max_tokens]
+        embedded = tf.ragged.map_flat_values(self.embedding,
+                                             tf.ragged.map_flat_values(self.lookup, tokens))
+        if self.bigram_embedding is None:
+            return _mean_pool(embedded)
+        bigrams = tf.strings.ngrams(tokens, 2, separator=" ")
+        buckets = tf.ragged.map_flat_values(tf.strings.to_hash_bucket_fast, bigrams, self.hash_buckets)
+        return _mean_pool(embedded, tf.ragged.map_flat_values(self.bigram_embedding, buckets))
+
+
+class NumericEncoder(tf.keras.layers.Layer):
+    """numeric: [B] float32 -> standardised [B, 1] with the train-split mean/std."""
+
+    def __init__(self, mean: float, std: float, **kwargs):
+        super().__init__(**kwargs)
+        if std <= 0.0:
+            raise ValueError(f"{self.name}: std must be > 0, got {std}")
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def call(self, values):
+        return ((tf.cast(values, tf.float32) - self.mean) / self.std)[:, None]
+
+
+class TowerModel(tf.keras.Model):
+    """Feature encoders -> concat -> MLP -> Dense(embedding_dims) -> L2 normalise.
+
+    ``call(features)`` takes a dict with at least ``raw_input_names`` (each [B]) and returns
+    float32 [B, embedding_dims] with unit rows. Extra keys are ignored, so the same
+    batch dict feeds both towers.
+    """
+
+    def __init__(self, encoders: Mapping[str, tf.keras.layers.Layer], input_specs: Sequence[FeatureSpec],
+                 hidden_dims: Sequence[int], activation: str, dropout: float, embedding_dims: int,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if not encoders:
+            raise ValueError(f"{self.name}: a tower needs at least one encoded feature")
+        self.input_specs = list(input_specs)
+        # Sorted so the concat order never depends on dict insertion order.
+        self.encoded_names = sorted(encoders)
+        self.encoders = {name: encoders[name] for name in self.encoded_names}
+        self.hidden = []
+        for i, width in enumerate(hidden_dims):
+            self.hidden.append(tf.keras.layers.Dense(width, activation=activation, name=f"hidden_{i}"))
+            if dropout > 0.0:
+                self.hidden.append(tf.keras.layers.Dropout(dropout, name=f"dropout_{i}"))
+        self.projection = tf.keras.layers.Dense(embedding_dims, name="projection")
+
+    @property
+    def raw_input_names(self) -> list[str]:
+        return [s.name for s in self.input_specs]
+
+    def call(self, features, training=False):
+        x = tf.concat([self.encoders[name](features[name]) for name in self.encoded_names], axis=1)
+        for layer in self.hidden:
+            x = layer(x, training=training)
+        return tf.math.l2_normalize(self.projection(x), axis=1)
+
+
+def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats: dict):
+    """One encoder layer for ``spec`` (vocabularies / stats read from ``transformed_dir``)."""
+    dims = config.train.feature_dims
+    name = f"{spec.name}_encoder"
+    if spec.type == "numeric":
+        mean, std = artifacts.numeric_stats(stats, spec.name)
+        return NumericEncoder(mean, std, name=name)
+    tokens, _ = artifacts.read_vocab(transformed_dir, spec.name)
+    if spec.type in ("id", "categorical"):
+        return IdEncoder(tokens, dims, name=name)
+    if spec.type == "multi_categorical":
+        return MultiCategoricalEncoder(tokens, dims, name=name)
+    if spec.type == "text":
+        return TextEncoder(tokens, dims, config.transform.text_max_tokens,
+                           config.train.text_hash_buckets, name=name)
+    raise ValueError(f"feature {spec.name!r}: unsupported type {spec.type!r}")
+
+
+def query_input_specs(config: Config) -> list[FeatureSpec]:
+    """Raw inputs of the query tower: every declared query feature."""
+    return list(config.schema.query_features)
+
+
+def item_input_specs(config: Config) -> list[FeatureSpec]:
+    """Raw inputs of the item tower: item_id (always accepted) + the item features."""
+    return [FeatureSpec(name=ITEM_KEY, type="id"), *config.schema.item_features]
+
+
+def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, TowerModel]:
+    """(query_tower, item_tower) for ``config.schema``.
+
+    Raises:
+        ValueError: the item tower would have no features (no item features and
+            ``train.use_item_ids_as_features`` false).
+        FileNotFoundError: a vocabulary file is missing.
+    """
+    stats = artifacts.read_stats(transformed_dir)
+    t = config.train
+
+    def tower(specs: list[FeatureSpec], encoded: list[FeatureSpec], name: str) -> TowerModel:
+        encoders = {s.name: build_encoder(s, config, transformed_dir, stats) for s in encoded}
+        return TowerModel(encoders, specs, t.hidden_dims, t.activation_fn, t.dropout, t.embedding_dims,
+                          name=name)
+
+    q_specs = query_input_specs(config)
+    i_specs = item_input_specs(config)
+    i_encoded = i_specs if t.use_item_ids_as_features else i_specs[1:]
+    if not i_encoded:
+        raise ValueError("schema.item_features is empty and train.use_item_ids_as_features is false: "
+                         "the item tower would have no input to encode")
+    return tower(q_specs, q_specs, "query_tower"), tower(i_specs, i_encoded, "item_tower")
