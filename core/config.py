@@ -115,6 +115,8 @@ class TrainConfig(_Strict):
     temperature: float = Field(0.05, gt=0.0)
     negative_samples_count: int = Field(0, ge=0)
     use_item_ids_as_features: bool = True
+    logq_correction: bool = Field(False, description="subtract log(train popularity) from in-batch logits "
+                                  "(sampling-bias correction, Yi et al. 2019)")
     text_hash_buckets: int = Field(0, ge=0, description="extra hashed word-bigram buckets (0 = off)")
     num_workers: int = Field(1, ge=1, description="tf.data parallelism")
     device: Literal["auto", "cpu", "gpu"] = "auto"

@@ -9,7 +9,7 @@ Output (``out_dir``, see docs/ARCHITECTURE.md "transform"):
   ``train_negatives-*.tfrecord`` (label-0 rows), one ``core.records.interaction_specs``
   Example per interaction;
 - ``items-*.tfrecord``: one ``core.records.item_specs`` Example per catalog item;
-- ``query_table.jsonl``, ``seen.jsonl``, ``vocab/<feature>.tsv``, ``stats.json``.
+- ``query_table.jsonl``, ``seen.jsonl``, ``items_display.jsonl``, ``vocab/<feature>.tsv``, ``stats.json``.
 
 Graph (I/O only at the edges)::
 
@@ -65,6 +65,8 @@ NEGATIVES = "train_negatives"
 #: so it is never capped or filtered by count.
 UNCAPPED_VOCABS = (ITEM_KEY,)
 STATS_FILE, SEEN_FILE, QUERY_TABLE_FILE = "stats.json", "seen.jsonl", "query_table.jsonl"
+#: Raw (un-normalised) display fields per item, for people reading query results.
+ITEMS_DISPLAY_FILE = "items_display.jsonl"
 _NUMERIC_EMPTY = {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "count": 0}
 
 
@@ -593,6 +595,18 @@ def seen_line(keyed) -> tuple[str, str]:
     return key, json.dumps({"key": key, **{s: sorted(per_split[s]) for s in SPLITS}})
 
 
+def display_line(row: dict, fields: list[str]) -> tuple[str, str]:
+    """Raw item row -> (item_id, JSON line of item_id + display fields as ingested).
+
+    Missing values (None, NaN) become null so the line stays valid JSON.
+    """
+    def clean(value):
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    values = {ITEM_KEY: str(row[ITEM_KEY]), **{f: clean(row.get(f)) for f in fields}}
+    return values[ITEM_KEY], json.dumps(values)
+
+
 def query_line(row: dict, specs: list[FeatureSpec], key_name: str) -> tuple[str, str]:
     """Filled query row -> (key, JSON line of the query features in declaration order)."""
     values = {s.name: row[s.name] for s in specs}
@@ -638,10 +652,12 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     item_numeric = [s.name for s in item_feats if s.type == "numeric"]
     catalog_specs = item_specs(schema)
 
-    # ---- catalog: clean, catalog-mean fill, encode
-    items = (p
-             | "ReadItems" >> beam.io.ReadFromParquet(inputs["items"])
-             | "NormalizeItems" >> NormalizeFeatures(catalog_specs))
+    # ---- catalog: clean, catalog-mean fill, encode; raw display fields on the side
+    raw_items = p | "ReadItems" >> beam.io.ReadFromParquet(inputs["items"])
+    display_file = (raw_items
+                    | "DisplayLine" >> beam.Map(display_line, list(schema.display_fields))
+                    | "DisplayFile" >> SortedFile(ITEMS_DISPLAY_FILE))
+    items = raw_items | "NormalizeItems" >> NormalizeFeatures(catalog_specs)
     item_stats = items | "ItemNumericStats" >> ComputeNumericStats(item_numeric)
     items = items | "FillItemNumerics" >> beam.ParDo(FillNumericsFn(item_numeric),
                                                       stats=pvalue.AsSingleton(item_stats))
@@ -738,7 +754,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                                        numeric_items=pvalue.AsSingleton(item_stats),
                                        vocab_files=pvalue.AsList(vocab_files),
                                        split=split))
-    _ = ((vocab_files, seen_file, query_file, stats_file)
+    _ = ((vocab_files, seen_file, query_file, display_file, stats_file)
          | "SmallFiles" >> beam.Flatten()
          | "WriteSmallFiles" >> WriteTextFiles(out_dir, temp_dir))
 

@@ -28,9 +28,8 @@ import numpy as np
 
 from core import storage
 from core.config import Config
-from core.records import ITEM_KEY, is_numeric
+from core.records import ITEM_KEY
 from indexer.build import ITEM_IDS, METRICS, SCANN_DIR
-from indexer.catalog import read_catalog
 from indexer.embeddings import load_embeddings
 from indexer.gate import decide
 from indexer.store import VersionStore, utc_now
@@ -40,6 +39,7 @@ INDEX = "index"
 ITEMS = "items.parquet"
 QUERY_TABLE = "query_table.jsonl"
 SEEN = "seen.jsonl"
+ITEMS_DISPLAY = "items_display.jsonl"  # written by the transform
 
 
 def _copy_tree(src: str, dest: str) -> None:
@@ -59,21 +59,32 @@ def _copy_file(src: str, dest: str) -> None:
         fh.write(data)
 
 
+def read_display_rows(transformed_dir: str) -> dict[str, dict]:
+    """item_id -> {item_id, display fields as ingested} from the transform's items_display.jsonl."""
+    path = storage.join(transformed_dir, ITEMS_DISPLAY)
+    rows = {}
+    for line_no, line in enumerate(storage.iter_lines(path), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {line_no}: not valid JSON ({exc.msg})") from None
+        rows[str(row[ITEM_KEY])] = row
+    return rows
+
+
 def write_items_table(config: Config, transformed_dir: str, embeddings_dir: str, dest: str) -> int:
     """Write items.parquet (item_id, display fields, embedding), sorted by item_id; returns N.
 
+    Display values are the raw ingested ones (a person reads them), not the normalised
+    text the towers see.
+
     Raises:
-        ValueError: a display field is not an item feature, or the catalog and the
-          embeddings disagree on which items exist.
+        ValueError: the display table and the embeddings disagree on which items exist.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    specs = {f.name: f for f in config.schema.item_features}
-    unknown = [f for f in config.schema.display_fields if f not in specs]
-    if unknown:
-        raise ValueError(f"schema.display_fields {unknown} are not item features ({sorted(specs)})")
-    rows = {str(r[ITEM_KEY]): r for r in read_catalog(config, transformed_dir)}
+    rows = read_display_rows(transformed_dir)
     ids, matrix = load_embeddings(embeddings_dir)
     missing = sorted(set(rows) - set(ids))
     extra = sorted(set(ids) - set(rows))
@@ -86,9 +97,8 @@ def write_items_table(config: Config, transformed_dir: str, embeddings_dir: str,
     n, d = matrix.shape
     columns = {ITEM_KEY: pa.array(ids, type=pa.string())}
     for name in config.schema.display_fields:
-        values = [rows[i][name] for i in ids]
-        columns[name] = (pa.array([float(v) for v in values], type=pa.float64()) if is_numeric(specs[name])
-                         else pa.array([str(v) for v in values], type=pa.string()))
+        # pyarrow infers the column type (float64 for prices, string for titles; null stays null).
+        columns[name] = pa.array([rows[i].get(name) for i in ids])
     offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32), type=pa.int32())
     columns["embedding"] = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=pa.float32()))
     buf = io.BytesIO()

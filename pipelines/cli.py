@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole pipeline locally (KFP SubprocessRunner)")
     _add_config_args(run)
+    run.add_argument("--verbose", action="store_true", help="show the KFP runner's full output")
 
     comp = sub.add_parser("compile", help="write the KFP IR YAML for KFP / Vertex AI")
     _add_config_args(comp)
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFRS needs Keras 2; before any TF import
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter is not for users
     from pipelines import commands
 
     handler = {

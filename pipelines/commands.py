@@ -51,9 +51,10 @@ def cmd_run(args) -> int:
 
     config = load_config(args.config, args.overrides)
     try:
-        summary = run_local(config)
+        summary = run_local(config, verbose=args.verbose)
     except RuntimeError as exc:
-        print(f"twotower run: pipeline failed: {exc}", file=sys.stderr)
+        print(f"twotower run: pipeline failed: {exc} (full log: pipeline.log in the run folder)",
+              file=sys.stderr)
         return 1
     _print_summary(summary)
     return 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import time
+import warnings
 
 from core import storage
 from core.config import Config
@@ -32,11 +34,12 @@ def absolutize(config: Config) -> Config:
     return config.with_overrides(overrides) if overrides else config
 
 
-def run_local(config: Config, run_id: str | None = None) -> dict:
+def run_local(config: Config, run_id: str | None = None, verbose: bool = False) -> dict:
     """Execute the whole pipeline locally and return its summary.json content.
 
     Run folder: ``<pipeline.runs_dir>/<run_id>/`` holding ``kfp/`` (every task's
-    artifacts) and ``summary.json``.
+    artifacts), ``pipeline.log`` (the runner's full output) and ``summary.json``.
+    The console shows concise progress unless ``verbose``.
 
     Raises:
         RuntimeError: a task failed (the KFP runner's message names it).
@@ -52,11 +55,24 @@ def run_local(config: Config, run_id: str | None = None) -> dict:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(run_dir, "kfp"),
                raise_on_error=True)
     pipeline = create_pipeline(config)
-    task = pipeline(config_json=config.to_json(), data_path=config.data.path,
-                    store=config.publish.store, run_id=run_id)
+    with open(os.path.join(run_dir, "pipeline.log"), "w") as log, _console(log, verbose), \
+            warnings.catch_warnings():
+        # Cluster-only task settings (display names) and the image-name heuristic are noise locally.
+        warnings.filterwarnings("ignore", message=r".*(have no effect|custom or non-Python base image).*")
+        task = pipeline(config_json=config.to_json(), data_path=config.data.path,
+                        store=config.publish.store, run_id=run_id)
     with open(os.path.join(task.output.path, SUMMARY_FILE)) as fh:
         summary = json.load(fh)
     summary["run_dir"] = run_dir
     with open(os.path.join(run_dir, SUMMARY_FILE), "w") as fh:
         fh.write(dumps(summary))
     return summary
+
+
+def _console(log, verbose: bool):
+    """Send the runner's stdout to ``log`` and a progress view (or everything) to the console."""
+    from pipelines.progress import ProgressStream
+
+    if verbose:
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(ProgressStream(log))

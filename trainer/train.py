@@ -137,7 +137,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from trainer.export import embed_columns, export_tower, serving_function
     from trainer.features import build_towers
     from trainer.metrics import embedding_retrieval_metrics
-    from trainer.model import TwoTowerModel, make_optimizer
+    from trainer.model import SamplingProbability, TwoTowerModel, make_optimizer
 
     t = config.train
     out_dir = out_dir.rstrip("/")
@@ -153,7 +153,8 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
     with _device_scope(tf, t.device):
         query_tower, item_tower = build_towers(config, transformed_dir)
-        model = TwoTowerModel(query_tower, item_tower, t.temperature)
+        logq = SamplingProbability.from_vocab(transformed_dir) if t.logq_correction else None
+        model = TwoTowerModel(query_tower, item_tower, t.temperature, sampling_probability=logq)
         model.compile(optimizer=make_optimizer(config))
         query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
 

@@ -92,3 +92,33 @@ def test_acceptance_queries_return_matching_products(pipeline_run, query):
     assert wanted is not None
     hits = sum(c == wanted for c in categories)
     assert hits >= 7, f"{query!r}: expected mostly {wanted!r}, got {categories}"
+
+
+def test_batch_retrieve_cli(pipeline_run, tmp_path):
+    from pipelines.cli import main
+
+    root, _, summary = pipeline_run
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"query": "iphone 13"}\n{"features": {"query": "best laptop"}}\n')
+    out = tmp_path / "r.jsonl"
+    assert main(["retrieve", "--store", str(root / "store"), "--queries", str(queries), "-k", "7",
+                 "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["key"] for line in lines] == ["iphone 13", {"query": "best laptop"}]
+    for line in lines:
+        assert len(line["items"]) == 7 and len(line["scores"]) == 7
+        assert line["scores"] == sorted(line["scores"], reverse=True)
+        assert line["version"] == summary["version"]
+
+
+def test_display_fields_are_the_raw_product_data(pipeline_run):
+    import pandas as pd
+
+    from serving.retriever import Retriever
+
+    root, config, _ = pipeline_run
+    items = pd.read_csv(os.path.join(config.data.path, "items.csv")).set_index("item_id")
+    answer = Retriever.load(str(root / "store")).retrieve({"query": "nike running shoes"}, k=3)
+    for item in answer["items"]:
+        assert item["title"] == items.loc[item["item_id"], "title"]  # as written, not normalised
+        assert item["price"] == pytest.approx(items.loc[item["item_id"], "price"])

@@ -87,7 +87,7 @@ def item_ids(n: int = N_ITEMS) -> list[str]:
 
 
 def write_transformed(config: Config, folder: str, n_items: int = N_ITEMS, shards: int = 2) -> str:
-    """A transform-output folder: items-*.tfrecord shards, query_table.jsonl, seen.jsonl."""
+    """A transform-output folder: items-*.tfrecord shards, items_display.jsonl, query_table.jsonl, seen.jsonl."""
     import tensorflow as tf
 
     os.makedirs(folder, exist_ok=True)
@@ -98,6 +98,9 @@ def write_transformed(config: Config, folder: str, n_items: int = N_ITEMS, shard
             for i in range(s, n_items, shards):
                 w.write(encode_example({"item_id": ids[i], "title": f"thing {i}", "price": float(i) / 2},
                                        specs))
+    with open(os.path.join(folder, "items_display.jsonl"), "w") as fh:
+        for i in range(n_items):  # raw, un-normalised display values (as the transform writes them)
+            fh.write(json.dumps({"item_id": ids[i], "title": f"Thing #{i}", "price": float(i) / 2}) + "\n")
     with open(os.path.join(folder, "query_table.jsonl"), "w") as fh:
         for u in range(N_USERS):
             fh.write(json.dumps({"user_id": str(u), "age": float(20 + u)}) + "\n")
@@ -331,4 +334,4 @@ def test_publish_lays_out_a_verified_live_version(stage_dirs):
     assert table.column_names == ["item_id", "title", "price", "embedding"]
     rows = table.to_pylist()
     assert [r["item_id"] for r in rows] == sorted(item_ids())
-    assert rows[3]["title"] == "thing 3" and rows[3]["price"] == 1.5 and len(rows[3]["embedding"]) == DIMS
+    assert rows[3]["title"] == "Thing #3" and rows[3]["price"] == 1.5 and len(rows[3]["embedding"]) == DIMS

@@ -10,17 +10,17 @@ import pytest
 
 from core.towers import Tower
 from indexer.build import build_index_stage
-from indexer.catalog import read_catalog
 from indexer.embeddings import load_embeddings, write_embeddings
 from indexer.publish import gate_and_publish
 from indexer.scann_index import exact_topk
 from serving.retriever import NoLiveVersionError, RequestError, Retriever, UnknownKeyError
-from tests.unit.test_indexer import GOOD_METRICS, N_USERS, build_tower, make_config, write_models, write_transformed
+from tests.unit.test_indexer import (GOOD_METRICS, N_USERS, build_tower, item_ids, make_config, write_models,
+                                     write_transformed)
 
 
 def _publish(config, tmp, transformed, models) -> str:
     """Embed (directly with the tower; Beam is covered in test_indexer), index, publish."""
-    ids = sorted(r["item_id"] for r in read_catalog(config, transformed))
+    ids = item_ids()
     tower = Tower(os.path.join(models, "item_tower"))
     write_embeddings(str(tmp / "emb"), ids, tower.embed({"item_id": ids, "title": [""] * len(ids),
                                                          "price": [0.0] * len(ids)}))
@@ -65,7 +65,7 @@ def test_retrieve_by_features_matches_exact_search(published):
     first = out["items"][0]
     assert set(first) == {"item_id", "title", "price"}
     n = int(first["item_id"][4:])
-    assert first["title"] == f"thing {n}" and first["price"] == n / 2
+    assert first["title"] == f"Thing #{n}" and first["price"] == n / 2
 
 
 def test_retrieve_by_key_uses_the_query_table(published):

@@ -34,6 +34,7 @@ USER_SCHEMA = {
         {"name": "genres", "type": "multi_categorical"},
         {"name": "price", "type": "numeric"},
     ],
+    "display_fields": ["title", "price"],
 }
 
 SEARCH_SCHEMA = {
@@ -139,12 +140,22 @@ def search_run(tmp_path_factory):
 # ------------------------------------------------------------------ leave-last-out run
 
 
+def test_display_table_keeps_raw_values(user_run):
+    _, out, _ = user_run
+    rows = {r["item_id"]: r for r in _jsonl(out / "items_display.jsonl")}
+    assert sorted(rows) == ["i1", "i2", "i3", "i4", "i5"]
+    # as ingested: not normalised (the towers see "the matrix"), a missing price stays null
+    assert rows["i1"] == {"item_id": "i1", "title": "The Matrix!", "price": 10.0}
+    assert rows["i2"]["title"] == "Toy  Story"
+    assert rows["i3"]["price"] is None
+
+
 def test_outputs_are_exactly_the_contract_files(user_run):
     _, out, _ = user_run
     names = sorted(os.path.relpath(p, out) for p in glob.glob(str(out / "**"), recursive=True)
                    if os.path.isfile(p))
     assert names == [
-        "items-00000-of-00001.tfrecord", "query_table.jsonl", "seen.jsonl", "stats.json",
+        "items-00000-of-00001.tfrecord", "items_display.jsonl", "query_table.jsonl", "seen.jsonl", "stats.json",
         "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
         "train_negatives-00000-of-00001.tfrecord", "valid-00000-of-00001.tfrecord",
         "vocab/gender.tsv", "vocab/genres.tsv", "vocab/item_id.tsv", "vocab/title.tsv", "vocab/user_id.tsv",
