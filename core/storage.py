@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
 GCS_SCHEME = "gs://"
+_CAS_TOKEN = "twotower-cas-token"  # object metadata key naming the write that set the object
 
 
 class PreconditionFailed(RuntimeError):
@@ -153,6 +155,18 @@ def generation(path: str) -> Optional[int]:
     return int.from_bytes(hashlib.sha256(token).digest()[:8], "big") >> 1
 
 
+def _cas_token(path: str) -> Optional[str]:
+    """The CAS token stored on a gs:// object by the write that set it (None if absent)."""
+    from google.api_core.exceptions import NotFound
+
+    blob = _blob(path)
+    try:
+        blob.reload()
+    except NotFound:
+        return None
+    return (getattr(blob, "metadata", None) or {}).get(_CAS_TOKEN)  # getattr: duck-typed test fakes
+
+
 def write_bytes_if_generation(path: str, data: bytes, expected: Optional[int]) -> None:
     """Compare-and-swap: write only if the object is still at ``expected`` (None = must not exist).
 
@@ -162,9 +176,17 @@ def write_bytes_if_generation(path: str, data: bytes, expected: Optional[int]) -
     if is_gcs(path):
         from google.api_core.exceptions import PreconditionFailed as GcsPreconditionFailed
 
+        # The client retries a conditional upload (503, timeout). When the first attempt did
+        # commit but its reply was lost, the retry meets our own generation and gets a 412:
+        # a unique token in the object's metadata tells our win from a real conflict.
+        token = secrets.token_hex(16)
+        blob = _blob(path)
+        blob.metadata = {_CAS_TOKEN: token}
         try:
-            _blob(path).upload_from_string(data, if_generation_match=0 if expected is None else expected)
+            blob.upload_from_string(data, if_generation_match=0 if expected is None else expected)
         except GcsPreconditionFailed as exc:
+            if _cas_token(path) == token:
+                return
             raise PreconditionFailed(f"{path}: changed since generation {expected}") from exc
         return
     # Local: serialise publishers with an exclusive lock file, then check and replace.
@@ -212,8 +234,13 @@ def list_children(prefix: str) -> list[str]:
 
 def delete_tree(prefix: str) -> None:
     if is_gcs(prefix):
+        from google.api_core.exceptions import NotFound
+
         for path in list_files(prefix):
-            _blob(path).delete()
+            try:
+                _blob(path).delete()
+            except NotFound:
+                pass  # gone already: a retried delete whose first attempt succeeded, or a racer
         return
     shutil.rmtree(prefix, ignore_errors=False)
 

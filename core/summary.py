@@ -1,8 +1,9 @@
 """The run summary contract (``summary.json``), written by the publish step of every run.
 
-Fields: run_id, metrics (recall@K, ndcg@10, popularity recall@10), index figures
-(recall vs exact, queries/s), published yes/no with the reasons, the version, and
-seconds per stage.
+Fields: run_id, metrics (recall@K, ndcg@10, popularity recall@10), item popularity
+slices (head / torso / tail / cold recall@10 vs popularity, when evaluated), index
+figures (recall vs exact, queries/s), published yes/no with the reasons, the version,
+and seconds per stage.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metri
 
     Args:
         stages: :func:`stage_record` dicts in pipeline order (publish last).
-        metrics: evaluation metrics.json (recall_at_K, ndcg_at_10, popularity {...}).
+        metrics: evaluation metrics.json (recall_at_K, ndcg_at_10, popularity {...},
+            optional slices {...}).
         index_metrics: index_metrics.json.
         publish_result: {"published", "version", "reasons", "store"}.
     """
@@ -38,6 +40,9 @@ def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metri
             "popularity_recall_at_10": popularity.get("recall_at_10"),
             "n_queries": metrics.get("n_queries"),
         },
+        # {"head": {"recall_at_10", "popularity_recall_at_10", "n"}, ..., "cold": {...,
+        # "chance_recall_at_10"}}; None when evaluation ran without slices.
+        "slices": _copy(metrics.get("slices")),
         "index": {
             "kind": index_metrics.get("kind"),
             "n_items": index_metrics.get("n_items"),
@@ -51,6 +56,11 @@ def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metri
         "store": publish_result.get("store"),
         "stage_seconds": {s["stage"]: s["seconds"] for s in stages},
     }
+
+
+def _copy(slices: Mapping | None) -> dict | None:
+    """A plain-dict copy, so the summary never aliases the caller's metrics."""
+    return None if slices is None else {name: dict(values) for name, values in slices.items()}
 
 
 def dumps(obj) -> str:

@@ -9,13 +9,15 @@ Output (``out_dir``, see docs/ARCHITECTURE.md "transform"):
   ``train_negatives-*.tfrecord`` (label-0 rows), one ``core.records.interaction_specs``
   Example per interaction;
 - ``items-*.tfrecord``: one ``core.records.item_specs`` Example per catalog item;
-- ``query_table.jsonl``, ``seen.jsonl``, ``items_display.jsonl``, ``vocab/<feature>.tsv``, ``stats.json``.
+- ``query_table.jsonl``, ``seen.jsonl``, ``items_display.jsonl``, ``vocab/<feature>.tsv``,
+  ``cold_items.txt``, ``stats.json``.
 
 Graph (I/O only at the edges)::
 
     items ─ NormalizeFeatures ─ ComputeNumericStats(catalog) ─ FillNumerics ─┬─ items TFRecords
                                                                               ├─ item vocabularies
     interactions ─ NormalizeFeatures ─ ClassifyLabels ─ SplitInteractions     │
+         (cold items: positives -> test, label-0 rows dropped)                │
          ─ JoinUserFeatures(users) ─ JoinItemFeatures ◄──────────────────────┘
          ─ ComputeNumericStats(train rows) ─ FillNumerics ─ EncodeBySplit ─ split TFRecords
     BuildVocabulary + seen + query table + stats ─ WriteTextFiles (one sink, one element per file)
@@ -34,6 +36,15 @@ each key's positives per split (unique, sorted).
 Keys: the query key is cleaned like any other feature of its type, so the ``key`` in
 ``seen.jsonl``, the key in ``query_table.jsonl`` and the value in the TFRecords agree
 (for a text key that is the normalised query).
+
+Cold items (``transform.cold_item_fraction`` > 0): a stable hashed fraction of the
+catalog (``item_bucket(item_id, seed) < fraction``, md5 like the hashed split) is held
+out of training entirely: every positive of a cold item goes to test, its label-0 rows
+are dropped (never in train_negatives), and the split (leave-last-out ordering or hash)
+runs on the remaining positives only. Cold items stay in the catalog
+(``items-*.tfrecord``, item feature vocabularies) with train count 0 in
+``vocab/item_id.tsv``; ``cold_items.txt`` lists them (one id per line, sorted; empty
+when the fraction is 0) and ``stats.json`` counts them in ``counts.cold_items``.
 """
 
 from __future__ import annotations
@@ -65,6 +76,7 @@ NEGATIVES = "train_negatives"
 #: so it is never capped or filtered by count.
 UNCAPPED_VOCABS = (ITEM_KEY,)
 STATS_FILE, SEEN_FILE, QUERY_TABLE_FILE = "stats.json", "seen.jsonl", "query_table.jsonl"
+COLD_ITEMS_FILE = "cold_items.txt"
 #: Raw (un-normalised) display fields per item, for people reading query results.
 ITEMS_DISPLAY_FILE = "items_display.jsonl"
 _NUMERIC_EMPTY = {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "count": 0}
@@ -82,7 +94,7 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
 
     Returns:
         ``{"numeric": {name: {"mean","std","min","max","count"}}, "counts": {"train",
-        "valid", "test", "train_negatives", "items", "queries"}, "split": str,
+        "valid", "test", "train_negatives", "items", "queries", "cold_items"}, "split": str,
         "vocab_sizes": {feature: int}, "seconds": float}``.
 
     Raises:
@@ -312,8 +324,56 @@ class ClassifyLabelsFn(beam.DoFn):
 
 def hashed_bucket(key: str, item_id: str, seed: int) -> float:
     """Stable uniform value in [0, 1) for a (key, item) pair (md5; never Python's hash())."""
-    digest = hashlib.md5(f"{seed}\x1f{key}\x1f{item_id}".encode("utf-8")).hexdigest()
+    return _unit_hash(f"{seed}\x1f{key}\x1f{item_id}")
+
+
+def item_bucket(item_id: str, seed: int) -> float:
+    """Stable uniform value in [0, 1) for an item alone (md5 of seed + item id).
+
+    Two fields instead of :func:`hashed_bucket`'s three, so the cold-item draw is not the
+    (key, item) split draw.
+    """
+    return _unit_hash(f"{seed}\x1f{item_id}")
+
+
+def _unit_hash(text: str) -> float:
+    """md5 of ``text`` as a uniform value in [0, 1) (60 bits; stable across processes)."""
+    digest = hashlib.md5(text.encode("utf-8")).hexdigest()
     return int(digest[:15], 16) / float(16 ** 15)
+
+
+def is_cold_item(item_id: str, fraction: float, seed: int) -> bool:
+    """Whether ``item_id`` is held out of train/valid (``transform.cold_item_fraction``)."""
+    return fraction > 0.0 and item_bucket(item_id, seed) < fraction
+
+
+class SeparateColdFn(beam.DoFn):
+    """Rows of cold items on the ``cold`` output, every other row on the main output."""
+
+    COLD = "cold"
+
+    def __init__(self, fraction: float, seed: int):
+        self._fraction, self._seed = fraction, seed
+
+    def process(self, row: dict):
+        if is_cold_item(row[ITEM_KEY], self._fraction, self._seed):
+            yield pvalue.TaggedOutput(self.COLD, row)
+        else:
+            yield row
+
+
+class DropColdFn(beam.DoFn):
+    """Drop (and count) rows of cold items: their label-0 rows must not reach training."""
+
+    def __init__(self, fraction: float, seed: int):
+        self._fraction, self._seed = fraction, seed
+        self._dropped = beam.metrics.Metrics.counter("transform", "cold_item_negatives_dropped")
+
+    def process(self, row: dict):
+        if is_cold_item(row[ITEM_KEY], self._fraction, self._seed):
+            self._dropped.inc()
+            return
+        yield row
 
 
 class HashSplitFn(beam.DoFn):
@@ -349,14 +409,29 @@ class LeaveLastOutFn(beam.DoFn):
 
 
 class SplitInteractions(beam.PTransform):
-    """Positive rows -> the same rows with ``_split`` in {"train", "valid", "test"}."""
+    """Positive rows -> the same rows with ``_split`` in {"train", "valid", "test"}.
 
-    def __init__(self, method: str, valid_fraction: float, test_fraction: float, seed: int):
+    With ``cold_item_fraction`` > 0, rows of cold items (:func:`is_cold_item`) skip the
+    split and all go to test; the split sees only the other rows (so a key's
+    leave-last-out order and its 3-positive threshold ignore its cold items).
+    """
+
+    def __init__(self, method: str, valid_fraction: float, test_fraction: float, seed: int,
+                 cold_item_fraction: float = 0.0):
         super().__init__()
         self._method = method
         self._valid, self._test, self._seed = valid_fraction, test_fraction, seed
+        self._cold = cold_item_fraction
 
     def expand(self, rows):
+        if self._cold <= 0.0:
+            return self._split(rows)
+        parts = rows | "SeparateCold" >> beam.ParDo(
+            SeparateColdFn(self._cold, self._seed)).with_outputs(SeparateColdFn.COLD, main="warm")
+        cold = parts[SeparateColdFn.COLD] | "ColdToTest" >> beam.Map(lambda r: {**r, SPLIT: "test"})
+        return (self._split(parts.warm), cold) | "WithCold" >> beam.Flatten()
+
+    def _split(self, rows):
         if self._method == "hashed":
             return rows | "Hash" >> beam.ParDo(HashSplitFn(self._valid, self._test, self._seed))
         return (rows
@@ -663,6 +738,14 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                                                       stats=pvalue.AsSingleton(item_stats))
     items_written = items | "EncodeItems" >> beam.ParDo(EncodeFn(catalog_specs))
     _ = items_written | "WriteItems" >> _tfrecord_sink(out_dir, "items")
+    # Cold items are drawn over the catalog, so one never interacted with is listed too.
+    cold_items = (items
+                  | "ColdItems" >> beam.Filter(lambda i, f=tcfg.cold_item_fraction, s=tcfg.seed:
+                                               is_cold_item(i[ITEM_KEY], f, s))
+                  | "ColdItemIds" >> beam.Map(lambda i: i[ITEM_KEY]))
+    cold_file = (cold_items
+                 | "ColdLine" >> beam.Map(lambda item: (item, item))
+                 | "ColdItemsFile" >> SortedFile(COLD_ITEMS_FILE))
 
     # ---- interactions: clean, classify, split
     extra_query = [] if user_side or schema.query_key == USER_KEY else [
@@ -675,8 +758,12 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     classified = interactions | "ClassifyLabels" >> beam.ParDo(
         ClassifyLabelsFn(config.data.min_rating)).with_outputs(ClassifyLabelsFn.NEGATIVE, main="positive")
     positives = classified.positive | "SplitInteractions" >> SplitInteractions(
-        split, tcfg.valid_fraction, tcfg.test_fraction, tcfg.seed)
-    rows = (positives, classified[ClassifyLabelsFn.NEGATIVE]) | "AllRows" >> beam.Flatten()
+        split, tcfg.valid_fraction, tcfg.test_fraction, tcfg.seed, tcfg.cold_item_fraction)
+    negatives = classified[ClassifyLabelsFn.NEGATIVE]
+    if tcfg.cold_item_fraction > 0.0:
+        negatives = negatives | "DropColdNegatives" >> beam.ParDo(
+            DropColdFn(tcfg.cold_item_fraction, tcfg.seed))
+    rows = (positives, negatives) | "AllRows" >> beam.Flatten()
 
     # ---- joins: user features (user keys), then item features
     users = None
@@ -694,7 +781,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                                                        stats=pvalue.AsSingleton(query_stats))
     encoded = filled | "EncodeBySplit" >> beam.ParDo(
         EncodeBySplitFn(interaction_specs(schema))).with_outputs(*SPLITS, NEGATIVES)
-    counted = {"items": items_written}
+    counted = {"items": items_written, "cold_items": cold_items}
     for name in (*SPLITS, NEGATIVES):
         _ = encoded[name] | f"Write[{name}]" >> _tfrecord_sink(out_dir, name)
         counted[name] = encoded[name]
@@ -754,7 +841,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                                        numeric_items=pvalue.AsSingleton(item_stats),
                                        vocab_files=pvalue.AsList(vocab_files),
                                        split=split))
-    _ = ((vocab_files, seen_file, query_file, display_file, stats_file)
+    _ = ((vocab_files, seen_file, query_file, display_file, cold_file, stats_file)
          | "SmallFiles" >> beam.Flatten()
          | "WriteSmallFiles" >> WriteTextFiles(out_dir, temp_dir))
 

@@ -5,7 +5,11 @@ A query is a distinct key (``schema.query_key`` value) of a split; its features 
 taken from its first example there; its relevant items are the split's items for that
 key; its masked items are the key's items in ``mask_splits`` (from seen.jsonl) minus
 the relevant ones (a re-purchase of a seen item stays retrievable, so it is not a
-guaranteed miss).
+guaranteed miss). An empty ``mask_splits`` masks nothing (``evaluate.mask_seen: false``,
+the TFRS tutorial protocol) and does not read seen.jsonl.
+
+Item popularity (:func:`catalog_popularity`) comes from ``vocab/item_id.tsv`` (train
+counts); it drives the popularity baseline and the head / torso / tail / cold slices.
 
 Trainer-internal (imports TensorFlow through :mod:`trainer.data`).
 """
@@ -21,6 +25,7 @@ from core.records import ITEM_KEY, interaction_specs, item_specs
 from core.text import normalize_text
 from trainer import artifacts
 from trainer.data import read_columns
+from trainer.metrics import item_slices
 
 
 @dataclass
@@ -107,3 +112,22 @@ def load_queries(config: Config, transformed_dir: str, split: str, mask_splits: 
     return QuerySet(keys=ordered, features=feats,
                     relevant=[np.array(sorted(relevant[k]), dtype=np.int64) for k in ordered],
                     masked=masked)
+
+
+def catalog_popularity(transformed_dir: str, catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
+    """Train positives and popularity slice per catalog position.
+
+    Slices are classified over the whole ``vocab/item_id.tsv`` in file order (count desc,
+    then item id), so ties at a slice boundary break by item id, whatever the catalog order.
+
+    Returns:
+        (counts int64 [N], slices str [N]); a catalog item absent from the vocabulary
+        counts 0 and is ``cold``.
+    Raises:
+        FileNotFoundError: no ``vocab/item_id.tsv``.
+    """
+    tokens, counts = artifacts.read_vocab(transformed_dir, ITEM_KEY)
+    by_item = dict(zip(tokens, counts))
+    slice_of = dict(zip(tokens, item_slices(counts)))
+    return (np.array([by_item.get(item, 0) for item in catalog.ids], dtype=np.int64),
+            np.array([slice_of.get(item, "cold") for item in catalog.ids], dtype=str))

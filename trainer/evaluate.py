@@ -1,13 +1,24 @@
 """Evaluation stage: ``evaluate_model(config, transformed_dir, model_dir, out_dir) -> dict``.
 
 Loads the exported towers with :class:`core.towers.Tower` (so a broken export fails
-here, before indexing), embeds the whole catalog and the distinct test keys, masks
-each key's train+valid items (except the held-out ones themselves) and computes
-recall@K for ``evaluate.ks`` and nDCG@``evaluate.ndcg_k``, for the model and for the
-popularity baseline (train counts from ``vocab/item_id.tsv``) under the same protocol.
+here, before indexing), embeds the whole catalog and the distinct test keys, ranks the
+whole catalog for every key and computes recall@K for ``evaluate.ks`` and
+nDCG@``evaluate.ndcg_k``, for the model and for the popularity baseline (train counts
+from ``vocab/item_id.tsv``) under the same protocol:
+
+- ``evaluate.mask_seen``: each key's train+valid items (except the held-out ones
+  themselves) are excluded from its ranking; false = nothing masked (TFRS tutorial).
+- ``evaluate.per``: ``query`` averages recall over keys; ``interaction`` makes every
+  test (key, item) pair one trial (TFRS ``FactorizedTopK`` top-K accuracy), see
+  :mod:`trainer.metrics`.
+- ``evaluate.slices``: hit rate at 10 of the test pairs per item popularity slice
+  (head / torso / tail / cold, :func:`trainer.metrics.item_slices`).
 
 Writes ``metrics.json``: ``{"recall_at_10", ..., "ndcg_at_10", "popularity": {same keys},
-"n_queries", "n_items"}``. TensorFlow is imported inside the function.
+"n_queries", "n_items", "n_pairs", "protocol": {"per", "mask_seen", "split"},
+"slices": {"head": {"recall_at_10", "popularity_recall_at_10", "n"}, ..., "cold": {...,
+"chance_recall_at_10"}}}`` (``slices`` only when enabled). TensorFlow is imported
+inside the function.
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ from typing import Mapping
 import numpy as np
 
 EMBED_BATCH = 4096
+#: Cut-off of the slice hit rates (fixed, so slices compare across configs).
+SLICE_K = 10
 
 
 def _embed(tower, columns: Mapping[str, np.ndarray], batch_size: int = EMBED_BATCH) -> np.ndarray:
@@ -28,29 +41,72 @@ def _embed(tower, columns: Mapping[str, np.ndarray], batch_size: int = EMBED_BAT
     return np.concatenate(parts).astype(np.float32)
 
 
+def mask_splits_for(mask_seen: bool) -> tuple[str, ...]:
+    """The seen.jsonl splits masked at test time: train+valid, or none."""
+    return ("train", "valid") if mask_seen else ()
+
+
+def slice_report(model_ranks, popularity_ranks, slices: np.ndarray, k: int = SLICE_K) -> dict:
+    """Per-slice hit rate at ``k`` for the model and the popularity baseline.
+
+    Args:
+        model_ranks, popularity_ranks: :class:`trainer.metrics.PairRanks` of the same
+            relevant pairs (same queries, same masks), ranked to depth >= ``k``.
+        slices: str [N] slice name per catalog position.
+    Returns:
+        ``{slice: {"recall_at_<k>", "popularity_recall_at_<k>", "n"}}`` for every slice
+        (recalls None when ``n`` is 0); ``cold`` also has ``chance_recall_at_<k>`` =
+        min(k, N) / N, the hit rate of a uniformly random ranking.
+    """
+    from trainer.metrics import slice_recall
+
+    model = slice_recall(model_ranks, slices, k)
+    pop = slice_recall(popularity_ranks, slices, k)
+    key = f"recall_at_{k}"
+    report = {name: {key: model[name][key], f"popularity_{key}": pop[name][key], "n": model[name]["n"]}
+              for name in model}
+    n_items = model_ranks.n_items
+    report["cold"][f"chance_{key}"] = min(k, n_items) / n_items
+    return report
+
+
+def _protocol(config, transformed_dir: str) -> dict:
+    """What the numbers mean: averaging unit, masking, and the transform's split method."""
+    from trainer import artifacts
+    from trainer.tfenv import import_tf
+
+    path = f"{transformed_dir.rstrip('/')}/stats.json"
+    if not import_tf().io.gfile.exists(path):
+        raise FileNotFoundError(f"{path}: not found (the transform writes it)")
+    return {"per": config.evaluate.per, "mask_seen": bool(config.evaluate.mask_seen),
+            "split": artifacts.read_stats(transformed_dir).get("split")}
+
+
 def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str) -> dict:
     """Test-split metrics of the exported towers in ``model_dir`` vs popularity.
 
     Returns:
         The ``metrics.json`` dict.
     Raises:
-        FileNotFoundError: missing catalog, vocabulary or tower.
+        FileNotFoundError: missing catalog, vocabulary, stats.json or tower.
         ValueError: the test split has no query with a relevant catalog item.
     """
     from trainer.tfenv import import_tf
 
     tf = import_tf()
     from core.towers import Tower
-    from trainer import artifacts
-    from trainer.evalset import load_catalog, load_queries
-    from trainer.metrics import embedding_retrieval_metrics, popularity_scores
+    from trainer.evalset import catalog_popularity, load_catalog, load_queries
+    from trainer.metrics import embedding_rank_relevant, metrics_from_ranks, popularity_scores
 
     model_dir = model_dir.rstrip("/")
     out_dir = out_dir.rstrip("/")
-    ks, ndcg_k = list(config.evaluate.ks), config.evaluate.ndcg_k
+    ecfg = config.evaluate
+    ks, ndcg_k, per = list(ecfg.ks), ecfg.ndcg_k, ecfg.per
+    depth = max(*ks, ndcg_k, SLICE_K if ecfg.slices else 1)
+    protocol = _protocol(config, transformed_dir)
 
     catalog = load_catalog(config, transformed_dir)
-    queries = load_queries(config, transformed_dir, "test", ("train", "valid"), catalog)
+    queries = load_queries(config, transformed_dir, "test", mask_splits_for(ecfg.mask_seen), catalog)
     if not len(queries):
         raise ValueError(f"{transformed_dir}: the test split has no query with a catalog item")
 
@@ -58,21 +114,32 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str) -
     item_tower = Tower(f"{model_dir}/item_tower")
     item_emb = _embed(item_tower, catalog.features)
     query_emb = _embed(query_tower, queries.features)
-    model_metrics = embedding_retrieval_metrics(query_emb, item_emb, queries.relevant, queries.masked,
-                                                ks=ks, ndcg_k=ndcg_k)
+    model_ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, queries.masked, depth)
 
-    tokens, counts = artifacts.read_vocab(transformed_dir, "item_id")
-    train_counts = dict(zip(tokens, counts))
-    pop = popularity_scores([train_counts.get(item, 0) for item in catalog.ids])
-    pop_metrics = embedding_retrieval_metrics(None, None, queries.relevant, queries.masked,
-                                              ks=ks, ndcg_k=ndcg_k, item_bias=pop)
+    counts, slices = catalog_popularity(transformed_dir, catalog)
+    pop_ranks = embedding_rank_relevant(None, None, queries.relevant, queries.masked, depth,
+                                        item_bias=popularity_scores(counts))
+    model_metrics = metrics_from_ranks(model_ranks, ks, ndcg_k, per)
+    pop_metrics = metrics_from_ranks(pop_ranks, ks, ndcg_k, per)
 
     metrics = {**model_metrics, "popularity": pop_metrics, "n_queries": len(queries),
-               "n_items": len(catalog.ids)}
+               "n_items": len(catalog.ids), "n_pairs": len(model_ranks), "protocol": protocol}
+    if ecfg.slices:
+        metrics["slices"] = slice_report(model_ranks, pop_ranks, slices)
     tf.io.gfile.makedirs(out_dir)
     with tf.io.gfile.GFile(f"{out_dir}/metrics.json", "w") as fh:
         fh.write(json.dumps(metrics, indent=2))
-    print(f"[evaluate] {len(queries)} queries x {len(catalog.ids)} items: "
-          + " ".join(f"{k}={v:.4f}" for k, v in model_metrics.items())
-          + f" | popularity recall_at_{ks[0]}={pop_metrics[f'recall_at_{ks[0]}']:.4f}", flush=True)
+    _log(metrics, model_metrics, pop_metrics, ks[0])
     return metrics
+
+
+def _log(metrics: dict, model_metrics: dict, pop_metrics: dict, k: int) -> None:
+    p = metrics["protocol"]
+    print(f"[evaluate] {metrics['n_queries']} queries ({metrics['n_pairs']} pairs) x {metrics['n_items']} "
+          f"items, per {p['per']}, mask_seen={p['mask_seen']}: "
+          + " ".join(f"{name}={v:.4f}" for name, v in model_metrics.items())
+          + f" | popularity recall_at_{k}={pop_metrics[f'recall_at_{k}']:.4f}", flush=True)
+    for name, s in metrics.get("slices", {}).items():
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"[evaluate]   {name:5s} n={s['n']:<7d} recall_at_{SLICE_K}={fmt(s[f'recall_at_{SLICE_K}'])} "
+              f"popularity={fmt(s[f'popularity_recall_at_{SLICE_K}'])}", flush=True)

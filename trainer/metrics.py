@@ -2,18 +2,34 @@
 
 Protocol: each query scores every catalog item; ``masked`` positions (e.g. items the
 query already interacted with) are excluded from the ranking; the top K of the rest
-are compared with the ``relevant`` (held-out) positions.
+are compared with the ``relevant`` (held-out) positions. Every metric is derived from
+the 1-based rank of each relevant (query, item) pair in its query's ranking
+(:class:`PairRanks`), so the averaging unit is a choice made at the end (``per``):
 
-- recall@K = mean over queries of |topK ∩ relevant| / |relevant|
-- ndcg@K (binary gains) = DCG@K / IDCG@K with DCG = sum over hit ranks r (1-based)
-  of 1 / log2(r + 1) and IDCG over min(|relevant|, K) hits.
+- ``per="query"`` (default):
+  recall@K = mean over queries of |topK ∩ relevant| / |relevant|;
+  ndcg@K (binary gains) = DCG@K / IDCG@K with DCG = sum over hit ranks r of
+  1 / log2(r + 1) and IDCG over min(|relevant|, K) hits, averaged over queries.
+- ``per="interaction"``: every relevant (query, item) pair is one trial;
+  recall@K = mean over pairs of [rank <= K] (TFRS ``FactorizedTopK``'s
+  ``top_K_categorical_accuracy``); ndcg@K = mean over pairs of 1 / log2(rank + 1)
+  when rank <= K, else 0. A query's other relevant items are not removed from the
+  ranking (they may occupy top slots), exactly as in the TFRS tutorial.
+
+The two differ whenever queries have different numbers of relevant items: per query,
+each query weighs 1; per interaction, a query weighs its number of relevant items.
 
 A relevant position that is also masked can never be retrieved (it still counts in
-|relevant|); callers decide what to mask.
+|relevant| and as a trial); callers decide what to mask.
+
+Item slices (:func:`item_slices`, :func:`slice_recall`) split the catalog by train
+popularity into head / torso / tail / cold and report the hit rate at K of the
+relevant pairs whose item falls in each slice.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +37,35 @@ import numpy as np
 #: Bound on the dense score block held at once (floats): 16M float32 = 64 MB
 #: (argpartition adds an int64 index array of the same shape).
 MAX_BLOCK_FLOATS = 16_000_000
+
+PER_CHOICES = ("query", "interaction")
+
+#: Slice names in popularity order; ``cold`` = items with no train positive.
+SLICES = ("head", "torso", "tail", "cold")
+#: Cumulative share (percent of train positives) that closes the head and the torso:
+#: head = first 50%, torso = the next 30%. Integers so the boundary test is exact.
+HEAD_PERCENT, TORSO_PERCENT = 50, 30
+
+
+@dataclass
+class PairRanks:
+    """Ranks of the P relevant (query, item) pairs of Q queries over N catalog items.
+
+    ``query`` int64 [P]: query row of each pair; ``item`` int64 [P]: catalog position;
+    ``rank`` int64 [P]: 1-based rank in the query's (masked) ranking, 0 when the item is
+    masked or ranked below ``max_k`` (a miss at every cut-off <= ``max_k``).
+    ``n_queries`` = Q, ``n_items`` = N.
+    """
+
+    query: np.ndarray
+    item: np.ndarray
+    rank: np.ndarray
+    n_queries: int
+    n_items: int
+    max_k: int
+
+    def __len__(self) -> int:
+        return int(self.rank.shape[0])
 
 
 def popularity_scores(counts) -> np.ndarray:
@@ -38,15 +83,20 @@ def _check_inputs(n_queries: int, relevant: Sequence, masked: Sequence) -> None:
         raise ValueError(f"masked has {len(masked)} entries, scores have {n_queries} rows")
 
 
-def _metric_sums(scores: np.ndarray, relevant: Sequence, masked: Sequence, ks: Sequence[int],
-                 ndcg_k: int) -> dict[str, float]:
-    """Per-metric sums over the rows of one score block (float32 [q, N])."""
+def _check_per(per: str) -> None:
+    if per not in PER_CHOICES:
+        raise ValueError(f"per must be one of {PER_CHOICES}, got {per!r}")
+
+
+def _block_ranks(scores: np.ndarray, relevant: Sequence, masked: Sequence, max_k: int,
+                 row_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query rows [p], item positions [p], ranks [p]) of one score block (float32 [q, N])."""
     q, n = scores.shape
     scores = np.array(scores, dtype=np.float32, copy=True)  # masked in place below
     for row, pos in enumerate(masked):
         if len(pos):
             scores[row, np.asarray(pos, dtype=np.int64)] = -np.inf
-    max_k = min(max(max(ks), ndcg_k), n)
+    max_k = min(max_k, n)
     # Top max_k by score, in descending order: argpartition is O(N), the sort O(K log K).
     if max_k < n:
         top = np.argpartition(-scores, max_k - 1, axis=1)[:, :max_k]
@@ -54,65 +104,52 @@ def _metric_sums(scores: np.ndarray, relevant: Sequence, masked: Sequence, ks: S
         top = np.tile(np.arange(n), (q, 1))
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
-    # hit[r, j]: the j-th ranked item of query r is relevant and not masked.
-    hits = np.zeros((q, max_k), dtype=bool)
-    n_rel = np.zeros(q, dtype=np.float64)
+    rows, items, ranks = [], [], []
     for row in range(q):
         rel = np.unique(np.asarray(relevant[row], dtype=np.int64))
         if rel.size == 0:
-            raise ValueError(f"query {row}: relevant is empty (drop such queries before scoring)")
+            raise ValueError(f"query {row_offset + row}: relevant is empty (drop such queries before scoring)")
         if rel.min() < 0 or rel.max() >= n:
-            raise ValueError(f"query {row}: relevant position out of range [0, {n})")
-        n_rel[row] = rel.size
-        hits[row] = np.isin(top[row], rel)
+            raise ValueError(f"query {row_offset + row}: relevant position out of range [0, {n})")
+        rank = np.zeros(rel.size, dtype=np.int64)
+        at, which = np.nonzero(top[row][:, None] == rel[None, :])
+        rank[which] = at + 1
         if len(masked[row]):
-            hits[row] &= ~np.isin(top[row], np.asarray(masked[row], dtype=np.int64))
-    sums: dict[str, float] = {}
-    for k in ks:
-        sums[f"recall_at_{k}"] = float((hits[:, : min(k, n)].sum(axis=1) / n_rel).sum())
-    kk = min(ndcg_k, n)
-    discounts = 1.0 / np.log2(np.arange(2, kk + 2))
-    dcg = (hits[:, :kk] * discounts).sum(axis=1)
-    ideal = np.cumsum(discounts)[np.minimum(n_rel, kk).astype(np.int64) - 1]
-    sums[f"ndcg_at_{ndcg_k}"] = float((dcg / ideal).sum())
-    return sums
+            # A masked item can still sit in the top when K exceeds the unmasked items
+            # (at -inf, after all of them); it is never a hit.
+            rank[np.isin(rel, np.asarray(masked[row], dtype=np.int64))] = 0
+        rows.append(np.full(rel.size, row_offset + row, dtype=np.int64))
+        items.append(rel)
+        ranks.append(rank)
+    return np.concatenate(rows), np.concatenate(items), np.concatenate(ranks)
 
 
-def retrieval_metrics(scores, relevant: Sequence, masked: Sequence, ks: Sequence[int] = (10, 50, 100),
-                      ndcg_k: int = 10) -> dict[str, float]:
-    """Recall@K for each K in ``ks`` and nDCG@``ndcg_k``, averaged over queries.
+def _needed_k(ks: Sequence[int], ndcg_k: int) -> int:
+    return max(max(int(k) for k in ks), int(ndcg_k))
+
+
+def rank_relevant(scores, relevant: Sequence, masked: Sequence, max_k: int) -> PairRanks:
+    """:class:`PairRanks` of a dense score matrix.
 
     Args:
         scores: float32 [Q, N], higher = better.
-        relevant: Q int arrays of catalog positions (each non-empty).
+        relevant: Q int arrays of catalog positions (each non-empty; duplicates count once).
         masked: Q int arrays of positions excluded from the ranking.
-        ks: cut-offs; K > N is treated as N.
-        ndcg_k: nDCG cut-off.
-    Returns:
-        ``{"recall_at_10": float, ..., "ndcg_at_10": float}``.
+        max_k: deepest cut-off any metric will use (ranks beyond it are stored as 0).
     """
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores must be [Q, N], got shape {scores.shape}")
     q, n = scores.shape
     _check_inputs(q, relevant, masked)
-    _check_ks(ks, ndcg_k)
     if q == 0 or n == 0:
         raise ValueError(f"need at least one query and one item, got scores of shape {scores.shape}")
-    step = _chunk_rows(n)
-    totals: dict[str, float] = {}
-    for start in range(0, q, step):
-        stop = min(start + step, q)
-        part = _metric_sums(scores[start:stop], relevant[start:stop], masked[start:stop], ks, ndcg_k)
-        for key, value in part.items():
-            totals[key] = totals.get(key, 0.0) + value
-    return {key: value / q for key, value in totals.items()}
+    return _ranks_by_block(lambda start, stop: scores[start:stop], q, n, relevant, masked, max_k)
 
 
-def embedding_retrieval_metrics(query_embeddings, item_embeddings, relevant: Sequence, masked: Sequence,
-                                ks: Sequence[int] = (10, 50, 100), ndcg_k: int = 10,
-                                item_bias=None) -> dict[str, float]:
-    """:func:`retrieval_metrics` with scores = query [Q, D] · item [N, D]^T (+ item_bias [N]),
+def embedding_rank_relevant(query_embeddings, item_embeddings, relevant: Sequence, masked: Sequence,
+                            max_k: int, item_bias=None) -> PairRanks:
+    """:func:`rank_relevant` with scores = query [Q, D] · item [N, D]^T (+ item_bias [N]),
     computed block by block so Q x N never has to fit in memory at once.
 
     ``query_embeddings`` may be ``None`` with ``item_bias`` given: every query then
@@ -132,23 +169,157 @@ def embedding_retrieval_metrics(query_embeddings, item_embeddings, relevant: Seq
                              f"and {item_embeddings.shape}")
         q, n = query_embeddings.shape[0], item_embeddings.shape[0]
     _check_inputs(q, relevant, masked)
-    _check_ks(ks, ndcg_k)
     if q == 0 or n == 0:
         raise ValueError(f"need at least one query and one item, got Q={q}, N={n}")
-    step = _chunk_rows(n)
-    totals: dict[str, float] = {}
-    for start in range(0, q, step):
-        stop = min(start + step, q)
+
+    def block(start: int, stop: int) -> np.ndarray:
         if query_embeddings is None:
-            block = np.broadcast_to(item_bias, (stop - start, n))
-        else:
-            block = query_embeddings[start:stop] @ item_embeddings.T
-            if item_bias is not None:
-                block = block + item_bias
-        part = _metric_sums(block, relevant[start:stop], masked[start:stop], ks, ndcg_k)
-        for key, value in part.items():
-            totals[key] = totals.get(key, 0.0) + value
-    return {key: value / q for key, value in totals.items()}
+            return np.broadcast_to(item_bias, (stop - start, n))
+        scores = query_embeddings[start:stop] @ item_embeddings.T
+        return scores if item_bias is None else scores + item_bias
+
+    return _ranks_by_block(block, q, n, relevant, masked, max_k)
+
+
+def _ranks_by_block(block, q: int, n: int, relevant: Sequence, masked: Sequence, max_k: int) -> PairRanks:
+    """Rank the relevant pairs of ``block(start, stop)`` score rows, ``_chunk_rows(n)`` at a time."""
+    if int(max_k) < 1:
+        raise ValueError(f"max_k must be >= 1, got {max_k}")
+    step = _chunk_rows(n)
+    parts = [_block_ranks(block(start, min(start + step, q)), relevant[start:start + step],
+                          masked[start:start + step], int(max_k), start)
+             for start in range(0, q, step)]
+    rows, items, ranks = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return PairRanks(query=rows, item=items, rank=ranks, n_queries=q, n_items=n, max_k=min(int(max_k), n))
+
+
+def metrics_from_ranks(ranks: PairRanks, ks: Sequence[int] = (10, 50, 100), ndcg_k: int = 10,
+                       per: str = "query") -> dict[str, float]:
+    """Recall@K for each K in ``ks`` and nDCG@``ndcg_k`` from pair ranks (see the module doc).
+
+    Returns:
+        ``{"recall_at_10": float, ..., "ndcg_at_10": float}``.
+    Raises:
+        ValueError: a cut-off deeper than the ranks were computed for, or an unknown ``per``.
+    """
+    _check_ks(ks, ndcg_k)
+    _check_per(per)
+    needed = min(_needed_k(ks, ndcg_k), ranks.n_items)
+    if needed > ranks.max_k:
+        raise ValueError(f"ranks were computed to depth {ranks.max_k}, metrics need {needed}")
+    rank = ranks.rank
+    found = rank > 0
+    kk = int(ndcg_k)
+    gain = np.where(found & (rank <= kk), 1.0 / np.log2(np.maximum(rank, 1) + 1.0), 0.0)
+    out: dict[str, float] = {}
+    if per == "interaction":
+        for k in ks:
+            out[f"recall_at_{k}"] = float((found & (rank <= int(k))).mean())
+        out[f"ndcg_at_{ndcg_k}"] = float(gain.mean())
+        return out
+    n_rel = np.bincount(ranks.query, minlength=ranks.n_queries).astype(np.float64)
+    for k in ks:
+        hits = np.bincount(ranks.query, weights=found & (rank <= int(k)), minlength=ranks.n_queries)
+        out[f"recall_at_{k}"] = float((hits / n_rel).mean())
+    dcg = np.bincount(ranks.query, weights=gain, minlength=ranks.n_queries)
+    discounts = 1.0 / np.log2(np.arange(2, min(kk, ranks.n_items) + 2))
+    ideal = np.cumsum(discounts)[np.minimum(n_rel, len(discounts)).astype(np.int64) - 1]
+    out[f"ndcg_at_{ndcg_k}"] = float((dcg / ideal).mean())
+    return out
+
+
+def retrieval_metrics(scores, relevant: Sequence, masked: Sequence, ks: Sequence[int] = (10, 50, 100),
+                      ndcg_k: int = 10, per: str = "query") -> dict[str, float]:
+    """Recall@K for each K in ``ks`` and nDCG@``ndcg_k``, averaged ``per`` query or interaction.
+
+    Args:
+        scores: float32 [Q, N], higher = better.
+        relevant: Q int arrays of catalog positions (each non-empty).
+        masked: Q int arrays of positions excluded from the ranking.
+        ks: cut-offs; K > N is treated as N.
+        ndcg_k: nDCG cut-off.
+        per: ``"query"`` or ``"interaction"`` (see the module doc).
+    Returns:
+        ``{"recall_at_10": float, ..., "ndcg_at_10": float}``.
+    """
+    _check_ks(ks, ndcg_k)
+    _check_per(per)
+    ranks = rank_relevant(scores, relevant, masked, _needed_k(ks, ndcg_k))
+    return metrics_from_ranks(ranks, ks, ndcg_k, per)
+
+
+def embedding_retrieval_metrics(query_embeddings, item_embeddings, relevant: Sequence, masked: Sequence,
+                                ks: Sequence[int] = (10, 50, 100), ndcg_k: int = 10,
+                                item_bias=None, per: str = "query") -> dict[str, float]:
+    """:func:`retrieval_metrics` with scores = query [Q, D] · item [N, D]^T (+ item_bias [N]),
+    computed block by block so Q x N never has to fit in memory at once.
+
+    ``query_embeddings`` may be ``None`` with ``item_bias`` given: every query then
+    scores items by ``item_bias`` alone (the popularity baseline).
+    """
+    _check_ks(ks, ndcg_k)
+    _check_per(per)
+    ranks = embedding_rank_relevant(query_embeddings, item_embeddings, relevant, masked,
+                                    _needed_k(ks, ndcg_k), item_bias=item_bias)
+    return metrics_from_ranks(ranks, ks, ndcg_k, per)
+
+
+# --------------------------------------------------------------------------- item slices
+
+
+def item_slices(counts) -> np.ndarray:
+    """Slice name per item from its train positive count.
+
+    Items are taken by count descending (ties in the given order, so pass counts in a
+    deterministic order such as ``vocab/item_id.tsv``'s). An item is ``head`` while the
+    positives of the items before it are < 50% of all train positives (so the item that
+    crosses 50% is head), ``torso`` while they are < 80%, else ``tail``; an item with
+    count 0 is always ``cold``.
+
+    Args:
+        counts: int [N] train positives per item (>= 0).
+    Returns:
+        str array [N] with values in :data:`SLICES`.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 1:
+        raise ValueError(f"counts must be 1-D [N], got shape {counts.shape}")
+    if counts.size and counts.min() < 0:
+        raise ValueError("counts must be >= 0")
+    total = int(counts.sum())
+    order = np.argsort(-counts, kind="stable")
+    before = np.concatenate([[0], np.cumsum(counts[order])[:-1]]) if counts.size else counts
+    labels = np.full(counts.size, "tail", dtype=object)
+    sorted_labels = np.where(before * 100 < HEAD_PERCENT * total, "head",
+                             np.where(before * 100 < (HEAD_PERCENT + TORSO_PERCENT) * total, "torso", "tail"))
+    labels[order] = sorted_labels
+    labels[counts == 0] = "cold"
+    return labels.astype(str)
+
+
+def slice_recall(ranks: PairRanks, slices: np.ndarray, k: int = 10) -> dict[str, dict]:
+    """Hit rate at ``k`` of the relevant pairs whose item lies in each slice.
+
+    Args:
+        ranks: pair ranks computed to depth >= ``k`` (or over the whole catalog).
+        slices: str [N] slice name per catalog position (:func:`item_slices`).
+    Returns:
+        ``{slice: {"recall_at_<k>": float | None, "n": int}}`` for every name in
+        :data:`SLICES`; the recall is None when the slice has no relevant pair.
+    """
+    slices = np.asarray(slices)
+    if slices.shape != (ranks.n_items,):
+        raise ValueError(f"slices must be [N={ranks.n_items}], got shape {slices.shape}")
+    if min(int(k), ranks.n_items) > ranks.max_k:
+        raise ValueError(f"ranks were computed to depth {ranks.max_k}, slices need {k}")
+    hit = (ranks.rank > 0) & (ranks.rank <= int(k))
+    pair_slice = slices[ranks.item]
+    out: dict[str, dict] = {}
+    for name in SLICES:
+        inside = pair_slice == name
+        n = int(inside.sum())
+        out[name] = {f"recall_at_{k}": float(hit[inside].mean()) if n else None, "n": n}
+    return out
 
 
 def _check_ks(ks: Sequence[int], ndcg_k: int) -> None:

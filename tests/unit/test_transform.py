@@ -20,7 +20,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from core.config import Config  # noqa: E402
 from core.records import decode_example, interaction_specs, item_specs  # noqa: E402
 from features.ingest import ingest  # noqa: E402
-from features.transform import hashed_bucket, run_transform  # noqa: E402
+from features.transform import hashed_bucket, item_bucket, run_transform  # noqa: E402
 
 USER_SCHEMA = {
     "query_key": "user_id",
@@ -155,7 +155,8 @@ def test_outputs_are_exactly_the_contract_files(user_run):
     names = sorted(os.path.relpath(p, out) for p in glob.glob(str(out / "**"), recursive=True)
                    if os.path.isfile(p))
     assert names == [
-        "items-00000-of-00001.tfrecord", "items_display.jsonl", "query_table.jsonl", "seen.jsonl", "stats.json",
+        "cold_items.txt", "items-00000-of-00001.tfrecord", "items_display.jsonl", "query_table.jsonl",
+        "seen.jsonl", "stats.json",
         "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
         "train_negatives-00000-of-00001.tfrecord", "valid-00000-of-00001.tfrecord",
         "vocab/gender.tsv", "vocab/genres.tsv", "vocab/item_id.tsv", "vocab/title.tsv", "vocab/user_id.tsv",
@@ -172,7 +173,8 @@ def test_leave_last_out_split_membership(user_run):
     assert _pairs(_records(out, "test", specs)) == {("u1", "i3"), ("u6", "i2")}
     assert stats["split"] == "leave_last_out"
     assert stats["counts"] == {"train": 7, "valid": 2, "test": 2, "train_negatives": 1,
-                               "items": 5, "queries": 6}
+                               "items": 5, "queries": 6, "cold_items": 0}
+    assert (out / "cold_items.txt").read_text() == ""  # no cold items unless asked for
 
 
 def test_label_zero_rows_only_in_train_negatives(user_run):
@@ -242,6 +244,94 @@ def test_stats_json_matches_return_value(user_run):
     assert on_disk == {k: v for k, v in stats.items() if k != "seconds"}
     assert set(on_disk["numeric"]["age"]) == {"mean", "std", "min", "max", "count"}
     assert stats["seconds"] > 0
+
+
+# ------------------------------------------------------------------ cold items (leave-last-out)
+
+# transform.seed 3, cold_item_fraction 0.2: item buckets md5("3\x1f<id>") are
+# i1 0.412, i2 0.580, i3 0.185, i4 0.695, i5 0.334 -> only i3 is cold.
+COLD_SEED, COLD_FRACTION = 3, 0.2
+# Plus a label-0 row on the cold item, which must not reach train_negatives.
+COLD_INTERACTIONS = pd.concat([INTERACTIONS, pd.DataFrame({
+    "user_id": ["u2"], "item_id": ["i3"], "label": [0], "timestamp": [500]})], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def cold_run(tmp_path_factory):
+    """(config, out_dir, stats) of a leave-last-out run holding i3 out as a cold item."""
+    root = tmp_path_factory.mktemp("cold")
+    src = root / "src"
+    src.mkdir()
+    ITEMS.to_csv(src / "items.csv", index=False)
+    USERS.to_csv(src / "users.csv", index=False)
+    COLD_INTERACTIONS.to_csv(src / "interactions.csv", index=False)
+    cfg = _config(src, USER_SCHEMA, **{"transform.split": "leave_last_out", "transform.seed": COLD_SEED,
+                                       "transform.cold_item_fraction": COLD_FRACTION})
+    ingest(cfg, str(root / "ingested"))
+    stats = run_transform(cfg, str(root / "ingested"), str(root / "out"))
+    return cfg, root / "out", stats
+
+
+def test_item_bucket_matches_the_hand_computed_cold_draw():
+    buckets = {i: item_bucket(i, COLD_SEED) for i in ("i1", "i2", "i3", "i4", "i5")}
+    assert [i for i, u in buckets.items() if u < COLD_FRACTION] == ["i3"]
+    assert item_bucket("i3", COLD_SEED) != hashed_bucket("", "i3", COLD_SEED)  # not the split's draw
+
+
+def test_cold_items_go_to_test_only(cold_run):
+    cfg, out, stats = cold_run
+    specs = interaction_specs(cfg.schema)
+    # i3 removed before ordering: u1 keeps i4@50, i1@100, i2@200 (3 positives) -> train i4,
+    # valid i1, test i2; u6 keeps i2@9, i1@9 (2 positives) -> both train; u4's only
+    # positive is i3. Every i3 positive (u1, u4, u6) is then appended to test.
+    assert _pairs(_records(out, "train", specs)) == {
+        ("u1", "i4"), ("u2", "i1"), ("u2", "i2"), ("u5", "i2"), ("u6", "i1"), ("u6", "i2")}
+    assert _pairs(_records(out, "valid", specs)) == {("u1", "i1")}
+    assert _pairs(_records(out, "test", specs)) == {("u1", "i2"), ("u1", "i3"), ("u4", "i3"), ("u6", "i3")}
+    # The label-0 (u2, i3) row is dropped; (u1, i2) is a warm item's negative and stays.
+    assert _pairs(_records(out, "train_negatives", specs)) == {("u1", "i2")}
+    assert stats["counts"] == {"train": 6, "valid": 1, "test": 4, "train_negatives": 1,
+                               "items": 5, "queries": 6, "cold_items": 1}
+
+
+def test_cold_items_stay_in_the_catalog_with_zero_train_count(cold_run):
+    cfg, out, _ = cold_run
+    assert (out / "cold_items.txt").read_text() == "i3\n"
+    items = {r["item_id"] for r in _records(out, "items", item_specs(cfg.schema))}
+    assert items == {"i1", "i2", "i3", "i4", "i5"}
+    assert _vocab(out, "item_id") == [("i2", 3), ("i1", 2), ("i4", 1), ("i3", 0), ("i5", 0)]
+    # The item's content still reaches the item vocabularies (it is how a cold item is embedded).
+    assert ("reloaded", 1) in _vocab(out, "title")
+    seen = {line["key"]: line for line in _jsonl(out / "seen.jsonl")}
+    assert seen["u4"] == {"key": "u4", "train": [], "valid": [], "test": ["i3"]}
+
+
+def test_cold_items_in_hashed_split():
+    """SplitInteractions(hashed) with cold items on a tiny in-process pipeline: cold rows are
+    all test, the others follow the (key, item) hash exactly."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from core.beam import make_pipeline
+    from core.config import TransformConfig
+    from features.transform import SPLIT, SplitInteractions
+
+    rows = [{"_key": f"k{k}", "item_id": item} for k in range(6) for item in ("i1", "i2", "i3", "i4", "i5")]
+
+    def expected(row):
+        if item_bucket(row["item_id"], COLD_SEED) < COLD_FRACTION:
+            return "test"
+        u = hashed_bucket(row["_key"], row["item_id"], COLD_SEED)
+        return "test" if u < 0.2 else "valid" if u < 0.5 else "train"
+
+    want = [(r["_key"], r["item_id"], expected(r)) for r in rows]
+    assert {s for _, i, s in want if i == "i3"} == {"test"}
+    assert {s for _, i, s in want if i != "i3"} == {"train", "valid", "test"}  # the hash still splits
+    with make_pipeline(TransformConfig()) as p:
+        got = (p | beam.Create(rows)
+               | SplitInteractions("hashed", 0.3, 0.2, COLD_SEED, cold_item_fraction=COLD_FRACTION)
+               | beam.Map(lambda r: (r["_key"], r["item_id"], r[SPLIT])))
+        assert_that(got, equal_to(want))
 
 
 # ------------------------------------------------------------------ hashed run (search keys)

@@ -1,0 +1,200 @@
+"""trainer.evaluate: protocol options (mask_seen, per), popularity slices, metrics.json.
+
+A tiny transform-output folder with the tiny tower SavedModels of test_indexer (item
+tower = fixed random vector per item_id, query tower = per user_id). Train counts are
+chosen so every slice is known by hand and popularity has no ties in its top 10:
+
+- item000: 300 (head; starts at 0%), item001: 90 (starts at 50% -> torso),
+  item002..item021: 20, 19, ..., 1 (item002..006 start below 80% -> torso, item007..021
+  tail), item022..item059: 0 (cold). Total 600.
+- test pairs: user u -> item(u + 4) (items 4..15: 3 torso, 9 tail); even users also
+  item000 (6 head pairs); users 1, 3, 5 also item(30 + u) (3 cold pairs). 21 pairs over
+  12 users with 1 or 2 relevant items each, so per query != per interaction.
+- seen: user u's train = items u..u+2, valid = item u+3 (masked when mask_seen).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from core.records import encode_example, interaction_specs
+from tests.unit.test_indexer import N_USERS, item_ids, make_config, write_models, write_transformed
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+COUNTS = [300, 90] + list(range(20, 0, -1)) + [0] * 38
+SLICE_OF = {"head": {0}, "torso": set(range(1, 7)), "tail": set(range(7, 22)), "cold": set(range(22, 60))}
+
+
+def _test_pairs() -> list[tuple[int, int]]:
+    """(user, item position) test pairs, as in the module doc."""
+    pairs = [(u, u + 4) for u in range(N_USERS)]
+    pairs += [(u, 0) for u in range(0, N_USERS, 2)]
+    pairs += [(u, 30 + u) for u in (1, 3, 5)]
+    return pairs
+
+
+def _write_folder(config, folder: str) -> None:
+    import tensorflow as tf
+
+    write_transformed(config, folder)  # items, display, query table, seen (overwritten below)
+    ids = item_ids()
+    with tf.io.TFRecordWriter(os.path.join(folder, "test-00000-of-00001.tfrecord")) as w:
+        for u, pos in _test_pairs():
+            w.write(encode_example({"user_id": str(u), "age": float(20 + u), "item_id": ids[pos],
+                                    "title": f"thing {pos}", "price": pos / 2}, interaction_specs(config.schema)))
+    tests = {u: [ids[p] for uu, p in _test_pairs() if uu == u] for u in range(N_USERS)}
+    with open(os.path.join(folder, "seen.jsonl"), "w") as fh:
+        for u in range(N_USERS):
+            fh.write(json.dumps({"key": str(u), "train": ids[u:u + 3], "valid": [ids[u + 3]],
+                                 "test": sorted(tests[u])}) + "\n")
+    os.makedirs(os.path.join(folder, "vocab"), exist_ok=True)
+    order = sorted(range(len(ids)), key=lambda i: (-COUNTS[i], ids[i]))
+    with open(os.path.join(folder, "vocab", "item_id.tsv"), "w") as fh:
+        fh.write("".join(f"{ids[i]}\t{COUNTS[i]}\n" for i in order))
+    with open(os.path.join(folder, "stats.json"), "w") as fh:
+        json.dump({"numeric": {}, "counts": {"test": len(_test_pairs())}, "split": "leave_last_out"}, fh)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    config = make_config(tmp)
+    folder = str(tmp / "transformed")
+    _write_folder(config, folder)
+    models = write_models(str(tmp / "models"))
+    return {"tmp": tmp, "folder": folder, "models": models}
+
+
+def _brute_ranks(scores: np.ndarray, mask_seen: bool) -> list[tuple[int, int, int]]:
+    """(user, item, 1-based rank) per test pair by counting strictly better unmasked items."""
+    out = []
+    for u, pos in _test_pairs():
+        row = scores[u].astype(np.float64).copy()
+        if mask_seen:
+            relevant = {p for uu, p in _test_pairs() if uu == u}
+            row[[i for i in range(u, u + 4) if i not in relevant]] = -np.inf
+        out.append((u, pos, 1 + int((row > row[pos]).sum())))
+    return out
+
+
+def _expected(ranks, per: str) -> dict[str, float]:
+    """recall@5/@10 and ndcg@10 from (user, item, rank) triples."""
+    gain = {(u, p): (1 / np.log2(r + 1) if r <= 10 else 0.0) for u, p, r in ranks}
+    if per == "interaction":
+        out = {f"recall_at_{k}": np.mean([r <= k for _, _, r in ranks]) for k in (5, 10)}
+        out["ndcg_at_10"] = np.mean(list(gain.values()))
+        return out
+    users = sorted({u for u, _, _ in ranks})
+    mine = {u: [(p, r) for uu, p, r in ranks if uu == u] for u in users}
+    out = {f"recall_at_{k}": np.mean([np.mean([r <= k for _, r in mine[u]]) for u in users]) for k in (5, 10)}
+    ideal = {u: sum(1 / np.log2(j + 2) for j in range(len(mine[u]))) for u in users}
+    out["ndcg_at_10"] = np.mean([sum(gain[(u, p)] for p, _ in mine[u]) / ideal[u] for u in users])
+    return out
+
+
+def _model_scores(models: str) -> np.ndarray:
+    from core.towers import Tower
+
+    ids = item_ids()
+    items = Tower(os.path.join(models, "item_tower")).embed(
+        {"item_id": ids, "title": [f"thing {i}" for i in range(len(ids))], "price": [i / 2 for i in range(len(ids))]})
+    queries = Tower(os.path.join(models, "query_tower")).embed(
+        {"user_id": [str(u) for u in range(N_USERS)], "age": [float(20 + u) for u in range(N_USERS)]})
+    return queries @ items.T
+
+
+def _slice_hits(ranks) -> dict[str, float]:
+    return {name: np.mean([r <= 10 for _, p, r in ranks if p in members]) for name, members in SLICE_OF.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per,mask_seen", [("query", True), ("interaction", False)])
+def test_evaluate_model_follows_the_configured_protocol(setup, per, mask_seen):
+    from trainer.evaluate import evaluate_model
+
+    config = make_config(setup["tmp"], evaluate={"ks": [5, 10], "ndcg_k": 10, "per": per,
+                                                 "mask_seen": mask_seen, "slices": True})
+    out = setup["tmp"] / f"eval-{per}"
+    got = evaluate_model(config, setup["folder"], setup["models"], str(out))
+    assert json.loads((out / "metrics.json").read_text()) == got
+    assert got["protocol"] == {"per": per, "mask_seen": mask_seen, "split": "leave_last_out"}
+    assert (got["n_queries"], got["n_items"], got["n_pairs"]) == (N_USERS, 60, 21)
+
+    model = _brute_ranks(_model_scores(setup["models"]), mask_seen)
+    pop = _brute_ranks(np.tile(np.array(COUNTS, dtype=np.float64), (N_USERS, 1)), mask_seen)
+    assert {k: got[k] for k in ("recall_at_5", "recall_at_10", "ndcg_at_10")} == pytest.approx(_expected(model, per))
+    assert got["popularity"] == pytest.approx(_expected(pop, per))
+
+    slices = got["slices"]
+    assert {name: s["n"] for name, s in slices.items()} == {"head": 6, "torso": 3, "tail": 9, "cold": 3}
+    model_hits, pop_hits = _slice_hits(model), _slice_hits(pop)
+    for name, s in slices.items():
+        assert s["recall_at_10"] == pytest.approx(model_hits[name]), name
+        assert s["popularity_recall_at_10"] == pytest.approx(pop_hits[name]), name
+    assert slices["head"]["popularity_recall_at_10"] == 1.0  # item000 always ranks first for popularity
+    assert slices["cold"]["popularity_recall_at_10"] == 0.0  # 22 non-zero items fill every top 10
+    assert slices["cold"]["chance_recall_at_10"] == pytest.approx(10 / 60)
+
+
+def test_masking_changes_what_is_ranked(setup):
+    """mask_seen=false must not read or apply seen.jsonl: the masked lists are empty."""
+    from trainer.evalset import load_catalog, load_queries
+    from trainer.evaluate import mask_splits_for
+
+    config = make_config(setup["tmp"])
+    catalog = load_catalog(config, setup["folder"])
+    off = load_queries(config, setup["folder"], "test", mask_splits_for(False), catalog)
+    on = load_queries(config, setup["folder"], "test", mask_splits_for(True), catalog)
+    assert all(len(m) == 0 for m in off.masked)
+    index = catalog.index
+    u0 = on.keys.index("0")
+    # user 0: items 0..3 seen, item000 is also relevant (a repeat) so it stays rankable.
+    assert sorted(catalog.ids[i] for i in on.masked[u0]) == ["item001", "item002", "item003"]
+    assert sorted(on.relevant[u0].tolist()) == [index["item000"], index["item004"]]
+
+
+def test_catalog_popularity_slices(setup):
+    from trainer.evalset import catalog_popularity, load_catalog
+
+    config = make_config(setup["tmp"])
+    catalog = load_catalog(config, setup["folder"])
+    counts, slices = catalog_popularity(setup["folder"], catalog)
+    by_id = dict(zip(catalog.ids, zip(counts.tolist(), slices.tolist())))
+    ids = item_ids()
+    for name, members in SLICE_OF.items():
+        for pos in members:
+            assert by_id[ids[pos]] == (COUNTS[pos], name), ids[pos]
+
+
+def test_slice_report_adds_popularity_and_chance():
+    from trainer.evaluate import slice_report
+    from trainer.metrics import rank_relevant
+
+    relevant = [np.array([1, 3]), np.array([0])]
+    masked = [np.array([0]), np.array([4])]
+    model = rank_relevant(np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5]]), relevant, masked, 2)
+    # Popularity ranks item 3 first for both queries (item 4 masked for q1, item 0 for q0).
+    pop = rank_relevant(np.tile([0.1, 0.2, 0.3, 0.9, 0.0], (2, 1)), relevant, masked, 2)
+    got = slice_report(model, pop, np.array(["cold", "head", "tail", "head", "torso"]), k=2)
+    assert got["head"] == {"recall_at_2": 0.5, "popularity_recall_at_2": 0.5, "n": 2}
+    assert got["cold"] == {"recall_at_2": 0.0, "popularity_recall_at_2": 0.0, "n": 1,
+                           "chance_recall_at_2": pytest.approx(2 / 5)}
+    assert got["torso"]["n"] == 0 and got["torso"]["recall_at_2"] is None
+
+
+def test_summary_threads_slices_and_keeps_existing_keys():
+    from core.summary import build_summary
+
+    metrics = {"recall_at_10": 0.3, "ndcg_at_10": 0.2, "popularity": {"recall_at_10": 0.1}, "n_queries": 5,
+               "protocol": {"per": "query", "mask_seen": True, "split": "hashed"},
+               "slices": {"head": {"recall_at_10": 0.5, "popularity_recall_at_10": 0.4, "n": 3}}}
+    doc = build_summary("r", [{"stage": "evaluate", "seconds": 1.0}], metrics, {}, {"published": True})
+    assert doc["metrics"] == {"recall_at_10": 0.3, "ndcg_at_10": 0.2, "popularity_recall_at_10": 0.1,
+                              "n_queries": 5}
+    assert doc["slices"] == metrics["slices"] and doc["slices"] is not metrics["slices"]
+    assert build_summary("r", [], {}, {}, {})["slices"] is None
