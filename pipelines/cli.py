@@ -7,6 +7,7 @@
     twotower query --store DIR (--text "..." | --user-id ID) [-k 10] [--exclude-seen]
     twotower retrieve --store DIR --queries q.jsonl [-k K] [--exclude-seen] --out r.jsonl
     twotower index list --store DIR
+    twotower serve --store DIR [--host 127.0.0.1 --port 8080] [--poll-seconds 5] [--max-k 1000]
 
 Every command exits 2 with a one-line message on bad input (config, data, request);
 tracebacks are kept for genuine bugs.
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     index_sub = index.add_subparsers(dest="index_command", required=True)
     lst = index_sub.add_parser("list", help="one version per line, version id first, live one marked")
     lst.add_argument("--store", required=True)
+
+    srv = sub.add_parser("serve", help="HTTP query service over the live version, hot-reloading on publish")
+    srv.add_argument("--store", required=True, help="store folder or gs:// prefix")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8080, help="port to bind (default 8080; 0 = any free port)")
+    srv.add_argument("--poll-seconds", type=float, default=5.0, help="how often to check CURRENT (default 5)")
+    srv.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for (1..1000)")
+    srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -89,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "query": commands.cmd_query,
         "retrieve": commands.cmd_retrieve,
         "index": commands.cmd_index,
+        "serve": commands.cmd_serve,
     }[args.command]
     try:
         return handler(args)

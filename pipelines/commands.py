@@ -133,3 +133,32 @@ def cmd_index(args) -> int:
               f"{'' if info.get('has_manifest', True) else ' (incomplete: no manifest)'}")
     return 0
 
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from serving.retriever import MAX_K
+    from serving.server import serve
+
+    if not args.poll_seconds > 0:
+        raise ConfigError(f"--poll-seconds must be > 0, got {args.poll_seconds}")
+    if not 1 <= args.max_k <= MAX_K:
+        raise ConfigError(f"--max-k must be in 1..{MAX_K}, got {args.max_k}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def _started(service) -> None:
+        print(f"twotower serve: listening on {service.url} (store {args.store}); SIGTERM/Ctrl-C to stop",
+              flush=True)
+
+    try:
+        return serve(args.store, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
+                     max_k=args.max_k, on_started=_started)
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+        raise
