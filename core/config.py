@@ -97,6 +97,9 @@ class TransformConfig(_Strict):
     max_vocab_size: int = Field(100_000, ge=1)
     vocab_min_count: int = Field(1, ge=1)
     text_max_tokens: int = Field(24, ge=1)
+    cold_item_fraction: float = Field(0.0, ge=0.0, lt=0.5, description=(
+        "hold this hashed fraction of catalog items out of train/valid entirely; their positives "
+        "go to test, so evaluation measures cold-start retrieval"))
     seed: int = 0
 
 
@@ -113,7 +116,25 @@ class TrainConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     optimizer: Literal["adam", "adamw", "adagrad"] = "adam"
     temperature: float = Field(0.05, gt=0.0)
-    negative_samples_count: int = Field(0, ge=0)
+    negative_samples_count: int = Field(0, ge=0, description=(
+        "extra catalog negatives per batch, shared by every query in it (mixed negative sampling)"))
+    negative_sampling: Literal["uniform", "popularity"] = Field(
+        "uniform", description="distribution of the extra negatives: uniform over the catalog or "
+                               "train popularity ** negative_sampling_alpha")
+    negative_sampling_alpha: float = Field(0.75, ge=0.0, le=1.0)
+    labelled_negative_weight: float = Field(0.0, ge=0.0, description=(
+        "weight of the binary cross-entropy term on explicit label-0 pairs (0 = off)"))
+    hard_negatives: int = Field(0, ge=0, description=(
+        "keep only the top-N scoring negatives of each row, in-batch and sampled (0 = all)"))
+    lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = Field(
+        "constant", description="lr over the planned steps (n_epochs x batches per epoch): constant, cosine "
+                                "decay to 0, or linear warmup over warmup_steps then cosine")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup (warmup_cosine only)")
+    distribute: Literal["none", "mirrored", "multi_worker"] = Field(
+        "none", description="tf.distribute strategy; multi_worker reads TF_CONFIG set by the cluster")
+    deterministic: bool = Field(False, description="enable TF op determinism (slower, bit-reproducible)")
+    resume: bool = Field(True, description="continue from the last epoch checkpoint in "
+                                           "<output folder>/checkpoints when there is one")
     use_item_ids_as_features: bool = True
     logq_correction: bool = Field(False, description="subtract log(train popularity) from in-batch logits "
                                   "(sampling-bias correction, Yi et al. 2019)")
@@ -127,6 +148,10 @@ class TrainConfig(_Strict):
 class EvaluateConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [10, 50, 100])
     ndcg_k: int = 10
+    mask_seen: bool = Field(True, description="exclude each query's train (+valid) items from its ranking")
+    per: Literal["query", "interaction"] = Field(
+        "query", description="average over queries (recall) or over test pairs (TFRS tutorial hit rate)")
+    slices: bool = Field(True, description="also report head / torso / tail / cold item slices")
 
     @field_validator("ks")
     @classmethod
@@ -137,12 +162,48 @@ class EvaluateConfig(_Strict):
 
 
 class IndexConfig(_Strict):
-    brute_force_below: int = Field(20_000, ge=0, description="exact search for catalogs smaller than this")
+    brute_force_below: int = Field(10_000, ge=0, description=(
+        "exact search for catalogs smaller than this. Measured (bench/index.py --crossover, 2 CPU cores): "
+        "on strongly clustered embeddings a tuned tree beats exact search at 0.95 recall@10 from ~1k items; "
+        "on weakly clustered ones no tree reaches 0.95 faster than exact at 10k and one is ~5x faster at 20k. "
+        "Above it the tuner still measures exact search as a candidate, so this only skips tuning"))
     num_leaves: Optional[int] = Field(None, ge=1, description="None = sqrt(n) rounded")
     num_leaves_to_search: Optional[int] = Field(None, ge=1)
     reorder_k: int = Field(100, ge=1)
     training_sample_size: int = Field(100_000, ge=1000)
     eval_queries: int = Field(500, ge=1)
+    tune: bool = Field(True, description="sweep ScaNN tree/AH/reorder settings against exact search and "
+                                         "keep the fastest that meets target_recall (indexer.tuner)")
+    target_recall: float = Field(0.95, gt=0.0, le=1.0, description="recall@10 vs exact search the tuner must reach")
+    tune_queries: int = Field(1000, ge=10, description="stand-in queries the tuner measures on (a different "
+                                                       "sample from the eval_queries that the stage reports)")
+    tune_leaves_factors: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1,
+                                             description="num_leaves candidates as multiples of sqrt(n)")
+    tune_dims_per_block: list[int] = Field(default_factory=lambda: [2], min_length=1,
+                                           description="AH dims per block candidates (2 or 4)")
+    tune_reorder_k: list[int] = Field(default_factory=lambda: [25, 50, 100, 200], min_length=1,
+                                      description="exact re-scoring pool sizes tried at search time (>= 10)")
+
+    @field_validator("tune_leaves_factors")
+    @classmethod
+    def _positive_factors(cls, v: list[float]) -> list[float]:
+        if any(f <= 0 for f in v):
+            raise ValueError(f"tune_leaves_factors must all be > 0, got {v}")
+        return v
+
+    @field_validator("tune_dims_per_block")
+    @classmethod
+    def _dims_per_block(cls, v: list[int]) -> list[int]:
+        if any(d not in (1, 2, 4) for d in v):
+            raise ValueError(f"tune_dims_per_block entries must be 1, 2 or 4, got {v}")
+        return v
+
+    @field_validator("tune_reorder_k")
+    @classmethod
+    def _reorder_ladder(cls, v: list[int]) -> list[int]:
+        if any(r < 10 for r in v):
+            raise ValueError(f"tune_reorder_k entries must be >= 10 (the final top-10), got {v}")
+        return sorted(set(v))
 
 
 class GateConfig(_Strict):

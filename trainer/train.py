@@ -14,17 +14,23 @@ After every epoch the validation recall@10 is computed against the whole catalog
 without improvement and the best epoch's weights are restored before export.
 Without a valid split there is no early stopping and the last epoch is kept.
 
+Options (``train.*``, all off by default): mixed negative sampling
+(``negative_samples_count``), labelled negatives (``labelled_negative_weight``), hard
+negatives (``hard_negatives``), lr schedules (``lr_schedule``), tf.distribute
+(``distribute``), op determinism (``deterministic``), and resuming from the per-epoch
+checkpoints in ``<out_dir>/checkpoints`` (``resume``; see :mod:`trainer.checkpoint`).
+
 TensorFlow is imported inside the functions, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import statistics
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 VALID_METRIC = "recall_at_10"
@@ -65,10 +71,27 @@ class EarlyStopping:
         return False, self.bad_epochs > self.patience
 
 
+@dataclass
+class LoopState:
+    """Everything the epoch loop needs to continue where it left off (checkpointed per epoch).
+
+    ``history`` holds the finished epochs (1-based, in order), ``best_weights`` the
+    snapshot of the best one (None before the first), ``stopped`` whether early stopping
+    already ended training.
+    """
+
+    stopper: EarlyStopping
+    history: list[EpochResult] = field(default_factory=list)
+    best_weights: object = None
+    stopped: bool = False
+
+
 def fit_with_early_stopping(n_epochs: int, patience: int, train_epoch: Callable[[int], float],
                             validate: Callable[[int], Optional[float]], snapshot: Callable[[], object],
                             restore: Callable[[object], None],
                             on_epoch: Callable[[EpochResult, bool], None] = lambda r, best: None,
+                            *, state: Optional[LoopState] = None,
+                            save_state: Callable[[LoopState, bool], None] = lambda s, improved: None,
                             ) -> tuple[list[EpochResult], int]:
     """Generic epoch loop, independent of TensorFlow (so it is unit-testable with fakes).
 
@@ -77,40 +100,46 @@ def fit_with_early_stopping(n_epochs: int, patience: int, train_epoch: Callable[
         validate: the metric to maximise after ``epoch`` (None = no validation).
         snapshot / restore: copy out / put back the model weights.
         on_epoch: called with each epoch's result and whether it is the best so far.
+        state: a resumed loop (epochs already done are skipped); None = from epoch 1.
+        save_state: called after every epoch with the loop state and whether the epoch
+            improved (the checkpoint hook).
     Returns:
         (history, best_epoch); on return the model holds the best epoch's weights.
     """
-    stopper = EarlyStopping(patience)
-    history: list[EpochResult] = []
-    best_weights = None
-    for epoch in range(1, n_epochs + 1):
+    if state is None:
+        state = LoopState(EarlyStopping(patience))
+    state.stopper.patience = patience  # a resumed run may change its patience
+    for epoch in range(len(state.history) + 1, n_epochs + 1):
+        if state.stopped:
+            break
         start = time.perf_counter()
         loss = float(train_epoch(epoch))
         seconds = time.perf_counter() - start
         value = validate(epoch)
         result = EpochResult(epoch, loss, None if value is None else float(value), seconds)
-        history.append(result)
-        improved, stop = stopper.update(epoch, result.val_recall_at_10)
+        state.history.append(result)
+        improved, state.stopped = state.stopper.update(epoch, result.val_recall_at_10)
         if improved:
-            best_weights = snapshot()
+            state.best_weights = snapshot()
         on_epoch(result, improved)
-        if stop:
-            break
-    if best_weights is not None and stopper.best_epoch != history[-1].epoch:
-        restore(best_weights)
-    return history, stopper.best_epoch
+        save_state(state, improved)
+    if not state.history:
+        raise ValueError(f"no epoch trained (n_epochs={n_epochs})")
+    if state.best_weights is not None and state.stopper.best_epoch != state.history[-1].epoch:
+        restore(state.best_weights)
+    return state.history, state.stopper.best_epoch
 
 
-def _device_scope(tf, device: str):
-    """``train.device``: auto = TensorFlow's choice, cpu = pinned to CPU, gpu = GPU required."""
-    if device == "gpu":
-        if not tf.config.list_physical_devices("GPU"):
-            raise RuntimeError("train.device is 'gpu' but TensorFlow sees no GPU "
-                               "(set train.device=auto or cpu)")
-        return tf.device("/GPU:0")
-    if device == "cpu":
-        return tf.device("/CPU:0")
-    return contextlib.nullcontext()
+def _steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one pass (the last batch may be smaller)."""
+    return -(-n_train // batch_size)
+
+
+def _build_variables(model, batch) -> None:
+    """Create the towers' and optimizer's variables (a checkpoint restore needs them to exist)."""
+    model.query_tower(batch, training=False)
+    model.item_tower(batch, training=False)
+    model.optimizer.build(model.trainable_variables)
 
 
 def train_model(config, transformed_dir: str, out_dir: str) -> dict:
@@ -126,41 +155,76 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     Raises:
         FileNotFoundError: no train split, catalog or a vocabulary file.
         RuntimeError: ``train.device`` is gpu and none is visible.
+        ValueError: ``train.distribute`` is multi_worker without ``TF_CONFIG``; a
+            checkpoint to resume from does not fit the model.
     """
     from trainer.tfenv import import_tf
 
     tf = import_tf()
     from core.records import interaction_specs
     from trainer import artifacts
-    from trainer.data import count_records, make_dataset
+    from trainer.checkpoint import TrainingCheckpoint
+    from trainer.data import count_records, labelled_negatives_dataset, make_dataset, with_labelled_negatives
     from trainer.evalset import load_catalog, load_queries
     from trainer.export import embed_columns, export_tower, serving_function
     from trainer.features import build_towers
     from trainer.metrics import embedding_retrieval_metrics
     from trainer.model import SamplingProbability, TwoTowerModel, make_optimizer
+    from trainer.negatives import CatalogSampler
+    from trainer.strategy import device_scope, is_chief, make_strategy, set_determinism
 
     t = config.train
     out_dir = out_dir.rstrip("/")
-    tf.io.gfile.makedirs(out_dir)
+    set_determinism(t.deterministic)
     tf.keras.utils.set_random_seed(t.seed)
+    strategy = make_strategy(t.distribute, t.device)
+    # Every multi-worker replica saves (the collectives need it), only the chief where it counts.
+    work_dir = out_dir if is_chief(strategy) else tempfile.mkdtemp(prefix="twotower-worker-")
+    tf.io.gfile.makedirs(work_dir)
 
+    specs = interaction_specs(config.schema)
     train_files = artifacts.require_split_files(transformed_dir, "train")
     n_train = count_records(train_files)
     if n_train == 0:
         raise ValueError(f"{transformed_dir}: the train split is empty")
-    dataset = make_dataset(train_files, interaction_specs(config.schema), t.batch_size, shuffle=True,
-                           seed=t.seed, num_parallel_calls=t.num_workers)
+    positives = make_dataset(train_files, specs, t.batch_size, shuffle=True, seed=t.seed,
+                             num_parallel_calls=t.num_workers)
+    dataset = positives
+    if t.labelled_negative_weight > 0.0:
+        negatives = labelled_negatives_dataset(artifacts.split_files(transformed_dir, "train_negatives"), specs,
+                                               t.batch_size, seed=t.seed, num_parallel_calls=t.num_workers)
+        if negatives is not None:
+            dataset = with_labelled_negatives(positives, negatives)
+    total_steps = t.n_epochs * _steps_per_epoch(n_train, t.batch_size)
 
-    with _device_scope(tf, t.device):
+    catalog = load_catalog(config, transformed_dir)
+    valid = load_queries(config, transformed_dir, "valid", ("train",), catalog,
+                         max_queries=t.max_eval_queries, seed=t.seed)
+
+    with strategy.scope(), device_scope(t.distribute, t.device):
         query_tower, item_tower = build_towers(config, transformed_dir)
         logq = SamplingProbability.from_vocab(transformed_dir) if t.logq_correction else None
-        model = TwoTowerModel(query_tower, item_tower, t.temperature, sampling_probability=logq)
-        model.compile(optimizer=make_optimizer(config))
-        query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
+        sampler = (CatalogSampler.from_catalog(config, transformed_dir, catalog)
+                   if t.negative_samples_count > 0 else None)
+        model = TwoTowerModel(query_tower, item_tower, t.temperature, sampling_probability=logq,
+                              negative_sampler=sampler, negative_samples_count=t.negative_samples_count,
+                              num_hard_negatives=t.hard_negatives,
+                              labelled_negative_weight=t.labelled_negative_weight)
+        optimizer = make_optimizer(config, total_steps)
+        model.compile(optimizer=optimizer)
+    # The checkpoint's bookkeeping variables (epoch counter, loop state) are host-side
+    # scalars, not replicated model state: created outside the strategy.
+    checkpoint = TrainingCheckpoint(work_dir, model, optimizer)
+    state = None
+    if t.resume and checkpoint.latest is not None:
+        with strategy.scope(), device_scope(t.distribute, t.device):
+            _build_variables(model, next(iter(positives)))
+        state = checkpoint.restore(snapshot=model.get_weights)
+        print(f"[train] resuming from {checkpoint.latest}: {len(state.history)} epoch(s) done"
+              f"{', early stopping already ended training' if state.stopped else ''}", flush=True)
 
-        catalog = load_catalog(config, transformed_dir)
-        valid = load_queries(config, transformed_dir, "valid", ("train",), catalog,
-                             max_queries=t.max_eval_queries, seed=t.seed)
+    with device_scope(t.distribute, t.device):
+        query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
 
         def train_epoch(epoch: int) -> float:
             hist = model.fit(dataset, epochs=1, verbose=0)
@@ -175,7 +239,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
                                                   ndcg_k=10)
             return metrics[VALID_METRIC]
 
-        writer = tf.summary.create_file_writer(f"{out_dir}/tensorboard")
+        writer = tf.summary.create_file_writer(f"{work_dir}/tensorboard")
 
         def on_epoch(result: EpochResult, best: bool) -> None:
             rate = n_train / max(result.seconds, 1e-9)
@@ -192,13 +256,14 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
         history, best_epoch = fit_with_early_stopping(
             t.n_epochs, t.patience, train_epoch, validate,
-            snapshot=model.get_weights, restore=model.set_weights, on_epoch=on_epoch)
+            snapshot=model.get_weights, restore=model.set_weights, on_epoch=on_epoch,
+            state=state, save_state=checkpoint.save)
         writer.close()
 
     # Exported outside the device scope so the SavedModel graphs carry no device pins
     # (they are served on CPU machines).
-    export_tower(query_tower, f"{out_dir}/query_tower")
-    export_tower(item_tower, f"{out_dir}/item_tower")
+    export_tower(query_tower, f"{work_dir}/query_tower")
+    export_tower(item_tower, f"{work_dir}/item_tower")
 
     best = history[best_epoch - 1]
     summary = {
@@ -210,6 +275,6 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "n_valid_queries": len(valid),
         "stopped_early": len(history) < t.n_epochs,
     }
-    with tf.io.gfile.GFile(f"{out_dir}/training.json", "w") as fh:
+    with tf.io.gfile.GFile(f"{work_dir}/training.json", "w") as fh:
         fh.write(json.dumps(summary, indent=2))
     return summary

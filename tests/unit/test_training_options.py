@@ -1,0 +1,174 @@
+"""Training options: lr schedules, resume after a crash, tf.distribute, determinism.
+
+Uses the planted data of test_trainer (144 train rows, batch 16: 9 steps per epoch) with
+small 2-3 epoch runs shared at module scope.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from tests.unit.test_trainer import make_config, write_transformed  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("transformed_opts")
+    write_transformed(path, make_config(str(path)))
+    return path
+
+
+def _config(root, **train):
+    return make_config(str(root), **{"n_epochs": 2, "deterministic": True, **train})
+
+
+@pytest.fixture(scope="module")
+def twin_runs(root, tmp_path_factory):
+    """Two identical deterministic 2-epoch runs in separate folders."""
+    from trainer.train import train_model
+
+    outs = [tmp_path_factory.mktemp(f"run{i}") for i in range(2)]
+    summaries = [train_model(_config(root), str(root), str(out)) for out in outs]
+    yield {"outs": outs, "summaries": summaries}
+    from trainer.strategy import set_determinism
+
+    set_determinism(False)  # op determinism is process-wide: do not leak it into other tests
+
+
+# --------------------------------------------------------------------------- lr schedules
+
+
+def test_lr_schedule_values_by_hand():
+    from trainer.schedules import make_learning_rate
+
+    assert make_learning_rate("constant", 0.1, None) == 0.1
+    cosine = make_learning_rate("cosine", 1.0, 10)
+    # 0.5 * (1 + cos(pi * step / 10))
+    for step, want in [(0, 1.0), (5, 0.5), (10, 0.0), (20, 0.0), (2, 0.5 * (1 + math.cos(math.pi / 5)))]:
+        assert float(cosine(step)) == pytest.approx(want, abs=1e-6)
+    warm = make_learning_rate("warmup_cosine", 1.0, 10, warmup_steps=4)
+    # linear 0 -> 1 over 4 steps, then cosine over the remaining 6.
+    for step, want in [(0, 0.0), (1, 0.25), (2, 0.5), (4, 1.0), (7, 0.5), (10, 0.0)]:
+        assert float(warm(step)) == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        make_learning_rate("warmup_cosine", 1.0, 10, warmup_steps=10)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        make_learning_rate("cosine", 1.0, None)
+
+
+def test_optimizer_follows_the_schedule(root):
+    from trainer.model import make_optimizer
+
+    opt = make_optimizer(_config(root, lr=0.5, lr_schedule="cosine", optimizer="adamw", weight_decay=0.01), 100)
+    lr = opt.get_config()["learning_rate"]  # the schedule, serialised
+    assert lr["class_name"] == "CosineDecay"
+    assert lr["config"]["initial_learning_rate"] == 0.5 and lr["config"]["decay_steps"] == 100
+    assert float(make_optimizer(_config(root, lr=0.5, optimizer="adagrad"), 100).learning_rate) == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.slow
+def test_deterministic_runs_repeat_exactly(twin_runs):
+    a, b = twin_runs["summaries"]
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert [h["val_recall_at_10"] for h in a["history"]] == [h["val_recall_at_10"] for h in b["history"]]
+
+
+# --------------------------------------------------------------------------- resume
+
+
+@pytest.mark.slow
+def test_rerun_with_more_epochs_runs_only_the_new_ones(twin_runs, root, capsys):
+    from trainer.train import train_model
+
+    out = twin_runs["outs"][1]
+    first = twin_runs["summaries"][1]
+    capsys.readouterr()
+    summary = train_model(_config(root, n_epochs=3), str(root), str(out))
+    log = capsys.readouterr().out
+    assert "2 epoch(s) done" in log
+    assert "epoch 3/3" in log and "epoch 1/3" not in log and "epoch 2/3" not in log
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert summary["history"][:2] == first["history"]  # carried over, not retrained
+    assert json.loads((out / "training.json").read_text()) == summary
+
+
+@pytest.mark.slow
+def test_crash_then_rerun_resumes_and_mirrored_strategy_exports(root, twin_runs, tmp_path, monkeypatch, capsys):
+    """A run crashes in epoch 2 (after epoch 1's checkpoint); the rerun resumes at epoch 2.
+
+    The rerun uses ``distribute: mirrored`` on the CPU (checkpoints do not depend on the
+    strategy, e.g. a restarted job on a machine with more devices), which also checks
+    that training and export work under MirroredStrategy with one run instead of two.
+    """
+    import trainer.metrics
+    from core.towers import Tower
+    from trainer.train import train_model
+
+    real = trainer.metrics.embedding_retrieval_metrics
+    calls = {"n": 0}
+
+    def crash_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.metrics, "embedding_retrieval_metrics", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_model(_config(root), str(root), str(tmp_path))
+    monkeypatch.undo()
+    assert not (tmp_path / "training.json").exists()
+    assert (tmp_path / "checkpoints" / "checkpoint").exists()
+
+    capsys.readouterr()
+    summary = train_model(_config(root, distribute="mirrored", device="cpu"), str(root), str(tmp_path))
+    log = capsys.readouterr().out
+    assert "1 epoch(s) done" in log and "epoch 1/2" not in log and "epoch 2/2" in log
+    assert [h["epoch"] for h in summary["history"]] == [1, 2] and np.isfinite(summary["history"][1]["loss"])
+    # Epoch 1 is the crashed run's, which (deterministic, same seed) equals the twin runs' epoch 1.
+    assert summary["history"][0] == {**twin_runs["summaries"][0]["history"][0],
+                                     "seconds": summary["history"][0]["seconds"]}
+    emb = Tower(str(tmp_path / "query_tower")).embed({"query": ["red shoes"], "segment": ["web"]})
+    assert emb.shape == (1, 16)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_fit_loop_continues_from_a_loop_state():
+    from trainer.train import EarlyStopping, EpochResult, LoopState, fit_with_early_stopping
+
+    trained = []
+    saved = []
+    state = LoopState(EarlyStopping(1, best_value=0.5, best_epoch=1, bad_epochs=0),
+                      [EpochResult(1, 1.0, 0.5, 1.0)], best_weights={"w": 1})
+    weights = {"w": 1}
+    history, best = fit_with_early_stopping(
+        3, 1, lambda e: trained.append(e) or 1.0, validate=lambda e: 0.1, snapshot=lambda: dict(weights),
+        restore=weights.update, state=state, save_state=lambda s, improved: saved.append((len(s.history), improved)))
+    assert trained == [2, 3] and [h.epoch for h in history] == [1, 2, 3]
+    assert saved == [(2, False), (3, False)] and best == 1
+    # Two bad epochs > patience 1: stopped, and a later call trains nothing more.
+    assert state.stopped
+    fit_with_early_stopping(5, 1, lambda e: trained.append(e) or 1.0, lambda e: 0.1, lambda: {}, weights.update,
+                            state=state)
+    assert trained == [2, 3]
+
+
+# --------------------------------------------------------------------------- distribute
+
+
+def test_multi_worker_without_tf_config_names_the_setting(monkeypatch):
+    from trainer.strategy import make_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="train.distribute"):
+        make_strategy("multi_worker")
