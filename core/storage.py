@@ -13,6 +13,7 @@ compare-and-swap primitive the version store uses for its CURRENT pointer.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
@@ -189,20 +190,22 @@ def write_bytes_if_generation(path: str, data: bytes, expected: Optional[int]) -
                 return
             raise PreconditionFailed(f"{path}: changed since generation {expected}") from exc
         return
-    # Local: serialise publishers with an exclusive lock file, then check and replace.
+    # Local: serialise writers with a kernel lock on a lock file that is never deleted. The
+    # kernel drops a flock when its holder dies, so a publisher killed mid-swap (even by
+    # SIGKILL) cannot leave the pointer locked forever, as an O_EXCL marker file would.
     lock = path + ".lock"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise PreconditionFailed(f"{path}: another writer holds {lock}") from None
-    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PreconditionFailed(f"{path}: another writer holds {lock}") from None
         if generation(path) != expected:
             raise PreconditionFailed(f"{path}: changed since generation {expected}")
         write_bytes(path, data)
     finally:
-        os.close(fd)
-        os.unlink(lock)
+        os.close(fd)  # releases the flock
 
 
 def list_files(prefix: str) -> list[str]:
@@ -230,6 +233,22 @@ def list_children(prefix: str) -> list[str]:
     if not os.path.isdir(prefix):
         return []
     return sorted(os.listdir(prefix))
+
+
+def delete_file(path: str) -> None:
+    """Delete one object/file; already gone is fine (a retried delete, or a racer)."""
+    if is_gcs(path):
+        from google.api_core.exceptions import NotFound
+
+        try:
+            _blob(path).delete()
+        except NotFound:
+            pass
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def delete_tree(prefix: str) -> None:

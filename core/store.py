@@ -134,12 +134,18 @@ class VersionStore:
 
         Raises:
             VersionNotFoundError: no such version, or it has no manifest (incomplete).
+            IntegrityError: the manifest is not valid JSON or lacks its "files" table.
         """
         try:
-            return json.loads(storage.read_text(self._manifest_path(version)))
+            manifest = json.loads(storage.read_text(self._manifest_path(version)))
         except FileNotFoundError:
             state = "is incomplete (no manifest.json)" if self.exists(version) else "does not exist"
             raise VersionNotFoundError(f"{self.root}: version {version} {state}") from None
+        except ValueError as exc:  # JSONDecodeError / UnicodeDecodeError: a damaged manifest
+            raise IntegrityError(f"version {version}: file {MANIFEST} is not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise IntegrityError(f"version {version}: file {MANIFEST} has no 'files' table")
+        return manifest
 
     def versions(self) -> list[dict]:
         """Every version folder, oldest first: {"id", "created", "live", "has_manifest"}.
@@ -155,6 +161,8 @@ class VersionStore:
                 manifest = self.read_manifest(vid)
             except VersionNotFoundError:
                 manifest = None
+            except IntegrityError:  # a damaged manifest: listed (verify/rollback name the fault), not fatal
+                manifest = {}
             out.append({"id": vid, "created": manifest.get("created") if manifest else None,
                         "live": vid == live, "has_manifest": manifest is not None})
         return sorted(out, key=lambda v: v["id"])
@@ -268,6 +276,9 @@ class VersionStore:
                    if not v["has_manifest"] and newest is not None and v["id"] < newest and v["id"] != live]
         doomed = sorted(doomed)
         for vid in doomed:
+            # Manifest first: an interrupted gc then leaves an incomplete version (collected by
+            # the next gc), never one that looks complete but has files missing.
+            storage.delete_file(self._manifest_path(vid))
             storage.delete_tree(self.version_path(vid))
         return doomed
 

@@ -7,6 +7,9 @@
     twotower query --store DIR (--text "..." | --user-id ID) [-k 10] [--exclude-seen]
     twotower retrieve --store DIR --queries q.jsonl [-k K] [--exclude-seen] --out r.jsonl
     twotower index list --store DIR
+    twotower index show [VERSION] --store DIR [--json]
+    twotower index rollback --to VERSION --store DIR
+    twotower index gc --store DIR [--keep 5]
     twotower serve --store DIR [--host 127.0.0.1 --port 8080] [--poll-seconds 5] [--max-k 1000]
 
 Every command exits 2 with a one-line message on bad input (config, data, request);
@@ -27,6 +30,16 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.n_epochs=3 (repeatable)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     index_sub = index.add_subparsers(dest="index_command", required=True)
     lst = index_sub.add_parser("list", help="one version per line, version id first, live one marked")
     lst.add_argument("--store", required=True)
+    show = index_sub.add_parser("show", help="a version's manifest summary (created, run, metrics, gate, index)")
+    show.add_argument("version", nargs="?", help="version id (default: the live one)")
+    show.add_argument("--store", required=True)
+    show.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    rb = index_sub.add_parser("rollback", help="point CURRENT at an earlier, verified version")
+    rb.add_argument("--to", required=True, metavar="VERSION")
+    rb.add_argument("--store", required=True)
+    gc = index_sub.add_parser("gc", help="delete old versions and failed-publish orphans (never the live one)")
+    gc.add_argument("--store", required=True)
+    gc.add_argument("--keep", type=_positive_int, default=5, help="newest complete versions to keep (default 5)")
 
     srv = sub.add_parser("serve", help="HTTP query service over the live version, hot-reloading on publish")
     srv.add_argument("--store", required=True, help="store folder or gs:// prefix")

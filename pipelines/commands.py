@@ -125,12 +125,101 @@ def cmd_retrieve(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from indexer.store import VersionStore
+    from indexer.store import StoreError, VersionStore
 
-    for info in VersionStore(args.store).versions():
+    store = VersionStore(args.store)
+    try:
+        handler = {"list": _index_list, "show": _index_show, "rollback": _index_rollback,
+                   "gc": _index_gc}[args.index_command]
+        return handler(store, args)
+    except ValueError as exc:  # an invalid version id: the user's input, not a bug
+        raise StoreError(str(exc)) from None
+
+
+def _index_list(store, args) -> int:
+    for info in store.versions():
         mark = "*" if info["live"] else " "
         print(f"{info['id']} {mark} created={info.get('created', '-')}"
               f"{'' if info.get('has_manifest', True) else ' (incomplete: no manifest)'}")
+    return 0
+
+
+def _require_versions(store) -> list[dict]:
+    from indexer.store import StoreError
+
+    listed = store.versions()
+    if not listed:
+        raise StoreError(f"store {store.root} has no versions (nothing was ever published there)")
+    return listed
+
+
+def _fmt_number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _flat_metrics(metrics: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(metrics):
+        value = metrics[key]
+        if isinstance(value, dict):
+            out.extend(_flat_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(f"{prefix}{key}={_fmt_number(value)}")
+    return out
+
+
+def _index_show(store, args) -> int:
+    from indexer.store import StoreError
+
+    _require_versions(store)
+    live = store.current()
+    version = args.version or live
+    if version is None:
+        raise StoreError(f"store {store.root} has no live version; name one (twotower index list)")
+    manifest = store.read_manifest(version)
+    if args.json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+        return 0
+    files = manifest.get("files", {})
+    gate = manifest.get("gate") or {}
+    index = manifest.get("index") or {}
+    print(f"version   {version}{'  (live)' if version == live else '  (not live; live is ' + str(live) + ')'}")
+    print(f"created   {manifest.get('created', '-')}")
+    print(f"run id    {manifest.get('run_id', '-')}")
+    metrics = _flat_metrics(manifest.get("metrics") or {})
+    print(f"metrics   {' '.join(metrics) if metrics else '-'}")
+    if gate:
+        print(f"gate      {'publish' if gate.get('publish') else 'reject'}"
+              f"{': ' + '; '.join(gate.get('reasons', [])) if gate.get('reasons') else ''}")
+    else:
+        print("gate      -")
+    if index:
+        figures = [f"{k}={_fmt_number(index[k])}" for k in ("n_items", "dims", "recall_at_10_vs_exact",
+                                                           "qps_batched", "qps_single", "build_seconds")
+                   if k in index]
+        print(f"index     {index.get('kind', '?')} {' '.join(figures)}".rstrip())
+    else:
+        print("index     -")
+    total = sum(int(f.get("size", 0)) for f in files.values())
+    print(f"files     {len(files)} files, {total} bytes")
+    return 0
+
+
+def _index_rollback(store, args) -> int:
+    _require_versions(store)
+    old = store.current()
+    store.rollback(args.to)
+    print(f"CURRENT {old or '-'} -> {args.to}{' (already live)' if old == args.to else ''}")
+    return 0
+
+
+def _index_gc(store, args) -> int:
+    listed = _require_versions(store)
+    orphans = {v["id"] for v in listed if not v["has_manifest"]}
+    deleted = store.gc(args.keep)
+    for vid in deleted:
+        print(f"deleted {vid}{' (orphan: no manifest)' if vid in orphans else ''}")
+    print(f"{len(deleted)} deleted, {len(listed) - len(deleted)} kept (live: {store.current() or '-'})")
     return 0
 
 
