@@ -38,15 +38,17 @@ def train_op(config_json: str, transformed: Input[Dataset], model: Output[Model]
     run_stage("train", config, model, metrics, lambda cfg, out: train_model(cfg, transformed.path, out))
 
 
-def evaluate_op(config_json: str, transformed: Input[Dataset], model: Input[Model],
+def evaluate_op(config_json: str, store: str, transformed: Input[Dataset], model: Input[Model],
                 evaluation: Output[Artifact], metrics: Output[Metrics]):
-    """Recall@K / nDCG@10 on the held-out split against the catalog, vs popularity."""
+    """Recall@K / nDCG@10 on the held-out split against the catalog, vs popularity and
+    vs the live version of ``store`` (the same store publish writes to) on the same split."""
     from components.runtime import load_stage_config, run_stage
     from trainer.evaluate import evaluate_model
 
-    config = load_stage_config(config_json)
+    config = load_stage_config(config_json, {"publish.store": store})
     run_stage("evaluate", config, evaluation, metrics,
-              lambda cfg, out: evaluate_model(cfg, transformed.path, model.path, out))
+              lambda cfg, out: evaluate_model(cfg, transformed.path, model.path, out,
+                                              live_store=cfg.publish.store))
 
 
 def embed_op(config_json: str, transformed: Input[Dataset], model: Input[Model],

@@ -209,6 +209,12 @@ class IndexConfig(_Strict):
 class GateConfig(_Strict):
     min_recall_at_10: float = Field(0.0, ge=0.0, le=1.0)
     must_beat_popularity: bool = True
+    #: The candidate's recall@10 may be at most this fraction below the live version's
+    #: (measured by evaluate on the same test split): 0.05 = at least 95% of live's.
+    max_relative_regression: float = Field(0.05, ge=0.0, le=1.0)
+    #: When the live version could not be evaluated (or evaluate ran without a store):
+    #: false = publish anyway, saying so in the reasons; true = refuse.
+    require_live_comparison: bool = False
 
 
 class PublishConfig(_Strict):

@@ -51,6 +51,7 @@ def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metri
             "qps_single": index_metrics.get("qps_single"),
         },
         "published": bool(publish_result.get("published")),
+        "baseline": publish_result.get("baseline"),
         "version": publish_result.get("version"),
         "reasons": list(publish_result.get("reasons", [])),
         "store": publish_result.get("store"),

@@ -150,12 +150,16 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
     decision = decide(config, metrics)
     store_root = config.publish.store
     result = {"published": False, "version": None, "reasons": list(decision.reasons),
-              "store": store_root, "deleted": []}
+              "store": store_root, "deleted": [], "baseline": decision.baseline}
     if not decision.publish:
         return result
 
-    index_metrics = json.loads(storage.read_text(storage.join(index_dir, METRICS)))
     store = VersionStore(store_root)
+    stale = _stale_baseline(decision.baseline, store) if "live" in metrics else None
+    if stale:
+        result["reasons"].append(stale)
+        return result
+    index_metrics = json.loads(storage.read_text(storage.join(index_dir, METRICS)))
     version = store.new_version_id()
     with tempfile.TemporaryDirectory(prefix="twotower-publish-") as tmp:
         staging = os.path.join(tmp, version)
@@ -173,3 +177,17 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
         store.publish(version, staging, manifest)
     result.update(published=True, version=version, deleted=store.gc(config.publish.keep_versions))
     return result
+
+
+def _stale_baseline(baseline: dict | None, store: VersionStore) -> str | None:
+    """A reason to refuse when CURRENT moved after evaluation compared against it, else None.
+
+    The gate judged the candidate against the version that was live at evaluate time; if
+    another run published since, that judgement no longer holds.
+    """
+    evaluated_against = baseline["version"] if baseline else None
+    live_now = store.current()
+    if live_now == evaluated_against:
+        return None
+    return (f"the live version changed since evaluation (compared against {evaluated_against or 'none'}, "
+            f"now {live_now}): not publishing on a stale comparison; rerun to compare against {live_now}")

@@ -143,6 +143,76 @@ def exact_topk(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return order.astype(np.int64), np.take_along_axis(scores, order, axis=1).astype(np.float32)
 
 
+def exact_topk_chunked(db: np.ndarray, queries: np.ndarray, k: int,
+                       max_block_floats: int = 1 << 25) -> np.ndarray:
+    """Numpy brute-force top-k indices int64 [Q, k], best first, in bounded memory.
+
+    Queries are processed in chunks so that one score block holds at most
+    ``max_block_floats`` float32 (128 MB by default), then ``argpartition`` + a sort of the
+    k survivors. This is the exact reference the tuner and the benchmark measure against,
+    and the "numpy brute force" throughput baseline. Ties may break differently from
+    :func:`exact_topk`; on real-valued embeddings they do not occur in practice.
+    """
+    db = _check_matrix(db, "db")
+    queries = _check_matrix(queries, "queries")
+    n = db.shape[0]
+    k = min(int(k), n)
+    step = max(1, int(max_block_floats) // n)
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    for start in range(0, queries.shape[0], step):
+        scores = queries[start:start + step] @ db.T
+        if k < n:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(n), scores.shape)
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        out[start:start + step] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def with_search_defaults(searcher, num_leaves_to_search: Optional[int], reorder_k: Optional[int]):
+    """The same trained searcher with new default search-time parameters.
+
+    A tree_ah searcher's defaults (leaves searched, re-scored pool size) live in its config
+    (``partitioning.query_spilling.max_spill_centers``, ``exact_reordering.approx_num_neighbors``);
+    the trained assets (centroids, codebooks, codes) do not depend on them. So rather than
+    re-train (k-means + AH: the expensive part) we serialise, edit the config proto and load.
+    Searches without overrides on the result equal searches with these overrides on the input.
+    """
+    import tempfile
+
+    _pybind()
+    from scann.proto import scann_pb2
+
+    with tempfile.TemporaryDirectory(prefix="twotower-scann-") as tmp:
+        searcher.serialize(tmp, relative_path=True)
+        path = os.path.join(tmp, "scann_config.pb")
+        config = scann_pb2.ScannConfig()
+        with open(path, "rb") as fh:
+            config.ParseFromString(fh.read())
+        if num_leaves_to_search is not None:
+            if not config.HasField("partitioning"):
+                raise ValueError("num_leaves_to_search given for a searcher without a tree")
+            config.partitioning.query_spilling.max_spill_centers = int(num_leaves_to_search)
+        if reorder_k is not None:
+            if not config.HasField("exact_reordering"):
+                raise ValueError("reorder_k given for a searcher without exact re-ordering")
+            config.exact_reordering.approx_num_neighbors = int(reorder_k)
+        with open(path, "wb") as fh:
+            fh.write(config.SerializeToString())
+        return load_searcher(tmp)
+
+
+def serialized_bytes(searcher) -> int:
+    """Bytes the serialised searcher takes on disk (all of its assets)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="twotower-scann-size-") as tmp:
+        searcher.serialize(tmp, relative_path=True)
+        return sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+
+
 def recall_vs_exact(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean over queries of |found ∩ exact| / k (found, exact: int [Q, k])."""
     k = exact.shape[1]

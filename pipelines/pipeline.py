@@ -38,8 +38,11 @@ def create_pipeline(config: Config):
                                   ingested=ingest.outputs["ingested"]).set_display_name("transform")
         transformed = transform.outputs["transformed"]
         train = ops.train(config_json=config_json, transformed=transformed).set_display_name("train")
-        evaluate = ops.evaluate(config_json=config_json, transformed=transformed,
+        evaluate = ops.evaluate(config_json=config_json, store=store, transformed=transformed,
                                 model=train.outputs["model"]).set_display_name("evaluate")
+        # evaluate also scores the store's live version, which changes outside the artifact
+        # store: a cached result could compare against a version that is no longer live.
+        evaluate.set_caching_options(False)
         embed = ops.embed(config_json=config_json, transformed=transformed,
                           model=train.outputs["model"]).set_display_name("embed")
         index = ops.index(config_json=config_json,

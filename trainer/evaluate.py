@@ -1,4 +1,4 @@
-"""Evaluation stage: ``evaluate_model(config, transformed_dir, model_dir, out_dir) -> dict``.
+"""Evaluation stage: ``evaluate_model(config, transformed_dir, model_dir, out_dir, live_store=None) -> dict``.
 
 Loads the exported towers with :class:`core.towers.Tower` (so a broken export fails
 here, before indexing), embeds the whole catalog and the distinct test keys, ranks the
@@ -19,6 +19,21 @@ Writes ``metrics.json``: ``{"recall_at_10", ..., "ndcg_at_10", "popularity": {sa
 "slices": {"head": {"recall_at_10", "popularity_recall_at_10", "n"}, ..., "cold": {...,
 "chance_recall_at_10"}}}`` (``slices`` only when enabled). TensorFlow is imported
 inside the function.
+
+Live comparison (``live_store`` given, see :func:`evaluate_live`): the store's CURRENT
+version is scored on the SAME test queries, relevant and masked items and cut-offs, and
+``metrics.json["live"]`` holds ``{"version", "recall_at_10", ..., "ndcg_at_10",
+"n_items_missing"}``; ``None`` when the store has no live version (first publish);
+``{"version", "error"}`` when the live version cannot be fetched or scored (corrupt,
+incompatible tower inputs, ...). Without ``live_store`` the key is absent (no comparison
+asked for). The gate (:mod:`indexer.gate`) reads it.
+
+The live model ranks THIS run's catalog: each catalog item takes the embedding the live
+version published for it (``items.parquet``). Items of this run's catalog absent from
+the live catalog (new items) have no live embedding: they are masked out of the live
+ranking, so the live model can never hit them (a test pair on a new item is a miss for
+live and still counts as a trial). Items only in the live catalog (since removed) are
+not ranked at all: neither model competes with them, and they cannot be relevant.
 """
 
 from __future__ import annotations
@@ -82,8 +97,87 @@ def _protocol(config, transformed_dir: str) -> dict:
             "split": artifacts.read_stats(transformed_dir).get("split")}
 
 
-def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str) -> dict:
+def _live_item_embeddings(items_path: str, catalog_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The live version's embeddings in this run's catalog order.
+
+    Returns:
+        (float32 [N, D] with zero rows for items the live catalog lacks,
+         int64 positions of those missing items).
+    Raises:
+        ValueError: items.parquet lacks item_id / embedding or has ragged embeddings.
+    """
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(items_path)
+    for column in ("item_id", "embedding"):
+        if column not in table.column_names:
+            raise ValueError(f"{items_path}: no {column!r} column (have {table.column_names})")
+    ids = [str(i) for i in table.column("item_id").to_pylist()]
+    emb = table.column("embedding").combine_chunks()
+    n = len(ids)
+    if n == 0:
+        raise ValueError(f"{items_path}: the live catalog is empty")
+    lengths = np.asarray(emb.value_lengths().to_numpy(zero_copy_only=False))
+    if (lengths != lengths[0]).any() or lengths[0] < 1:
+        raise ValueError(f"{items_path}: embeddings have differing or zero lengths")
+    matrix = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, int(lengths[0]))
+    row_of = {item: i for i, item in enumerate(ids)}
+    out = np.zeros((len(catalog_ids), matrix.shape[1]), dtype=np.float32)
+    missing = []
+    for pos, item in enumerate(catalog_ids):
+        row = row_of.get(item)
+        if row is None:
+            missing.append(pos)
+        else:
+            out[pos] = matrix[row]
+    return out, np.asarray(missing, dtype=np.int64)
+
+
+def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, depth: int) -> dict | None:
+    """Score the store's live version on this run's test queries (see the module doc).
+
+    Args:
+        queries, catalog: the :class:`trainer.evalset.QuerySet` / ``Catalog`` the
+            candidate was scored on (same relevant and masked positions).
+    Returns:
+        None when the store has no CURRENT version; ``{"version", "recall_at_K"...,
+        "ndcg_at_K", "n_items_missing"}``; or ``{"version", "error"}`` when the live
+        version cannot be fetched, loaded or scored.
+    Raises:
+        Whatever reading CURRENT raises (an unreadable store is not "no live version").
+    """
+    import tempfile
+
+    from core.store import VersionStore
+    from core.towers import Tower
+    from trainer.metrics import embedding_rank_relevant, metrics_from_ranks
+
+    store = VersionStore(live_store)
+    version = store.current()
+    if version is None:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="twotower-live-") as tmp:
+            vdir = store.fetch_version(version, tmp)
+            item_emb, missing = _live_item_embeddings(f"{vdir.rstrip('/')}/items.parquet", catalog.ids)
+            query_emb = _embed(Tower(f"{vdir.rstrip('/')}/query_tower"), queries.features)
+        masked = queries.masked
+        if len(missing):
+            masked = [np.union1d(m, missing).astype(np.int64) for m in masked]
+        ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, masked, depth)
+        live = metrics_from_ranks(ranks, ks, ndcg_k, per)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported; the gate decides
+        return {"version": version, "error": f"{type(exc).__name__}: {exc}"}
+    return {"version": version, **live, "n_items_missing": int(len(missing))}
+
+
+def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
+                   live_store: str | None = None) -> dict:
     """Test-split metrics of the exported towers in ``model_dir`` vs popularity.
+
+    Args:
+        live_store: a version store; when given, its live version is scored on the same
+            test split and protocol into ``metrics["live"]`` (see the module doc).
 
     Returns:
         The ``metrics.json`` dict.
@@ -126,6 +220,8 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str) -
                "n_items": len(catalog.ids), "n_pairs": len(model_ranks), "protocol": protocol}
     if ecfg.slices:
         metrics["slices"] = slice_report(model_ranks, pop_ranks, slices)
+    if live_store:
+        metrics["live"] = evaluate_live(live_store, queries, catalog, ks, ndcg_k, per, depth)
     tf.io.gfile.makedirs(out_dir)
     with tf.io.gfile.GFile(f"{out_dir}/metrics.json", "w") as fh:
         fh.write(json.dumps(metrics, indent=2))
@@ -139,6 +235,15 @@ def _log(metrics: dict, model_metrics: dict, pop_metrics: dict, k: int) -> None:
           f"items, per {p['per']}, mask_seen={p['mask_seen']}: "
           + " ".join(f"{name}={v:.4f}" for name, v in model_metrics.items())
           + f" | popularity recall_at_{k}={pop_metrics[f'recall_at_{k}']:.4f}", flush=True)
+    if "live" in metrics:
+        live = metrics["live"]
+        if live is None:
+            print("[evaluate] live: none (first publish)", flush=True)
+        elif "error" in live:
+            print(f"[evaluate] live {live['version']}: cannot evaluate ({live['error']})", flush=True)
+        else:
+            print(f"[evaluate] live {live['version']}: recall_at_{k}={live[f'recall_at_{k}']:.4f} "
+                  f"({live['n_items_missing']} catalog items unknown to it)", flush=True)
     for name, s in metrics.get("slices", {}).items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         print(f"[evaluate]   {name:5s} n={s['n']:<7d} recall_at_{SLICE_K}={fmt(s[f'recall_at_{SLICE_K}'])} "
