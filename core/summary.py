@@ -49,6 +49,8 @@ def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metri
             "recall_at_10_vs_exact": index_metrics.get("recall_at_10_vs_exact"),
             "qps_batched": index_metrics.get("qps_batched"),
             "qps_single": index_metrics.get("qps_single"),
+            "params": index_metrics.get("params"),
+            "tuning": index_metrics.get("tuning"),
         },
         "published": bool(publish_result.get("published")),
         "baseline": publish_result.get("baseline"),
