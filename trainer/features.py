@@ -63,14 +63,11 @@ class IdEncoder(tf.keras.layers.Layer):
         return self.embedding(self.lookup(values))
 
 
-class MultiCategoricalEncoder(tf.keras.layers.Layer):
-    """multi_categorical "a|b": [B] string -> mean of value embeddings [B, F]."""
+class MultiCategoricalEncoder(IdEncoder):
+    """multi_categorical "a|b": [B] string -> mean of value embeddings [B, F].
 
-    def __init__(self, vocabulary: Sequence[str], dims: int, **kwargs):
-        super().__init__(**kwargs)
-        self.lookup = _lookup(vocabulary, self.name)
-        self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), dims,
-                                                   name=f"{self.name}_embedding")
+    Same vocabulary lookup and embedding table as :class:`IdEncoder`; only the pooling differs.
+    """
 
     def call(self, values):
         parts = tf.strings.split(values, sep=MULTI_VALUE_SEPARATOR)
