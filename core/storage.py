@@ -136,15 +136,13 @@ def write_text(path: str, text: str) -> None:
 def generation(path: str) -> Optional[int]:
     """The object's current generation (GCS) or a content-derived stand-in (local); None if absent."""
     if is_gcs(path):
+        from google.api_core.exceptions import NotFound
+
         blob = _blob(path)
         try:
             blob.reload()
-        except Exception as exc:  # NotFound
-            from google.api_core.exceptions import NotFound
-
-            if isinstance(exc, NotFound):
-                return None
-            raise
+        except NotFound:
+            return None
         return int(blob.generation)
     try:
         st = os.stat(path)
