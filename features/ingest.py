@@ -330,32 +330,32 @@ def _validate_all(config: Config, files: dict[str, str], local_root: str, shown_
 
 
 def _validate_items(path: str, shown: str, config: Config) -> _Table:
-    """items.*: item_id + every item feature; duplicates after the first valid one are dead."""
-    specs = config.schema.item_features
-    frame, rows, dead = read_raw(path, shown)
-    _require_columns(frame, [ITEM_KEY, *[f.name for f in specs]], shown)
-    chk = _Checker(frame, rows, shown)
-    out = {ITEM_KEY: _check_id(chk, ITEM_KEY)}
-    for spec in specs:
-        out[spec.name] = _check_feature(chk, spec)
-    # Display-only columns travel along as strings (they are shown, never embedded).
-    for name in config.schema.display_fields:
-        if name not in out and name in frame.columns:
-            out[name] = _as_text(frame[name]).fillna("")
-    _flag_duplicates(chk, out[ITEM_KEY], ITEM_KEY)
-    return _finish(chk, out, "items", shown, len(rows) + len(dead), dead)
+    """items.*: item_id + every item feature (+ display-only columns, carried as strings)."""
+    return _validate_keyed_table(path, shown, "items", ITEM_KEY, config.schema.item_features,
+                                 display_fields=config.schema.display_fields)
 
 
 def _validate_users(path: str, shown: str, config: Config) -> _Table:
-    specs = config.schema.user_features
+    """users.*: user_id + every user feature."""
+    return _validate_keyed_table(path, shown, "users", USER_KEY, config.schema.user_features)
+
+
+def _validate_keyed_table(path: str, shown: str, table: str, key: str, specs,
+                          display_fields=()) -> _Table:
+    """A table keyed by one id column: required columns, typed features, and duplicates of
+    the key after the first valid row dead-lettered."""
     frame, rows, dead = read_raw(path, shown)
-    _require_columns(frame, [USER_KEY, *[f.name for f in specs]], shown)
+    _require_columns(frame, [key, *[f.name for f in specs]], shown)
     chk = _Checker(frame, rows, shown)
-    out = {USER_KEY: _check_id(chk, USER_KEY)}
+    out = {key: _check_id(chk, key)}
     for spec in specs:
         out[spec.name] = _check_feature(chk, spec)
-    _flag_duplicates(chk, out[USER_KEY], USER_KEY)
-    return _finish(chk, out, "users", shown, len(rows) + len(dead), dead)
+    # Display-only columns travel along as strings (they are shown, never embedded).
+    for name in display_fields:
+        if name not in out and name in frame.columns:
+            out[name] = _as_text(frame[name]).fillna("")
+    _flag_duplicates(chk, out[key], key)
+    return _finish(chk, out, table, shown, len(rows) + len(dead), dead)
 
 
 def _validate_interactions(path: str, shown: str, config: Config, known_items: set[str]) -> _Table:
