@@ -227,13 +227,7 @@ def test_racing_cas_from_the_same_generation_has_exactly_one_winner(gcs):
 # --------------------------------------------------------------------------- VersionStore on gs://
 
 
-def _staging(tmp_path: Path, name: str, payload: str = "x") -> str:
-    folder = tmp_path / "staging" / name
-    (folder / "index" / "scann").mkdir(parents=True)
-    (folder / "index" / "scann" / "dataset.npy").write_bytes(payload.encode() * 100)
-    (folder / "index" / "item_ids.txt").write_text("a\nb\n")
-    (folder / "items.parquet").write_bytes(b"PAR1" + payload.encode())
-    return str(folder)
+from tests.unit.test_store import _staging  # noqa: E402  (the same tiny version layout)
 
 
 def test_publish_rollback_gc_on_gs(gcs, tmp_path):
