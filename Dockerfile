@@ -22,10 +22,12 @@ COPY features ./features
 COPY trainer ./trainer
 COPY indexer ./indexer
 COPY serving ./serving
+COPY reports ./reports
+COPY ui ./ui
 COPY components ./components
 COPY pipelines ./pipelines
 COPY configs ./configs
 RUN python -m pip install --no-cache-dir --no-deps . \
-    && python -c "import core, features, trainer, indexer, serving, components, pipelines"
+    && python -c "import core, features, trainer, indexer, serving, reports, ui, components, pipelines"
 
 ENTRYPOINT ["twotower"]

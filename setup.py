@@ -21,8 +21,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["core*", "datasets*", "features*", "trainer*", "indexer*",
-                                    "serving*", "components*", "pipelines*"]),
-    package_data={"": ["*.yaml"]},
+                                    "serving*", "reports*", "ui*", "components*", "pipelines*"]),
+    package_data={"": ["*.yaml"], "ui": ["static/*"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["twotower=pipelines.cli:main"]},
 )

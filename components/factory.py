@@ -21,6 +21,7 @@ class Components:
     embed: Callable
     index: Callable
     publish: Callable
+    record_run: Callable
 
 
 def build_components(image: str) -> Components:
@@ -40,4 +41,5 @@ def build_components(image: str) -> Components:
         embed=wrap(ops.embed_op),
         index=wrap(ops.index_op),
         publish=wrap(ops.publish_op),
+        record_run=wrap(ops.record_run_op),
     )

@@ -6,40 +6,53 @@ Every function takes ``config_json`` (the validated :class:`core.config.Config` 
 so the pipeline and every stage share one configuration.
 """
 
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output, PipelineTaskFinalStatus
 
 
-def ingest_op(config_json: str, data_path: str, ingested: Output[Dataset], metrics: Output[Metrics]):
-    """Validate the raw dataset at ``data_path``; bad rows to a dead-letter file."""
+def ingest_op(config_json: str, data_path: str, data_date: str, data_fingerprint: str, schedule_time: str,
+              ingested: Output[Dataset], metrics: Output[Metrics],
+              report: Output[HTML], report_markdown: Output[Markdown]):
+    """Validate the run's raw data (``data_path``, or its ``date=`` partition); bad rows to a
+    dead-letter file. ``data_fingerprint`` (may be empty) must match the data actually read."""
     from components.runtime import load_stage_config, run_stage
+    from core.partitions import partition_path, resolve_data_date
     from features.ingest import ingest
 
+    def body(cfg, out):
+        date = resolve_data_date(cfg.data.partitioned, data_date, schedule_time, cfg.data.partition_lag_days)
+        return ingest(cfg.with_overrides({"data.path": partition_path(cfg.data.path, date)}), out,
+                      data_date=date, expected_fingerprint=data_fingerprint)
+
     config = load_stage_config(config_json, {"data.path": data_path})
-    run_stage("ingest", config, ingested, metrics, ingest)
+    run_stage("ingest", config, ingested, metrics, body, (report, report_markdown))
 
 
 def transform_op(config_json: str, ingested: Input[Dataset], transformed: Output[Dataset],
-                 metrics: Output[Metrics]):
+                 metrics: Output[Metrics],
+                 report: Output[HTML], report_markdown: Output[Markdown]):
     """Beam: normalise, vocabularies, statistics, split, TFRecords."""
     from components.runtime import load_stage_config, run_stage
     from features.transform import run_transform
 
     config = load_stage_config(config_json)
     run_stage("transform", config, transformed, metrics,
-              lambda cfg, out: run_transform(cfg, ingested.path, out))
+              lambda cfg, out: run_transform(cfg, ingested.path, out), (report, report_markdown))
 
 
-def train_op(config_json: str, transformed: Input[Dataset], model: Output[Model], metrics: Output[Metrics]):
+def train_op(config_json: str, transformed: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
+             report: Output[HTML], report_markdown: Output[Markdown]):
     """TFRS two-tower training with in-batch negatives; exports both towers."""
     from components.runtime import load_stage_config, run_stage
     from trainer.train import train_model
 
     config = load_stage_config(config_json)
-    run_stage("train", config, model, metrics, lambda cfg, out: train_model(cfg, transformed.path, out))
+    run_stage("train", config, model, metrics, lambda cfg, out: train_model(cfg, transformed.path, out),
+              (report, report_markdown))
 
 
 def evaluate_op(config_json: str, store: str, transformed: Input[Dataset], model: Input[Model],
-                evaluation: Output[Artifact], metrics: Output[Metrics]):
+                evaluation: Output[Artifact], metrics: Output[Metrics],
+                report: Output[HTML], report_markdown: Output[Markdown]):
     """Recall@K / nDCG@10 on the held-out split against the catalog, vs popularity and
     vs the live version of ``store`` (the same store publish writes to) on the same split."""
     from components.runtime import load_stage_config, run_stage
@@ -48,40 +61,44 @@ def evaluate_op(config_json: str, store: str, transformed: Input[Dataset], model
     config = load_stage_config(config_json, {"publish.store": store})
     run_stage("evaluate", config, evaluation, metrics,
               lambda cfg, out: evaluate_model(cfg, transformed.path, model.path, out,
-                                              live_store=cfg.publish.store))
+                                              live_store=cfg.publish.store), (report, report_markdown))
 
 
 def embed_op(config_json: str, transformed: Input[Dataset], model: Input[Model],
-             embeddings: Output[Dataset], metrics: Output[Metrics]):
+             embeddings: Output[Dataset], metrics: Output[Metrics],
+             report: Output[HTML], report_markdown: Output[Markdown]):
     """Beam batch inference of the item tower over the whole catalog."""
     from components.runtime import load_stage_config, run_stage
     from indexer.embed import embed_items
 
     config = load_stage_config(config_json)
     run_stage("embed", config, embeddings, metrics,
-              lambda cfg, out: embed_items(cfg, transformed.path, model.path, out))
+              lambda cfg, out: embed_items(cfg, transformed.path, model.path, out), (report, report_markdown))
 
 
-def index_op(config_json: str, embeddings: Input[Dataset], index: Output[Artifact], metrics: Output[Metrics]):
+def index_op(config_json: str, embeddings: Input[Dataset], index: Output[Artifact], metrics: Output[Metrics],
+             report: Output[HTML], report_markdown: Output[Markdown]):
     """ScaNN index (exact below the size threshold), recall vs exact and queries/s."""
     from components.runtime import load_stage_config, run_stage
     from indexer.build import build_index_stage
 
     config = load_stage_config(config_json)
-    run_stage("index", config, index, metrics, lambda cfg, out: build_index_stage(cfg, embeddings.path, out))
+    run_stage("index", config, index, metrics, lambda cfg, out: build_index_stage(cfg, embeddings.path, out),
+              (report, report_markdown))
 
 
 def publish_op(config_json: str, store: str, run_id: str, job_name: str, ingested: Input[Dataset],
                transformed: Input[Dataset], model: Input[Model], evaluation: Input[Artifact],
                embeddings: Input[Dataset], index: Input[Artifact], summary: Output[Artifact],
-               metrics: Output[Metrics]):
+               metrics: Output[Metrics],
+               report: Output[HTML], report_markdown: Output[Markdown]):
     """Quality gate, then an immutable version and an atomic CURRENT pointer; writes summary.json.
 
     ``run_id`` may be empty (scheduled / submitted runs): the pipeline job's name is used.
     """
     import os
 
-    from components.runtime import load_stage_config, read_json, read_stage_record, run_stage
+    from components.runtime import emit_report, load_stage_config, read_json, read_stage_record, run_stage
     from core.lineage import lineage_for
     from core.summary import build_summary, dumps
     from indexer.publish import gate_and_publish
@@ -89,11 +106,12 @@ def publish_op(config_json: str, store: str, run_id: str, job_name: str, ingeste
     config = load_stage_config(config_json, {"publish.store": store})
     run_id = run_id or job_name  # cluster runs without an explicit id use the job's own name
     eval_metrics = read_json(evaluation.path, "metrics.json")
-    fingerprint = read_json(ingested.path, "ingest_stats.json").get("fingerprint")
+    ingest_stats = read_json(ingested.path, "ingest_stats.json")
+    lineage = lineage_for(config, run_id, ingest_stats.get("fingerprint"), ingest_stats.get("data_date"))
 
     def body(cfg, out):
         return gate_and_publish(cfg, transformed.path, model.path, embeddings.path, index.path,
-                                eval_metrics, run_id, lineage_for(cfg, run_id, fingerprint))
+                                eval_metrics, run_id, lineage)
 
     result = run_stage("publish", config, summary, metrics, body)
     stages = [read_stage_record(a.path) for a in (ingested, transformed, model, evaluation, embeddings, index)]
@@ -101,3 +119,25 @@ def publish_op(config_json: str, store: str, run_id: str, job_name: str, ingeste
     doc = build_summary(run_id, stages, eval_metrics, read_json(index.path, "index_metrics.json"), result)
     with open(os.path.join(summary.path, "summary.json"), "w") as fh:
         fh.write(dumps(doc))
+    emit_report("publish", summary.path, (report, report_markdown))  # after summary.json: it shows it too
+
+
+def record_run_op(config_json: str, store: str, run_id: str, job_name: str, data_date: str, schedule_time: str,
+                  status: PipelineTaskFinalStatus):
+    """Exit handler: record the run's outcome in ``<store>/runs/``, whatever it was.
+
+    It never touches CURRENT, so a failed run leaves the live version as it was.
+    """
+    from components.runtime import load_stage_config
+    from core.partitions import PartitionError, resolve_data_date
+    from indexer.run_log import record_final_status
+
+    config = load_stage_config(config_json, {"publish.store": store})
+    try:
+        date = resolve_data_date(config.data.partitioned, data_date, schedule_time, config.data.partition_lag_days)
+    except PartitionError:
+        date = data_date or None  # the run failed on it; record what it was asked for
+    record = record_final_status(config.publish.store, run_id or job_name, status.state, status.error_message,
+                                 date, job_name)
+    print(f"[twotower] run {record['run_id']}: {record['state']}, live version {record['live_version']}",
+          flush=True)

@@ -85,6 +85,11 @@ class DataConfig(_Strict):
     format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     min_rating: Optional[float] = Field(None, description="ratings below this are not positives")
+    partitioned: bool = Field(False, description=(
+        "data.path holds one complete dataset per day in date=YYYY-MM-DD/ folders; each run "
+        "reads the partition of its data date (see core/partitions.py)"))
+    partition_lag_days: int = Field(1, ge=0, description=(
+        "a scheduled run covers the day this many days before its schedule time"))
 
 
 class TransformConfig(_Strict):

@@ -35,6 +35,7 @@ from core import storage
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 VERSIONS = "versions"
+RUNS = "runs"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -136,8 +137,9 @@ class VersionStore:
             VersionNotFoundError: no such version, or it has no manifest (incomplete).
             IntegrityError: the manifest is not valid JSON or lacks its "files" table.
         """
+        path = self._manifest_path(version)  # an invalid id raises here, not as "invalid JSON" below
         try:
-            manifest = json.loads(storage.read_text(self._manifest_path(version)))
+            manifest = json.loads(storage.read_text(path))
         except FileNotFoundError:
             state = "is incomplete (no manifest.json)" if self.exists(version) else "does not exist"
             raise VersionNotFoundError(f"{self.root}: version {version} {state}") from None
@@ -166,6 +168,31 @@ class VersionStore:
             out.append({"id": vid, "created": manifest.get("created") if manifest else None,
                         "live": vid == live, "has_manifest": manifest is not None})
         return sorted(out, key=lambda v: v["id"])
+
+    # -- run records -----------------------------------------------------------------------------
+    # Every pipeline run, published or not, leaves <root>/runs/<run_id>.json (written by the
+    # pipeline's exit handler): the history of what was tried, beside what was published.
+    def run_record_path(self, run_id: str) -> str:
+        _check_version_id(run_id)
+        return storage.join(self.root, RUNS, f"{run_id}.json")
+
+    def record_run(self, run_id: str, record: dict) -> str:
+        """Write (atomically, replacing any earlier record of the same run) a run's record."""
+        path = self.run_record_path(run_id)
+        storage.write_text(path, json.dumps({**record, "run_id": run_id}, indent=2, sort_keys=True, default=str))
+        return path
+
+    def run_records(self) -> list[dict]:
+        """Every run record, oldest run id first; unreadable records are reported, not fatal."""
+        out = []
+        for name in storage.list_children(storage.join(self.root, RUNS)):
+            if not name.endswith(".json"):
+                continue
+            try:
+                out.append(json.loads(storage.read_text(storage.join(self.root, RUNS, name))))
+            except (OSError, ValueError) as exc:
+                out.append({"run_id": name[:-len(".json")], "state": "UNREADABLE", "error": str(exc)})
+        return sorted(out, key=lambda r: str(r.get("run_id")))
 
     def verify(self, version: str) -> dict:
         """Recompute every file's sha256 against the manifest; returns the manifest.

@@ -13,6 +13,7 @@ import time
 from typing import Mapping
 
 STAGE_FILE = "stage.json"
+STAGE_ERROR_FILE = "stage_error.json"  # written instead when a stage fails
 
 
 def stage_record(stage: str, seconds: float, result: Mapping) -> dict:

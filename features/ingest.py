@@ -71,15 +71,24 @@ class _Table:
 # --------------------------------------------------------------------------- entry point
 
 
-def ingest(config: Config, out_dir: str) -> dict:
+def ingest(config: Config, out_dir: str, data_date: Optional[str] = None, expected_fingerprint: str = "") -> dict:
     """Validate ``config.data.path`` and write the ingest artifacts to ``out_dir``.
+
+    Args:
+        config: ``data.path`` is the folder this run reads (already the day's partition
+            when the dataset is partitioned).
+        data_date: the partition date, recorded in the stats (None: unpartitioned).
+        expected_fingerprint: the input fingerprint the run was launched with (empty: not
+            known in advance); a different fingerprint means the data changed after the run
+            was scheduled, and the run refuses it rather than train on unplanned input.
 
     Returns:
         The ``ingest_stats.json`` content plus ``seconds`` (wall time of the stage).
 
     Raises:
         IngestError: a file is missing, empty, lacks a required column, two formats of the
-            same table exist, a table has no valid row, or a file's bad-row fraction exceeds
+            same table exist, a table has no valid row, the fingerprint differs from
+            ``expected_fingerprint``, or a file's bad-row fraction exceeds
             ``data.max_bad_fraction``. Dead letters are written before the threshold error.
     """
     started = time.time()
@@ -87,12 +96,26 @@ def ingest(config: Config, out_dir: str) -> dict:
         local_in = storage.download_tree(config.data.path, os.path.join(tmp, "in"))
         files = find_input_files(local_in, config.data.format, shown_root=config.data.path)
         fingerprint = fingerprint_files(files)
+        if expected_fingerprint and fingerprint != expected_fingerprint:
+            raise IngestError(f"{config.data.path}: input fingerprint {fingerprint[:12]} differs from "
+                              f"{expected_fingerprint[:12]}, the one the run was launched with: the data "
+                              "changed after the run was scheduled; launch a new run to use it")
         tables = _validate_all(config, files, local_in, config.data.path)
         with _staging(out_dir, tmp) as stage:
-            stats = _write_outputs(stage, tables, fingerprint)
+            stats = _write_outputs(stage, tables, fingerprint, data_date)
             _check_thresholds(tables, config.data.max_bad_fraction)
     stats["seconds"] = round(time.time() - started, 3)
     return stats
+
+
+def fingerprint_input(data_path: str, fmt: str = "auto") -> str:
+    """The fingerprint :func:`ingest` will compute for ``data_path`` (local or gs://).
+
+    Schedulers call it before launching a run, so the run's inputs name its data exactly.
+    """
+    with tempfile.TemporaryDirectory(prefix="twotower-fingerprint-") as tmp:
+        local_in = storage.download_tree(data_path, tmp)
+        return fingerprint_files(find_input_files(local_in, fmt, shown_root=data_path))
 
 
 # --------------------------------------------------------------------------- files
@@ -454,7 +477,8 @@ def _jsonable(value):
     return str(value)
 
 
-def _write_outputs(out_dir: str, tables: dict[str, _Table], fingerprint: str) -> dict:
+def _write_outputs(out_dir: str, tables: dict[str, _Table], fingerprint: str,
+                   data_date: Optional[str] = None) -> dict:
     for name in TABLES:
         path = os.path.join(out_dir, f"{name}.parquet")
         if name in tables:
@@ -471,6 +495,7 @@ def _write_outputs(out_dir: str, tables: dict[str, _Table], fingerprint: str) ->
                   for t in (tables[n] for n in TABLES if n in tables)},
         "bad_fraction": bad / total if total else 0.0,
         "fingerprint": fingerprint,
+        "data_date": data_date,
     }
     storage.write_text(os.path.join(out_dir, STATS_FILE), json.dumps(stats, indent=2, sort_keys=True))
     return stats

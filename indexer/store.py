@@ -7,6 +7,7 @@ need it, and stage packages never import each other.
 from core.store import (  # noqa: F401  (re-exported public API)
     CURRENT,
     MANIFEST,
+    RUNS,
     VERSIONS,
     IntegrityError,
     PublishConflictError,

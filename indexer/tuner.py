@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from core.config import IndexConfig
+from core.svg_chart import Mark, Series, VLine, line_chart
 from indexer.scann_index import (BRUTE_FORCE, TREE_AH, IndexParams, build_with_params, exact_topk_chunked,
                                  recall_vs_exact, with_search_defaults)
 
@@ -325,68 +326,41 @@ def markdown_table(result: TuningResult) -> str:
     return "\n".join(rows) + "\n"
 
 
-_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf"]
-
-
 def svg_plot(result: TuningResult, width: int = 720, height: int = 440) -> str:
-    """Recall@10 (x) vs log10 batched queries/s (y), one line per (num_leaves, dims/block, reorder_k).
+    """The tuning curve of ``result`` as SVG (see :func:`tuning_chart`)."""
+    return tuning_chart(result.to_dict(), width=width, height=height)
 
-    Written by hand so the pipeline needs no plotting library.
+
+def tuning_chart(doc: dict, width: int = 720, height: int = 440) -> str:
+    """Recall@10 vs exact (x, fraction) against batched queries/s (y, log10 axis) as SVG.
+
+    One line per built index and re-scoring pool (num_leaves, dims/block, reorder_k), its
+    points the leaves-searched ladder; ScaNN's exact searcher is one more point. The recall
+    target is a dashed line and the chosen configuration is ringed.
+
+    Args:
+        doc: ``tuning.json``'s content (``TuningResult.to_dict()``): reads ``points``,
+            ``target_recall`` and ``chosen_point``. The dict form (not a TuningResult) lets
+            the stage reports redraw the curve from the artifact alone.
     """
-    pts = result.points
-    left, right, top, bottom = 70, 210, 30, 50
-    pw, ph = width - left - right, height - top - bottom
-    xmin = min([p.recall_at_10 for p in pts] + [result.target_recall]) - 0.01
-    xmax = 1.0
-    ys = [math.log10(max(p.qps_batched, 1e-3)) for p in pts]
-    ymin, ymax = math.floor(min(ys)), math.ceil(max(ys))
-    ymax = ymax if ymax > ymin else ymin + 1
-
-    def X(r):
-        return left + (r - xmin) / max(xmax - xmin, 1e-9) * pw
-
-    def Y(q):
-        return top + (ymax - math.log10(max(q, 1e-3))) / (ymax - ymin) * ph
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="11">',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>']
-    for e in range(ymin, ymax + 1):
-        y = Y(10 ** e)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">1e{e}</text>')
-    for i in range(6):
-        r = xmin + (xmax - xmin) * i / 5
-        out.append(f'<text x="{X(r):.1f}" y="{top + ph + 16}" text-anchor="middle">{r:.3f}</text>')
-    tx = X(result.target_recall)
-    out.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{top + ph}" stroke="#d62728" '
-               f'stroke-dasharray="4,3"/>')
-    out.append(f'<text x="{tx + 3:.1f}" y="{top + 12}" fill="#d62728">target {result.target_recall}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">recall@10 vs exact</text>')
-    out.append(f'<text x="16" y="{top + ph / 2}" transform="rotate(-90 16 {top + ph / 2})" '
-               f'text-anchor="middle">queries/s batched (log)</text>')
-    series: dict[tuple, list[TuningPoint]] = {}
-    for p in pts:
-        series.setdefault((p.kind, p.num_leaves, p.dims_per_block, p.reorder_k), []).append(p)
-    for i, (key, group) in enumerate(series.items()):
-        colour = _COLOURS[i % len(_COLOURS)]
-        coords = " ".join(f"{X(p.recall_at_10):.1f},{Y(p.qps_batched):.1f}" for p in group)
-        if len(group) > 1:
-            out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        for p in group:
-            out.append(f'<circle cx="{X(p.recall_at_10):.1f}" cy="{Y(p.qps_batched):.1f}" r="2.5" '
-                       f'fill="{colour}"/>')
-        label = "exact (ScaNN brute force)" if key[0] == BRUTE_FORCE else \
-            f"leaves {key[1]}, dpb {key[2]}, reorder {key[3]}"
-        ly = top + 12 + 14 * i
-        out.append(f'<rect x="{left + pw + 10}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{left + pw + 24}" y="{ly + 1}">{label}</text>')
-    c = result.chosen_point
-    out.append(f'<circle cx="{X(c.recall_at_10):.1f}" cy="{Y(c.qps_batched):.1f}" r="7" fill="none" '
-               f'stroke="#000" stroke-width="2"/>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    points = list(doc.get("points") or [])
+    target = doc.get("target_recall")
+    recalls = [p["recall_at_10"] for p in points] + ([target] if target is not None else [])
+    xmin = (min(recalls) - 0.01) if recalls else 0.0
+    series: dict[tuple, list[dict]] = {}
+    for p in points:
+        series.setdefault((p["kind"], p.get("num_leaves"), p.get("dims_per_block"), p.get("reorder_k")),
+                          []).append(p)
+    lines = [Series(name="exact (ScaNN brute force)" if key[0] == BRUTE_FORCE else
+                    f"leaves {key[1]}, dpb {key[2]}, reorder {key[3]}",
+                    points=[(p["recall_at_10"], p["qps_batched"]) for p in group])
+             for key, group in series.items()]
+    chosen = doc.get("chosen_point")
+    marks = [Mark(chosen["recall_at_10"], chosen["qps_batched"], "chosen")] if chosen else []
+    vlines = [VLine(target, f"target {target}")] if target is not None else []
+    return line_chart(lines, title="ScaNN tuning: recall vs speed", x_label="recall@10 vs exact (fraction)",
+                      y_label="queries/s batched (log scale)", width=width, height=height, log_y=True,
+                      x_range=(xmin, 1.0), marks=marks, vlines=vlines)
 
 
 def write_artifacts(result: TuningResult, folder: str) -> list[str]:

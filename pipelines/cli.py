@@ -2,7 +2,7 @@
 
     twotower data synth-shop --out DIR [--products N --queries N --seed S]
     twotower data movielens (--source DIR | --download) --out DIR
-    twotower run [--config F] [--set key=value ...]
+    twotower run [--config F] [--set key=value ...] [--data-date YYYY-MM-DD]
     twotower compile [--config F] [--set ...] --out pipeline.yaml
     twotower query --store DIR (--text "..." | --user-id ID) [-k 10] [--exclude-seen]
     twotower retrieve --store DIR --queries q.jsonl [-k K] [--exclude-seen] --out r.jsonl
@@ -10,6 +10,14 @@
     twotower index show [VERSION] --store DIR [--json]
     twotower index rollback --to VERSION --store DIR
     twotower index gc --store DIR [--keep 5]
+    twotower submit (--host URL | --vertex --project P --region R --pipeline-root gs://...) [--config F]
+                    [--set ...] [--data-date YYYY-MM-DD] [--experiment NAME] [--run-name N] [--token T]
+                    [--api-endpoint URL]
+    twotower schedule create --cron "0 3 * * *" (--host URL | --vertex --project P --region R
+                    --pipeline-root gs://...) [--name N] [--config F] [--set ...] [--experiment NAME]
+    twotower schedule list|pause ID|resume ID|delete ID (--host URL | --vertex --project P --region R)
+    twotower schedule run --cron "0 3 * * *" [--config F] [--set ...] [--missed latest|all|skip] [--once]
+    twotower ui --runs DIR --store DIR [--host 127.0.0.1 --port 8090]
     twotower serve --store DIR [--host 127.0.0.1 --port 8080] [--poll-seconds 5] [--max-k 1000]
 
 Every command exits 2 with a one-line message on bad input (config, data, request);
@@ -42,6 +50,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_schedule_run_parser(schedule_sub) -> None:
+    """``schedule run``: the long-running local scheduler."""
+    run = schedule_sub.add_parser("run", help="local scheduler: run the pipeline on each day's partition")
+    _add_config_args(run)
+    run.add_argument("--cron", required=True, help='5-field cron, UTC, e.g. "0 3 * * *"')
+    run.add_argument("--missed", choices=["latest", "all", "skip"], default="latest",
+                     help="fire times missed while down: run the newest only (default), all in order, "
+                          "or none older than --grace-seconds")
+    run.add_argument("--grace-seconds", type=float, default=3600.0,
+                     help="how late a fire time may still run under --missed skip (default 3600)")
+    run.add_argument("--backfill-from", metavar="YYYY-MM-DD",
+                     help="on a first start, also handle fire times since this date (with --missed all)")
+    run.add_argument("--once", action="store_true", help="handle the fire times due now, then exit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twotower", description="Two-tower retrieval pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline locally (KFP SubprocessRunner)")
     _add_config_args(run)
     run.add_argument("--verbose", action="store_true", help="show the KFP runner's full output")
+    run.add_argument("--data-date", metavar="YYYY-MM-DD",
+                     help="the day's partition to read (datasets with data.partitioned=true)")
 
     comp = sub.add_parser("compile", help="write the KFP IR YAML for KFP / Vertex AI")
     _add_config_args(comp)
@@ -98,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--store", required=True)
     gc.add_argument("--keep", type=_positive_int, default=5, help="newest complete versions to keep (default 5)")
 
+    from pipelines import remote_cli  # argparse + core.config only: cheap at parse time
+
+    remote_cli.add_submit_parser(sub)
+    add_schedule_run_parser(remote_cli.add_schedule_parsers(sub))
+
     srv = sub.add_parser("serve", help="HTTP query service over the live version, hot-reloading on publish")
     srv.add_argument("--store", required=True, help="store folder or gs:// prefix")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -105,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--poll-seconds", type=float, default=5.0, help="how often to check CURRENT (default 5)")
     srv.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for (1..1000)")
     srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    from ui.cli import add_ui_parser  # local web page: runs, versions (rollback), query box
+
+    add_ui_parser(sub)
     return parser
 
 
@@ -112,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFRS needs Keras 2; before any TF import
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter is not for users
-    from pipelines import commands
+    from pipelines import commands, remote_cli
+    from ui.cli import cmd_ui
 
     handler = {
         "data": commands.cmd_data,
@@ -122,10 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         "retrieve": commands.cmd_retrieve,
         "index": commands.cmd_index,
         "serve": commands.cmd_serve,
+        "submit": remote_cli.cmd_submit,
+        "schedule": commands.cmd_schedule,
+        "ui": cmd_ui,
     }[args.command]
     try:
         return handler(args)
-    except commands.user_errors() as exc:
+    except commands.user_errors() + remote_cli.REMOTE_USER_ERRORS as exc:
         print(f"twotower {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -14,15 +14,26 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     Imported here, not at module top, because the stage packages pull in heavy deps.
     """
+    import logging
+
+    from core.cron import CronError
+    from core.partitions import PartitionError
     from core.store import StoreError
     from datasets.movielens import ChecksumMismatchError, MovieLensFormatError
     from features.ingest import IngestError
-    from features.transform import TransformError
+    from pipelines.scheduler import SchedulerBusyError
     from serving.retriever import NoLiveVersionError, RequestError
 
+    # Importing Beam logs an apitools warning on the root logger; it is not the user's concern
+    # and would sit right above their one-line error.
+    logging.disable(logging.WARNING)
+    try:
+        from features.transform import TransformError
+    finally:
+        logging.disable(logging.NOTSET)
+
     return (ConfigError, FileNotFoundError, IngestError, TransformError, MovieLensFormatError, ChecksumMismatchError,
-            RequestError,
-            NoLiveVersionError, StoreError)
+            RequestError, NoLiveVersionError, StoreError, PartitionError, CronError, SchedulerBusyError)
 
 
 def cmd_data(args) -> int:
@@ -46,13 +57,60 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    """``schedule run`` is the local scheduler; create/list/pause/resume/delete talk to KFP / Vertex AI."""
+    if args.schedule_command == "run":
+        return cmd_schedule_run(args)
+    from pipelines.remote_cli import cmd_schedule as cmd_remote_schedule
+
+    return cmd_remote_schedule(args)
+
+
+def cmd_schedule_run(args) -> int:
+    """``twotower schedule run``: the local daily scheduler (see pipelines/scheduler.py)."""
+    import datetime as dt
+    import logging
+
+    from core.cron import parse_cron
+    from core.partitions import parse_date
+    from pipelines.local_run import absolutize, run_local
+    from pipelines.scheduler import LocalScheduler
+
+    config = absolutize(load_config(args.config, args.overrides))
+    cron = parse_cron(args.cron)
+    backfill = (dt.datetime.combine(parse_date(args.backfill_from, "--backfill-from"), dt.time())
+                if args.backfill_from else None)
+    try:
+        scheduler = LocalScheduler(config, cron, run_local, missed=args.missed,
+                                   grace=dt.timedelta(seconds=args.grace_seconds), backfill_from=backfill)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(f"schedule {cron.expression!r} (UTC) on {config.data.path}: partition = fire date - "
+          f"{config.data.partition_lag_days} day(s); missed runs: {args.missed}; "
+          f"next fire {scheduler.next_fire_time():%Y-%m-%d %H:%M}", flush=True)
+    try:
+        if args.once:
+            with scheduler.lock():
+                done = scheduler.tick()
+        else:
+            done = scheduler.run_forever()
+    except KeyboardInterrupt:
+        print("scheduler stopped", file=sys.stderr)
+        return 130
+    for entry in done:
+        print(f"{entry.fire_time}  {entry.data_date}  {entry.outcome:<13}  {entry.run_id or '-'}  "
+              f"{entry.version or entry.error or ''}")
+    return 1 if any(entry.outcome == "failed" for entry in done) else 0
+
+
 def cmd_run(args) -> int:
-    from pipelines.local_run import run_local
+    from pipelines.local_run import RunFailedError, run_local
 
     config = load_config(args.config, args.overrides)
     try:
-        summary = run_local(config, verbose=args.verbose)
-    except RuntimeError as exc:
+        summary = run_local(config, verbose=args.verbose, data_date=args.data_date)
+    except RunFailedError as exc:
         print(f"twotower run: pipeline failed: {exc} (full log: pipeline.log in the run folder)",
               file=sys.stderr)
         return 1

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import secrets
 import time
 import warnings
 
 from core import storage
 from core.config import Config
-from core.summary import dumps
+from core.partitions import partition_path, resolve_data_date
+from core.summary import STAGE_ERROR_FILE, dumps
 
 SUMMARY_FILE = "summary.json"
+RUN_FILE = "run.json"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def new_run_id() -> str:
@@ -34,39 +39,116 @@ def absolutize(config: Config) -> Config:
     return config.with_overrides(overrides) if overrides else config
 
 
-def run_local(config: Config, run_id: str | None = None, verbose: bool = False) -> dict:
+class RunFailedError(RuntimeError):
+    """A local run failed; ``record`` is its run.json content (failed_step, error)."""
+
+    def __init__(self, record: dict):
+        where = f" at step {record['failed_step']}" if record.get("failed_step") else ""
+        super().__init__(f"run {record['run_id']} failed{where}: {record['error']}")
+        self.record = record
+
+
+def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
+              data_date: str | None = None) -> dict:
     """Execute the whole pipeline locally and return its summary.json content.
 
-    Run folder: ``<pipeline.runs_dir>/<run_id>/`` holding ``kfp/`` (every task's
-    artifacts), ``pipeline.log`` (the runner's full output) and ``summary.json``.
-    The console shows concise progress unless ``verbose``.
+    Run folder: ``<pipeline.runs_dir>/<run_id>/`` holding ``run.json`` (status, written at
+    start and at the end: run_id, status running|succeeded|failed, started_at, finished_at,
+    data_date, data_fingerprint, error, failed_step, published, version), ``kfp/`` (every
+    task's artifacts), ``pipeline.log`` (the runner's full output) and, when the run
+    finished, ``summary.json``. The console shows concise progress unless ``verbose``.
+
+    Args:
+        data_date: YYYY-MM-DD partition of a ``data.partitioned`` dataset (required there).
 
     Raises:
-        RuntimeError: a task failed (the KFP runner's message names it).
+        RunFailedError: a task failed (its step and error are in the exception and run.json).
+        PartitionError: ``data_date`` is malformed, missing or not applicable.
     """
     from kfp import local
 
     from pipelines.pipeline import create_pipeline
 
     config = absolutize(config)
+    date = resolve_data_date(config.data.partitioned, data_date or "", "", config.data.partition_lag_days)
     run_id = run_id or new_run_id()
     run_dir = os.path.join(config.pipeline.runs_dir, run_id)
     os.makedirs(run_dir, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(run_dir, "kfp"),
-               raise_on_error=True)
-    pipeline = create_pipeline(config)
-    with open(os.path.join(run_dir, "pipeline.log"), "w") as log, _console(log, verbose), \
-            warnings.catch_warnings():
-        # Cluster-only task settings (display names) and the image-name heuristic are noise locally.
-        warnings.filterwarnings("ignore", message=r".*(have no effect|custom or non-Python base image).*")
-        task = pipeline(config_json=config.to_json(), data_path=config.data.path,
-                        store=config.publish.store, run_id=run_id)
-    with open(os.path.join(task.output.path, SUMMARY_FILE)) as fh:
+    record = {"run_id": run_id, "status": "running", "started_at": _now(), "finished_at": None,
+              "data_date": date, "data_fingerprint": _fingerprint(config, date), "error": None,
+              "failed_step": None, "published": None, "version": None}
+    _write_record(run_dir, record)
+    pipeline_root = os.path.join(run_dir, "kfp")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    pipeline = create_pipeline(config, local=True)
+    try:
+        with open(os.path.join(run_dir, "pipeline.log"), "w") as log, _console(log, verbose), \
+                warnings.catch_warnings():
+            # Cluster-only task settings (display names) and the image-name heuristic are noise locally.
+            warnings.filterwarnings("ignore", message=r".*(have no effect|custom or non-Python base image).*")
+            pipeline(config_json=config.to_json(), data_path=config.data.path, store=config.publish.store,
+                     run_id=run_id, data_date=date or "", data_fingerprint=record["data_fingerprint"] or "")
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        step, error = _failure(pipeline_root, exc)
+        record.update(status="failed", finished_at=_now(), failed_step=step, error=error, published=False)
+        _write_record(run_dir, record)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise RunFailedError(record) from exc
+    with open(_find_one(pipeline_root, os.path.join("summary", SUMMARY_FILE))) as fh:
         summary = json.load(fh)
     summary["run_dir"] = run_dir
     with open(os.path.join(run_dir, SUMMARY_FILE), "w") as fh:
         fh.write(dumps(summary))
+    record.update(status="succeeded", finished_at=_now(), published=summary["published"], version=summary["version"])
+    _write_record(run_dir, record)
     return summary
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _write_record(run_dir: str, record: dict) -> None:
+    storage.write_text(os.path.join(run_dir, RUN_FILE), dumps(record))
+
+
+def _fingerprint(config: Config, date: str | None) -> str | None:
+    """The input's fingerprint, passed to the run so it reads exactly this data.
+
+    None when the input cannot be read yet (e.g. a missing partition): the run's ingest
+    step then fails on it with the precise error, and the run is recorded as failed.
+    """
+    from features.ingest import IngestError, fingerprint_input
+
+    try:
+        return fingerprint_input(partition_path(config.data.path, date), config.data.format)
+    except (IngestError, OSError):
+        return None
+
+
+def _find_one(root: str, suffix: str) -> str:
+    """The one file under ``root`` whose path ends with ``suffix`` (KFP picks the folder names)."""
+    found = sorted(glob.glob(os.path.join(root, "**", suffix), recursive=True))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one {suffix} under {root}, found {len(found)}")
+    return found[0]
+
+
+def _failure(pipeline_root: str, exc: BaseException) -> tuple[str | None, str]:
+    """(failed stage, error) from the stage_error.json a failed stage left, else the runner's message.
+
+    Stage names are the pipeline's (ingest, transform, ...); KFP's task names add "-op".
+    """
+    errors = glob.glob(os.path.join(pipeline_root, "**", STAGE_ERROR_FILE), recursive=True)
+    if errors:
+        path = max(errors, key=os.path.getmtime)
+        with open(path) as fh:
+            error = json.load(fh)
+        return error["stage"], error["error"]
+    message = _ANSI.sub("", str(exc)) or type(exc).__name__
+    inner = re.search(r"Inner task failed: '([^']+?)(?:-op)?'", message)
+    return (inner.group(1) if inner else None), message
 
 
 def _console(log, verbose: bool):

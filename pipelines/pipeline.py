@@ -5,7 +5,6 @@
 
 
 from kfp import dsl
-from kfp.dsl import Artifact
 
 from components import build_components
 from core.config import Config
@@ -14,50 +13,76 @@ PIPELINE_DESCRIPTION = ("Two-tower retrieval: ingest -> Beam transform -> TFRS t
                         "item embeddings -> ScaNN index -> quality gate -> atomic publish")
 
 
-def create_pipeline(config: Config):
+def create_pipeline(config: Config, local: bool = False):
     """Build the KFP pipeline for ``config``.
 
     The config's JSON becomes the default of the ``config_json`` parameter, and its
     ``data.path`` / ``publish.store`` the defaults of ``data_path`` / ``store`` — the
-    two values a scheduled or one-off run most often overrides.
+    values a scheduled or one-off run most often overrides.
+
+    Args:
+        local: build for the kfp.local runner, which cannot resolve the schedule-time
+            placeholder (it fails on it); local runs always pass an explicit ``data_date``.
 
     Returns:
-        A ``@dsl.pipeline`` function with parameters
-        ``(config_json: str, data_path: str, store: str, run_id: str)``.
+        A ``@dsl.pipeline`` function with parameters ``(config_json, data_path, store,
+        run_id, data_date, data_fingerprint)``, all strings. ``data_date`` (YYYY-MM-DD)
+        picks the day's partition of a partitioned dataset; when empty, a scheduled run
+        derives it from its schedule time. ``data_fingerprint`` (when not empty) must match
+        the data the run reads. Both are pipeline inputs so that no cache key of one day's
+        run can match another day's.
     """
     ops = build_components(config.pipeline.image)
     default_config = config.to_json()
     default_data = config.data.path
     default_store = config.publish.store
+    schedule_time = "" if local else dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER
 
     @dsl.pipeline(name=config.pipeline.name, description=PIPELINE_DESCRIPTION)
     def twotower_pipeline(config_json: str = default_config, data_path: str = default_data,
-                          store: str = default_store, run_id: str = "") -> Artifact:
-        ingest = ops.ingest(config_json=config_json, data_path=data_path).set_display_name("ingest")
-        transform = ops.transform(config_json=config_json,
-                                  ingested=ingest.outputs["ingested"]).set_display_name("transform")
-        transformed = transform.outputs["transformed"]
-        train = ops.train(config_json=config_json, transformed=transformed).set_display_name("train")
-        evaluate = ops.evaluate(config_json=config_json, store=store, transformed=transformed,
-                                model=train.outputs["model"]).set_display_name("evaluate")
-        # evaluate also scores the store's live version, which changes outside the artifact
-        # store: a cached result could compare against a version that is no longer live.
-        evaluate.set_caching_options(False)
-        embed = ops.embed(config_json=config_json, transformed=transformed,
-                          model=train.outputs["model"]).set_display_name("embed")
-        index = ops.index(config_json=config_json,
-                          embeddings=embed.outputs["embeddings"]).set_display_name("index")
-        publish = ops.publish(
-            config_json=config_json, store=store, run_id=run_id,
-            job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            ingested=ingest.outputs["ingested"], transformed=transformed, model=train.outputs["model"],
-            evaluation=evaluate.outputs["evaluation"], embeddings=embed.outputs["embeddings"],
-            index=index.outputs["index"],
-        ).set_display_name("gate-and-publish")
-        # Publishing has a side effect outside the artifact store: never serve it from cache,
-        # and retry transient storage failures (the store's CAS makes a retry safe).
-        publish.set_caching_options(False)
-        publish.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
-        return publish.outputs["summary"]
+                          store: str = default_store, run_id: str = "", data_date: str = "",
+                          data_fingerprint: str = ""):
+        # The exit handler records every run's outcome in <store>/runs/ — a failed run
+        # included — and never touches CURRENT.
+        record = ops.record_run(config_json=config_json, store=store, run_id=run_id,
+                                job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, data_date=data_date,
+                                schedule_time=schedule_time).set_display_name("record-run")
+        record.set_caching_options(False)
+        record.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+        with dsl.ExitHandler(record, name="twotower-run"):
+            _stages(ops, config_json, data_path, store, run_id, data_date, data_fingerprint, schedule_time)
 
     return twotower_pipeline
+
+
+def _stages(ops, config_json, data_path, store, run_id, data_date, data_fingerprint, schedule_time) -> None:
+    """The stage tasks, wired artifact to artifact (inside the exit handler's group)."""
+    ingest = ops.ingest(config_json=config_json, data_path=data_path, data_date=data_date,
+                        data_fingerprint=data_fingerprint, schedule_time=schedule_time).set_display_name("ingest")
+    # Ingest reads data from outside the artifact store: a cache hit could replay an
+    # earlier day's input. Every later step keys on ingest's fresh output artifact.
+    ingest.set_caching_options(False)
+    transform = ops.transform(config_json=config_json,
+                              ingested=ingest.outputs["ingested"]).set_display_name("transform")
+    transformed = transform.outputs["transformed"]
+    train = ops.train(config_json=config_json, transformed=transformed).set_display_name("train")
+    evaluate = ops.evaluate(config_json=config_json, store=store, transformed=transformed,
+                            model=train.outputs["model"]).set_display_name("evaluate")
+    # evaluate also scores the store's live version, which changes outside the artifact
+    # store: a cached result could compare against a version that is no longer live.
+    evaluate.set_caching_options(False)
+    embed = ops.embed(config_json=config_json, transformed=transformed,
+                      model=train.outputs["model"]).set_display_name("embed")
+    index = ops.index(config_json=config_json,
+                      embeddings=embed.outputs["embeddings"]).set_display_name("index")
+    publish = ops.publish(
+        config_json=config_json, store=store, run_id=run_id,
+        job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        ingested=ingest.outputs["ingested"], transformed=transformed, model=train.outputs["model"],
+        evaluation=evaluate.outputs["evaluation"], embeddings=embed.outputs["embeddings"],
+        index=index.outputs["index"],
+    ).set_display_name("gate-and-publish")
+    # Publishing has a side effect outside the artifact store: never serve it from cache,
+    # and retry transient storage failures (the store's CAS makes a retry safe).
+    publish.set_caching_options(False)
+    publish.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)

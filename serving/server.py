@@ -37,15 +37,14 @@ import logging
 import math
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
 from core import storage
 from core.store import VersionStore
+from serving.http import Handler, HttpError, Server, run_until_stopped
 from serving.retriever import MAX_K, SELECTORS, RequestError, Retriever, UnknownKeyError
 
 log = logging.getLogger("twotower.serve")
@@ -59,15 +58,6 @@ GET_PATHS = ("/healthz", "/readyz", "/v1/version")
 
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-class HttpError(Exception):
-    """A request the service refuses; ``status`` is the 4xx/5xx code, the message the reason."""
-
-    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
-        super().__init__(message)
-        self.status = int(status)
-        self.headers = headers or {}
 
 
 def _reject_constant(name: str):
@@ -179,7 +169,7 @@ class QueryService:
         self._inflight_cv = threading.Condition()
         self._stop_event = threading.Event()
         self._stopping = False
-        self._httpd: Optional[ThreadingHTTPServer] = None
+        self._httpd: Optional[Server] = None
         self._threads: list[threading.Thread] = []
 
     # -- the live version -------------------------------------------------------------------
@@ -308,7 +298,7 @@ class QueryService:
         """Bind, start serving and polling; returns the bound port."""
         if self._httpd is not None:
             raise RuntimeError("QueryService already started")
-        self._httpd = _Server((self.host, self.port), _Handler, self)
+        self._httpd = Server((self.host, self.port), _Handler, self)
         self.port = self._httpd.server_address[1]
         self._threads = [
             threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -405,44 +395,18 @@ class QueryService:
             raise HttpError(400, str(exc)) from None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # idle keep-alive connections must not block shutdown; stop() drains requests
-    allow_reuse_address = True
+class _Handler(Handler):
+    """Routes the service's endpoints; body limits and error answers as in the module doc."""
 
-    def __init__(self, address, handler, service: QueryService):
-        self.service = service
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # seconds an idle keep-alive connection may hold a thread
-    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
-    # delayed ACK (~40 ms) on keep-alive connections.
-    disable_nagle_algorithm = True
-
-    def version_string(self) -> str:
-        return "twotower"
+    dispatch_methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+    access_log = log
 
     @property
     def service(self) -> QueryService:
-        return self.server.service  # type: ignore[attr-defined]
-
-    def log_message(self, fmt, *args) -> None:  # access log: debug only, through logging
-        log.debug("%s %s", self.address_string(), fmt % args)
+        return self.server.app  # type: ignore[attr-defined]
 
     def _send(self, status: int, body: dict, headers: Optional[dict] = None) -> None:
-        data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self._send_body(status, json.dumps(body).encode("utf-8"), "application/json", headers)
 
     def _dispatch(self, method: str) -> None:
         service = self.service
@@ -477,7 +441,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == RETRIEVE_PATH:
             if method != "POST":
                 raise HttpError(405, f"{method} not allowed on {path}; use POST", {"Allow": "POST"})
-            status, body = self.service.handle_retrieve(self._read_body())
+            status, body = self.service.handle_retrieve(self._read_body("application/json",
+                                                                        self.service.max_body_bytes))
             return status, body, {}
         if path in GET_PATHS:
             if method not in ("GET", "HEAD"):
@@ -485,56 +450,6 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = self.service.handle_get(path)
             return status, body, {}
         raise HttpError(404, f"no such endpoint {path}; see POST {RETRIEVE_PATH}, GET {', '.join(GET_PATHS)}")
-
-    def _read_body(self) -> bytes:
-        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json":
-            raise HttpError(415, f"Content-Type must be application/json, got {ctype or 'none'!r}")
-        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:
-            self.close_connection = True  # we cannot tell where the client's body would end
-        if self.headers.get("Transfer-Encoding"):
-            raise HttpError(411, "chunked bodies are not accepted; send Content-Length")
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise HttpError(411, "Content-Length header required")
-        try:
-            n = int(length)
-        except ValueError:
-            raise HttpError(400, f"invalid Content-Length {length!r}") from None
-        if n < 0:
-            raise HttpError(400, f"invalid Content-Length {length!r}")
-        if n > self.service.max_body_bytes:
-            raise HttpError(413, f"request body of {n} bytes exceeds the limit of {self.service.max_body_bytes}")
-        try:
-            data = self.rfile.read(n)
-        except OSError:  # socket timeout: the client announced more than it sent
-            self.close_connection = True
-            raise HttpError(408, f"request body not received within {self.timeout}s") from None
-        self._body_consumed = True
-        if len(data) != n:
-            raise HttpError(400, f"request body ended after {len(data)} of {n} bytes")
-        return data
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        self._dispatch("GET")
-
-    def do_HEAD(self):  # noqa: N802
-        self._dispatch("HEAD")
-
-    def do_POST(self):  # noqa: N802
-        self._dispatch("POST")
-
-    def do_PUT(self):  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_DELETE(self):  # noqa: N802
-        self._dispatch("DELETE")
-
-    def do_PATCH(self):  # noqa: N802
-        self._dispatch("PATCH")
-
-    def do_OPTIONS(self):  # noqa: N802
-        self._dispatch("OPTIONS")
 
 
 def serve(store: str, host: str = "127.0.0.1", port: int = 8080, poll_seconds: float = 5.0,
@@ -546,23 +461,11 @@ def serve(store: str, host: str = "127.0.0.1", port: int = 8080, poll_seconds: f
     ``stop_event``. Shutdown stops polling, refuses new requests and drains in-flight ones.
     """
     service = QueryService(store, host=host, port=port, poll_seconds=poll_seconds, max_k=max_k, **kwargs)
-    stop = stop_event or threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        def _on_signal(signum, _frame):
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, _on_signal)
-    try:
+    def _start() -> None:
         service.start()
         if on_started is not None:
             on_started(service)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        service.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    run_until_stopped(_start, service.stop, stop_event=stop_event, logger=log)
     return 0

@@ -52,10 +52,12 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Callable, Optional
 
 import google_crc32c
+
+from tests.fakes.http_base import FakeHandler, FakeServer
 
 Match = Optional[Callable[[str, str], bool]]
 
@@ -147,8 +149,12 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class FakeGcsServer:
+class FakeGcsServer(FakeServer):
     """A threaded fake GCS JSON API on 127.0.0.1 (port chosen by the OS). See the module doc."""
+
+    server_class = _Server
+    thread_name = "fake-gcs"
+    poll_interval = 0.05
 
     def __init__(self, buckets: tuple[str, ...] | list[str] = ()):
         self._lock = threading.RLock()
@@ -160,35 +166,9 @@ class FakeGcsServer:
         # (method, raw path, lower-cased headers) of every request, in arrival order
         self.requests: list[tuple[str, str, dict]] = []
         self.max_page = 1000  # the most entries one list page returns, whatever maxResults asks
-        self._httpd: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
 
-    # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "FakeGcsServer":
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = _Server(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-gcs",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join(timeout=5)
-            self._httpd = None
-
-    def __enter__(self) -> "FakeGcsServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._start(_Handler)
 
     # -- direct access for tests (bypass HTTP) ----------------------------------------------------
     def create_bucket(self, name: str) -> None:
@@ -301,13 +281,9 @@ def _preconditions(query: dict) -> dict:
     return out
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(FakeHandler):
     disable_nagle_algorithm = True  # else every small reply waits out a delayed ACK (~40 ms)
     fake: FakeGcsServer  # set on the subclass made by FakeGcsServer.start
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _body(self) -> bytes:
@@ -321,8 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return bytes(out)
                 out += self.rfile.read(size)
                 self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        return self._read_sized_body()
 
     def _send(self, status: int, body: bytes = b"", content_type: str = "application/json; charset=UTF-8",
               headers: Optional[dict] = None) -> None:

@@ -310,3 +310,22 @@ def test_gs_path_takes_the_same_code_path(tmp_path, monkeypatch):
     dead = read_dead(bucket / "out")
     assert [(d["file"], d["row"], d["field"]) for d in dead] == [("gs://b/data/interactions.csv", 5, "item_id")]
     assert (bucket / "out" / "items.parquet").exists()
+
+
+def test_input_changed_since_launch_is_refused(tmp_path):
+    from features.ingest import fingerprint_input
+
+    folder = write_tables(tmp_path / "in", good_tables(), "csv")
+    launched_with = fingerprint_input(str(folder))
+    ingest(make_config(folder), str(tmp_path / "ok"), expected_fingerprint=launched_with)  # unchanged: fine
+    with open(folder / "interactions.csv", "a") as fh:
+        fh.write("u1,i2,1,5\n")  # a late write to the partition after the run was scheduled
+    with pytest.raises(IngestError, match=r"fingerprint .* differs .* changed after the run was scheduled"):
+        ingest(make_config(folder), str(tmp_path / "late"), expected_fingerprint=launched_with)
+
+
+def test_data_date_is_recorded(tmp_path):
+    folder = write_tables(tmp_path / "in", good_tables(), "csv")
+    stats = ingest(make_config(folder), str(tmp_path / "out"), data_date="2026-11-02")
+    assert stats["data_date"] == "2026-11-02"
+    assert json.loads((tmp_path / "out" / "ingest_stats.json").read_text())["data_date"] == "2026-11-02"

@@ -55,7 +55,8 @@ def test_dockerfile_builds_the_same_environment():
     assert re.search(r"pip install .*-r requirements\.txt", docker)
     assert "TF_USE_LEGACY_KERAS=1" in docker
     top_level = {p.split(".")[0] for p in find_packages(str(REPO), include=[
-        "core*", "datasets*", "features*", "trainer*", "indexer*", "serving*", "components*", "pipelines*"])}
+        "core*", "datasets*", "features*", "trainer*", "indexer*", "serving*", "reports*", "ui*", "components*",
+        "pipelines*"])}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", docker, re.M))
     assert top_level <= copied, f"Dockerfile does not copy {sorted(top_level - copied)}"
 

@@ -288,3 +288,22 @@ def test_gcs_store_publish_cas_fetch_and_gc(tmp_path, monkeypatch):
         store.verify("v2")
     assert store.gc(keep=1) == ["v2"]  # v1 is live, v3 is the newest complete version
     assert [v["id"] for v in store.versions()] == ["v1", "v3"]
+
+
+def test_run_records_sit_beside_versions_and_never_move_current(tmp_path):
+    from indexer.run_log import record_final_status
+
+    store = _store(tmp_path)
+    _publish(store, tmp_path, "v1")
+    manifest = store.read_manifest("v1")
+    record = record_final_status(store.root, "run-b", "FAILED", "Task ingest failed.", "2026-11-03")
+    assert record["live_version"] == "v1" and record["published_version"] is None
+    assert store.current() == "v1"
+    store.record_run("run-a", {"state": "SUCCEEDED"})
+    assert [(r["run_id"], r["state"]) for r in store.run_records()] == [("run-a", "SUCCEEDED"), ("run-b", "FAILED")]
+    assert store.run_records()[1]["error"] == "Task ingest failed." and store.run_records()[1]["data_date"] == "2026-11-03"
+    # gc deletes versions only, never the run history
+    store.gc(keep=1)
+    assert len(store.run_records()) == 2 and store.read_manifest("v1") == manifest
+    with pytest.raises(ValueError, match="invalid"):
+        store.record_run("../escape", {})
