@@ -4,6 +4,8 @@
     .venv/bin/python bench/quality.py --quick              # smoke test: 1 seed, 2 epochs, B and C
     .venv/bin/python bench/quality.py --protocols A --seeds 0,1,2 --skip-ablation
     .venv/bin/python bench/quality.py --protocols B,C --only ablation,cold
+    .venv/bin/python bench/quality.py --protocols B --only sweep --variant T=0.03:train.temperature=0.03 \\
+        --variant T=0.1:train.temperature=0.1 [--cold]
 
 Protocols (each transformed ONCE; ours and the reference train on that same split, per seed):
 
@@ -16,7 +18,9 @@ Protocols (each transformed ONCE; ours and the reference train on that same spli
 Parts (``--only``): ``compare`` (ours vs reference, mean ± sd over seeds), ``throughput``
 (ids-only ours vs the reference at equal batch sizes, MovieLens), ``ablation`` (one seed: each
 negative strategy and feature group toggled against the protocol's default config), ``cold``
-(``transform.cold_item_fraction=0.1``: recall@10 on the cold-item slice vs chance).
+(``transform.cold_item_fraction=0.1``: recall@10 on the cold-item slice vs chance), ``sweep``
+(ours only, each ``--variant`` over every seed: validation recall@10 to choose on, test metrics
+and with ``--cold`` the cold slice; not part of the default run).
 
 Prints Markdown tables and writes ``bench/results/quality-<timestamp>.json`` (+ ``.md``).
 MovieLens protocols are skipped when ../shared/data/movielens-100k is absent.
@@ -337,7 +341,8 @@ def ablation_variants(protocol: str, config) -> list[tuple[str, dict, list[str]]
     def dump(feats):
         return [{"name": f.name, "type": f.type} for f in feats]
 
-    out.append(("item id embedding off", {"train.use_item_ids_as_features": False}, []))
+    ids_on = t.use_item_ids_as_features
+    out.append((f"item id embedding {'off' if ids_on else 'on'}", {"train.use_item_ids_as_features": not ids_on}, []))
     groups = {"text features off": ("text",), "categorical features off": ("categorical", "multi_categorical")}
     for name, types in groups.items():
         q = [f for f in schema.query_features if f.name == key or f.type not in types]
@@ -408,9 +413,11 @@ def part_cold(protocol: str, stages: Stages, data: Path, work: Path, args) -> di
     seed = args.seed_list[0]
     cfg = config.with_overrides({"train.seed": seed, **quick_train(args)})
     rows = []
+    ids_on = cfg.train.use_item_ids_as_features
     runs = [("ours (default)", lambda out: run_ours(cfg, transformed, out)),
-            ("ours, item id embedding off",
-             lambda out: run_ours(cfg.with_overrides({"train.use_item_ids_as_features": False}), transformed, out)),
+            (f"ours, item id embedding {'off' if ids_on else 'on'}",
+             lambda out: run_ours(cfg.with_overrides({"train.use_item_ids_as_features": not ids_on}),
+                                  transformed, out)),
             ("TFRS reference", lambda out: run_reference(cfg, transformed, out, seed, reference_settings(args)))]
     for name, fn in runs:
         print(f"[quality] cold {protocol}: {name}", flush=True)
@@ -442,6 +449,59 @@ def part_cold(protocol: str, stages: Stages, data: Path, work: Path, args) -> di
     return {"rows": rows, "table": table, "transform_counts": stats.get("counts")}
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"T=0.1:train.temperature=0.1;train.lr=0.01"`` -> ("T=0.1", {...}); values parsed as YAML."""
+    from core.config import parse_override
+
+    name, _, sets = text.partition(":")
+    return name, dict(parse_override(s) for s in sets.split(";") if s.strip())
+
+
+def part_sweep(protocol: str, stages: Stages, data: Path, work: Path, args) -> dict:
+    """Ours only, every ``--variant`` x every seed: validation recall@10 (the only figure a
+    setting may be chosen on), test metrics and, with ``--cold``, the cold-item slice."""
+    extra = {"transform.cold_item_fraction": 0.1} if args.cold else None
+    config = base_config(protocol, data, work, extra=extra, user_overrides=args.overrides)
+    transformed, _ = stages.transformed_dir(f"{protocol}{'-cold' if args.cold else ''}", config)
+    variants = [parse_variant(v) for v in (args.variant or ["default:"])]
+    rows = []
+    for name, overrides in variants:
+        runs = []
+        for seed in args.seed_list:
+            cfg = config.with_overrides({**overrides, "train.seed": seed, **quick_train(args)})
+            print(f"[quality] sweep {protocol} {name} seed {seed}", flush=True)
+            safe = "".join(c if c.isalnum() else "-" for c in name)
+            out = work / "runs" / f"sweep-{protocol}" / f"{safe}-{seed}"
+            res = run_ours(cfg, transformed, out)
+            res["val_recall_at_10"] = json.loads((out / "model" / "training.json").read_text()).get(
+                "best_val_recall_at_10")
+            runs.append({"seed": seed, **res})
+        rows.append({"variant": name, "overrides": overrides, "runs": runs})
+
+    def col(runs, get):
+        values = [v for v in (get(r) for r in runs) if v is not None]
+        return fmt(values) if values else "n/a"
+
+    cold = lambda r: ((r["metrics"].get("slices") or {}).get("cold") or {})  # noqa: E731
+    lines = [f"#### Sweep, protocol {protocol}{' with 10 % cold items' if args.cold else ''} "
+             f"(mean ± sd over seeds {args.seed_list})", "",
+             "| variant | valid recall@10 | test recall@10 | ndcg@10 | recall@100 | cold hit rate@10 | "
+             "chance | epochs |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        runs = row["runs"]
+        chance = cold(runs[0]).get("chance_recall_at_10")
+        lines.append(f"| {row['variant']} | {col(runs, lambda r: r['val_recall_at_10'])} | "
+                     f"{col(runs, lambda r: r['metrics']['recall_at_10'])} | "
+                     f"{col(runs, lambda r: r['metrics']['ndcg_at_10'])} | "
+                     f"{col(runs, lambda r: r['metrics'].get('recall_at_100'))} | "
+                     f"{col(runs, lambda r: cold(r).get('recall_at_10')) if args.cold else ''} | "
+                     f"{'' if chance is None or not args.cold else f'{chance:.4f}'} | "
+                     f"{fmt([r['epochs'] for r in runs], 1)} |")
+    table = "\n".join(lines)
+    print("\n" + table + "\n", flush=True)
+    return {"rows": rows, "table": table}
+
+
 # --------------------------------------------------------------------------------------------
 
 def quick_train(args) -> dict:
@@ -470,7 +530,11 @@ def main(argv=None) -> int:
     parser.add_argument("--protocols", default=None, help="comma list of A,B,C (default all; --quick: B,C)")
     parser.add_argument("--seeds", default=None, help="comma list of seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--only", default="compare,throughput,ablation,cold",
-                        help="comma list of parts: compare, throughput, ablation, cold")
+                        help="comma list of parts: compare, throughput, ablation, cold, sweep")
+    parser.add_argument("--variant", action="append", default=None,
+                        help="sweep part: 'name:key=value;key=value' (repeatable; default: the config as is)")
+    parser.add_argument("--cold", action="store_true",
+                        help="sweep part: hold 10 %% of the items out (transform.cold_item_fraction=0.1)")
     parser.add_argument("--skip-ablation", action="store_true", help="no ablation and no cold-item runs")
     parser.add_argument("--ablations", default=None, help="comma list of substrings of variant names")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs (reference 1), protocols B,C")
@@ -505,7 +569,7 @@ def main(argv=None) -> int:
                                                "loadavg_at_start": os.getloadavg()},
                "implemented": {f: implemented(f) for f in FEATURE_MARKERS},
                "protocols": protocols, "seeds": args.seed_list, "quick": args.quick,
-               "compare": {}, "throughput": None, "ablation": {}, "cold": {}, "skipped": {}}
+               "compare": {}, "throughput": None, "ablation": {}, "cold": {}, "sweep": {}, "skipped": {}}
     print(f"[quality] options implemented in the pipeline code: {results['implemented']}", flush=True)
     started = time.perf_counter()
     stages = Stages(work)
@@ -537,6 +601,8 @@ def main(argv=None) -> int:
                 results["ablation"][p] = part_ablation(p, stages, data, work, args, results["compare"].get(p))
             if "cold" in parts and p in ("B", "C"):
                 results["cold"][p] = part_cold(p, stages, data, work, args)
+            if "sweep" in parts:
+                results["sweep"][p] = part_sweep(p, stages, data, work, args)
     finally:
         results["seconds"] = time.perf_counter() - started
         results["machine"]["loadavg_at_end"] = os.getloadavg()
@@ -548,6 +614,7 @@ def main(argv=None) -> int:
         tables += [results["ablation"][p]["table"] for p in results["ablation"]]
         tables += [results["cold"][p].get("table") or f"Cold items {p}: {results['cold'][p].get('skipped')}"
                    for p in results["cold"]]
+        tables += [results["sweep"][p]["table"] for p in results["sweep"]]
         header = (f"Command: `{results['command']}`  \nDate (UTC): {stamp}; machine: {os.cpu_count()} CPU cores "
                   f"({platform.platform()}); wall time {results['seconds'] / 60:.1f} min.")
         md = "\n\n".join([header, *[t for t in tables if t]])

@@ -141,6 +141,9 @@ class TrainConfig(_Strict):
     resume: bool = Field(True, description="continue from the last epoch checkpoint in "
                                            "<output folder>/checkpoints when there is one")
     use_item_ids_as_features: bool = True
+    item_id_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "share of training examples whose item-id embedding is zeroed, as for a cold item, so the "
+        "item tower learns to embed from content (measured: docs/BENCHMARKS.md; off by default)"))
     logq_correction: bool = Field(False, description="subtract log(train popularity) from in-batch logits "
                                   "(sampling-bias correction, Yi et al. 2019)")
     text_hash_buckets: int = Field(0, ge=0, description="extra hashed word-bigram buckets (0 = off)")

@@ -18,9 +18,11 @@ Canonical output (``out_dir``, UTF-8 CSV):
   in ``u.data`` order.
 - ``users.csv``: ``user_id,age,gender,occupation,zip_code`` (zip codes stay strings: some are
   Canadian, e.g. ``T8H1N``).
-- ``items.csv``: ``item_id,title,release_date,genres``; ``release_date`` is ISO ``YYYY-MM-DD``
-  (empty when unknown); ``genres`` joined with ``|``, the ``unknown`` genre dropped unless it
-  is the only one (an item with no flag at all also gets ``unknown``).
+- ``items.csv``: ``item_id,title,release_date,genres,year``; ``release_date`` is ISO
+  ``YYYY-MM-DD`` (empty when unknown); ``genres`` joined with ``|``, the ``unknown`` genre
+  dropped unless it is the only one (an item with no flag at all also gets ``unknown``);
+  ``year`` is the release year as an integer, derived from ``release_date`` (empty when the
+  date is unknown, so a schema that declares it numeric fills it like any missing numeric).
 
 A raw line that cannot be parsed raises :class:`MovieLensFormatError` naming the file, the
 1-based line number and the field.
@@ -170,8 +172,14 @@ def _join_genres(flags: list[str], genres: list[str]) -> str:
     return MULTI_VALUE_SEPARATOR.join(known) if known else UNKNOWN_GENRE
 
 
+def release_year(iso_date: str) -> str:
+    """ISO ``YYYY-MM-DD`` -> ``"YYYY"``; "" (unknown date) stays "" (a missing numeric)."""
+    return iso_date[:4] if iso_date else ""
+
+
 def read_items(path: str, genres: list[str]) -> list[dict]:
-    """u.item (latin-1) -> rows ``{item_id: int, title: str, release_date: ISO str, genres: str}``."""
+    """u.item (latin-1) -> rows ``{item_id: int, title: str, release_date: ISO str, genres: str,
+    year: "YYYY" or ""}``."""
     names = _ITEM_FIXED_FIELDS + tuple(f"genre:{g}" for g in genres)
     items, seen = [], set()
     for number, line in _lines(path, "latin-1"):
@@ -187,9 +195,9 @@ def read_items(path: str, genres: list[str]) -> list[dict]:
         title = parts[1].strip()
         if not title:
             raise MovieLensFormatError(path, number, "title", "empty title")
-        items.append({"item_id": item_id, "title": title,
-                      "release_date": _iso_date(path, number, parts[2]),
-                      "genres": _join_genres(flags, genres)})
+        release_date = _iso_date(path, number, parts[2])
+        items.append({"item_id": item_id, "title": title, "release_date": release_date,
+                      "genres": _join_genres(flags, genres), "year": release_year(release_date)})
     return items
 
 
@@ -256,7 +264,7 @@ def convert_movielens(source_dir: str, out_dir: str,
 
     if missing and missing_items == "placeholder":
         items = items + [{"item_id": iid, "title": PLACEHOLDER_TITLE, "release_date": "",
-                          "genres": UNKNOWN_GENRE} for iid in sorted(missing)]
+                          "genres": UNKNOWN_GENRE, "year": ""} for iid in sorted(missing)]
         items.sort(key=lambda row: row["item_id"])
     if missing:
         log.warning("MovieLens: %d item id(s) rated in u.data are missing from u.item (%s); "
@@ -269,8 +277,9 @@ def convert_movielens(source_dir: str, out_dir: str,
                ["user_id", "age", "gender", "occupation", "zip_code"],
                ([u["user_id"], u["age"], u["gender"], u["occupation"], u["zip_code"]]
                 for u in users))
-    _write_csv(os.path.join(out_dir, "items.csv"), ["item_id", "title", "release_date", "genres"],
-               ([i["item_id"], i["title"], i["release_date"], i["genres"]] for i in items))
+    _write_csv(os.path.join(out_dir, "items.csv"),
+               ["item_id", "title", "release_date", "genres", "year"],
+               ([i["item_id"], i["title"], i["release_date"], i["genres"], i["year"]] for i in items))
     return {
         "interactions": len(kept),
         "users": len(users),

@@ -4,6 +4,11 @@ Every encoder maps one raw feature column, shape [B] (tf.string or tf.float32), 
 dense float32 [B, F] encoding:
 
 - id / categorical: StringLookup (1 OOV bucket at index 0) -> Embedding(F = train.feature_dims)
+- the item key (``item_id``, with ``train.use_item_ids_as_features``): :class:`ItemIdEncoder`,
+  an id embedding gated by "id present": only items with train positives get a row, every
+  other item (cold, never interacted with, unknown at serving) encodes as zeros, so its
+  embedding comes from its content alone; ``item_id_dropout`` zeroes a random share of the
+  ids during training so the tower learns to embed id-less (cold) items from content
 - multi_categorical: split on "|" -> lookup -> mean of embeddings (no values -> zeros)
 - text: core.text.tf_normalize_text -> whitespace tokens -> first transform.text_max_tokens ->
   lookup -> mean of embeddings (no tokens -> zeros); with train.text_hash_buckets > 0 the
@@ -61,6 +66,43 @@ class IdEncoder(tf.keras.layers.Layer):
 
     def call(self, values):
         return self.embedding(self.lookup(values))
+
+
+class ItemIdEncoder(IdEncoder):
+    """item_id: [B] string -> [B, F], gated by "id present".
+
+    ``vocabulary`` should hold only the items that have train positives: any other id
+    (a cold item, one never interacted with, one unknown at serving) takes the OOV index,
+    whose encoding is forced to zeros rather than an untrained random row. With
+    ``dropout`` p > 0, during training each example's id is dropped (zeros) with
+    probability p, independently per row, without rescaling the kept ones: a dropped
+    row looks exactly like a cold item, so the MLP learns to place id-less items from
+    their content features, and warm items still see their full id embedding at serving.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], dims: int, dropout: float = 0.0, **kwargs):
+        super().__init__(vocabulary, dims, **kwargs)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{self.name}: item id dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+
+    def call(self, values, training=False):
+        ids = self.lookup(values)
+        present = ids > 0  # index 0 is the OOV bucket
+        if training and self.dropout > 0.0:
+            present = tf.logical_and(present, tf.random.uniform(tf.shape(ids)) >= self.dropout)
+        return self.embedding(ids) * tf.cast(present, tf.float32)[:, None]
+
+
+def trained_item_ids(transformed_dir: str) -> list[str]:
+    """Item ids with at least one train positive (``vocab/item_id.tsv`` count > 0)."""
+    tokens, counts = artifacts.read_vocab(transformed_dir, ITEM_KEY)
+    return [t for t, c in zip(tokens, counts) if int(c) > 0]
+
+
+def item_id_dropout(config: Config) -> float:
+    """``train.item_id_dropout``: the share of training examples whose item id is zeroed (0 = off)."""
+    return config.train.item_id_dropout
 
 
 class MultiCategoricalEncoder(IdEncoder):
@@ -164,6 +206,8 @@ def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats
     """One encoder layer for ``spec`` (vocabularies / stats read from ``transformed_dir``)."""
     dims = config.train.feature_dims
     name = f"{spec.name}_encoder"
+    if spec.name == ITEM_KEY:
+        return ItemIdEncoder(trained_item_ids(transformed_dir), dims, item_id_dropout(config), name=name)
     if spec.type == "numeric":
         mean, std = artifacts.numeric_stats(stats, spec.name)
         return NumericEncoder(mean, std, name=name)

@@ -48,4 +48,7 @@ def test_user_query_excludes_seen_movies(movielens_run):
     answer = retriever.retrieve({"user_id": "42"}, k=20, exclude_seen=True)
     assert len(answer["items"]) == 20 and answer["version"] == summary["version"]
     assert not watched & {item["item_id"] for item in answer["items"]}
-    assert all("title" in item and "genres" in item for item in answer["items"])
+    assert all("title" in item and "genres" in item and "year" in item for item in answer["items"])
+    # release year from the converter: a number for all but the few movies without a date
+    assert sum(isinstance(item["year"], (int, float)) and 1900 < item["year"] < 2000
+               for item in answer["items"]) >= 18

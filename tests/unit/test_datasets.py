@@ -227,7 +227,7 @@ def test_convert_tiny_movielens(tmp_path):
     assert list(users.columns) == ["user_id", "age", "gender", "occupation", "zip_code"]
     assert users["zip_code"].tolist() == ["85711", "94043", "T8H1N"]
     items = pd.read_csv(tmp_path / "out" / "items.csv", encoding="utf-8", keep_default_na=False)
-    assert list(items.columns) == ["item_id", "title", "release_date", "genres"]
+    assert list(items.columns) == ["item_id", "title", "release_date", "genres", "year"]
     by_id = items.set_index("item_id")
     assert by_id.loc[1, "genres"] == "Animation|Comedy"
     assert by_id.loc[2, "title"] == "Misérables, Les (1995)"  # latin-1 in, UTF-8 out
@@ -238,6 +238,9 @@ def test_convert_tiny_movielens(tmp_path):
     assert by_id.loc[2, "release_date"] == "1995-01-01"
     assert by_id.loc[4, "release_date"] == "1996-05-22"
     assert by_id.loc[3, "release_date"] == ""
+    # year comes from release_date; an unknown date leaves it empty (a missing numeric)
+    assert by_id["year"].tolist() == ["1995", "1995", "", "1996"]
+    assert pd.read_csv(tmp_path / "out" / "items.csv")["year"].isna().tolist() == [False, False, True, False]
 
 
 @pytest.mark.parametrize(
@@ -281,7 +284,7 @@ def test_ratings_of_items_missing_from_u_item_follow_the_policy(tmp_path):
     assert placeholder["missing_item_ids"] == ["9"]
     assert placeholder["interactions"] == 3 and placeholder["items"] == 5
     items = pd.read_csv(tmp_path / "p" / "items.csv", keep_default_na=False).set_index("item_id")
-    assert items.loc[9, ["title", "genres"]].tolist() == ["unknown", "unknown"]
+    assert items.loc[9, ["title", "genres", "year"]].tolist() == ["unknown", "unknown", ""]
 
     dropped = convert_movielens(str(raw), str(tmp_path / "d"), missing_items="drop")
     assert (dropped["interactions"], dropped["items"], dropped["dropped_interactions"]) == (1, 4, 2)
@@ -329,6 +332,8 @@ def test_convert_real_movielens_100k(tmp_path):
     assert set(counts["missing_item_ids"]) <= {"267"}
     items = pd.read_csv(tmp_path / "items.csv", keep_default_na=False)
     assert items["item_id"].tolist() == list(range(1, 1683))
+    years = pd.to_numeric(items["year"], errors="coerce")
+    assert years.between(1920, 1998).sum() >= 1670 and years.isna().sum() <= 2
     assert not items["genres"].str.split("|").map(lambda g: "unknown" in g and len(g) > 1).any()
     inter = pd.read_csv(tmp_path / "interactions.csv")
     assert inter["rating"].between(1, 5).all()

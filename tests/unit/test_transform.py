@@ -306,6 +306,24 @@ def test_cold_items_stay_in_the_catalog_with_zero_train_count(cold_run):
     assert seen["u4"] == {"key": "u4", "train": [], "valid": [], "test": ["i3"]}
 
 
+def test_item_tower_gives_cold_items_no_id_embedding(cold_run):
+    """The item tower's id encoder reads the transform's item vocabulary: only items with
+    train positives (i2, i1, i4) get an id row; the cold i3 and the never-rated i5 encode
+    as zeros (content only), and item id dropout zeroes rows only in training."""
+    from trainer.features import ItemIdEncoder, tf, trained_item_ids
+
+    _, out, _ = cold_run
+    assert trained_item_ids(str(out)) == ["i2", "i1", "i4"]
+    enc = ItemIdEncoder(trained_item_ids(str(out)), 4, dropout=0.5, name="item_id_encoder")
+    ids = tf.constant(["i1", "i2", "i3", "i4", "i5", "unknown"] * 100)
+    zero = lambda e: tf.reduce_all(tf.equal(e, 0.0), axis=1).numpy().reshape(100, 6)  # noqa: E731
+    served = zero(enc(ids))
+    assert not served[:, [0, 1, 3]].any() and served[:, [2, 4, 5]].all()
+    trained = zero(enc(ids, training=True))
+    assert trained[:, [2, 4, 5]].all()
+    assert 0.35 < trained[:, [0, 1, 3]].mean() < 0.65  # each warm row dropped with p = 0.5
+
+
 def test_cold_items_in_hashed_split():
     """SplitInteractions(hashed) with cold items on a tiny in-process pipeline: cold rows are
     all test, the others follow the (key, item) hash exactly."""
@@ -396,3 +414,34 @@ def test_rerun_over_previous_output_is_byte_identical(user_run, tmp_path):
     for rel in ("seen.jsonl", "query_table.jsonl", "stats.json", "vocab/item_id.tsv", "vocab/title.tsv"):
         assert (again / rel).read_bytes() == (out / rel).read_bytes(), rel
     assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in out.iterdir())
+
+
+# ------------------------------------------------------------------ MovieLens release year
+
+
+def test_movielens_year_is_an_item_numeric_with_the_catalog_mean_for_unknown_dates(tmp_path):
+    """The tiny raw MovieLens folder (tests/unit/test_datasets.py) through the converter, ingest
+    and the transform with configs/movielens.yaml's schema: items 1, 2, 4 were released in
+    1995, 1995, 1996; item 3 has no release date, so its year is the catalog mean
+    (1995 + 1995 + 1996) / 3 = 1995.333..., on the item records and on its interaction."""
+    from core.config import load_config
+    from datasets.movielens import convert_movielens
+    from tests.unit.test_datasets import _write_raw
+
+    convert_movielens(str(_write_raw(tmp_path / "raw")), str(tmp_path / "data"))
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "configs" / "movielens.yaml",
+                      [f"data.path={tmp_path / 'data'}", f"publish.store={tmp_path / 'store'}"])
+    assert {"name": "year", "type": "numeric"} in [f.model_dump() for f in cfg.schema.item_features]
+    ingest(cfg, str(tmp_path / "ingested"))
+    stats = run_transform(cfg, str(tmp_path / "ingested"), str(tmp_path / "out"))
+    mean = (1995 + 1995 + 1996) / 3
+    assert stats["numeric"]["year"]["count"] == 3
+    assert stats["numeric"]["year"]["mean"] == pytest.approx(mean)
+    assert (stats["numeric"]["year"]["min"], stats["numeric"]["year"]["max"]) == (1995.0, 1996.0)
+    items = {r["item_id"]: r["year"] for r in _records(tmp_path / "out", "items", item_specs(cfg.schema))}
+    assert items == pytest.approx({"1": 1995.0, "2": 1995.0, "3": mean, "4": 1996.0})
+    rows = [r for split in ("train", "valid", "test")
+            for r in _records(tmp_path / "out", split, interaction_specs(cfg.schema))]
+    # user 2 rated item 3 (no release date): the interaction carries the filled year too
+    assert [r["year"] for r in rows if r["item_id"] == "3"] == pytest.approx([mean])
