@@ -35,6 +35,12 @@ from typing import Callable, Optional
 
 VALID_METRIC = "recall_at_10"
 
+#: Train steps per call into the compiled train function (Keras ``steps_per_execution``):
+#: a Python round trip per step cost ~2 ms of CPU at batch 512 on 2 busy cores
+#: (11.5 -> 9.4 ms per step measured, ids-only MovieLens). The loss logged for an epoch is
+#: still its last batch's, and the optimizer still steps once per batch.
+STEPS_PER_EXECUTION = 16
+
 
 @dataclass
 class EpochResult:
@@ -135,6 +141,14 @@ def _steps_per_epoch(n_train: int, batch_size: int) -> int:
     return -(-n_train // batch_size)
 
 
+def _item_tower_is_deterministic(config) -> bool:
+    """Whether every copy of an item in a batch gets the same training embedding (no
+    dropout, no item-id dropout), so the loss may score distinct candidates once
+    (:func:`trainer.model.deduplicated_softmax_loss`)."""
+    t = config.train
+    return t.dropout == 0.0 and float(getattr(t, "item_id_dropout", 0.0) or 0.0) == 0.0
+
+
 def _build_variables(model, batch) -> None:
     """Create the towers' and optimizer's variables (a checkpoint restore needs them to exist)."""
     model.query_tower(batch, training=False)
@@ -164,7 +178,8 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from core.records import interaction_specs
     from trainer import artifacts
     from trainer.checkpoint import TrainingCheckpoint
-    from trainer.data import count_records, labelled_negatives_dataset, make_dataset, with_labelled_negatives
+    from trainer.data import (IN_MEMORY_MAX_BYTES, InMemoryExamples, count_records, files_size,
+                              labelled_negatives_dataset, make_dataset, with_labelled_negatives)
     from trainer.evalset import load_catalog, load_queries
     from trainer.export import embed_columns, export_tower, serving_function
     from trainer.features import build_towers
@@ -184,17 +199,32 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
     specs = interaction_specs(config.schema)
     train_files = artifacts.require_split_files(transformed_dir, "train")
-    n_train = count_records(train_files)
+    # A train split that fits in memory is parsed once; each epoch is then a fresh seeded
+    # permutation of in-memory rows (no per-epoch parse, no shuffle buffer). Multi-worker
+    # input is sharded by tf.data's graph rewrite, so it keeps the streaming files.
+    in_memory = t.distribute != "multi_worker" and files_size(train_files) <= IN_MEMORY_MAX_BYTES
+    examples = (InMemoryExamples.from_files(train_files, specs, num_parallel_calls=t.num_workers)
+                if in_memory else None)
+    n_train = examples.size if in_memory else count_records(train_files)
     if n_train == 0:
         raise ValueError(f"{transformed_dir}: the train split is empty")
-    positives = make_dataset(train_files, specs, t.batch_size, shuffle=True, seed=t.seed,
-                             num_parallel_calls=t.num_workers)
-    dataset = positives
+    streamed = None if in_memory else make_dataset(train_files, specs, t.batch_size, shuffle=True, seed=t.seed,
+                                                   num_parallel_calls=t.num_workers)
+    negatives = None
     if t.labelled_negative_weight > 0.0:
         negatives = labelled_negatives_dataset(artifacts.split_files(transformed_dir, "train_negatives"), specs,
                                                t.batch_size, seed=t.seed, num_parallel_calls=t.num_workers)
-        if negatives is not None:
-            dataset = with_labelled_negatives(positives, negatives)
+
+    def positives_for(epoch: int):
+        """Batches of train positives for 1-based ``epoch``."""
+        if examples is None:
+            return streamed  # reshuffled by tf.data on every pass
+        return examples.epoch_dataset(t.batch_size, seed=t.seed, epoch=epoch)
+
+    def dataset_for(epoch: int):
+        positives = positives_for(epoch)
+        return positives if negatives is None else with_labelled_negatives(positives, negatives)
+
     total_steps = t.n_epochs * _steps_per_epoch(n_train, t.batch_size)
 
     catalog = load_catalog(config, transformed_dir)
@@ -209,16 +239,17 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         model = TwoTowerModel(query_tower, item_tower, t.temperature, sampling_probability=logq,
                               negative_sampler=sampler, negative_samples_count=t.negative_samples_count,
                               num_hard_negatives=t.hard_negatives,
-                              labelled_negative_weight=t.labelled_negative_weight)
+                              labelled_negative_weight=t.labelled_negative_weight,
+                              dedupe_candidates=_item_tower_is_deterministic(config))
         optimizer = make_optimizer(config, total_steps)
-        model.compile(optimizer=optimizer)
+        model.compile(optimizer=optimizer, steps_per_execution=STEPS_PER_EXECUTION)
     # The checkpoint's bookkeeping variables (epoch counter, loop state) are host-side
     # scalars, not replicated model state: created outside the strategy.
     checkpoint = TrainingCheckpoint(work_dir, model, optimizer)
     state = None
     if t.resume and checkpoint.latest is not None:
         with strategy.scope(), device_scope(t.distribute, t.device):
-            _build_variables(model, next(iter(positives)))
+            _build_variables(model, next(iter(positives_for(1))))
         state = checkpoint.restore(snapshot=model.get_weights)
         print(f"[train] resuming from {checkpoint.latest}: {len(state.history)} epoch(s) done"
               f"{', early stopping already ended training' if state.stopped else ''}", flush=True)
@@ -227,7 +258,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
 
         def train_epoch(epoch: int) -> float:
-            hist = model.fit(dataset, epochs=1, verbose=0)
+            hist = model.fit(dataset_for(epoch), epochs=1, verbose=0)
             return hist.history["loss"][-1]
 
         def validate(epoch: int) -> Optional[float]:
@@ -272,8 +303,15 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "best_val_recall_at_10": best.val_recall_at_10,
         "examples_per_second": statistics.median(n_train / max(r.seconds, 1e-9) for r in history),
         "n_train": n_train,
+        # How the train passes ran (what examples_per_second measured).
+        "input": "in_memory" if in_memory else "streamed",
+        "candidate_dedup": model.dedupe_candidates,
         "n_valid_queries": len(valid),
         "stopped_early": len(history) < t.n_epochs,
+        # What shaped the curves above, so the report can show them beside the curves.
+        "optimizer": t.optimizer, "lr": t.lr, "lr_schedule": t.lr_schedule, "warmup_steps": t.warmup_steps,
+        "weight_decay": t.weight_decay, "batch_size": t.batch_size, "n_epochs": t.n_epochs,
+        "temperature": t.temperature,
     }
     with tf.io.gfile.GFile(f"{work_dir}/training.json", "w") as fh:
         fh.write(json.dumps(summary, indent=2))

@@ -60,14 +60,16 @@ def test_from_vocab_reads_train_counts(tf, tmp_path):
     np.testing.assert_allclose(got, [0.1, 0.9], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dedupe", [False, True], ids=["per-copy", "deduplicated"])
 @pytest.mark.parametrize("temperature", [1.0, 0.1])
-def test_logq_lowers_popular_logits(tf, temperature):
+def test_logq_lowers_popular_logits(tf, temperature, dedupe):
     from trainer.model import SamplingProbability, TwoTowerModel
 
     batch = {"item_id": tf.constant(["pop", "rare"])}
     sp = SamplingProbability(["pop", "rare"], [9, 1])
-    plain = TwoTowerModel(_constant_tower(tf), _constant_tower(tf), temperature)
-    corrected = TwoTowerModel(_constant_tower(tf), _constant_tower(tf), temperature, sampling_probability=sp)
+    plain = TwoTowerModel(_constant_tower(tf), _constant_tower(tf), temperature, dedupe_candidates=dedupe)
+    corrected = TwoTowerModel(_constant_tower(tf), _constant_tower(tf), temperature, sampling_probability=sp,
+                              dedupe_candidates=dedupe)
 
     assert float(plain.compute_loss(batch)) == pytest.approx(2 * math.log(2), rel=1e-5)
     assert float(corrected.compute_loss(batch)) == pytest.approx(math.log(10) + math.log(10 / 9), rel=1e-5)
@@ -84,3 +86,19 @@ def test_logq_lowers_popular_logits(tf, temperature):
 
     assert row_loss([1.0, 0.0]) == pytest.approx(math.log(10), rel=1e-5)
     assert row_loss([0.0, 1.0]) == pytest.approx(math.log(10 / 9), rel=1e-5)
+
+
+def test_logq_probability_is_clipped_like_tfrs(tf):
+    """TFRS takes log of q clipped to [1e-6, 1]; the distinct-candidate path does the same."""
+    from trainer.model import deduplicated_softmax_loss
+
+    emb = tf.math.l2_normalize(tf.ones([2, 2]), axis=1)
+    ids = tf.constant([1, 2], tf.int64)
+    import tensorflow_recommenders as tfrs
+
+    task = tfrs.tasks.Retrieval(temperature=0.5, remove_accidental_hits=True)
+    for q in ([1e-9, 0.5], [2.0, 0.5]):
+        q = tf.constant(q)
+        want = float(task(emb, emb, candidate_ids=ids, candidate_sampling_probability=q, compute_metrics=False,
+                          compute_batch_metrics=False))
+        assert float(deduplicated_softmax_loss(emb, emb, ids, 0.5, q)) == pytest.approx(want, rel=1e-5)

@@ -109,10 +109,15 @@ def test_sampler_draws_follow_the_configured_distribution(tf, mode):
 # --------------------------------------------------------------------------- mixed negatives in the loss
 
 
-def test_mixed_negatives_widen_the_candidate_matrix_and_the_loss(tf):
+# ``dedupe``: the same losses from the distinct-candidate path (trainer.model.deduplicated_softmax_loss).
+DEDUPE = pytest.mark.parametrize("dedupe", [False, True], ids=["per-copy", "deduplicated"])
+
+
+@DEDUPE
+def test_mixed_negatives_widen_the_candidate_matrix_and_the_loss(tf, dedupe):
     batch = _batch(tf)
-    plain = _model(tf)
-    mixed = _model(tf, _sampler(["x"]), 3)  # a one-item catalog: every draw is x = (1, 0)
+    plain = _model(tf, dedupe_candidates=dedupe)
+    mixed = _model(tf, _sampler(["x"]), 3, dedupe_candidates=dedupe)  # a one-item catalog: every draw is x = (1, 0)
 
     emb, ids, q = mixed.candidates(batch, mixed.item_tower(batch))
     assert emb.shape == (2 + 3, 2) and q is None
@@ -127,15 +132,17 @@ def test_mixed_negatives_widen_the_candidate_matrix_and_the_loss(tf):
     assert float(mixed.compute_loss(batch)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_sampled_copies_of_the_positive_are_accidental_hits(tf):
+@DEDUPE
+def test_sampled_copies_of_the_positive_are_accidental_hits(tf, dedupe):
     batch = _batch(tf)
-    mixed = _model(tf, _sampler(["a"]), 3)  # every draw is q0's positive "a"
+    mixed = _model(tf, _sampler(["a"]), 3, dedupe_candidates=dedupe)  # every draw is q0's positive "a"
     # Row 0: the 3 sampled a's are removed (not pushed away); row 1: a scores 0, four times.
     expected = (math.log(E + 1) - 1) + (math.log(E + 4) - 1)
     assert float(mixed.compute_loss(batch)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_logq_uses_the_mixture_probability(tf):
+@DEDUPE
+def test_logq_uses_the_mixture_probability(tf, dedupe):
     from trainer.model import SamplingProbability
     from trainer.negatives import mixed_candidate_probability
 
@@ -144,7 +151,8 @@ def test_logq_uses_the_mixture_probability(tf):
                                     tf.constant(2), 3).numpy()
     np.testing.assert_allclose(q, [2 * 0.75 / 5, 2 * 0.25 / 5, (2 * 0.125 + 3) / 5], rtol=1e-6)
 
-    model = _model(tf, _sampler(["x"]), 3, sampling_probability=SamplingProbability(["a", "b", "x"], [3, 1, 0]))
+    model = _model(tf, _sampler(["x"]), 3, sampling_probability=SamplingProbability(["a", "b", "x"], [3, 1, 0]),
+                   dedupe_candidates=dedupe)
     batch = _batch(tf)
     _, ids, q = model.candidates(batch, model.item_tower(batch))
     np.testing.assert_allclose(q.numpy(), [0.3, 0.1, 0.65, 0.65, 0.65], rtol=1e-6)
@@ -154,6 +162,68 @@ def test_logq_uses_the_mixture_probability(tf):
     row1 = -(1 - math.log(0.1)) + math.log(math.exp(1 - math.log(0.1)) + math.exp(-math.log(0.3))
                                            + 3 * math.exp(-math.log(0.65)))
     assert float(model.compute_loss(batch)) == pytest.approx(row0 + row1, rel=1e-5)
+
+
+def test_deduplicated_loss_by_hand_with_repeated_items(tf):
+    """Items repeated in the batch: b twice, a three times (rows 0, 2, 4 and 1, 3)."""
+    batch = _batch(tf, {"query": ["q0", "q1", "q0", "q1", "q1"], "item_id": ["a", "b", "a", "b", "a"]})
+    # Scores: q0 . a = 1, q0 . b = 0, q1 . a = 0, q1 . b = 1. A row keeps its own positive
+    # column and every candidate whose id differs from its positive's (the other copies of its
+    # positive are accidental hits): rows whose positive is a see a once and both b's.
+    row_a_q0 = -1 + math.log(E + 2 * 1)          # q0, positive a: a (1) + two b's (0)
+    row_b_q1 = -1 + math.log(E + 3 * 1)          # q1, positive b: b (1) + three a's (0)
+    row_a_q1 = -0 + math.log(1 + 2 * E)          # q1, positive a (score 0) + two b's (1)
+    expected = 2 * row_a_q0 + 2 * row_b_q1 + row_a_q1
+    for dedupe in (False, True):
+        assert float(_model(tf, dedupe_candidates=dedupe).compute_loss(batch)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_deduplicated_loss_and_gradients_match_tfrs(tf):
+    """Trainable id towers, logQ, temperature, mixed negatives, many repeated items: the
+    distinct-candidate loss and every variable's gradient equal TFRS's per-copy ones."""
+    from trainer.features import IdEncoder
+    from trainer.model import SamplingProbability, TwoTowerModel
+
+    rng = np.random.default_rng(0)
+    items = [f"i{k}" for k in range(12)]
+    users = [f"u{k}" for k in range(7)]
+
+    class IdTower(tf.keras.layers.Layer):
+        def __init__(self, key, vocab):
+            super().__init__()
+            self.key, self.encoder = key, IdEncoder(vocab, 8, name=f"{key}_enc")
+            self.dense = tf.keras.layers.Dense(4)
+
+        def call(self, features, training=False):
+            return tf.math.l2_normalize(self.dense(self.encoder(features[self.key])), axis=1)
+
+    tf.keras.utils.set_random_seed(4)
+    query_tower, item_tower = IdTower("query", users), IdTower("item_id", items)
+    popularity = rng.integers(1, 20, size=len(items))
+    logq = SamplingProbability(items, popularity.tolist())
+    sampler = _sampler(items, popularity / popularity.sum())
+    batch = _batch(tf, {"query": list(rng.choice(users, 40)), "item_id": list(rng.choice(items, 40, p=popularity / popularity.sum()))})
+
+    def loss_and_grads(dedupe, sampled):
+        model = TwoTowerModel(query_tower, item_tower, 0.2, sampling_probability=logq, negative_sampler=sampler,
+                              negative_samples_count=sampled, dedupe_candidates=dedupe)
+        tf.random.set_seed(11)  # the same sampled negatives for both paths
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, training=True)
+        variables = query_tower.trainable_variables + item_tower.trainable_variables
+        return float(loss), [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, variables)]
+
+    for sampled in (0, 6):
+        loss, grads = loss_and_grads(False, sampled)
+        loss_d, grads_d = loss_and_grads(True, sampled)
+        assert loss_d == pytest.approx(loss, rel=1e-5)
+        for g, g_d in zip(grads, grads_d):
+            np.testing.assert_allclose(g_d, g, rtol=1e-4, atol=1e-5)
+
+
+def test_dedupe_is_off_with_hard_negatives(tf):
+    assert not _model(tf, dedupe_candidates=True, num_hard_negatives=1).dedupe_candidates
+    assert _model(tf, dedupe_candidates=True).dedupe_candidates
 
 
 # --------------------------------------------------------------------------- hard negatives
@@ -182,12 +252,13 @@ def test_hard_negatives_are_wired_and_keep_the_top_negative(tf):
 # --------------------------------------------------------------------------- labelled negatives
 
 
-def test_labelled_negative_term_by_hand(tf):
+@DEDUPE
+def test_labelled_negative_term_by_hand(tf, dedupe):
     from trainer.data import LABELLED_NEGATIVES, POSITIVES
 
     batch = _batch(tf)
     negatives = _batch(tf, {"query": ["q0"], "item_id": ["x"]})  # q0 . x = 1: a confident mistake
-    model = _model(tf, labelled_negative_weight=0.5)
+    model = _model(tf, labelled_negative_weight=0.5, dedupe_candidates=dedupe)
     softplus = lambda z: math.log1p(math.exp(z))  # noqa: E731
     # Positives (score 1, label 1): softplus(-1) each; the negative (score 1, label 0): softplus(1).
     bce = 2 * softplus(-1) + softplus(1)

@@ -172,3 +172,52 @@ def test_multi_worker_without_tf_config_names_the_setting(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="train.distribute"):
         make_strategy("multi_worker")
+
+
+# --------------------------------------------------------------------------- compiled optimizer updates
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "adagrad"])
+def test_compiled_updates_equal_tf_keras_updates(root, name):
+    """make_optimizer's XLA-compiled updates (one call for all fixed-shape gradients, small
+    embedding gradients densified) give tf_keras's own uncompiled updates, and a table
+    above DENSIFY_MAX_ELEMENTS keeps the sparse update."""
+    import tensorflow as tf
+
+    import trainer.model
+    from trainer.model import make_optimizer
+
+    config = _config(root, optimizer=name, lr=0.05, weight_decay=0.01)
+    rng = np.random.default_rng(0)
+    init = [rng.normal(size=s).astype(np.float32) for s in [(20, 4), (4, 3), (3,), (30, 4)]]
+    x_init = rng.normal(size=(6, 4)).astype(np.float32)
+
+    def run(compiled: bool, densify_max: int):
+        old = trainer.model.DENSIFY_MAX_ELEMENTS
+        trainer.model.DENSIFY_MAX_ELEMENTS = densify_max
+        try:
+            variables = [tf.Variable(v) for v in init]
+            optimizer = make_optimizer(config, 100)
+            optimizer.jit_compile = compiled
+            x = tf.constant(x_init)
+
+            @tf.function(reduce_retracing=True)
+            def step(ids_a, ids_b):
+                with tf.GradientTape() as tape:
+                    h = tf.gather(variables[0], ids_a) + x  # sparse gradient (IndexedSlices)
+                    out = tf.matmul(h, variables[1]) + variables[2]
+                    loss = tf.reduce_sum(out ** 2) + tf.reduce_sum(tf.gather(variables[3], ids_b) ** 2)
+                optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+            for k in range(4):  # repeated ids (deduplicated by tf_keras) and a changing number of rows
+                step(tf.constant([k, 1, 1, 5, 7, k + 2]), tf.constant(list(range(k + 1)) + [3]))
+            return [v.numpy() for v in variables]
+        finally:
+            trainer.model.DENSIFY_MAX_ELEMENTS = old
+
+    if not make_optimizer(config, 100).jit_compile:
+        pytest.skip("XLA is not usable on this platform")
+    want = run(False, 1 << 20)
+    for densify_max in (1 << 20, 100):  # 100: the 30 x 4 table (120 elements) stays sparse
+        for got, expected in zip(run(True, densify_max), want):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,222 @@
+"""Training throughput: our trainer (ids-only configuration) vs the TFRS tutorial reference, side by side.
+
+    .venv/bin/python bench/throughput.py                                 # batch 512 and 8192, 3 repeats
+    .venv/bin/python bench/throughput.py --repeats 5 --batch-sizes 512,2048,8192
+    .venv/bin/python bench/throughput.py --trainer-root /tmp/old-checkout   # "before": another tree's trainer
+
+Data: MovieLens-100K from ``../shared/data/movielens-100k`` (override with ``--source``), converted
+like ``twotower data movielens``, ingested and transformed ONCE with ``configs/movielens.yaml``
+(leave-last-out split: 98,114 train examples). Without the raw files the script prints a message
+and exits 0.
+
+Models, both trained on that same train split, at the same batch size, for ``--epochs`` epochs:
+
+- ours: ``trainer.train.train_model`` with configs/movielens.yaml made ids-only
+  (``schema.query_features=[user_id]``, ``schema.item_features=[]``,
+  ``train.use_item_ids_as_features=true``; ``train.item_id_dropout=0`` when that option exists,
+  because dropping the only item feature is meaningless). Everything else is the config's:
+  128-unit hidden layer, 64-dim L2-normalised output, temperature, logQ correction,
+  accidental-hit removal, Adam, early stopping (patience raised so all epochs run).
+- reference: ``bench.reference.train_reference`` (TFRS basic-retrieval tutorial: user-id and
+  item-id embeddings of 32, Adagrad 0.1, in-batch softmax, ``shuffle(100_000).batch(B).cache()``).
+
+What one figure is: examples/s of a run = the median over its epochs of n_train / the epoch's
+seconds. An epoch's seconds cover only the training pass:
+
+- ours: building that epoch's batches (``InMemoryExamples.epoch_dataset``) + ``model.fit`` over
+  them; NOT the validation recall, checkpoint, TensorBoard write after it, nor the one-off parse of
+  the TFRecords, model build and export (``trainer/train.py``: ``EpochResult.seconds``);
+- reference: ``model.fit`` over its cached batches; NOT the parse + shuffle + cache fill that
+  precedes the first epoch, nor the export.
+
+Both include the first epoch's tracing of the train function (each model's own); the median over
+3 epochs does not depend on that one slow epoch. Interleaving: in repeat r the two models run
+back to back at each batch size, ours first on even r and the reference first on odd r, so slow
+drifts in the machine's load hit both; the ratio of a repeat is ours / reference of that pair and
+the reported ratio is the median of the per-repeat ratios. All runs are in this one process.
+
+Writes ``bench/results/throughput.json`` (``--out`` to change) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIELENS_RAW = REPO.parent / "shared" / "data" / "movielens-100k"
+RESULTS = REPO / "bench" / "results" / "throughput.json"
+
+
+def _setup_paths(trainer_root: Path | None) -> None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    roots = [REPO] if trainer_root is None else [trainer_root, REPO]
+    for root in reversed(roots):
+        if str(root) in sys.path:
+            sys.path.remove(str(root))
+        sys.path.insert(0, str(root))
+
+
+def ids_only_overrides(config) -> dict:
+    """Ours on the reference's inputs: the query key and item-id embeddings, nothing else."""
+    key = config.schema.query_key
+    out = {"schema.query_features": [{"name": key, "type": "id"}], "schema.item_features": [],
+           "schema.display_fields": [], "train.use_item_ids_as_features": True}
+    if "item_id_dropout" in type(config.train).model_fields:
+        out["train.item_id_dropout"] = 0.0
+    return out
+
+
+def prepare(source: Path, work: Path, root: Path = REPO):
+    """(config, transformed_dir): MovieLens converted, ingested and transformed once
+    (``root``/configs/movielens.yaml: the config of the tree whose code runs)."""
+    from core.config import load_config
+    from datasets.movielens import convert_movielens
+    from features.ingest import ingest
+    from features.transform import run_transform
+
+    data = work / "data" / "movielens"
+    convert_movielens(str(source), str(data))
+    config = load_config(root / "configs" / "movielens.yaml",
+                         [f"data.path={data}", f"publish.store={work}/store", f"pipeline.runs_dir={work}/runs"])
+    ingested, transformed = work / "ingested", work / "transformed"
+    ingest(config, str(ingested))
+    started = time.perf_counter()
+    stats = run_transform(config, str(ingested), str(transformed))
+    print(f"[throughput] transform: {stats.get('counts')} in {time.perf_counter() - started:.0f}s", flush=True)
+    return config, str(transformed)
+
+
+def run_ours(config, transformed: str, out: Path, batch_size: int, epochs: int) -> dict:
+    from trainer.train import train_model
+
+    cfg = config.with_overrides({**ids_only_overrides(config), "train.batch_size": batch_size,
+                                 "train.n_epochs": epochs, "train.patience": epochs, "train.seed": 0,
+                                 "train.resume": False})
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    summary = train_model(cfg, transformed, str(out))
+    return {"examples_per_second": summary["examples_per_second"], "n_train": summary["n_train"],
+            "epoch_seconds": [h["seconds"] for h in summary["history"]],
+            "run_seconds": time.perf_counter() - started,
+            "input": summary.get("input"), "candidate_dedup": summary.get("candidate_dedup"),
+            "val_recall_at_10": summary["history"][-1]["val_recall_at_10"]}
+
+
+def run_reference(config, transformed: str, out: Path, batch_size: int, epochs: int) -> dict:
+    from bench.reference import ReferenceSettings, train_reference
+
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    summary = train_reference(config, transformed, str(out), seed=0,
+                              settings=ReferenceSettings(batch_size=batch_size, epochs=epochs))
+    return {"examples_per_second": summary["examples_per_second"], "n_train": summary["n_train"],
+            "epoch_seconds": [h["seconds"] for h in summary["history"]],
+            "run_seconds": time.perf_counter() - started}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| batch size | ours, ids only (ex/s, median) | TFRS reference (ex/s, median) | "
+             "ours / reference (median of per-repeat ratios) | per-repeat ratios |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['batch_size']} | {row['ours_median']:,.0f} | {row['reference_median']:,.0f} | "
+                     f"**{row['ratio_median']:.2f}x** | {', '.join(f'{r:.2f}' for r in row['ratios'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, default=MOVIELENS_RAW, help="raw MovieLens-100K folder")
+    parser.add_argument("--batch-sizes", default="512,8192",
+                        help="comma list; the config's default batch size is always added")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--work-dir", type=Path, default=None, help="kept when given (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--trainer-root", type=Path, default=None,
+                        help="import trainer/, core/, features/ from this tree instead (e.g. an older "
+                             "checkout, for before/after); the reference always comes from it too")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.epochs < 1:
+        parser.error("--repeats and --epochs must be >= 1")
+    if not (args.source / "u.data").exists():
+        print(f"[throughput] {args.source} has no MovieLens-100K (u.data): skipped", flush=True)
+        return 0
+    _setup_paths(args.trainer_root)
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="twotower-throughput-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(timezone.utc)
+    try:
+        config, transformed = prepare(args.source, work, args.trainer_root or REPO)
+        sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()} | {config.train.batch_size})
+        runs: list[dict] = []
+        for repeat in range(args.repeats):
+            for bs in sizes:
+                order = ("ours", "reference") if repeat % 2 == 0 else ("reference", "ours")
+                pair = {}
+                for model in order:
+                    load_before = os.getloadavg()[0]
+                    out = work / "runs" / f"{model}-{bs}-{repeat}"
+                    fn = run_ours if model == "ours" else run_reference
+                    res = fn(config, transformed, out, bs, args.epochs)
+                    res.update(model=model, batch_size=bs, repeat=repeat, loadavg_1min_before=load_before,
+                               loadavg_1min_after=os.getloadavg()[0])
+                    print(f"[throughput] repeat {repeat} batch {bs} {model}: {res['examples_per_second']:,.0f} ex/s "
+                          f"(epochs {', '.join(f'{s:.2f}s' for s in res['epoch_seconds'])}; "
+                          f"load {load_before:.1f} -> {res['loadavg_1min_after']:.1f})", flush=True)
+                    runs.append(res)
+                    pair[model] = res["examples_per_second"]
+                print(f"[throughput] repeat {repeat} batch {bs}: ours / reference = "
+                      f"{pair['ours'] / pair['reference']:.2f}x", flush=True)
+        rows = []
+        for bs in sizes:
+            ours = {r["repeat"]: r["examples_per_second"] for r in runs if r["model"] == "ours" and r["batch_size"] == bs}
+            ref = {r["repeat"]: r["examples_per_second"] for r in runs
+                   if r["model"] == "reference" and r["batch_size"] == bs}
+            ratios = [ours[k] / ref[k] for k in sorted(ours)]
+            rows.append({"batch_size": bs, "ours_median": statistics.median(ours.values()),
+                         "reference_median": statistics.median(ref.values()),
+                         "ratio_median": statistics.median(ratios), "ratios": ratios})
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    text = table(rows)
+    print("\n" + text + "\n", flush=True)
+    import tensorflow as tf
+
+    result = {
+        "benchmark": "training throughput, ids-only ours vs TFRS basic-retrieval reference (MovieLens-100K "
+                     "leave-last-out train split)",
+        "command": " ".join([".venv/bin/python", "bench/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+        "started_utc": started_at.isoformat(timespec="seconds"),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "tensorflow": tf.__version__, "cpus": os.cpu_count()},
+        "trainer_root": str(args.trainer_root or REPO),
+        "epochs": args.epochs, "repeats": args.repeats,
+        "figure": "examples/s = median over epochs of n_train / epoch seconds; training passes only "
+                  "(ours: epoch batches + model.fit; reference: model.fit over cached batches); validation, "
+                  "checkpoints, parsing, export excluded for both",
+        "rows": rows, "runs": runs, "table": text,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[throughput] wrote {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
