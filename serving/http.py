@@ -85,6 +85,12 @@ class Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
+    def _has_unread_body(self) -> bool:
+        """True when the request announced a body (chunked or a non-zero length) that was not
+        read: it would be taken for the next request, so the connection must close instead."""
+        return not getattr(self, "_body_consumed", False) and bool(
+            self.headers.get("Transfer-Encoding") or (self.headers.get("Content-Length") or "0").strip() != "0")
+
     def log_message(self, fmt, *args) -> None:  # through logging, not stderr
         self.access_log.debug("%s %s", self.address_string(), fmt % args)
 

@@ -423,10 +423,7 @@ class _Handler(Handler):
             except Exception:  # a bug or a broken version: generic answer, details in the log
                 log.exception("internal error on %s %s", method, self.path)
                 status, body, headers = 500, {"error": "internal error"}, {}
-            if not self._body_consumed and (self.headers.get("Transfer-Encoding")
-                                            or (self.headers.get("Content-Length") or "0").strip() != "0"):
-                # A body we did not read (too large, wrong type, wrong path) would be taken for the
-                # next request on this connection: close it instead.
+            if self._has_unread_body():  # too large, wrong type, wrong path: never read
                 self.close_connection = True
             try:
                 self._send(status, body, headers)

@@ -179,8 +179,8 @@ class _Handler(Handler):
             self._finish_error(500, "internal error (details are in the server's log)", {}, is_api)
 
     def _finish_error(self, status: int, text: str, headers: dict, is_api: bool) -> None:
-        if not self._body_consumed and (self.headers.get("Content-Length") or "0").strip() != "0":
-            self.close_connection = True  # an unread body would be taken for the next request
+        if self._has_unread_body():  # chunked or sized, it would be taken for the next request
+            self.close_connection = True
         try:
             if is_api:
                 self._send_json(status, {"error": text}, headers)

@@ -408,3 +408,25 @@ def test_query_on_a_missing_version_is_a_message(site):
     server, _, _ = site
     status, _, body = _post(server.url + "/api/query", {"query": "x", "version": "20000101T000000000000Z-000000"})
     assert status == 400 and "cannot be loaded" in json.loads(body)["error"]
+
+
+def test_unread_chunked_body_closes_the_connection(site):
+    """A chunked body the server never reads must not be parsed as the next request."""
+    import socket
+
+    server, _, _ = site
+    host, port = server.url.split("//")[1].split(":")
+    smuggled = b"GET /api/versions HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = f"{len(smuggled):x}\r\n".encode() + smuggled + b"\r\n0\r\n\r\n"
+    request = (b"POST /no/such/page HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+               b"Content-Type: text/plain\r\n\r\n" + body)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        received = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break  # the server closed the connection after its one answer
+            received += chunk
+    assert received.count(b"HTTP/1.1 ") == 1, received[:300]
+    assert b"Connection: close" in received
