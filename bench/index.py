@@ -257,13 +257,17 @@ def main(argv=None) -> int:
     text = markdown(report)
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"index-{report['kind']}-{report['date_utc']}")
+    write_report(os.path.join(args.out, f"index-{report['kind']}-{report['date_utc']}"), report, text)
+    return 0
+
+
+def write_report(base: str, report: dict, text: str) -> None:
+    """``<base>.json`` (the raw figures) and ``<base>.md`` (the tables printed above)."""
     with open(base + ".json", "w") as fh:
         json.dump(report, fh, indent=2)
     with open(base + ".md", "w") as fh:
         fh.write(text)
     print(f"wrote {base}.json / .md")
-    return 0
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ TRAINING_SAMPLE = 100_000
 
 # -- building the version ----------------------------------------------------------------------
 def _bench_index():
-    """bench/index.py as a module (bench/ is not a package), for its catalog generator."""
+    """bench/index.py as a module (bench/ is not a package): its catalog generator and report writer."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_bench_index", os.path.join(REPO, "bench", "index.py"))
@@ -505,12 +505,7 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        base = os.path.join(args.out, f"serve-{stamp}")
-        with open(base + ".json", "w") as fh:
-            json.dump(report, fh, indent=2)
-        with open(base + ".md", "w") as fh:
-            fh.write(text)
-        print(f"wrote {base}.json / .md")
+        _bench_index().write_report(os.path.join(args.out, f"serve-{stamp}"), report, text)
     return 0 if all(r["errors"] == 0 for r in runs) else 1
 
 

@@ -100,7 +100,7 @@ def publish_op(config_json: str, store: str, run_id: str, job_name: str, ingeste
 
     from components.runtime import emit_report, load_stage_config, read_json, read_stage_record, run_stage
     from core.lineage import lineage_for
-    from core.summary import build_summary, dumps
+    from core.summary import SUMMARY_FILE, build_summary, dumps
     from indexer.publish import gate_and_publish
 
     config = load_stage_config(config_json, {"publish.store": store})
@@ -117,7 +117,7 @@ def publish_op(config_json: str, store: str, run_id: str, job_name: str, ingeste
     stages = [read_stage_record(a.path) for a in (ingested, transformed, model, evaluation, embeddings, index)]
     stages.append(read_stage_record(summary.path))
     doc = build_summary(run_id, stages, eval_metrics, read_json(index.path, "index_metrics.json"), result)
-    with open(os.path.join(summary.path, "summary.json"), "w") as fh:
+    with open(os.path.join(summary.path, SUMMARY_FILE), "w") as fh:
         fh.write(dumps(doc))
     emit_report("publish", summary.path, (report, report_markdown))  # after summary.json: it shows it too
 

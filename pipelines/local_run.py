@@ -14,10 +14,8 @@ import warnings
 from core import storage
 from core.config import Config
 from core.partitions import partition_path, resolve_data_date
-from core.summary import STAGE_ERROR_FILE, dumps
+from core.summary import PIPELINE_LOG, RUN_FILE, STAGE_ERROR_FILE, SUMMARY_FILE, dumps
 
-SUMMARY_FILE = "summary.json"
-RUN_FILE = "run.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -82,7 +80,7 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
     pipeline = create_pipeline(config, local=True)
     try:
-        with open(os.path.join(run_dir, "pipeline.log"), "w") as log, _console(log, verbose), \
+        with open(os.path.join(run_dir, PIPELINE_LOG), "w") as log, _console(log, verbose), \
                 warnings.catch_warnings():
             # Cluster-only task settings (display names) and the image-name heuristic are noise locally.
             warnings.filterwarnings("ignore", message=r".*(have no effect|custom or non-Python base image).*")

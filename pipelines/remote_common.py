@@ -98,7 +98,7 @@ def kfp_cron(expression: str) -> str:
     if tz:
         raise CronError(f"cron {expression!r}: a time zone is not supported on KFP "
                         "(schedules use the cluster's time zone); drop the TZ= prefix")
-    return " ".join(["0", *fields])
+    return core_cron.parse_cron(" ".join(fields)).to_kfp()
 
 
 def cron_from_kfp(expression: str) -> str:

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import importlib
 
+from core.summary import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
 from reports import artifacts
 from reports.artifacts import ReportInputError
 
 __all__ = ["HTML_FILE", "MARKDOWN_FILE", "STAGES", "ReportInputError", "render_stage_report",
            "write_stage_report"]
 
-HTML_FILE = "report.html"
-MARKDOWN_FILE = "report.md"
+HTML_FILE = REPORT_HTML_FILE
+MARKDOWN_FILE = REPORT_MARKDOWN_FILE
 #: Stage name (stage.json "stage") -> the reports module that renders it, in pipeline order.
 STAGES = {"ingest": "reports.ingest", "transform": "reports.transform", "train": "reports.train",
           "evaluate": "reports.evaluate", "embed": "reports.embed", "index": "reports.index",

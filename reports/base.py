@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.summary import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
 from reports.html import Report, fmt
 
 #: Human names of the stages (the report titles).
@@ -19,7 +20,7 @@ def start(stage: str, record: dict, out_dir: str) -> Report:
 def files_section(report: Report, names: list[str]) -> Report:
     """The folder's top-level entries, so a reader knows what else the artifact holds."""
     report.heading("Files in this artifact")
-    shown = [n for n in names if n not in ("report.html", "report.md")]
+    shown = [n for n in names if n not in (REPORT_HTML_FILE, REPORT_MARKDOWN_FILE)]
     return report.bullets(shown) if shown else report.paragraph("(empty)")
 
 

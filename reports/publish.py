@@ -4,13 +4,12 @@ the folder) this run's headline metrics and seconds per stage."""
 
 from __future__ import annotations
 
+from core.summary import SUMMARY_FILE
 from reports import artifacts
 from reports.base import TITLES, files_section, number, start
 from reports.evaluate import label, metric_keys
 from reports.html import Cell, Report
 
-#: Written by the publish component beside stage.json (components/ops.py); optional here.
-SUMMARY_FILE = "summary.json"
 
 
 def build(out_dir: str, record: dict) -> Report:

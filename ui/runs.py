@@ -27,14 +27,15 @@ import os
 import re
 from typing import Optional
 
-RUN_JSON = "run.json"
-SUMMARY_JSON = "summary.json"
-PIPELINE_LOG = "pipeline.log"
+from core.summary import PIPELINE_LOG
+from core.summary import REPORT_HTML_FILE as REPORT_HTML
+from core.summary import REPORT_MARKDOWN_FILE as REPORT_MD
+from core.summary import RUN_FILE as RUN_JSON
+from core.summary import STAGE_ERROR_FILE as STAGE_ERROR_JSON  # a stage that raised leaves this instead
+from core.summary import STAGE_FILE as STAGE_JSON
+from core.summary import SUMMARY_FILE as SUMMARY_JSON
+
 KFP_DIR = "kfp"
-STAGE_JSON = "stage.json"
-STAGE_ERROR_JSON = "stage_error.json"  # a stage that raised leaves this instead of stage.json
-REPORT_HTML = "report.html"
-REPORT_MD = "report.md"
 
 #: (display name, stage key) in pipeline order; the key is stage.json's "stage" field.
 STEPS = (("ingest", "ingest"), ("transform", "transform"), ("train", "train"),

@@ -98,13 +98,18 @@ def _jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def user_run(tmp_path_factory):
     """(config, out_dir, stats) of one leave-last-out run over the tables above."""
-    root = tmp_path_factory.mktemp("user")
+    return _run_user_tables(tmp_path_factory.mktemp("user"), INTERACTIONS, **{"transform.split": "auto"})
+
+
+def _run_user_tables(root: Path, interactions: pd.DataFrame, **overrides):
+    """Write ITEMS, USERS and ``interactions`` as CSV under ``root``, ingest and transform them
+    with USER_SCHEMA and ``overrides``; returns (config, out_dir, stats)."""
     src = root / "src"
     src.mkdir()
     ITEMS.to_csv(src / "items.csv", index=False)
     USERS.to_csv(src / "users.csv", index=False)
-    INTERACTIONS.to_csv(src / "interactions.csv", index=False)
-    cfg = _config(src, USER_SCHEMA, **{"transform.split": "auto"})
+    interactions.to_csv(src / "interactions.csv", index=False)
+    cfg = _config(src, USER_SCHEMA, **overrides)
     ingest(cfg, str(root / "ingested"))
     stats = run_transform(cfg, str(root / "ingested"), str(root / "out"))
     return cfg, root / "out", stats
@@ -259,17 +264,9 @@ COLD_INTERACTIONS = pd.concat([INTERACTIONS, pd.DataFrame({
 @pytest.fixture(scope="module")
 def cold_run(tmp_path_factory):
     """(config, out_dir, stats) of a leave-last-out run holding i3 out as a cold item."""
-    root = tmp_path_factory.mktemp("cold")
-    src = root / "src"
-    src.mkdir()
-    ITEMS.to_csv(src / "items.csv", index=False)
-    USERS.to_csv(src / "users.csv", index=False)
-    COLD_INTERACTIONS.to_csv(src / "interactions.csv", index=False)
-    cfg = _config(src, USER_SCHEMA, **{"transform.split": "leave_last_out", "transform.seed": COLD_SEED,
-                                       "transform.cold_item_fraction": COLD_FRACTION})
-    ingest(cfg, str(root / "ingested"))
-    stats = run_transform(cfg, str(root / "ingested"), str(root / "out"))
-    return cfg, root / "out", stats
+    return _run_user_tables(tmp_path_factory.mktemp("cold"), COLD_INTERACTIONS, **{
+        "transform.split": "leave_last_out", "transform.seed": COLD_SEED,
+        "transform.cold_item_fraction": COLD_FRACTION})
 
 
 def test_item_bucket_matches_the_hand_computed_cold_draw():
