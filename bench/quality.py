@@ -18,7 +18,8 @@ Protocols (each transformed ONCE; ours and the reference train on that same spli
 Parts (``--only``): ``compare`` (ours vs reference, mean ± sd over seeds), ``throughput``
 (ids-only ours vs the reference at equal batch sizes, MovieLens), ``ablation`` (one seed: each
 negative strategy and feature group toggled against the protocol's default config), ``cold``
-(``transform.cold_item_fraction=0.1``: recall@10 on the cold-item slice vs chance), ``sweep``
+(``transform.cold_item_fraction=0.1``, every seed: hit rate of the held-out items among all
+items and among the cold ones, vs chance, the ceiling and a content-profile yardstick), ``sweep``
 (ours only, each ``--variant`` over every seed: validation recall@10 to choose on, test metrics
 and with ``--cold`` the cold slice; not part of the default run).
 
@@ -405,48 +406,84 @@ def part_ablation(protocol: str, stages: Stages, data: Path, work: Path, args, c
 
 
 def part_cold(protocol: str, stages: Stages, data: Path, work: Path, args) -> dict:
+    """``transform.cold_item_fraction=0.1``: cold test pairs retrieved by ours (default and
+    with the item-id embedding flipped, every seed) and the reference (first seed), against
+    chance, the all-items ceiling and a content-profile yardstick (:mod:`bench.cold`)."""
     if not implemented("cold_items"):
         return {"skipped": "transform.cold_item_fraction not implemented in features/transform.py yet"}
+    from bench.cold import KS, cold_figures, content_profile_scores, load_cold_test_set, model_scores, yardsticks
+
     config = base_config(protocol, data, work, extra={"transform.cold_item_fraction": 0.1},
                          user_overrides=args.overrides)
     transformed, stats = stages.transformed_dir(f"{protocol}-cold", config)
-    seed = args.seed_list[0]
-    cfg = config.with_overrides({"train.seed": seed, **quick_train(args)})
+    cold_set = load_cold_test_set(config, transformed)
+    ids_on = config.train.use_item_ids_as_features
+    flipped = {"train.use_item_ids_as_features": not ids_on}
+    models = [("ours (default)", {}, args.seed_list), (f"ours, item id embedding {'off' if ids_on else 'on'}",
+                                                        flipped, args.seed_list),
+              ("TFRS reference", None, args.seed_list[:1])]
     rows = []
-    ids_on = cfg.train.use_item_ids_as_features
-    runs = [("ours (default)", lambda out: run_ours(cfg, transformed, out)),
-            (f"ours, item id embedding {'off' if ids_on else 'on'}",
-             lambda out: run_ours(cfg.with_overrides({"train.use_item_ids_as_features": not ids_on}),
-                                  transformed, out)),
-            ("TFRS reference", lambda out: run_reference(cfg, transformed, out, seed, reference_settings(args)))]
-    for name, fn in runs:
-        print(f"[quality] cold {protocol}: {name}", flush=True)
-        safe = "".join(c if c.isalnum() else "-" for c in name)
-        try:
-            rows.append({"model": name, **fn(work / "runs" / f"{protocol}-cold" / safe)})
-        except Exception as exc:  # reported, not hidden
-            traceback.print_exc()
-            rows.append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
-    lines = [f"#### Cold items, protocol {protocol} (transform.cold_item_fraction=0.1, seed {seed})", "",
-             "| model | cold-slice hit rate@10 | chance | cold test pairs | overall recall@10 | "
-             "popularity, cold slice |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        if "metrics" not in r:
-            lines.append(f"| {r['model']} | {r['error']} | | | | |")
-            continue
-        m = r["metrics"]
-        n_items = m.get("n_items") or 1
-        cold = (m.get("slices") or {}).get("cold") or {}
-        cold_r = cold.get("recall_at_10")
-        chance = cold.get("chance_recall_at_10", 10 / n_items)
-        cold_s = "n/a (no slices.cold)" if cold_r is None else f"{cold_r:.4f}"
-        pop_r = cold.get("popularity_recall_at_10")
-        pop_s = "" if pop_r is None else f"{pop_r:.4f}"
-        lines.append(f"| {r['model']} | {cold_s} | {chance:.4f} | {cold.get('n', '')} | "
-                     f"{m['recall_at_10']:.4f} | {pop_s} |")
-    table = "\n".join(lines)
+    for name, overrides, seeds in models:
+        runs = []
+        for seed in seeds:
+            print(f"[quality] cold {protocol}: {name} seed {seed}", flush=True)
+            safe = "".join(c if c.isalnum() else "-" for c in name)
+            out = work / "runs" / f"{protocol}-cold" / f"{safe}-{seed}"
+            cfg = config.with_overrides({"train.seed": seed, **quick_train(args)})
+            try:
+                res = (run_reference(cfg, transformed, out, seed, reference_settings(args)) if overrides is None
+                       else run_ours(cfg.with_overrides(overrides), transformed, out))
+                res["cold"] = cold_figures(model_scores(str(out / "model"), cold_set), cold_set)
+            except Exception as exc:  # reported, not hidden
+                traceback.print_exc()
+                res = {"error": f"{type(exc).__name__}: {exc}"}
+            runs.append({"seed": seed, **res})
+        rows.append({"model": name, "runs": runs})
+    profile = content_profile_scores(config, transformed, cold_set)
+    baselines = {f"k{k}": yardsticks(cold_set, k) for k in KS}
+    baselines["content_profile"] = None if profile is None else cold_figures(profile, cold_set)
+    table = cold_table(protocol, rows, baselines, cold_set, args.seed_list)
     print("\n" + table + "\n", flush=True)
-    return {"rows": rows, "table": table, "transform_counts": stats.get("counts")}
+    return {"rows": rows, "baselines": baselines, "table": table, "transform_counts": stats.get("counts"),
+            "cold_items": int(cold_set.cold.sum()), "cold_test_pairs": cold_set.n_pairs}
+
+
+def cold_table(protocol: str, rows: list[dict], baselines: dict, cold_set, seeds: list[int]) -> str:
+    """Markdown: every model's cold figures (mean ± sd over its seeds), then the yardsticks."""
+    k10, k100 = baselines["k10"], baselines["k100"]
+
+    def times(values: list[float], chance: float) -> str:
+        return f"{statistics.fmean(values) / chance:.1f}x" if values else ""
+
+    lines = [f"#### Cold items, protocol {protocol} (transform.cold_item_fraction=0.1; "
+             f"{int(cold_set.cold.sum())} of {len(cold_set.cold)} items held out, {cold_set.n_pairs:,} cold test "
+             f"pairs; ours: mean ± sd over seeds {seeds})", "",
+             "| model | **hit rate@10, all items** | x chance | hit rate@100, all items | x chance | "
+             "hit rate@10 among cold items | x chance | overall test recall@10 |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ok = [r for r in row["runs"] if "cold" in r]
+        if not ok:
+            lines.append(f"| {row['model']} | {row['runs'][0].get('error')} | | | | | | |")
+            continue
+        a10 = [r["cold"]["all_items_at_10"] for r in ok]
+        a100 = [r["cold"]["all_items_at_100"] for r in ok]
+        c10 = [r["cold"]["among_cold_at_10"] for r in ok]
+        lines.append(f"| {row['model']} | {fmt(a10)} | {times(a10, k10['chance_all_items'])} | {fmt(a100)} | "
+                     f"{times(a100, k100['chance_all_items'])} | {fmt(c10)} | {times(c10, k10['chance_among_cold'])} | "
+                     f"{fmt([r['metrics']['recall_at_10'] for r in ok])} |")
+    profile = baselines.get("content_profile")
+    if profile:
+        lines.append(f"| content profile (genre-like features; no training) | {profile['all_items_at_10']:.4f} | "
+                     f"{profile['all_items_at_10'] / k10['chance_all_items']:.1f}x | {profile['all_items_at_100']:.4f} | "
+                     f"{profile['all_items_at_100'] / k100['chance_all_items']:.1f}x | "
+                     f"{profile['among_cold_at_10']:.4f} | "
+                     f"{profile['among_cold_at_10'] / k10['chance_among_cold']:.1f}x | |")
+    lines.append(f"| chance (uniformly random ranking) | {k10['chance_all_items']:.4f} | 1.0x | "
+                 f"{k100['chance_all_items']:.4f} | 1.0x | {k10['chance_among_cold']:.4f} | 1.0x | |")
+    lines.append(f"| ceiling (a perfect ranking; one top-K per user) | {k10['ceiling_all_items']:.4f} | "
+                 f"{k10['ceiling_all_items'] / k10['chance_all_items']:.0f}x | {k100['ceiling_all_items']:.4f} | "
+                 f"{k100['ceiling_all_items'] / k100['chance_all_items']:.0f}x | | | |")
+    return "\n".join(lines)
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

@@ -115,6 +115,7 @@ def _state_from_json(raw: dict) -> LoopState:
     stopper = EarlyStopping(int(s["patience"]),
                             -float("inf") if s["best_value"] is None else float(s["best_value"]),
                             int(s["best_epoch"]), int(s["bad_epochs"]))
-    history = [EpochResult(int(h["epoch"]), float(h["loss"]), h["val_recall_at_10"], float(h["seconds"]))
+    history = [EpochResult(int(h["epoch"]), float(h["loss"]), h["val_recall_at_10"], float(h["seconds"]),
+                           h.get("cpu_seconds"))
                for h in raw["history"]]
     return LoopState(stopper=stopper, history=history, stopped=bool(raw["stopped"]))

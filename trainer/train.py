@@ -3,10 +3,12 @@
 Writes (see docs/ARCHITECTURE.md, "train"):
 
 - ``query_tower/``, ``item_tower/``: SavedModels loadable with :class:`core.towers.Tower`;
-- ``training.json``: ``{"history": [{"epoch", "loss", "val_recall_at_10", "seconds"}],
-  "best_epoch", "examples_per_second", "n_train", ...}``; ``epoch`` is 1-based,
-  ``seconds`` is the wall time of the epoch's training pass (validation excluded) and
-  ``examples_per_second`` the median over epochs of n_train / seconds;
+- ``training.json``: ``{"history": [{"epoch", "loss", "val_recall_at_10", "seconds",
+  "cpu_seconds"}], "best_epoch", "examples_per_second", "cpu_examples_per_second", "n_train",
+  ...}``; ``epoch`` is 1-based, ``seconds`` is the wall time of the epoch's training pass
+  (validation excluded), ``cpu_seconds`` the process CPU time of that pass, and
+  ``examples_per_second`` / ``cpu_examples_per_second`` the medians over epochs of
+  n_train / seconds and n_train / cpu_seconds;
 - ``tensorboard/``: per-epoch scalars.
 
 After every epoch the validation recall@10 is computed against the whole catalog
@@ -44,14 +46,19 @@ STEPS_PER_EXECUTION = 16
 
 @dataclass
 class EpochResult:
+    """One epoch: ``seconds`` is the wall time of its training pass, ``cpu_seconds`` the CPU
+    time this process spent in it (all threads; None when not measured). CPU time does not
+    grow when the host takes the cores away, so it is the steadier figure on a shared machine."""
+
     epoch: int
     loss: float
     val_recall_at_10: Optional[float]
     seconds: float
+    cpu_seconds: Optional[float] = None
 
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "loss": self.loss, "val_recall_at_10": self.val_recall_at_10,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "cpu_seconds": self.cpu_seconds}
 
 
 @dataclass
@@ -118,11 +125,11 @@ def fit_with_early_stopping(n_epochs: int, patience: int, train_epoch: Callable[
     for epoch in range(len(state.history) + 1, n_epochs + 1):
         if state.stopped:
             break
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss = float(train_epoch(epoch))
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         value = validate(epoch)
-        result = EpochResult(epoch, loss, None if value is None else float(value), seconds)
+        result = EpochResult(epoch, loss, None if value is None else float(value), seconds, cpu_seconds)
         state.history.append(result)
         improved, state.stopped = state.stopper.update(epoch, result.val_recall_at_10)
         if improved:
@@ -134,6 +141,12 @@ def fit_with_early_stopping(n_epochs: int, patience: int, train_epoch: Callable[
     if state.best_weights is not None and state.stopper.best_epoch != state.history[-1].epoch:
         restore(state.best_weights)
     return state.history, state.stopper.best_epoch
+
+
+def _median_rate(n: int, seconds: list) -> Optional[float]:
+    """Median over epochs of ``n`` / seconds, skipping epochs without a figure (None: none had one)."""
+    known = [n / max(float(x), 1e-9) for x in seconds if x is not None]
+    return statistics.median(known) if known else None
 
 
 def _steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -302,6 +315,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "best_epoch": best_epoch,
         "best_val_recall_at_10": best.val_recall_at_10,
         "examples_per_second": statistics.median(n_train / max(r.seconds, 1e-9) for r in history),
+        "cpu_examples_per_second": _median_rate(n_train, [r.cpu_seconds for r in history]),
         "n_train": n_train,
         # How the train passes ran (what examples_per_second measured).
         "input": "in_memory" if in_memory else "streamed",

@@ -21,6 +21,9 @@ def test_shipped_configs_load():
     ml = load_config("configs/movielens.yaml")
     assert ml.schema.query_key == "user_id"
     assert [f.name for f in ml.schema.user_features] == ["age", "gender", "occupation"]
+    ids = load_config("configs/movielens-ids.yaml")
+    assert [f.name for f in ids.schema.query_features] == ["user_id"] and ids.schema.item_features == []
+    assert ids.train.use_item_ids_as_features and ids.transform.split == ml.transform.split
 
 
 def test_overrides_are_parsed_as_yaml_and_validated():

@@ -162,12 +162,13 @@ def _tower(path):
 def test_training_json_has_contract_keys(trained, data):
     summary = json.loads((trained["out"] / "training.json").read_text())
     assert summary == trained["summary"]
-    assert {"history", "best_epoch", "examples_per_second", "n_train"} <= set(summary)
+    assert {"history", "best_epoch", "examples_per_second", "cpu_examples_per_second", "n_train"} <= set(summary)
     assert summary["n_train"] == len(data["splits"]["train"])
-    assert summary["examples_per_second"] > 0
+    assert summary["examples_per_second"] > 0 and summary["cpu_examples_per_second"] > 0
     for i, epoch in enumerate(summary["history"], start=1):
-        assert set(epoch) == {"epoch", "loss", "val_recall_at_10", "seconds"}
-        assert epoch["epoch"] == i and np.isfinite(epoch["loss"]) and epoch["seconds"] > 0
+        assert set(epoch) == {"epoch", "loss", "val_recall_at_10", "seconds", "cpu_seconds"}
+        assert epoch["epoch"] == i and np.isfinite(epoch["loss"])
+        assert epoch["seconds"] > 0 and epoch["cpu_seconds"] > 0
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
     assert list((trained["out"] / "tensorboard").iterdir()), "no TensorBoard events written"
 
