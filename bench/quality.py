@@ -276,8 +276,17 @@ def ids_only_overrides(config) -> dict:
             "schema.display_fields": [], "train.use_item_ids_as_features": True}
 
 
+def ids_config_towers() -> dict:
+    """The tower sizes of configs/movielens-ids.yaml, the shipped ids-only configuration."""
+    from core.config import load_config
+
+    train = load_config(REPO / "configs" / "movielens-ids.yaml").train
+    return {"train.embedding_dims": train.embedding_dims, "train.hidden_dims": list(train.hidden_dims)}
+
+
 def part_throughput(stages: Stages, data: Path, work: Path, args) -> dict:
-    """Training examples/s (median over 3 epochs) on protocol B's split, equal batch sizes."""
+    """Training examples/s (median over 3 epochs, one run each) on protocol B's split, equal batch
+    sizes: a quick look; ``bench/throughput.py`` is the interleaved, repeated, wall + CPU figure."""
     from bench.reference import ReferenceSettings
 
     config = base_config("B", data, work, user_overrides=args.overrides)
@@ -287,7 +296,7 @@ def part_throughput(stages: Stages, data: Path, work: Path, args) -> dict:
     for bs in sorted({8192, default_bs}, reverse=True):
         row = {"batch_size": bs, "loadavg_1min_before": os.getloadavg()[0]}
         try:
-            cfg = config.with_overrides({**ids_only_overrides(config), "train.batch_size": bs,
+            cfg = config.with_overrides({**ids_only_overrides(config), **ids_config_towers(), "train.batch_size": bs,
                                          "train.n_epochs": 3, "train.patience": 10, "train.seed": 0})
             res = run_ours(cfg, transformed, work / "runs" / "throughput" / f"ours-{bs}")
             row["ours_ids_only"] = res["examples_per_second"]
