@@ -269,18 +269,12 @@ def part_compare(protocol: str, stages: Stages, data: Path, work: Path, seeds: l
     return result
 
 
-def ids_only_overrides(config) -> dict:
-    """Ours on the reference's inputs: query key + item id embeddings only."""
-    key = config.schema.query_key
-    return {"schema.query_features": [{"name": key, "type": "id"}], "schema.item_features": [],
-            "schema.display_fields": [], "train.use_item_ids_as_features": True}
-
-
 def ids_config_towers() -> dict:
     """The tower sizes of configs/movielens-ids.yaml, the shipped ids-only configuration."""
+    from bench.throughput import IDS_CONFIG
     from core.config import load_config
 
-    train = load_config(REPO / "configs" / "movielens-ids.yaml").train
+    train = load_config(IDS_CONFIG).train
     return {"train.embedding_dims": train.embedding_dims, "train.hidden_dims": list(train.hidden_dims)}
 
 
@@ -288,6 +282,7 @@ def part_throughput(stages: Stages, data: Path, work: Path, args) -> dict:
     """Training examples/s (median over 3 epochs, one run each) on protocol B's split, equal batch
     sizes: a quick look; ``bench/throughput.py`` is the interleaved, repeated, wall + CPU figure."""
     from bench.reference import ReferenceSettings
+    from bench.throughput import ids_only_overrides
 
     config = base_config("B", data, work, user_overrides=args.overrides)
     transformed, _ = stages.transformed_dir("B", config)

@@ -100,11 +100,6 @@ def trained_item_ids(transformed_dir: str) -> list[str]:
     return [t for t, c in zip(tokens, counts) if int(c) > 0]
 
 
-def item_id_dropout(config: Config) -> float:
-    """``train.item_id_dropout``: the share of training examples whose item id is zeroed (0 = off)."""
-    return config.train.item_id_dropout
-
-
 class MultiCategoricalEncoder(IdEncoder):
     """multi_categorical "a|b": [B] string -> mean of value embeddings [B, F].
 
@@ -207,7 +202,7 @@ def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats
     dims = config.train.feature_dims
     name = f"{spec.name}_encoder"
     if spec.name == ITEM_KEY:
-        return ItemIdEncoder(trained_item_ids(transformed_dir), dims, item_id_dropout(config), name=name)
+        return ItemIdEncoder(trained_item_ids(transformed_dir), dims, config.train.item_id_dropout, name=name)
     if spec.type == "numeric":
         mean, std = artifacts.numeric_stats(stats, spec.name)
         return NumericEncoder(mean, std, name=name)

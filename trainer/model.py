@@ -315,7 +315,7 @@ class _CompiledUpdates:
 
     def _fused_adam_applies(self, variables) -> bool:
         """Adam / AdamW without amsgrad, every variable float32 (the kernel's one dtype here)."""
-        return (hasattr(self, "_momentums") and hasattr(self, "_velocities") and not getattr(self, "amsgrad", True)
+        return (isinstance(self, (tf.keras.optimizers.Adam, tf.keras.optimizers.AdamW)) and not self.amsgrad
                 and all(v.dtype == tf.float32 for v in variables))
 
     def _fused_adam_update(self, grads, variables):

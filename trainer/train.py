@@ -159,7 +159,7 @@ def _item_tower_is_deterministic(config) -> bool:
     dropout, no item-id dropout), so the loss may score distinct candidates once
     (:func:`trainer.model.deduplicated_softmax_loss`)."""
     t = config.train
-    return t.dropout == 0.0 and float(getattr(t, "item_id_dropout", 0.0) or 0.0) == 0.0
+    return t.dropout == 0.0 and t.item_id_dropout == 0.0
 
 
 def _build_variables(model, batch) -> None:
@@ -314,7 +314,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "history": [r.as_dict() for r in history],
         "best_epoch": best_epoch,
         "best_val_recall_at_10": best.val_recall_at_10,
-        "examples_per_second": statistics.median(n_train / max(r.seconds, 1e-9) for r in history),
+        "examples_per_second": _median_rate(n_train, [r.seconds for r in history]),
         "cpu_examples_per_second": _median_rate(n_train, [r.cpu_seconds for r in history]),
         "n_train": n_train,
         # How the train passes ran (what examples_per_second measured).
