@@ -163,14 +163,20 @@ def cmd_retrieve(args) -> int:
     from serving.retriever import Retriever
 
     requests = []
-    with open(args.queries) as fh:
-        for line_no, line in enumerate(fh, start=1):
+    with open(args.queries, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{args.queries}: line {line_no}: not UTF-8 (byte {exc.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 requests.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{args.queries}: line {line_no}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ConfigError(f"{args.queries}: line {line_no}: JSON nested too deeply") from None
     retriever = Retriever.load(args.store, version=args.version)
     answers = retriever.retrieve_batch(requests, k=args.k, exclude_seen=args.exclude_seen)
     with open(args.out, "w") as out:
@@ -293,6 +299,8 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--max-k must be in 1..{MAX_K}, got {args.max_k}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_connections < 1:
+        raise ConfigError(f"--max-connections must be >= 1, got {args.max_connections}")
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -302,7 +310,8 @@ def cmd_serve(args) -> int:
 
     try:
         return serve(args.store, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
-                     max_k=args.max_k, on_started=_started)
+                     max_k=args.max_k, on_started=_started, allow_hosts=args.allow_host,
+                     max_connections=args.max_connections)
     except OSError as exc:
         import errno
 

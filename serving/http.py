@@ -1,50 +1,253 @@
 """HTTP plumbing shared by the query service (:mod:`serving.server`) and the UI (``ui/server.py``).
 
 Both are stdlib ``ThreadingHTTPServer`` apps speaking HTTP/1.1 keep-alive, so both need the
-same care: a body is read only when its length is known and within a limit, a refused body
-closes the connection (it would otherwise be read as the next request), and the process runs
-until SIGTERM / SIGINT and then stops cleanly. This module holds that care once:
+same care, held here once:
 
 - :class:`HttpError`, the refusal a route raises (status, reason, extra headers);
-- :class:`Server`, the threaded server carrying the application object handlers call;
-- :class:`Handler`, the request-handler base: response head/body writing, ``_read_body``
-  with Content-Type / Content-Length checks, and ``do_<METHOD>`` -> ``_dispatch(METHOD)``;
+- :class:`HostPolicy`, the ``Host`` names a server answers to (DNS-rebinding defence);
+- :class:`Server`, the threaded server: a deep listen backlog, a cap on open connections
+  (idle keep-alive connections are closed first to make room; past the cap a new
+  connection gets a 503 at once), and deadlines on slow clients;
+- :class:`Handler`, the request-handler base: the whole request head must arrive within
+  ``header_timeout`` seconds of its first byte and a body within ``body_timeout`` seconds
+  (a client sending one header line every few seconds cannot hold a thread), response
+  head/body writing, ``_read_body`` with Content-Type / Content-Length checks, and
+  ``do_<METHOD>`` -> ``_dispatch(METHOD)``;
 - :func:`run_until_stopped`, the signal-handling wait loop of a foreground server.
 
-Only the standard library is used here: the UI may import ``serving``, never the reverse.
+Why not uvicorn / aiohttp: measured side by side in ``bench/http_layer.py`` (see
+docs/BENCHMARKS.md "HTTP layer"); the decision and its figures are in docs/ARCHITECTURE.md
+"serve". Only the standard library is used here: the UI may import ``serving``, never the
+reverse.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
+
+log = logging.getLogger("twotower.http")
+
+#: Longest reason quoted back to a client: error text never grows with the input.
+MAX_REASON_CHARS = 500
+
+
+def bounded(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (with a note of how much was cut)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class HttpError(Exception):
     """A request the server refuses; ``status`` is the 4xx/5xx code, the message the reason."""
 
     def __init__(self, status: int, message: str, headers: Optional[dict] = None):
-        super().__init__(message)
+        super().__init__(bounded(message))
         self.status = int(status)
         self.headers = headers or {}
 
 
+# -- Host names ------------------------------------------------------------------------------------
+_LOOPBACK_NAMES = ("localhost",)
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def split_host_header(value: str) -> str:
+    """The host name of a ``Host`` / Origin authority, lower-cased, without port or trailing dot.
+
+    ``"[::1]:8080"`` -> ``"::1"``, ``"LocalHost.:80"`` -> ``"localhost"``. Raises ValueError
+    for something that is not a host[:port].
+    """
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or (value[end + 1:] and not value[end + 1:].startswith(":")):
+            raise ValueError(f"malformed host {value!r}")
+        name, port = value[1:end], value[end + 2:]
+    else:
+        name, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    if port and not port.isdigit():
+        raise ValueError(f"malformed port in host {value!r}")
+    name = name.lower().rstrip(".")
+    if not name or any(c in name for c in "/\\@ \t"):
+        raise ValueError(f"malformed host {value!r}")
+    return name
+
+
+class HostPolicy:
+    """Which ``Host`` header names a server answers to.
+
+    A page on ``evil.example`` whose DNS answer is rebound to 127.0.0.1 reaches our socket
+    with ``Host: evil.example``: refusing names we were not bound under stops it reading
+    answers or run files, whatever the Origin. IP literals are always accepted (a page
+    cannot rebind an address), and so is ``localhost``; a wildcard bind (0.0.0.0 / ::)
+    also accepts this machine's host name. ``allow`` adds names (a load balancer's, a
+    Kubernetes service's); ``"*"`` turns the check off.
+    """
+
+    def __init__(self, bind_host: str, allow: Iterable[str] = ()):
+        extra = [a.strip().lower().rstrip(".") for a in allow if a and a.strip()]
+        self.any = "*" in extra
+        names = set(_LOOPBACK_NAMES) | {e for e in extra if e != "*"}
+        bind = (bind_host or "").strip().lower().strip("[]")
+        if bind and not _is_ip_literal(bind) and bind not in _WILDCARDS:
+            names.add(bind.rstrip("."))  # bound by name: that name is ours
+        if bind in _WILDCARDS:
+            names |= {n.lower() for n in (socket.gethostname(), socket.getfqdn()) if n}
+        self.names = frozenset(names)
+
+    def allows(self, host_header: Optional[str]) -> bool:
+        """True for a Host we answer to. No Host at all (HTTP/1.0 tools) is allowed: a
+        browser always sends one, and the check exists for browsers."""
+        if self.any or host_header is None:
+            return True
+        try:
+            name = split_host_header(host_header)
+        except ValueError:
+            return False
+        return name in self.names or _is_ip_literal(name)
+
+    def check(self, host_header: Optional[str]) -> None:
+        """HttpError(403) unless :meth:`allows`."""
+        if not self.allows(host_header):
+            raise HttpError(403, f"Host {host_header!r} is not a name this server answers to "
+                                 "(start it with --allow-host NAME to add one)")
+
+
+# -- the server ------------------------------------------------------------------------------------
+_BUSY_BODY = b'{"error": "too many open connections; retry shortly"}'
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s"
+                  % (len(_BUSY_BODY), _BUSY_BODY))
+
+
 class Server(ThreadingHTTPServer):
-    """A threaded server whose handlers reach the application as ``self.server.app``."""
+    """A threaded server whose handlers reach the application as ``self.server.app``.
+
+    ``max_connections`` bounds the threads clients can hold. A connection past it first
+    evicts the longest-idle keep-alive connection (it is between requests, so closing it
+    loses nothing); with none idle it is answered 503 straight from the accept loop.
+    Deadlines registered by handlers (:meth:`watch`) are enforced from the accept loop
+    (``service_actions`` runs every ``poll_interval``): an overdue socket is shut down,
+    which ends the handler's blocked read.
+    """
 
     daemon_threads = True  # idle keep-alive connections must not hold up shutdown
     allow_reuse_address = True
+    # socketserver's default backlog is 5: with a few clients opening a connection per
+    # request, SYNs past it wait for a 1 s retransmit. The kernel caps it at somaxconn.
+    request_queue_size = 1024
 
-    def __init__(self, address, handler, app):
+    def __init__(self, address, handler, app, max_connections: int = 128,
+                 host_policy: Optional[HostPolicy] = None):
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.app = app
+        self.max_connections = int(max_connections)
+        self.host_policy = host_policy or HostPolicy(address[0])
+        self._lock = threading.Lock()
+        self._open = 0
+        self._idle: dict = {}  # handler -> monotonic time it went idle (between requests)
+        self._deadlines: dict = {}  # handler -> monotonic deadline of its current read
+        self.refused_connections = 0
+        self.evicted_connections = 0
+        self.timed_out_reads = 0
         super().__init__(address, handler)
+
+    # connection accounting --------------------------------------------------------------------
+    def process_request(self, request, client_address):
+        victim = None
+        with self._lock:
+            full = self._open >= self.max_connections
+            if full and self._idle:
+                victim = min(self._idle, key=self._idle.get)  # the longest idle
+                del self._idle[victim]
+                self.evicted_connections += 1
+            elif full:
+                self.refused_connections += 1
+            if victim is not None or not full:
+                self._open += 1
+        if victim is not None:
+            victim.abort()
+        elif full:
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            with self._lock:
+                self._open -= 1
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._open -= 1
+
+    def _refuse(self, request) -> None:
+        """A 503 from the accept loop; never blocks it on a client that does not read."""
+        try:
+            request.settimeout(0.0)
+            request.send(_BUSY_RESPONSE)
+        except OSError:
+            pass  # the refusal is best effort: the client may be gone or its buffer full
+        self.shutdown_request(request)
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return self._open
+
+    # idle and deadline bookkeeping (called by handlers) ---------------------------------------
+    def set_idle(self, handler, idle: bool) -> None:
+        with self._lock:
+            if idle:
+                self._idle[handler] = time.monotonic()
+            else:
+                self._idle.pop(handler, None)
+
+    def watch(self, handler, seconds: float) -> None:
+        with self._lock:
+            self._deadlines[handler] = time.monotonic() + seconds
+
+    def unwatch(self, handler) -> None:
+        with self._lock:
+            self._deadlines.pop(handler, None)
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        now = time.monotonic()
+        with self._lock:
+            overdue = [h for h, deadline in self._deadlines.items() if deadline <= now]
+            for handler in overdue:
+                del self._deadlines[handler]
+            self.timed_out_reads += len(overdue)
+        for handler in overdue:
+            handler.abort(timed_out=True)
 
 
 def _dispatcher(method: str) -> Callable[["Handler"], None]:
     def do_method(self: "Handler") -> None:
+        self.server.unwatch(self)  # the head is in: its deadline no longer applies
+        if self._timed_out:  # the reader gave up mid-head; what arrived is not a request
+            self.close_connection = True
+            return
         self._dispatch(method)
 
     do_method.__name__ = do_method.__qualname__ = f"do_{method}"
@@ -59,7 +262,9 @@ class Handler(BaseHTTPRequestHandler):
     """
 
     protocol_version = "HTTP/1.1"
-    timeout = 30  # seconds an idle keep-alive connection may hold a thread
+    timeout = 30  # seconds an idle keep-alive connection may hold a thread (and one recv may take)
+    header_timeout = 10.0  # seconds from a request's first byte to the end of its head
+    body_timeout = 30.0  # seconds to receive a whole body once its head is in
     # Headers and body go out in two writes; with Nagle on, the body waits for the client's
     # delayed ACK (~40 ms) on keep-alive connections.
     disable_nagle_algorithm = True
@@ -71,8 +276,9 @@ class Handler(BaseHTTPRequestHandler):
     # the UI keeps the answers it has always given (see ui/server.py).
     chunked_reason = "chunked bodies are not accepted; send Content-Length"  # the 411's reason
     negative_length_invalid = True  # a negative Content-Length is a 400; False: a 413, like an oversized one
-    body_timeout_status: Optional[int] = 408  # body slower than ``timeout``; None: the OSError propagates
     close_on_short_body = False  # a body that ended early also sends Connection: close
+
+    _timed_out = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -85,6 +291,38 @@ class Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
+    # -- connection life ---------------------------------------------------------------------
+    def abort(self, timed_out: bool = False) -> None:
+        """End this connection from another thread: its blocked read returns at once."""
+        self._timed_out = self._timed_out or timed_out
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the client or by us
+
+    def handle_one_request(self) -> None:
+        """Wait (idle, evictable) for the next request's first byte, then read it under
+        ``header_timeout``. A client that stalls, resets or is evicted just ends the
+        connection: nothing is logged as an error and no thread is held."""
+        self._timed_out = False
+        self.server.set_idle(self, True)
+        try:
+            first = self.rfile.peek(1)
+        except OSError:  # idle timeout, reset
+            first = b""
+        finally:
+            self.server.set_idle(self, False)
+        if not first:
+            self.close_connection = True
+            return
+        self.server.watch(self, self.header_timeout)
+        try:
+            super().handle_one_request()
+        except OSError:  # the client went away, or we shut a stalled one down
+            self.close_connection = True
+        finally:
+            self.server.unwatch(self)
+
     def _has_unread_body(self) -> bool:
         """True when the request announced a body (chunked or a non-zero length) that was not
         read: it would be taken for the next request, so the connection must close instead."""
@@ -93,6 +331,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args) -> None:  # through logging, not stderr
         self.access_log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _check_host(self) -> None:
+        """HttpError(403) when the Host header names a server other than this one."""
+        self.server.host_policy.check(self.headers.get("Host"))
 
     # -- responses -----------------------------------------------------------------------------
     def _send_head(self, status: int, ctype: str, length: int, headers: Optional[dict] = None) -> None:
@@ -119,9 +361,9 @@ class Handler(BaseHTTPRequestHandler):
         Refusals (:class:`HttpError`): 415 Content-Type other than ``expected_type``; 411 no
         Content-Length, or chunked; 400 Content-Length not an integer (or negative, see
         ``negative_length_invalid``); 413 over ``max_bytes``, judged before reading; 408 body
-        not received within ``timeout``; 400 body shorter than announced. Sets
-        ``_body_consumed`` once the body is off the wire, so a dispatcher knows whether an
-        unread body is left on the connection.
+        not received within ``body_timeout`` seconds in all; 400 body shorter than announced.
+        Sets ``_body_consumed`` once the body is off the wire, so a dispatcher knows whether
+        an unread body is left on the connection.
         """
         ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         if ctype != expected_type:
@@ -139,13 +381,16 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, f"invalid Content-Length {length!r}")
         if not 0 <= n <= max_bytes:
             raise HttpError(413, f"request body of {n} bytes exceeds the limit of {max_bytes}")
+        self.server.watch(self, self.body_timeout)
         try:
             data = self.rfile.read(n)
         except OSError:  # socket timeout: the client announced more than it sent
-            if self.body_timeout_status is None:
-                raise
+            data = None
+        finally:
+            self.server.unwatch(self)
+        if data is None or (self._timed_out and len(data) != n):
             self.close_connection = True
-            raise HttpError(self.body_timeout_status, f"request body not received within {self.timeout}s") from None
+            raise HttpError(408, f"request body not received within {self.body_timeout:g}s")
         self._body_consumed = True
         if len(data) != n:
             if self.close_on_short_body:

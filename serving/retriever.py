@@ -31,6 +31,11 @@ from core.towers import Tower
 
 MAX_K = 1000
 SELECTORS = ("query", "user_id", "features")
+#: The towers take numerics as tf.float32: a finite float64 past this is inf to them.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: An exported embedding is L2-normalised; a row whose norm strays this far from 1 is
+#: what features far outside the training range produce (overflow to 0 or NaN).
+_NORM_TOLERANCE = 1e-3
 
 # Version layout (mirrors indexer.publish; serving must not import the indexer).
 QUERY_TOWER = "query_tower"
@@ -63,6 +68,16 @@ def _searcher_module():
 def _read_jsonl(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def _check_unicode(name: str, value: str) -> str:
+    """``value`` if it encodes as UTF-8; RequestError naming ``name`` (a lone surrogate, say) else."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"{name} is not valid Unicode: {exc.reason} at position {exc.start} "
+                           f"({value[exc.start:exc.end]!r})") from None
+    return value
 
 
 class Retriever:
@@ -118,20 +133,18 @@ class Retriever:
 
         if "serving" not in manifest:
             raise ValueError(f"version {version}: manifest has no 'serving' section (published by an older build?)")
+        serving = manifest["serving"]
         tower = Tower(os.path.join(folder, QUERY_TOWER))
         searcher = _searcher_module().load_searcher(os.path.join(folder, SCANN_DIR))
         with open(os.path.join(folder, ITEM_IDS), encoding="utf-8") as fh:
             item_ids = [line.rstrip("\n") for line in fh if line.strip()]
         table = pq.read_table(os.path.join(folder, ITEMS)).drop_columns(["embedding"]).to_pylist()
         items = {str(row["item_id"]): row for row in table}
-        missing = [i for i in item_ids if i not in items]
-        if missing:
-            raise ValueError(f"version {version}: {len(missing)} indexed items absent from {ITEMS}, "
-                             f"e.g. {missing[:3]}")
-        key = manifest["serving"]["query_key"]
+        key = serving["query_key"]
         query_table = {str(row[key]): row for row in _read_jsonl(os.path.join(folder, QUERY_TABLE))}
         seen = {str(row["key"]): {str(i) for part in ("train", "valid", "test") for i in row.get(part, [])}
                 for row in _read_jsonl(os.path.join(folder, SEEN))}
+        check_counts(version, searcher, item_ids, items, tower, serving)
         return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen)
 
     # -- requests --------------------------------------------------------------------------
@@ -153,15 +166,16 @@ class Retriever:
                                    f"{self.query_key!r} ({self.query_key_type}); send 'user_id' or 'features'")
             if not isinstance(value, str):
                 raise RequestError(f"'query' must be a string, got {type(value).__name__}")
+            _check_unicode("'query'", value)
             return self._check_features({self.query_key: value}), value
         if selector == "user_id":
             if self.query_key != "user_id":
                 raise RequestError(f"this model's query key is {self.query_key!r}, not 'user_id'")
             if isinstance(value, bool) or not isinstance(value, (str, int)):
                 raise RequestError(f"'user_id' must be a string or integer, got {type(value).__name__}")
-            key = str(value)
+            key = _check_unicode("'user_id'", str(value))
             if key not in self.query_table:
-                raise UnknownKeyError(f"unknown user_id {key!r}: not in version {self.version}'s query table")
+                raise UnknownKeyError(f"unknown user_id {key[:200]!r}: not in version {self.version}'s query table")
             row = self.query_table[key]
             incomplete = [n for n in self.tower.input_names if row.get(n) is None]
             if incomplete:
@@ -188,14 +202,40 @@ class Retriever:
             value = features[name]
             numeric = self.feature_types.get(name) == "numeric"
             if numeric:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise RequestError(f"feature {name!r} must be a finite number, got {value!r}")
-                out[name] = float(value)
+                try:
+                    number = float(value)  # a huge JSON integer overflows here
+                except OverflowError:
+                    number = math.inf
+                if not math.isfinite(number):
+                    raise RequestError(f"feature {name!r} must be a finite number, got {value!r}")
+                if abs(number) > FLOAT32_MAX:
+                    raise RequestError(f"feature {name!r} = {number!r} is outside the query tower's float32 "
+                                       f"range (|x| <= {FLOAT32_MAX:.4g})")
+                out[name] = number
             else:
                 if isinstance(value, bool) or not isinstance(value, (str, int)):
                     raise RequestError(f"feature {name!r} must be a string, got {type(value).__name__}")
-                out[name] = str(value)
+                out[name] = _check_unicode(f"feature {name!r}", str(value))
         return out
+
+    def _check_embeddings(self, vectors: np.ndarray, resolved: list) -> None:
+        """RequestError naming the request whose features the tower could not embed.
+
+        Finite float32 inputs far outside the training range (age = -1e30) overflow inside
+        the tower: the normalised embedding comes out as NaN or all zeros, and its "scores"
+        would be NaN (invalid JSON) or -0.0 for every item.
+        """
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > _NORM_TOLERANCE))
+        if not len(bad):
+            return
+        feats = resolved[int(bad[0])][0]
+        numeric = {n: feats[n] for n in sorted(feats) if self.feature_types.get(n) == "numeric"}
+        where = f"request {int(bad[0])}: " if len(resolved) > 1 else ""
+        raise RequestError(f"{where}the query tower cannot embed these features (its output is degenerate); "
+                           f"numeric features far outside their training range cause this: {numeric}")
 
     def _seen_for(self, key: Optional[str]) -> set[str]:
         """Items the key interacted with; text keys also match their normalised form."""
@@ -241,6 +281,7 @@ class Retriever:
                 raise type(exc)(f"request {pos}: {exc}") from exc
         columns = {name: [feats[name] for feats, _ in resolved] for name in self.tower.input_names}
         vectors = self.tower.embed(columns)
+        self._check_embeddings(vectors, resolved)
 
         seen_sets = [self._seen_for(key) if exclude_seen else set() for _, key in resolved]
         n_items = len(self.item_ids)
@@ -253,6 +294,10 @@ class Retriever:
         for row_idx, row_scores, seen in zip(np.asarray(idx), np.asarray(scores), seen_sets):
             items, kept = [], []
             for i, s in zip(row_idx, row_scores):
+                if not 0 <= int(i) < n_items or not math.isfinite(float(s)):
+                    # check_counts makes this unreachable for a verified version; never answer garbage
+                    raise RuntimeError(f"version {self.version}: the index returned position {int(i)} "
+                                       f"with score {float(s)!r} for {n_items} items")
                 item_id = self.item_ids[int(i)]
                 if item_id in seen:
                     continue
@@ -262,3 +307,28 @@ class Retriever:
                     break
             out.append({"items": items, "scores": kept, "version": self.version})
         return out
+
+
+def check_counts(version: str, searcher, item_ids: list[str], items: dict, tower: Tower, serving: dict) -> None:
+    """ValueError naming the file whose count disagrees with what serving relies on.
+
+    Checked: the index holds one point per line of item_ids.txt (a shorter id list would
+    answer large-k requests with an IndexError), every indexed id has an items.parquet row,
+    ids are unique, and every tower input is a query feature the manifest types.
+    """
+    n_index = int(searcher.size())
+    if n_index != len(item_ids):
+        raise ValueError(f"version {version}: {ITEM_IDS} has {len(item_ids)} ids but the index holds "
+                         f"{n_index} points")
+    if not item_ids:
+        raise ValueError(f"version {version}: {ITEM_IDS} is empty")
+    if len(set(item_ids)) != len(item_ids):
+        raise ValueError(f"version {version}: {ITEM_IDS} repeats ids ({len(item_ids) - len(set(item_ids))} repeats)")
+    missing = [i for i in item_ids if i not in items]
+    if missing:
+        raise ValueError(f"version {version}: {len(missing)} indexed items absent from {ITEMS}, e.g. {missing[:3]}")
+    declared = {f["name"] for f in serving.get("query_features", [])}
+    untyped = [n for n in tower.input_names if n not in declared]
+    if untyped:
+        raise ValueError(f"version {version}: the query tower takes {untyped}, which the manifest's query "
+                         f"features {sorted(declared)} do not declare")

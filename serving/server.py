@@ -6,10 +6,15 @@ Endpoints (JSON in, JSON out; every error body is ``{"error": "<reason>"}``)::
                         + optional "k" (int, default 10, 1..max_k) and "exclude_seen" (bool, default false)
                         -> 200 {"items": [{"item_id", display...}], "scores": [...], "version": "..."}
     GET  /healthz       200 while the process is up (liveness; says nothing about models)
-    GET  /readyz        200 {"ready": true, "version", "loaded_at", ...} once a version is loaded
-                        and warmed; 503 {"ready": false, "error": why} before that or while stopping
+    GET  /readyz        200 {"ready": true, "version", "loaded_at", "problem", ...} once a version is
+                        loaded and warmed; 503 {"ready": false, "error": why} before that or while
+                        stopping. "problem" is what the latest poll found wrong with the store
+                        (CURRENT unreadable or missing, a version that failed to load, the live
+                        folder deleted), None when nothing is: current state only, bounded in size
     GET  /v1/version    200 live version, when it was loaded, and the last reload attempt
 
+Every request's Host must be a name the service answers to (403 otherwise; see
+:class:`serving.http.HostPolicy` and ``--allow-host``).
 Status codes: 400 malformed body / wrong types / unknown fields / k out of bounds,
 404 unknown path or unknown query key, 405 wrong method, 408 body shorter than its
 Content-Length (after the idle timeout), 411 no Content-Length (or chunked), 413 body over
@@ -43,8 +48,8 @@ import time
 from typing import Callable, Optional
 
 from core import storage
-from core.store import VersionStore
-from serving.http import Handler, HttpError, Server, run_until_stopped
+from core.store import MANIFEST, VersionStore
+from serving.http import Handler, HostPolicy, HttpError, Server, bounded, run_until_stopped
 from serving.retriever import MAX_K, SELECTORS, RequestError, Retriever, UnknownKeyError
 
 log = logging.getLogger("twotower.serve")
@@ -131,7 +136,8 @@ class QueryService:
 
     def __init__(self, store: str, host: str = "127.0.0.1", port: int = 8080, poll_seconds: float = 5.0,
                  max_k: int = MAX_K, max_body_bytes: int = MAX_BODY_BYTES, retry_failed_seconds: float = 300.0,
-                 drain_seconds: float = 30.0, loader: Optional[Callable[[str, str, Optional[str]], Retriever]] = None):
+                 drain_seconds: float = 30.0, loader: Optional[Callable[[str, str, Optional[str]], Retriever]] = None,
+                 allow_hosts=(), max_connections: int = 256):
         if not store:
             raise ValueError("QueryService: store must be a folder or gs:// prefix")
         if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k <= MAX_K:
@@ -148,6 +154,8 @@ class QueryService:
         self.max_body_bytes = int(max_body_bytes)
         self.retry_failed_seconds = float(retry_failed_seconds)
         self.drain_seconds = float(drain_seconds)
+        self.host_policy = HostPolicy(host, allow_hosts)  # DNS rebinding: see serving/http.py
+        self.max_connections = int(max_connections)
         self._loader = loader or (lambda s, v, cache: Retriever.load(s, version=v, cache_dir=cache))
         self._versions = VersionStore(store)
         # Only a gs:// store downloads; a local one is served in place.
@@ -159,9 +167,10 @@ class QueryService:
         self._loaded_at: Optional[str] = None
         self._last_attempt: Optional[dict] = None  # {"version", "at", "ok", "error", "seconds"}
         self._last_reload_error: Optional[str] = None
-        self._failed: Optional[tuple] = None  # (version, CURRENT generation, monotonic time)
+        self._failed: Optional[tuple] = None  # (version, CURRENT generation, monotonic time, error)
         self._no_version_reason: str = "no version loaded yet (first poll of the store has not finished)"
         self._last_poll_error: Optional[str] = None
+        self._problem: Optional[str] = None  # what the latest poll found wrong (see status())
         self.reload_attempts = 0
         self.swaps = 0
 
@@ -179,7 +188,13 @@ class QueryService:
             return self._live
 
     def status(self) -> dict:
-        """What /readyz and /v1/version report."""
+        """What /readyz and /v1/version report: the state seen by the latest poll only.
+
+        ``problem`` is what is wrong with the store right now (CURRENT unreadable, missing,
+        or naming a version that failed to load; the live version's folder deleted), None
+        when nothing is; it is recomputed on every poll, so a recovered store shows none.
+        Every message is bounded in length whatever the store holds.
+        """
         with self._lock:
             live = self._live
             return {
@@ -187,6 +202,7 @@ class QueryService:
                 "version": live.version if live else None,
                 "loaded_at": self._loaded_at,
                 "store": self.store,
+                "problem": self._problem,
                 "last_reload": dict(self._last_attempt) if self._last_attempt else None,
                 "last_reload_error": self._last_reload_error,
                 "last_poll_error": self._last_poll_error,
@@ -202,42 +218,65 @@ class QueryService:
         with self._reload_lock:
             return self._poll_once()
 
+    def _observe(self, problem: Optional[str], poll_error: Optional[str] = None,
+                 reload_error: Optional[str] = None, no_version: Optional[str] = None) -> None:
+        """Record what this poll saw, replacing what earlier polls saw."""
+        with self._lock:
+            self._problem = bounded(problem) if problem else None
+            self._last_poll_error = bounded(poll_error) if poll_error else None
+            self._last_reload_error = bounded(reload_error) if reload_error else None
+            if self._live is None and no_version:
+                self._no_version_reason = bounded(no_version)
+
     def _poll_once(self) -> bool:
         try:
             generation = storage.generation(self._versions.current_path)
             target = self._versions.current()
-        except Exception as exc:  # storage down, permissions, ...: keep serving what we have
+        except Exception as exc:  # storage down, permissions, a damaged CURRENT: keep serving what we have
             msg = f"reading {self._versions.current_path} failed: {type(exc).__name__}: {exc}"
-            log.warning("%s", msg)
+            log.warning("%s", bounded(msg))
+            self._observe(msg, poll_error=msg, no_version=f"no version loaded: {msg}")
+            return False
+        live = self.live()
+        if target is None:
+            msg = f"store {self.store} has no live version (no CURRENT)"
+            self._observe(msg if live is not None else None, no_version=f"{msg}; publish one")
+            return False
+        if live is not None and live.version == target:
+            # CURRENT names what we serve (again, e.g. after a rollback): earlier failures no
+            # longer describe the store; whether its folder is still there does.
             with self._lock:
-                self._last_poll_error = msg
-                if self._live is None:
-                    self._no_version_reason = f"no version loaded: {msg}"
+                self._failed = None
+                if self._last_attempt and self._last_attempt["version"] != live.version:
+                    self._last_attempt = None  # an attempt at a version CURRENT no longer names: history
+            self._observe(self._live_folder_problem(live.version))
             return False
         with self._lock:
-            self._last_poll_error = None
-            live = self._live
             failed = self._failed
-            if target is None:
-                self._no_version_reason = f"store {self.store} has no live version yet (no CURRENT); publish one"
-                return False
-        if live is not None and live.version == target:
-            with self._lock:
-                # CURRENT moved back to what we serve (e.g. a rollback after a bad publish):
-                # an earlier failure no longer describes the store.
-                self._last_reload_error = None
-                self._failed = None
-            return False
         if failed is not None and failed[:2] == (target, generation) \
                 and time.monotonic() - failed[2] < self.retry_failed_seconds:
-            return False  # the same broken pointer: don't reload it on every poll
+            # The same broken pointer: not reloaded on every poll, but still what is wrong now.
+            self._observe(f"CURRENT names {bounded(target, 200)}, which failed to load: {failed[3]}",
+                          reload_error=failed[3])
+            return False
         return self._load_and_swap(target, generation)
+
+    def _live_folder_problem(self, version: str) -> Optional[str]:
+        """Why the live version's folder in the store is no longer complete, or None."""
+        try:
+            complete = storage.exists(storage.join(self._versions.version_path(version), MANIFEST))
+        except Exception as exc:  # a listing failure is itself worth reporting
+            return f"checking version {version} in {self.store} failed: {type(exc).__name__}: {exc}"
+        if complete:
+            return None
+        return (f"version {version} (serving from memory) is no longer complete in {self.store}: "
+                "its folder or manifest was deleted")
 
     def _load_and_swap(self, version: str, generation) -> bool:
         started = time.monotonic()
-        attempt = {"version": version, "at": _now_iso()}
+        attempt = {"version": bounded(version, 200), "at": _now_iso()}
         self.reload_attempts += 1
-        log.info("loading version %s from %s", version, self.store)
+        log.info("loading version %s from %s", bounded(version, 200), self.store)
         retriever = None
         try:
             retriever = self._loader(self.store, version, self._cache_root)
@@ -245,17 +284,16 @@ class QueryService:
                 raise RuntimeError(f"asked for version {version}, loaded {retriever.version}")
             warm(retriever)
         except Exception as exc:  # any load/verify/warm failure: keep the old version serving
-            error = f"version {version}: {type(exc).__name__}: {exc}"
+            error = bounded(f"version {version}: {type(exc).__name__}: {exc}")
             current = self.live()
             log.error("reload failed, still serving %s: %s",
                       current.version if current else "no version", error, exc_info=True)
-            attempt.update(ok=False, error=error, seconds=round(time.monotonic() - started, 3))
+            attempt.update(ok=False, error=bounded(error), seconds=round(time.monotonic() - started, 3))
             with self._lock:
                 self._last_attempt = attempt
-                self._last_reload_error = error
-                self._failed = (version, generation, time.monotonic())
-                if self._live is None:
-                    self._no_version_reason = f"no version loaded: {error}"
+                self._failed = (version, generation, time.monotonic(), error)
+            self._observe(f"CURRENT names {bounded(version, 200)}, which failed to load: {error}", reload_error=error,
+                          no_version=f"no version loaded: {error}")
             if retriever is not None:
                 self._drop_cache(retriever, keep=None)
             elif self._cache_root:
@@ -268,6 +306,7 @@ class QueryService:
             self._loaded_at = _now_iso()
             self._last_attempt = attempt
             self._last_reload_error = None
+            self._problem = None
             self._failed = None
             self.swaps += 1
         log.info("now serving version %s (was %s; load+warm %.2fs)", version, old.version if old else None,
@@ -298,7 +337,8 @@ class QueryService:
         """Bind, start serving and polling; returns the bound port."""
         if self._httpd is not None:
             raise RuntimeError("QueryService already started")
-        self._httpd = Server((self.host, self.port), _Handler, self)
+        self._httpd = Server((self.host, self.port), _Handler, self, max_connections=self.max_connections,
+                             host_policy=self.host_policy)
         self.port = self._httpd.server_address[1]
         self._threads = [
             threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -375,11 +415,11 @@ class QueryService:
         st = self.status()
         if path == "/readyz":
             if st["ready"]:
-                return 200, {k: st[k] for k in ("ready", "version", "loaded_at", "last_reload_error",
+                return 200, {k: st[k] for k in ("ready", "version", "loaded_at", "problem", "last_reload_error",
                                                  "last_reload")}
             reason = "shutting down" if self._stopping else st["reason"]
-            return 503, {"ready": False, "error": reason, "last_reload_error": st["last_reload_error"],
-                         "last_reload": st["last_reload"]}
+            return 503, {"ready": False, "error": reason, "problem": st["problem"],
+                         "last_reload_error": st["last_reload_error"], "last_reload": st["last_reload"]}
         return 200, st  # /v1/version
 
     def handle_retrieve(self, raw: bytes) -> tuple[int, dict]:
@@ -434,6 +474,7 @@ class _Handler(Handler):
             service._leave()  # only once the answer is written: stop() drains whole exchanges
 
     def _route(self, method: str) -> tuple[int, dict, dict]:
+        self._check_host()
         path = self.path.split("?", 1)[0]
         if path == RETRIEVE_PATH:
             if method != "POST":

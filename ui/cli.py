@@ -1,4 +1,4 @@
-"""``twotower ui --runs DIR --store DIR [--host 127.0.0.1] [--port 8090]``.
+"""``twotower ui --runs DIR --store DIR [--host 127.0.0.1] [--port 8090] [--token T] [--allow-host NAME]``.
 
 :func:`add_ui_parser` adds the sub-command to the ``twotower`` parser and :func:`cmd_ui`
 runs it; ``python -m ui`` runs the same command on its own.
@@ -21,6 +21,10 @@ def add_ui_parser(subparsers) -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=DEFAULT_PORT,
                     help=f"port to bind (default {DEFAULT_PORT}; 0 = any free port)")
+    ui.add_argument("--token", help="the token rollbacks must present (default: a random one, printed at start)")
+    ui.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="also answer requests whose Host is NAME (repeatable; '*' = any); IP addresses and "
+                         "localhost always are")
     ui.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ui
 
@@ -47,7 +51,10 @@ def cmd_ui(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = UIServer(args.runs, args.store, host=args.host, port=args.port)
+    if args.token is not None and len(args.token) < 16:
+        return _error("--token must be at least 16 characters (or leave it out for a random one)")
+    server = UIServer(args.runs, args.store, host=args.host, port=args.port, token=args.token,
+                      allow_hosts=args.allow_host)
     try:
         server.start()
     except OSError as exc:
@@ -56,7 +63,8 @@ def cmd_ui(args) -> int:
         raise
 
     def _announce() -> None:  # the server is already up: bind errors were answered above
-        print(f"twotower ui: open {server.url}/ (runs {args.runs}, store {args.store}); Ctrl-C to stop", flush=True)
+        print(f"twotower ui: open {server.url}/ (runs {args.runs}, store {args.store}); Ctrl-C to stop\n"
+              f"  rollbacks from scripts need the header X-Twotower-Token: {server.app.token}", flush=True)
 
     run_until_stopped(_announce, server.stop)
     return 0

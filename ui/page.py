@@ -313,8 +313,11 @@ def run_page(run: dict) -> str:
 
 # -- versions -----------------------------------------------------------------------------------
 def versions_page(listing: dict, known_runs: set[str], ok: Optional[str] = None,
-                  error: Optional[str] = None) -> str:
-    """Every version (newest first), the live one marked, a Rollback button on the others."""
+                  error: Optional[str] = None, token: str = "") -> str:
+    """Every version (newest first), the live one marked, a Rollback button on the others.
+
+    ``token``: the UI's state-change token, carried by each rollback form (ui/server.py).
+    """
     body = [f"<h1>Versions <span class='muted'>in <code>{esc(listing['store'])}</code></span></h1>",
             message(ok, "ok"), message(error, "error"),
             f'<p>Live version: <span class="mono" id="live-version">{esc(listing["live"] or "none")}</span></p>']
@@ -333,6 +336,7 @@ def versions_page(listing: dict, known_runs: set[str], ok: Optional[str] = None,
         elif v["complete"] and not v["problem"]:
             action = ('<form class="inline rollback" method="post" action="/versions/rollback">'
                       f'<input type="hidden" name="version" value="{esc(v["id"])}">'
+                      f'<input type="hidden" name="token" value="{esc(token)}">'
                       f'<button type="submit" data-version="{esc(v["id"])}">Rollback</button></form>')
         else:
             action = f'<span class="muted">{esc(v["problem"] or "")}</span>'

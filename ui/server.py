@@ -22,27 +22,43 @@ Errors reach the browser as a message, never a traceback: expected failures (bad
 refused rollback, unloadable version) carry their reason; anything else is logged with
 its traceback and answered with a generic 500.
 
-POSTs from other sites are refused (their Origin names another host): the server binds
-to localhost, and a page elsewhere must not be able to roll the store back through it.
+Cross-site defences (a page elsewhere must never move the live index of a store, which may
+be a gs:// production one, nor read run files):
+
+- every request's ``Host`` must be a name this server is bound under
+  (:class:`serving.http.HostPolicy`): a DNS-rebound page arrives under its own name;
+- every POST from a browser must carry an ``Origin`` naming this server: ``Origin: null``
+  (a sandboxed iframe, a ``data:`` page) and a browser POST without one are refused;
+- a state change (rollback) also needs the UI's token, as Jupyter's do: the form carries it
+  as a hidden ``token`` field (a cross-site page cannot read our pages to learn it), API
+  clients send ``X-Twotower-Token: <token>`` (or ``Authorization: token <token>``). The
+  token is random per start unless ``--token`` is given; ``twotower ui`` prints it.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
+import secrets
 import shutil
 import threading
 from typing import Optional
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from serving.http import Handler, HttpError, Server
+from serving.http import Handler, HostPolicy, HttpError, Server
 from ui import page, runs, versions
 from ui.query import QueryError, RetrieverCache
 
 log = logging.getLogger("twotower.ui")
 
 MAX_BODY_BYTES = 64 * 1024
+TOKEN_HEADER = "X-Twotower-Token"
+TOKEN_FIELD = "token"  # the rollback form's hidden field
+# Fetch metadata a browser adds to every request: their presence marks a browser's POST,
+# which must then name its Origin.
+_BROWSER_HEADERS = ("Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
 # Types shown inline; everything else downloads. Logs, JSON and markdown read best as text.
 TEXT_TYPES = {".log": "text/plain", ".txt": "text/plain", ".md": "text/plain", ".csv": "text/plain",
               ".jsonl": "text/plain", ".yaml": "text/plain", ".yml": "text/plain", ".pbtxt": "text/plain",
@@ -53,9 +69,11 @@ TEXT_TYPES = {".log": "text/plain", ".txt": "text/plain", ".md": "text/plain", "
 class UIApp:
     """What the handlers call: reads runs and the store, rolls back, answers queries."""
 
-    def __init__(self, runs_dir: str, store: str, max_versions: int = 3):
+    def __init__(self, runs_dir: str, store: str, max_versions: int = 3, token: Optional[str] = None):
         self.runs_dir = os.path.abspath(runs_dir)
         self.store = store
+        #: What a state change must present (see the module doc); never empty.
+        self.token = token or secrets.token_urlsafe(24)
         self.retrievers = RetrieverCache(store, max_versions=max_versions)
         # One rollback at a time from this UI; the store's CAS guards against other writers.
         self._rollback_lock = threading.Lock()
@@ -93,7 +111,8 @@ class UIApp:
     # -- pages ---------------------------------------------------------------------------------
     def versions_html(self, params: dict) -> str:
         known = {r["run_id"] for r in runs.list_runs(self.runs_dir)}
-        return page.versions_page(self.version_listing(), known, ok=params.get("ok"), error=params.get("error"))
+        return page.versions_page(self.version_listing(), known, ok=params.get("ok"), error=params.get("error"),
+                                  token=self.token)
 
     def query_html(self, params: dict) -> tuple[int, str]:
         form = {"q": params.get("q", ""), "mode": params.get("mode", ""), "k": params.get("k", "10"),
@@ -123,7 +142,6 @@ class _Handler(Handler):
     # The UI's answers to broken bodies (the query service's differ; see serving/http.py).
     chunked_reason = "Content-Length header required"
     negative_length_invalid = False
-    body_timeout_status = None  # a stalled body surfaces as the generic 500
     close_on_short_body = True
 
     @property
@@ -190,6 +208,7 @@ class _Handler(Handler):
             self.close_connection = True
 
     def _route(self, method: str, path: str, query: str) -> None:
+        self._check_host()
         params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
         app = self.app
         if method == "POST":
@@ -197,6 +216,7 @@ class _Handler(Handler):
             if path == "/versions/rollback":
                 return self._rollback_form()
             if path == "/api/rollback":
+                self._check_token(None)
                 body = self._read_json()
                 return self._send_json(200, {"live": app.rollback(body.get("version"))})
             if path == "/api/query":
@@ -238,11 +258,33 @@ class _Handler(Handler):
             path.startswith(("/runs/", "/files/", "/api/runs/"))
 
     def _check_origin(self) -> None:
+        """HttpError(403) for a POST a page on another site (or an opaque one) could send.
+
+        Non-browser clients (curl, scripts) send no Origin and no fetch metadata; a browser
+        always sends both on a POST, so a browser POST without an Origin is refused too.
+        """
         origin = self.headers.get("Origin")
-        if origin in (None, "null"):
-            return  # non-browser clients (curl, tests) send none
-        if urlsplit(origin).netloc != (self.headers.get("Host") or ""):
+        if origin is None:
+            if any(self.headers.get(h) for h in _BROWSER_HEADERS):
+                raise HttpError(403, "a browser POST without an Origin header is refused")
+            return
+        if origin.strip().lower() == "null":
+            raise HttpError(403, "POST with Origin: null (a sandboxed or opaque page) refused")
+        parts = urlsplit(origin.strip())
+        host = self.headers.get("Host") or ""
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.strip().lower():
             raise HttpError(403, f"cross-site POST from {origin} refused")
+
+    def _check_token(self, form_token: Optional[str]) -> None:
+        """HttpError(403) unless the request presents the UI's token (header or form field)."""
+        presented = form_token or self.headers.get(TOKEN_HEADER)
+        auth = (self.headers.get("Authorization") or "").split(None, 1)
+        if not presented and len(auth) == 2 and auth[0].lower() in ("token", "bearer"):
+            presented = auth[1].strip()
+        if not presented or not hmac.compare_digest(presented.encode("utf-8", "replace"),
+                                                    self.app.token.encode("utf-8")):
+            raise HttpError(403, f"a rollback needs this UI's token (the {TOKEN_HEADER} header, or the "
+                                 "versions page's form); `twotower ui` prints it at start")
 
     def _read_json(self) -> dict:
         raw = self._read_body("application/json", MAX_BODY_BYTES)
@@ -256,7 +298,9 @@ class _Handler(Handler):
 
     def _rollback_form(self) -> None:
         raw = self._read_body("application/x-www-form-urlencoded", MAX_BODY_BYTES)
-        version = (parse_qs(raw.decode("utf-8", "replace")).get("version") or [""])[-1]
+        form = parse_qs(raw.decode("utf-8", "replace"))
+        self._check_token((form.get(TOKEN_FIELD) or [""])[-1])  # refused outright: no redirect
+        version = (form.get("version") or [""])[-1]
         try:
             live = self.app.rollback(version)
         except HttpError as exc:
@@ -268,10 +312,13 @@ class _Handler(Handler):
 class UIServer:
     """Owns the listening socket and its thread. ``with UIServer(...) as s: s.url``."""
 
-    def __init__(self, runs_dir: str, store: str, host: str = "127.0.0.1", port: int = 8090):
-        self.app = UIApp(runs_dir, store)
+    def __init__(self, runs_dir: str, store: str, host: str = "127.0.0.1", port: int = 8090,
+                 token: Optional[str] = None, allow_hosts=(), max_connections: int = 64):
+        self.app = UIApp(runs_dir, store, token=token)
         self.host = host
         self.port = port
+        self.host_policy = HostPolicy(host, allow_hosts)
+        self.max_connections = max_connections
         self._httpd: Optional[Server] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -279,7 +326,8 @@ class UIServer:
         """Bind and serve in a background thread; returns the bound port (``port=0``: any free one)."""
         if self._httpd is not None:
             raise RuntimeError("UIServer already started")
-        self._httpd = Server((self.host, self.port), _Handler, self.app)
+        self._httpd = Server((self.host, self.port), _Handler, self.app, max_connections=self.max_connections,
+                             host_policy=self.host_policy)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="twotower-ui-http", daemon=True)

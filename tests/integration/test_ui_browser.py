@@ -38,6 +38,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1400,1000"]
+UI_TOKEN = "e2e-token-" + os.urandom(8).hex()  # what rollbacks from scripts must present
 WAIT_S = 120  # the first query loads TensorFlow and the version: tens of seconds on 2 cores
 
 
@@ -79,7 +80,7 @@ def ui_url(pipeline_runs, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("ui-log") / "ui.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(_ui_command() + ["--runs", str(root / "runs"), "--store", str(root / "store"),
-                                                 "--port", str(port)],
+                                                 "--port", str(port), "--token", UI_TOKEN],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -224,14 +225,16 @@ def test_versions_page_rolls_back(pipeline_runs, ui_url, browser, shots):
 
 def test_refused_rollback_is_a_message_not_a_traceback(pipeline_runs, ui_url):
     body = urllib.parse.urlencode({"version": "20000101T000000000000Z-000000"}).encode()
-    req = urllib.request.Request(ui_url + "/versions/rollback", data=body, method="POST",
+    req = urllib.request.Request(ui_url + "/versions/rollback", data=body + b"&token=" + UI_TOKEN.encode(),
+                                 method="POST",
                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
     with urllib.request.urlopen(req, timeout=30) as resp:  # follows the 303 back to /versions
         page = resp.read().decode()
     assert 'id="msg-error"' in page and "does not exist" in page
     assert "Traceback" not in page
     req = urllib.request.Request(ui_url + "/api/rollback", data=json.dumps({"version": "../../etc"}).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
+                                 method="POST", headers={"Content-Type": "application/json",
+                                                         "X-Twotower-Token": UI_TOKEN})
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 409 and "invalid version id" in json.loads(err.value.read())["error"]

@@ -167,3 +167,29 @@ def test_load_a_pinned_version_and_a_text_query_model(published, tmp_path):
     # Seen keys may be stored normalised; a raw query still finds its history.
     unseen = search.retrieve({"query": "Red  Shoes!"}, k=59, exclude_seen=True)
     assert "item000" not in [it["item_id"] for it in unseen["items"]] and len(unseen["items"]) == 59
+
+
+# ---------------------------------------------------------------- hostile input through the CLI
+def test_cli_query_with_a_lone_surrogate_is_a_one_line_error(published, capsys):
+    from pipelines.cli import main
+
+    store = published[-1].publish.store
+    # argv decoding turns undecodable bytes into lone surrogates (surrogateescape)
+    assert main(["query", "--store", store, "--user-id", "\udced\udca0\udc80"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twotower query: error:") and "Unicode" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, reason", [(b'{"user_id": "\\ud800"}\n', "Unicode"),
+                                             (b'{"user_id": "1"}\n\xff\xfe{"user_id": "2"}\n', "line 2: not UTF-8"),
+                                             (b"[" * 100000 + b"\n", "line 1"),
+                                             (b'{"features": {"user_id": "1", "age": 1e39}}\n', "float32")])
+def test_cli_retrieve_with_hostile_lines_is_a_one_line_error(published, capsys, tmp_path, content, reason):
+    from pipelines.cli import main
+
+    store = published[-1].publish.store
+    queries = tmp_path / "q.jsonl"
+    queries.write_bytes(content)
+    assert main(["retrieve", "--store", store, "--queries", str(queries), "--out", str(tmp_path / "r.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twotower retrieve: error:") and reason in err and "Traceback" not in err, err

@@ -297,11 +297,11 @@ def test_missing_content_length_and_oversized_length_are_refused_without_reading
     service, _ = shared_service
     # A huge Content-Length with no body: the answer must come from the header alone
     # (if the server tried to read the body this would hang until the socket timeout).
-    head = raw_exchange(service.port, b"POST /v1/retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = raw_exchange(service.port, b"POST /v1/retrieve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                       b"Content-Length: 100000000\r\n\r\n")
     assert head.startswith("HTTP/1.1 413") and "exceeds the limit" in head
     head = raw_exchange(service.port,
-                        b"POST /v1/retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n")
+                        b"POST /v1/retrieve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\r\n")
     assert head.startswith("HTTP/1.1 411") and "Content-Length header required" in head
 
 
@@ -310,7 +310,7 @@ def test_a_body_shorter_than_its_content_length_times_out_as_408(shared_service,
 
     service, _ = shared_service
     monkeypatch.setattr(server._Handler, "timeout", 0.5)
-    head = raw_exchange(service.port, b"POST /v1/retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = raw_exchange(service.port, b"POST /v1/retrieve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                       b"Content-Length: 100\r\n\r\n{\"user_id\"")
     assert head.startswith("HTTP/1.1 408") and "not received within" in head
 
@@ -516,3 +516,134 @@ def test_max_k_is_the_services_bound(built, tmp_path, service_on):
     assert retrieve(service.port, {"user_id": "1", "k": 5})[0] == 200
     status, body = retrieve(service.port, {"user_id": "1", "k": 6})
     assert status == 400 and "1..5" in body["error"]
+
+
+# ---------------------------------------------------------------- hostile inputs (issue: hardening)
+def _raw_retrieve(port: int, body: bytes, host: str = "127.0.0.1") -> tuple[int, str]:
+    """POST raw body bytes (JSON escapes such as a lone surrogate survive untouched)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("POST", "/v1/retrieve", skip_host=True)
+        conn.putheader("Host", host)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("age, reason", [(1e39, "float32"), (-1e39, "float32"), (-1e30, "degenerate"),
+                                         (1e30, "degenerate"), (10 ** 400, "finite number")])
+def test_numbers_past_the_towers_float32_range_are_a_400(shared_service, age, reason):
+    service, _ = shared_service
+    body = json.dumps({"features": {"user_id": "42", "age": age}}).encode()
+    status, text = _raw_retrieve(service.port, body)
+    answer = json.loads(text)  # valid JSON (no NaN) whatever happened
+    assert status == 400 and "age" in answer["error"] and reason in answer["error"], answer
+
+
+def test_float32_edge_values_inside_the_range_answer(shared_service):
+    service, _ = shared_service
+    for age in (0.0, -0.0, 5e-324, 1e-45, 123456.0):
+        status, text = _raw_retrieve(service.port, json.dumps({"features": {"user_id": "1", "age": age}}).encode())
+        answer = json.loads(text)
+        assert status == 200 and len(answer["items"]) == 10 and len(set(_ids(answer))) == 10, (age, answer)
+
+
+@pytest.mark.parametrize("body", [b'{"user_id": "\\ud800"}', b'{"features": {"user_id": "\\udfff", "age": 1}}',
+                                  b'{"query": "\\ud800"}', b'{"user_id": "a\\ud83dz"}'])
+def test_lone_surrogates_are_a_400(shared_service, body):
+    service, _ = shared_service
+    status, text = _raw_retrieve(service.port, body)
+    assert status == 400, text
+    assert "error" in json.loads(text)
+
+
+def test_requests_under_a_foreign_host_name_are_refused(shared_service):
+    service, _ = shared_service
+    status, text = _raw_retrieve(service.port, b'{"user_id": "1"}', host=f"evil.example:{service.port}")
+    assert status == 403 and "evil.example" in json.loads(text)["error"]
+    assert _raw_retrieve(service.port, b'{"user_id": "1"}', host=f"localhost:{service.port}")[0] == 200
+
+
+def test_allow_host_admits_a_named_front_end(built, tmp_path, service_on):
+    service = service_on(copy_store(built, tmp_path / "store"), allow_hosts=["retrieval.internal"])
+    service.wait_ready(timeout=20)
+    assert _raw_retrieve(service.port, b'{"user_id": "1"}', host="retrieval.internal")[0] == 200
+    assert _raw_retrieve(service.port, b'{"user_id": "1"}', host="evil.example")[0] == 403
+
+
+def test_a_version_whose_item_ids_are_short_of_the_index_does_not_load(built, tmp_path, service_on):
+    store = copy_store(built, tmp_path / "store")
+    folder = clone_version(store, built.first_version, "20990101T000000000000Z-short1")
+    ids_path = os.path.join(folder, "index", "item_ids.txt")
+    with open(ids_path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    with open(ids_path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines[: len(lines) // 2]) + "\n")
+    rewrite_manifest_files(folder)  # checksums agree: only the count check can catch it
+    with pytest.raises(ValueError, match=r"item_ids.txt has \d+ ids but the index holds \d+ points"):
+        Retriever.load(store, version=os.path.basename(folder))
+    service = service_on(store)
+    service.wait_ready(timeout=20, version=built.first_version)
+    point_current(store, os.path.basename(folder))
+    wait_for(lambda: service.status()["problem"], what="the short version to be refused")
+    status, answer = retrieve(service.port, {"user_id": "2", "k": 1000})
+    assert status == 200 and answer["version"] == built.first_version
+
+
+def _readyz(service):
+    status, body, raw = call(service.port, "GET", "/readyz")
+    return status, body
+
+
+@pytest.mark.parametrize("damage", ["binary", "empty", "deleted", "bom", "huge"])
+def test_readyz_reports_a_damaged_current_and_forgets_it_after_recovery(built, tmp_path, service_on, damage):
+    store = copy_store(built, tmp_path / "store")
+    good = built.first_version
+    service = service_on(store)
+    service.wait_ready(timeout=20, version=good)
+    assert _readyz(service)[1]["problem"] is None
+    current = os.path.join(store, CURRENT)
+    if damage == "deleted":
+        os.unlink(current)
+    else:
+        data = {"binary": b"\x00\xff\xfe garbage", "empty": b"", "bom": b"\xef\xbb\xbf" + good.encode(),
+                "huge": b"x" * (5 << 20)}[damage]
+        storage.write_bytes(current, data)
+    body = wait_for(lambda: (lambda r: r[1] if r[1].get("problem") else None)(_readyz(service)),
+                    what=f"readyz to report the {damage} CURRENT")
+    assert body["ready"] is True and body["version"] == good  # still serving from memory
+    assert len(json.dumps(body)) < 4096, len(json.dumps(body))
+    assert retrieve(service.port, {"user_id": "2"})[0] == 200
+    storage.write_text(current, good)  # recovery
+    body = wait_for(lambda: (lambda r: r[1] if r[1].get("problem") is None else None)(_readyz(service)),
+                    what="readyz to forget the damage")
+    assert body["last_reload_error"] is None
+
+
+def test_readyz_reports_a_deleted_live_folder(built, tmp_path, service_on):
+    store = copy_store(built, tmp_path / "store")
+    service = service_on(store)
+    service.wait_ready(timeout=20, version=built.first_version)
+    shutil.rmtree(os.path.join(store, VERSIONS, built.first_version))
+    body = wait_for(lambda: (lambda r: r[1] if r[1].get("problem") else None)(_readyz(service)),
+                    what="readyz to report the deleted live folder")
+    assert built.first_version in body["problem"] and "deleted" in body["problem"]
+    assert retrieve(service.port, {"user_id": "2"})[0] == 200
+
+
+def test_an_old_reload_error_is_not_shown_after_a_rollback(built, tmp_path, service_on):
+    store = copy_store(built, tmp_path / "store")
+    good = built.first_version
+    service = service_on(store)
+    service.wait_ready(timeout=20, version=good)
+    bad, _ = _corrupt_checksum(store, good)
+    point_current(store, bad)
+    wait_for(lambda: _readyz(service)[1]["last_reload_error"], what="the failed reload")
+    point_current(store, good)  # the operator rolls back to what is serving
+    body = wait_for(lambda: (lambda r: r[1] if r[1]["last_reload_error"] is None else None)(_readyz(service)),
+                    what="the error to clear")
+    assert body["problem"] is None and (body["last_reload"] or {}).get("ok", True)

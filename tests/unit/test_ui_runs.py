@@ -335,13 +335,27 @@ def test_server_refuses_path_traversal(site, path):
     conn.close()
 
 
+def _form_token(server) -> str:
+    """The token the versions page's rollback forms carry (what a browser submits)."""
+    import re
+
+    html = _get(server.url + "/versions")[2]
+    tokens = set(re.findall(r'name="token" value="([^"]+)"', html))
+    assert len(tokens) == 1, tokens
+    return tokens.pop()
+
+
 def test_rollback_form_and_api(site):
     server, _, store = site
     old = "20261122T080100000000Z-000001"
-    status, _, html = _post(server.url + "/versions/rollback", {"version": old}, "application/x-www-form-urlencoded")
+    token = _form_token(server)
+    assert token == server.app.token
+    status, _, html = _post(server.url + "/versions/rollback", {"version": old, "token": token},
+                            "application/x-www-form-urlencoded")
     assert status == 200 and "Rolled back" in html and f'id="live-version">{old}<' in html
     assert VersionStore(str(store)).current() == old
-    status, _, body = _post(server.url + "/api/rollback", {"version": "20261122T090100000000Z-000002"})
+    status, _, body = _post(server.url + "/api/rollback", {"version": "20261122T090100000000Z-000002"},
+                            headers={"X-Twotower-Token": token})
     assert status == 200 and json.loads(body) == {"live": "20261122T090100000000Z-000002"}
 
 
@@ -350,10 +364,12 @@ def test_refused_rollback_shows_the_reason(site):
     old = "20261122T080100000000Z-000001"
     with open(store / "versions" / old / "items.txt", "a") as fh:
         fh.write("tampered\n")
-    status, _, html = _post(server.url + "/versions/rollback", {"version": old}, "application/x-www-form-urlencoded")
+    token = server.app.token
+    status, _, html = _post(server.url + "/versions/rollback", {"version": old, "token": token},
+                            "application/x-www-form-urlencoded")
     assert status == 200 and 'id="msg-error"' in html and "items.txt" in html and "Traceback" not in html
     assert VersionStore(str(store)).current() == "20261122T090100000000Z-000002"
-    status, _, body = _post(server.url + "/api/rollback", {"version": "../x"})
+    status, _, body = _post(server.url + "/api/rollback", {"version": "../x"}, headers={"X-Twotower-Token": token})
     assert status == 409 and "invalid version id" in json.loads(body)["error"]
 
 
@@ -416,9 +432,9 @@ def test_unread_chunked_body_closes_the_connection(site):
 
     server, _, _ = site
     host, port = server.url.split("//")[1].split(":")
-    smuggled = b"GET /api/versions HTTP/1.1\r\nHost: x\r\n\r\n"
+    smuggled = b"GET /api/versions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     body = f"{len(smuggled):x}\r\n".encode() + smuggled + b"\r\n0\r\n\r\n"
-    request = (b"POST /no/such/page HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    request = (b"POST /no/such/page HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
                b"Content-Type: text/plain\r\n\r\n" + body)
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(request)
