@@ -11,8 +11,9 @@ same care, held here once:
 - :class:`Handler`, the request-handler base: the whole request head must arrive within
   ``header_timeout`` seconds of its first byte and a body within ``body_timeout`` seconds
   (a client sending one header line every few seconds cannot hold a thread), response
-  head/body writing, ``_read_body`` with Content-Type / Content-Length checks, and
-  ``do_<METHOD>`` -> ``_dispatch(METHOD)``;
+  head/body writing, ``_read_body`` with Content-Type / Content-Length checks, and every
+  well-formed method routed to ``_dispatch(METHOD)`` (an app answers 404 / 405, never
+  http.server's 501; a malformed head is a 4xx, never a 505);
 - :func:`run_until_stopped`, the signal-handling wait loop of a foreground server.
 
 Why not uvicorn / aiohttp: measured side by side in ``bench/http_layer.py`` (see
@@ -24,11 +25,14 @@ reverse.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import re
 import signal
 import socket
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable, Optional
 
@@ -51,6 +55,33 @@ class HttpError(Exception):
         super().__init__(bounded(message))
         self.status = int(status)
         self.headers = headers or {}
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(raw: bytes) -> dict:
+    """A request body -> the JSON object it holds; HttpError(400) naming what is wrong.
+
+    Strict where Python's json is lenient: NaN / Infinity are refused, and so is nesting
+    deep enough to exhaust the recursion limit (json raises RecursionError, not ValueError).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HttpError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise HttpError(400, "empty request body; send a JSON object")
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError is a ValueError, and so is NaN/Infinity above
+        raise HttpError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise HttpError(400, "malformed JSON: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    return body
 
 
 # -- Host names ------------------------------------------------------------------------------------
@@ -242,23 +273,15 @@ class Server(ThreadingHTTPServer):
             handler.abort(timed_out=True)
 
 
-def _dispatcher(method: str) -> Callable[["Handler"], None]:
-    def do_method(self: "Handler") -> None:
-        self.server.unwatch(self)  # the head is in: its deadline no longer applies
-        if self._timed_out:  # the reader gave up mid-head; what arrived is not a request
-            self.close_connection = True
-            return
-        self._dispatch(method)
-
-    do_method.__name__ = do_method.__qualname__ = f"do_{method}"
-    return do_method
+#: RFC 9110 method token: anything else is a malformed request line.
+_METHOD_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 
 
 class Handler(BaseHTTPRequestHandler):
     """Request-handler base; a subclass sets the class attributes below and ``_dispatch``.
 
-    ``dispatch_methods`` names the HTTP methods routed to ``_dispatch(method)`` (a ``do_X``
-    is made for each); any other method gets http.server's own 501.
+    Every well-formed request reaches ``_dispatch(method)``, whatever its method: the app
+    answers a method it does not serve with a 405 (or a 404 for an unknown path).
     """
 
     protocol_version = "HTTP/1.1"
@@ -270,7 +293,6 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "twotower"  # the whole Server header: no Python version on show
     access_log = logging.getLogger("twotower.http")  # the access log, at debug level
-    dispatch_methods: tuple[str, ...] = ()
 
     # How a refused or broken body is answered. The defaults are the query service's;
     # the UI keeps the answers it has always given (see ui/server.py).
@@ -279,11 +301,6 @@ class Handler(BaseHTTPRequestHandler):
     close_on_short_body = False  # a body that ended early also sends Connection: close
 
     _timed_out = False
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        for method in cls.dispatch_methods:
-            setattr(cls, f"do_{method}", _dispatcher(method))
 
     def _dispatch(self, method: str) -> None:
         raise NotImplementedError
@@ -296,14 +313,16 @@ class Handler(BaseHTTPRequestHandler):
         """End this connection from another thread: its blocked read returns at once."""
         self._timed_out = self._timed_out or timed_out
         try:
-            self.connection.shutdown(socket.SHUT_RDWR)
+            # The read side only: the blocked read returns at once, and a refusal (408)
+            # can still be written before the handler closes the connection.
+            self.connection.shutdown(socket.SHUT_RD)
         except OSError:
             pass  # already closed by the client or by us
 
     def handle_one_request(self) -> None:
         """Wait (idle, evictable) for the next request's first byte, then read it under
-        ``header_timeout``. A client that stalls, resets or is evicted just ends the
-        connection: nothing is logged as an error and no thread is held."""
+        ``header_timeout`` and dispatch it. A client that stalls, resets or is evicted just
+        ends the connection: nothing is logged as an error and no thread is held."""
         self._timed_out = False
         self.server.set_idle(self, True)
         try:
@@ -317,11 +336,53 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.server.watch(self, self.header_timeout)
         try:
-            super().handle_one_request()
+            self._read_and_dispatch()
         except OSError:  # the client went away, or we shut a stalled one down
             self.close_connection = True
         finally:
             self.server.unwatch(self)
+
+    def _read_and_dispatch(self) -> None:
+        """http.server's request reading, except that any well-formed method reaches
+        ``_dispatch`` (which answers 404 / 405 as the app sees fit) instead of a 501."""
+        self.raw_requestline = self.rfile.readline(65537)
+        for _ in range(8):  # RFC 9112 2.2: ignore empty lines before a request line
+            if self.raw_requestline not in (b"\r\n", b"\n"):
+                break
+            self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        if not self.parse_request():  # it answered (400, 431, ...) itself
+            return
+        if self.request_version == "HTTP/0.9":
+            # http.server would answer without a status line; nothing today speaks 0.9, and a
+            # request that parses differently here than in a proxy in front is a smuggling risk.
+            self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not served; use HTTP/1.x")
+            return
+        self.server.unwatch(self)  # the head is in: its deadline no longer applies
+        if self._timed_out:  # the reader gave up mid-head; what arrived is not a request
+            self.close_connection = True
+            return
+        if not _METHOD_TOKEN.fullmatch(self.command):
+            self.send_error(HTTPStatus.BAD_REQUEST, f"invalid method {self.command[:40]!r}")
+            return
+        self._dispatch(self.command)
+        self.wfile.flush()
+
+    def send_error(self, code, message=None, explain=None) -> None:
+        """http.server's refusals of a malformed head, never as a 5xx: an unsupported HTTP
+        version (505) or a method it cannot parse (501) is the client's error, a 400."""
+        if int(code) >= 500:
+            code, message = HTTPStatus.BAD_REQUEST, message or HTTPStatus(int(code)).phrase
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # so the refusal carries a status line
+        self.close_connection = True
+        super().send_error(code, message, explain)
 
     def _has_unread_body(self) -> bool:
         """True when the request announced a body (chunked or a non-zero length) that was not

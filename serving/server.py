@@ -49,7 +49,7 @@ from typing import Callable, Optional
 
 from core import storage
 from core.store import MANIFEST, VersionStore
-from serving.http import Handler, HostPolicy, HttpError, Server, bounded, run_until_stopped
+from serving.http import Handler, HostPolicy, HttpError, Server, bounded, parse_json_object, run_until_stopped
 from serving.retriever import MAX_K, SELECTORS, RequestError, Retriever, UnknownKeyError
 
 log = logging.getLogger("twotower.serve")
@@ -65,26 +65,9 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_retrieve_body(raw: bytes, max_k: int) -> tuple[dict, int, bool]:
     """Body bytes -> (retriever request, k, exclude_seen); HttpError(400) naming the problem."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise HttpError(400, "request body is not valid UTF-8") from None
-    if not text.strip():
-        raise HttpError(400, "empty request body; send a JSON object")
-    try:
-        body = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:  # JSONDecodeError is a ValueError, and so is NaN/Infinity above
-        raise HttpError(400, f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise HttpError(400, "malformed JSON: nested too deeply") from None
-    if not isinstance(body, dict):
-        raise HttpError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    body = parse_json_object(raw)
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
     if unknown:
         raise HttpError(400, f"unknown request field(s) {unknown}; allowed: {list(REQUEST_FIELDS)}")
@@ -438,7 +421,6 @@ class QueryService:
 class _Handler(Handler):
     """Routes the service's endpoints; body limits and error answers as in the module doc."""
 
-    dispatch_methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
     access_log = log
 
     @property

@@ -47,7 +47,7 @@ import threading
 from typing import Optional
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from serving.http import Handler, HostPolicy, HttpError, Server
+from serving.http import Handler, HostPolicy, HttpError, Server, parse_json_object
 from ui import page, runs, versions
 from ui.query import QueryError, RetrieverCache
 
@@ -135,8 +135,6 @@ class UIApp:
 class _Handler(Handler):
     """Routes the pages, the JSON API and run files; an HttpError's message reaches the user."""
 
-    # PATCH, OPTIONS, ...: http.server's own 501.
-    dispatch_methods = ("GET", "HEAD", "POST", "PUT", "DELETE")
     server_version = "twotower-ui"
     access_log = log
     # The UI's answers to broken bodies (the query service's differ; see serving/http.py).
@@ -287,14 +285,7 @@ class _Handler(Handler):
                                  "versions page's form); `twotower ui` prints it at start")
 
     def _read_json(self) -> dict:
-        raw = self._read_body("application/json", MAX_BODY_BYTES)
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise HttpError(400, f"body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise HttpError(400, "body must be a JSON object")
-        return body
+        return parse_json_object(self._read_body("application/json", MAX_BODY_BYTES))
 
     def _rollback_form(self) -> None:
         raw = self._read_body("application/x-www-form-urlencoded", MAX_BODY_BYTES)

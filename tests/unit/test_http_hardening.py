@@ -36,7 +36,6 @@ LIVE = "20261122T090100000000Z-000002"
 class _Echo(Handler):
     """GET /ok -> 200; POST /echo -> the body back; the Host check as the real apps do it."""
 
-    dispatch_methods = ("GET", "POST")
 
     def _dispatch(self, method: str) -> None:
         self._body_consumed = False
