@@ -37,7 +37,9 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000"]
+                  "--disable-dev-shm-usage", "--window-size=1400,1000",
+                  # evil.example resolves to this machine, as a DNS-rebinding attacker would arrange
+                  "--host-resolver-rules=MAP evil.example 127.0.0.1"]
 UI_TOKEN = "e2e-token-" + os.urandom(8).hex()  # what rollbacks from scripts must present
 WAIT_S = 120  # the first query loads TensorFlow and the version: tens of seconds on 2 cores
 
@@ -271,3 +273,66 @@ def test_screenshots_are_real_pngs(shots):
     for name in names:
         with open(os.path.join(shots, name), "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def attacker_site():
+    """An HTTP server for pages of another site (reached as http://evil.example:<port>)."""
+    import http.server
+    import threading
+
+    pages: dict[str, str] = {}
+
+    class _Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = pages.get(self.path, "not found").encode()
+            self.send_response(200 if self.path in pages else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://evil.example:{server.server_address[1]}", pages
+    server.shutdown()
+    server.server_close()
+
+
+def test_cross_site_pages_cannot_roll_back_or_read(pipeline_runs, ui_url, browser, attacker_site):
+    """What the hostile probe did, in a real browser: a form auto-submitted from another site, the
+    same form from a sandboxed iframe (Origin: null), and a page under a rebound name."""
+    from selenium.webdriver.common.by import By
+
+    from core.store import VersionStore
+
+    root, first, second = pipeline_runs
+    store = VersionStore(str(root / "store"))
+    live = store.current()
+    target = first["version"] if live == second["version"] else second["version"]
+    site, pages = attacker_site
+    form = (f'<form id="f" method="post" action="{ui_url}/versions/rollback">'
+            f'<input name="version" value="{target}"></form><script>document.getElementById("f").submit()</script>')
+    pages["/csrf"] = f"<html><body>{form}</body></html>"
+    pages["/sandboxed"] = ('<html><body><iframe id="frame" sandbox="allow-forms allow-scripts" srcdoc="'
+                           + form.replace('"', "&quot;") + '"></iframe></body></html>')
+
+    browser.get(site + "/csrf")
+    _wait(browser, lambda d: "refused" in d.find_element(By.TAG_NAME, "body").text)
+    assert "cross-site POST" in browser.find_element(By.TAG_NAME, "body").text
+
+    browser.get(site + "/sandboxed")
+    _wait(browser, lambda d: d.find_elements(By.ID, "frame"))
+    browser.switch_to.frame(browser.find_element(By.ID, "frame"))
+    _wait(browser, lambda d: "Origin: null" in d.find_element(By.TAG_NAME, "body").text)
+    browser.switch_to.default_content()
+
+    port = ui_url.rsplit(":", 1)[1]
+    browser.get(f"http://evil.example:{port}/versions")  # the UI's own port, under the attacker's name
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "is not a name this server answers to" in text and target not in text
+    assert store.current() == live  # CURRENT never moved
