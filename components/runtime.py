@@ -49,6 +49,11 @@ def run_stage(stage: str, config: Config, artifact, metrics, body: Callable[[Con
     record = stage_record(stage, seconds, result)
     with open(os.path.join(out_dir, STAGE_FILE), "w") as fh:
         json.dump(record, fh, indent=2, sort_keys=True, default=str)
+    # A retry that succeeded in the same folder: the earlier attempt's error no longer says
+    # why anything failed (run records and run browsers read it as the step's failure).
+    stale = os.path.join(out_dir, STAGE_ERROR_FILE)
+    if os.path.exists(stale):
+        os.remove(stale)
     artifact.metadata["seconds"] = record["seconds"]
     if metrics is not None:
         metrics.log_metric("seconds", record["seconds"])

@@ -89,16 +89,16 @@ class DataConfig(_Strict):
         "data.path holds one complete dataset per day in date=YYYY-MM-DD/ folders; each run "
         "reads the partition of its data date (see core/partitions.py)"))
     partition_lag_days: int = Field(1, ge=0, description=(
-        "a scheduled run covers the day this many days before its schedule time"))
+        "a scheduled run covers the day this many days before its schedule time (data.partitioned only)"))
 
 
 class TransformConfig(_Strict):
     runner: str = Field("direct", description="'direct' = in-process Beam; else a Beam runner name")
-    direct_num_workers: int = Field(1, ge=1)
+    direct_num_workers: int = Field(1, ge=1, description="in-process Beam workers (runner=direct only)")
     pipeline_options: dict[str, Any] = Field(default_factory=dict)
     split: Literal["auto", "leave_last_out", "hashed"] = "auto"
-    valid_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    valid_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="hashed split only")
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="hashed split only")
     max_vocab_size: int = Field(100_000, ge=1)
     vocab_min_count: int = Field(1, ge=1)
     text_max_tokens: int = Field(24, ge=1)
@@ -112,41 +112,54 @@ class TrainConfig(_Strict):
     batch_size: int = Field(256, ge=2)
     n_epochs: int = Field(10, ge=1)
     lr: float = Field(0.01, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, description=(
+        "decoupled weight decay (Loshchilov & Hutter), for every train.optimizer: before each update "
+        "every trainable weight w becomes w - lr_t * weight_decay * w (lr_t = the step's learning "
+        "rate), as tf_keras AdamW does; so adam with weight_decay > 0 is AdamW. Embedding tables "
+        "included, so each step rewrites every row of every table (0 = off)"))
     patience: int = Field(2, ge=0)
     embedding_dims: int = Field(64, ge=2)
     feature_dims: int = Field(32, ge=2, description="width of each feature's own embedding")
     hidden_dims: list[int] = Field(default_factory=lambda: [128])
     activation_fn: Literal["relu", "gelu", "tanh", "swish", "elu"] = "relu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "dropout rate after each hidden layer of both towers (training only); needs train.hidden_dims "
+        "(the feature encoders and the projection get none), else a config error"))
     optimizer: Literal["adam", "adamw", "adagrad"] = "adam"
     temperature: float = Field(0.05, gt=0.0)
     negative_samples_count: int = Field(0, ge=0, description=(
         "extra catalog negatives per batch, shared by every query in it (mixed negative sampling)"))
     negative_sampling: Literal["uniform", "popularity"] = Field(
         "uniform", description="distribution of the extra negatives: uniform over the catalog or "
-                               "train popularity ** negative_sampling_alpha")
-    negative_sampling_alpha: float = Field(0.75, ge=0.0, le=1.0)
+                               "(train count + 1) ** negative_sampling_alpha; popularity needs "
+                               "negative_samples_count > 0")
+    negative_sampling_alpha: float = Field(0.75, ge=0.0, le=1.0, description=(
+        "exponent of the popularity distribution; changing it needs negative_sampling=popularity"))
     labelled_negative_weight: float = Field(0.0, ge=0.0, description=(
         "weight of the binary cross-entropy term on explicit label-0 pairs (0 = off)"))
     hard_negatives: int = Field(0, ge=0, description=(
-        "keep only the top-N scoring negatives of each row, in-batch and sampled (0 = all)"))
+        "keep only the top-N scoring negatives of each row, in-batch and sampled (0 = all); must be "
+        "below the batch_size - 1 + negative_samples_count negatives a row has, else it keeps them all"))
     lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = Field(
         "constant", description="lr over the planned steps (n_epochs x batches per epoch): constant, cosine "
                                 "decay to 0, or linear warmup over warmup_steps then cosine")
-    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup (warmup_cosine only)")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup (needs "
+                                                    "lr_schedule=warmup_cosine)")
     distribute: Literal["none", "mirrored", "multi_worker"] = Field(
-        "none", description="tf.distribute strategy; multi_worker reads TF_CONFIG set by the cluster")
+        "none", description="tf.distribute strategy; multi_worker reads TF_CONFIG set by the cluster and "
+                            "uses each worker's GPUs as it finds them (train.device=cpu is refused there)")
     deterministic: bool = Field(False, description="enable TF op determinism (slower, bit-reproducible)")
     resume: bool = Field(True, description="continue from the last epoch checkpoint in "
                                            "<output folder>/checkpoints when there is one")
     use_item_ids_as_features: bool = True
     item_id_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "share of training examples whose item-id embedding is zeroed, as for a cold item, so the "
-        "item tower learns to embed from content (measured: docs/BENCHMARKS.md; off by default)"))
+        "item tower learns to embed from content (measured: docs/BENCHMARKS.md; off by default); "
+        "needs use_item_ids_as_features"))
     logq_correction: bool = Field(False, description="subtract log(train popularity) from in-batch logits "
                                   "(sampling-bias correction, Yi et al. 2019)")
-    text_hash_buckets: int = Field(0, ge=0, description="extra hashed word-bigram buckets (0 = off)")
+    text_hash_buckets: int = Field(0, ge=0, description="extra hashed word-bigram buckets of every text "
+                                                        "feature (0 = off); needs a text feature in the schema")
     num_workers: int = Field(1, ge=1, description="tf.data parallelism")
     device: Literal["auto", "cpu", "gpu"] = "auto"
     seed: int = 0
@@ -154,8 +167,9 @@ class TrainConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    ks: list[int] = Field(default_factory=lambda: [10, 50, 100])
-    ndcg_k: int = 10
+    ks: list[int] = Field(default_factory=lambda: [10, 50, 100], description=(
+        "recall@K cut-offs; must include 10 (the gate, the live comparison and summary.json read recall@10)"))
+    ndcg_k: int = Field(10, ge=1)
     mask_seen: bool = Field(True, description="exclude each query's train (+valid) items from its ranking")
     per: Literal["query", "interaction"] = Field(
         "query", description="average over queries (recall) or over test pairs (TFRS tutorial hit rate)")
@@ -166,6 +180,9 @@ class EvaluateConfig(_Strict):
     def _ks(cls, v: list[int]) -> list[int]:
         if not v or any(k < 1 for k in v):
             raise ValueError("ks must be a non-empty list of positive ints")
+        if 10 not in v:
+            raise ValueError(f"ks must include 10 (the gate, the live comparison and summary.json read "
+                             f"recall_at_10), got {v}")
         return sorted(set(v))
 
 
@@ -175,9 +192,12 @@ class IndexConfig(_Strict):
         "on strongly clustered embeddings a tuned tree beats exact search at 0.95 recall@10 from ~1k items; "
         "on weakly clustered ones no tree reaches 0.95 faster than exact at 10k and one is ~5x faster at 20k. "
         "Above it the tuner still measures exact search as a candidate, so this only skips tuning"))
-    num_leaves: Optional[int] = Field(None, ge=1, description="None = sqrt(n) rounded")
-    num_leaves_to_search: Optional[int] = Field(None, ge=1)
-    reorder_k: int = Field(100, ge=1)
+    num_leaves: Optional[int] = Field(None, ge=1, description="None = sqrt(n) rounded (with index.tune: "
+                                                              "the tuner's candidates; set: the one tree size)")
+    num_leaves_to_search: Optional[int] = Field(None, ge=1, description=(
+        "leaves searched per query, at most num_leaves; index.tune=false only (the tuner picks it)"))
+    reorder_k: int = Field(100, ge=1, description="exact re-scoring pool; index.tune=false only (the tuner "
+                                                  "picks it from tune_reorder_k)")
     training_sample_size: int = Field(100_000, ge=1000)
     eval_queries: int = Field(500, ge=1)
     tune: bool = Field(True, description="sweep ScaNN tree/AH/reorder settings against exact search and "
@@ -220,9 +240,16 @@ class GateConfig(_Strict):
     #: The candidate's recall@10 may be at most this fraction below the live version's
     #: (measured by evaluate on the same test split): 0.05 = at least 95% of live's.
     max_relative_regression: float = Field(0.05, ge=0.0, le=1.0)
-    #: When the live version could not be evaluated (or evaluate ran without a store):
-    #: false = publish anyway, saying so in the reasons; true = refuse.
+    #: When no live comparison was made at all (evaluate ran without a store; the pipeline
+    #: always gives it one): false = publish anyway, saying so in the reasons; true = refuse.
+    #: true also refuses whenever the live version could not be evaluated.
     require_live_comparison: bool = False
+    #: When the store HAS a live version but evaluate could not fetch, load or score it
+    #: (``metrics["live"]["error"]``: corrupt files, tower inputs this run's queries lack, a
+    #: bug in the comparison): false = refuse to publish, naming the error, so no candidate goes
+    #: live untested against the version it replaces; true = publish without the comparison,
+    #: saying so (e.g. once, after a deliberate schema change the live tower cannot read).
+    publish_when_live_unusable: bool = False
 
 
 class PublishConfig(_Strict):
@@ -249,6 +276,13 @@ class Config(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
+    @model_validator(mode="after")
+    def _every_option_does_something(self) -> "Config":
+        problems = ignored_options(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @property
     def schema(self) -> SchemaConfig:  # type: ignore[override]
         return self.schema_
@@ -263,6 +297,87 @@ class Config(_Strict):
         for key, value in overrides.items():
             _set_dotted(raw, key, value)
         return _validate(raw, source="overrides")
+
+
+def _changed(section: BaseModel, name: str) -> bool:
+    """Whether ``section.name`` differs from the field's default.
+
+    Value-based on purpose: a config that went through JSON (every KFP step) has every field
+    "set", so only a non-default value can tell that someone asked for something.
+    """
+    field = type(section).model_fields[name]
+    default = field.default_factory() if field.default_factory is not None else field.default
+    return getattr(section, name) != default
+
+
+def ignored_options(config: "Config") -> list[str]:
+    """One sentence per option that is set but would have no effect in this combination.
+
+    Each names the dotted field and what it needs; :class:`Config` refuses a config with any.
+    Options whose effect depends on the data (e.g. ``transform.split=auto`` picks the split
+    from the timestamps) are not judged here.
+    """
+    t, tr, ix, g = config.train, config.transform, config.index, config.gate
+    out = []
+    if t.dropout > 0.0 and not t.hidden_dims:
+        out.append(f"train.dropout: {t.dropout} has no effect with train.hidden_dims empty (dropout follows each "
+                   f"hidden layer; the encoders and the projection have none): add a hidden layer or set "
+                   f"train.dropout=0")
+    if t.negative_sampling == "popularity" and t.negative_samples_count == 0:
+        out.append("train.negative_sampling: 'popularity' only applies with train.negative_samples_count > 0 "
+                   "(no extra negatives are drawn at 0)")
+    if _changed(t, "negative_sampling_alpha") and (t.negative_sampling != "popularity"
+                                                   or t.negative_samples_count == 0):
+        out.append(f"train.negative_sampling_alpha: {t.negative_sampling_alpha} only applies with "
+                   f"train.negative_sampling=popularity and train.negative_samples_count > 0")
+    if t.warmup_steps > 0 and t.lr_schedule != "warmup_cosine":
+        out.append(f"train.warmup_steps: {t.warmup_steps} only applies with train.lr_schedule=warmup_cosine "
+                   f"(it is {t.lr_schedule!r})")
+    if t.item_id_dropout > 0.0 and not t.use_item_ids_as_features:
+        out.append(f"train.item_id_dropout: {t.item_id_dropout} only applies with "
+                   f"train.use_item_ids_as_features=true (the item tower has no item-id embedding)")
+    features = [*config.schema_.query_features, *config.schema_.item_features]
+    if t.text_hash_buckets > 0 and not any(f.type == "text" for f in features):
+        out.append(f"train.text_hash_buckets: {t.text_hash_buckets} only applies to text features and the "
+                   f"schema declares none")
+    negatives_per_row = t.batch_size - 1 + t.negative_samples_count
+    if t.hard_negatives >= negatives_per_row:
+        out.append(f"train.hard_negatives: {t.hard_negatives} keeps every negative (a row has at most "
+                   f"batch_size - 1 + negative_samples_count = {negatives_per_row}): set it below that, or 0")
+    if t.device == "cpu" and t.distribute == "multi_worker":
+        out.append("train.device: 'cpu' is not applied with train.distribute=multi_worker (the strategy uses "
+                   "every GPU each worker sees): give the workers no GPU instead, or use train.device=auto")
+    if config.data.partition_lag_days != 1 and not config.data.partitioned:
+        out.append(f"data.partition_lag_days: {config.data.partition_lag_days} only applies with "
+                   f"data.partitioned=true")
+    if tr.split == "leave_last_out":
+        for name in ("valid_fraction", "test_fraction"):
+            if _changed(tr, name):
+                out.append(f"transform.{name}: {getattr(tr, name)} only applies with transform.split=hashed "
+                           f"(leave_last_out holds out each key's last interactions)")
+    if tr.direct_num_workers != 1 and tr.runner != "direct":
+        out.append(f"transform.direct_num_workers: {tr.direct_num_workers} only applies with "
+                   f"transform.runner=direct (the {tr.runner!r} runner takes its workers from "
+                   f"transform.pipeline_options)")
+    if ix.tune:
+        if ix.num_leaves_to_search is not None:
+            out.append("index.num_leaves_to_search: only applies with index.tune=false (the tuner picks the "
+                       "leaves searched)")
+        if _changed(ix, "reorder_k"):
+            out.append(f"index.reorder_k: {ix.reorder_k} only applies with index.tune=false (the tuner picks "
+                       f"it from index.tune_reorder_k)")
+        if ix.num_leaves is not None and _changed(ix, "tune_leaves_factors"):
+            out.append("index.tune_leaves_factors: not used when index.num_leaves fixes the tree size")
+    # index.tune=false leaves the tuner's own knobs (tune_*, target_recall) unused: they say
+    # whose they are, and turning the tuner off for one run must not need five more overrides.
+    if (ix.num_leaves is not None and ix.num_leaves_to_search is not None
+            and ix.num_leaves_to_search > ix.num_leaves):
+        out.append(f"index.num_leaves_to_search: {ix.num_leaves_to_search} is more than the "
+                   f"index.num_leaves={ix.num_leaves} there are")
+    if g.require_live_comparison and g.publish_when_live_unusable:
+        out.append("gate.publish_when_live_unusable: true contradicts gate.require_live_comparison: true "
+                   "(which refuses whenever the live version could not be evaluated)")
+    return out
 
 
 def config_from_json(text: str) -> Config:
@@ -324,7 +439,12 @@ def _validate(raw: dict, source: str) -> Config:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            loc = ".".join(str(p) for p in err["loc"])
             msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{loc}: {msg}")
+            if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+                msg = str(err["ctx"]["error"])  # our own sentence, without pydantic's "Value error, "
+                if not loc:  # cross-field rules name their dotted fields themselves
+                    problems.append(msg)
+                    continue
+            problems.append(f"{loc or '(top level)'}: {msg}")
         raise ConfigError(f"{source}: invalid config: " + "; ".join(problems)) from None

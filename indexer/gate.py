@@ -7,9 +7,12 @@ of the live version, which evaluate scored on the same test split and protocol
 (``metrics["live"]``, see :mod:`trainer.evaluate`):
 
 - ``live`` is None: the store has no live version; the first publish has no baseline.
-- ``live`` has ``error``: the live version could not be evaluated; publish anyway with a
-  reason, unless ``gate.require_live_comparison`` (then refuse).
-- no ``live`` key: evaluate ran without a store; treated like an error (no comparison).
+- ``live`` has ``error``: the store has a live version but it could not be evaluated
+  (corrupt, incompatible, a bug in the comparison): refuse, naming the error, unless
+  ``gate.publish_when_live_unusable`` (then publish, saying so) — a broken comparison never
+  publishes silently.
+- no ``live`` key: evaluate ran without a store (no comparison asked for; the pipeline always
+  gives it one): publish with a reason, unless ``gate.require_live_comparison`` (then refuse).
 
 Every rule adds a human sentence with the numbers, whether it passed or failed, so the
 run summary always says why. The decision's ``baseline`` names the live version compared
@@ -92,7 +95,12 @@ def _against_live(config: Config, metrics: dict, recall: float) -> tuple[bool, s
         what = f"live version {version} could not be evaluated ({live['error']})"
         if gate.require_live_comparison:
             return False, f"{what}: refused because gate.require_live_comparison is true", baseline
-        return True, f"{what}: publishing without the live comparison", baseline
+        if not gate.publish_when_live_unusable:
+            return False, (f"{what}: refused, a candidate is not published untested against the live version "
+                           f"(repair or roll back the live version, or set gate.publish_when_live_unusable=true "
+                           f"to publish without the comparison)"), baseline
+        return True, (f"{what}: publishing without the live comparison because "
+                      f"gate.publish_when_live_unusable is true"), baseline
     live_recall = _metric(live, "recall_at_10")
     baseline = {"version": version, "recall_at_10": live_recall}
     max_drop = gate.max_relative_regression

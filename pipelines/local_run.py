@@ -8,13 +8,15 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
 import warnings
 
 from core import storage
 from core.config import Config
 from core.partitions import partition_path, resolve_data_date
-from core.summary import PIPELINE_LOG, RUN_FILE, STAGE_ERROR_FILE, SUMMARY_FILE, dumps
+from core.run_records import close_dead_runs, process_identity, update_run_file
+from core.summary import PIPELINE_LOG, RUN_FILE, SUMMARY_FILE, dumps
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -52,9 +54,15 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
 
     Run folder: ``<pipeline.runs_dir>/<run_id>/`` holding ``run.json`` (status, written at
     start and at the end: run_id, status running|succeeded|failed, started_at, finished_at,
-    data_date, data_fingerprint, error, failed_step, published, version), ``kfp/`` (every
-    task's artifacts), ``pipeline.log`` (the runner's full output) and, when the run
+    data_date, data_fingerprint, error, failed_step, published, version, store, and owner:
+    the pid / host / start time of this process, see :mod:`core.run_records`), ``kfp/``
+    (every task's artifacts), ``pipeline.log`` (the runner's full output) and, when the run
     finished, ``summary.json``. The console shows concise progress unless ``verbose``.
+
+    First, runs in the same runs folder that still say running but whose process is gone
+    (killed with SIGKILL: neither run.json nor the exit handler's store record was written)
+    are marked failed, and their store records written (:func:`close_abandoned_runs`).
+    After a failed step, the store's record of this run carries that step's own error.
 
     Args:
         data_date: YYYY-MM-DD partition of a ``data.partitioned`` dataset (required there).
@@ -70,12 +78,11 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
     config = absolutize(config)
     date = resolve_data_date(config.data.partitioned, data_date or "", "", config.data.partition_lag_days)
     run_id = run_id or new_run_id()
+    close_abandoned_runs(config.pipeline.runs_dir)
     run_dir = os.path.join(config.pipeline.runs_dir, run_id)
     os.makedirs(run_dir, exist_ok=True)
-    record = {"run_id": run_id, "status": "running", "started_at": _now(), "finished_at": None,
-              "data_date": date, "data_fingerprint": _fingerprint(config, date), "error": None,
-              "failed_step": None, "published": None, "version": None}
-    _write_record(run_dir, record)
+    record = new_run_record(run_id, config.publish.store, date, _fingerprint(config, date))
+    write_run_record(run_dir, record)
     pipeline_root = os.path.join(run_dir, "kfp")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
     pipeline = create_pipeline(config, local=True)
@@ -86,20 +93,23 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
             warnings.filterwarnings("ignore", message=r".*(have no effect|custom or non-Python base image).*")
             pipeline(config_json=config.to_json(), data_path=config.data.path, store=config.publish.store,
                      run_id=run_id, data_date=date or "", data_fingerprint=record["data_fingerprint"] or "")
-    except (RuntimeError, KeyboardInterrupt) as exc:
-        step, error = _failure(pipeline_root, exc)
+    except BaseException as exc:  # noqa: BLE001 - recorded, then raised again
+        # Whatever ends the run here (a failed task, Ctrl-C, a bug) is written down before it
+        # propagates; only a process killed outright leaves "running", for close_abandoned_runs.
+        step, error, store_error = _failure(pipeline_root, exc)
         record.update(status="failed", finished_at=_now(), failed_step=step, error=error, published=False)
-        _write_record(run_dir, record)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise RunFailedError(record) from exc
+        _record_failure_in_store(config, run_id, date, store_error, exc)
+        write_run_record(run_dir, record)
+        if isinstance(exc, RuntimeError):
+            raise RunFailedError(record) from exc
+        raise
     with open(_find_one(pipeline_root, os.path.join("summary", SUMMARY_FILE))) as fh:
         summary = json.load(fh)
     summary["run_dir"] = run_dir
     with open(os.path.join(run_dir, SUMMARY_FILE), "w") as fh:
         fh.write(dumps(summary))
     record.update(status="succeeded", finished_at=_now(), published=summary["published"], version=summary["version"])
-    _write_record(run_dir, record)
+    write_run_record(run_dir, record)
     return summary
 
 
@@ -107,8 +117,52 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _write_record(run_dir: str, record: dict) -> None:
-    storage.write_text(os.path.join(run_dir, RUN_FILE), dumps(record))
+def new_run_record(run_id: str, store: str, data_date: str | None, data_fingerprint: str | None) -> dict:
+    """run.json of a run this process is starting: status running, owned by this process."""
+    return {"run_id": run_id, "status": "running", "started_at": _now(), "finished_at": None,
+            "data_date": data_date, "data_fingerprint": data_fingerprint, "error": None,
+            "failed_step": None, "published": None, "version": None, "store": store,
+            "owner": process_identity()}
+
+
+def write_run_record(run_dir: str, record: dict) -> None:
+    """Write run.json, under the lock that repairs of abandoned runs also take (so a repair
+    that read an older record of the same run id can never overwrite this one)."""
+    update_run_file(os.path.join(run_dir, RUN_FILE), lambda _current: record)
+
+
+def close_abandoned_runs(runs_dir: str) -> list[dict]:
+    """Mark failed the runs under ``runs_dir`` that say running but whose process is gone.
+
+    See :func:`core.run_records.close_dead_runs`; a run that cannot be closed (its store
+    unreachable) is reported on stderr and left for a later attempt, and this run goes on.
+    Returns the runs closed (their new run.json content).
+    """
+    closed, problems = close_dead_runs(runs_dir)
+    for run in closed:
+        print(f"[twotower] run {run['run_id']} marked failed: {run['error']}", file=sys.stderr, flush=True)
+    for problem in problems:
+        print(f"[twotower] warning: {problem}", file=sys.stderr, flush=True)
+    return closed
+
+
+def _record_failure_in_store(config: Config, run_id: str, date: str | None, error: str,
+                             exc: BaseException) -> None:
+    """Give the store's record of this failed run the failing step's own error.
+
+    The exit handler wrote the orchestrator's message (``Task exit-handler-1 failed.``), or
+    nothing when the run was interrupted before it ran. A store that cannot be written is
+    reported, not raised: the run's own failure is what the caller must see.
+    """
+    from core.store import StoreError
+    from indexer.run_log import record_failure
+
+    state = "FAILED" if isinstance(exc, Exception) else "CANCELLED"  # Ctrl-C, SystemExit
+    try:
+        record_failure(config.publish.store, run_id, error, date, state=state)
+    except (OSError, StoreError, ValueError) as store_exc:
+        print(f"[twotower] warning: run {run_id}: the store's run record could not be updated: "
+              f"{type(store_exc).__name__}: {store_exc}", file=sys.stderr, flush=True)
 
 
 def _fingerprint(config: Config, date: str | None) -> str | None:
@@ -133,20 +187,23 @@ def _find_one(root: str, suffix: str) -> str:
     return found[0]
 
 
-def _failure(pipeline_root: str, exc: BaseException) -> tuple[str | None, str]:
-    """(failed stage, error) from the stage_error.json a failed stage left, else the runner's message.
+def _failure(pipeline_root: str, exc: BaseException) -> tuple[str | None, str, str]:
+    """(failed stage, its error for run.json, the error for the store's run record).
 
-    Stage names are the pipeline's (ingest, transform, ...); KFP's task names add "-op".
+    From the stage_error.json a failed stage left (its own exception), else the runner's
+    message; the store's record has no step field, so its error names the step
+    (:func:`indexer.run_log.failure_message`). Stage names are the pipeline's (ingest,
+    transform, ...); KFP's task names add "-op".
     """
-    errors = glob.glob(os.path.join(pipeline_root, "**", STAGE_ERROR_FILE), recursive=True)
-    if errors:
-        path = max(errors, key=os.path.getmtime)
-        with open(path) as fh:
-            error = json.load(fh)
-        return error["stage"], error["error"]
+    from indexer.run_log import failure_message, read_stage_errors
+
     message = _ANSI.sub("", str(exc)) or type(exc).__name__
+    errors = [e for e in read_stage_errors(pipeline_root) if e.get("error")]
+    store_error = failure_message(message, errors)
+    if errors:  # the newest ended the run
+        return errors[-1].get("stage"), str(errors[-1]["error"]), store_error
     inner = re.search(r"Inner task failed: '([^']+?)(?:-op)?'", message)
-    return (inner.group(1) if inner else None), message
+    return (inner.group(1) if inner else None), message, store_error
 
 
 def _console(log, verbose: bool):

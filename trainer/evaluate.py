@@ -23,10 +23,12 @@ inside the function.
 Live comparison (``live_store`` given, see :func:`evaluate_live`): the store's CURRENT
 version is scored on the SAME test queries, relevant and masked items and cut-offs, and
 ``metrics.json["live"]`` holds ``{"version", "recall_at_10", ..., "ndcg_at_10",
-"n_items_missing"}``; ``None`` when the store has no live version (first publish);
-``{"version", "error"}`` when the live version cannot be fetched or scored (corrupt,
-incompatible tower inputs, ...). Without ``live_store`` the key is absent (no comparison
-asked for). The gate (:mod:`indexer.gate`) reads it.
+"n_items_missing"}``; ``None`` only when the store has no live version (no CURRENT: first
+publish); ``{"version", "error"}`` when CURRENT names a version that cannot be fetched,
+loaded or scored (corrupt, incompatible tower inputs, a bug in the comparison), with the
+traceback in the stage log. Without ``live_store`` the key is absent (no comparison asked
+for). The gate (:mod:`indexer.gate`) reads it and, by default, refuses to publish on an
+``error`` (``gate.publish_when_live_unusable``).
 
 The live model ranks THIS run's catalog: each catalog item takes the embedding the live
 version published for it (``items.parquet``). Items of this run's catalog absent from
@@ -39,6 +41,8 @@ not ranked at all: neither model competes with them, and they cannot be relevant
 from __future__ import annotations
 
 import json
+import sys
+import traceback
 from typing import Mapping
 
 import numpy as np
@@ -140,9 +144,10 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
         queries, catalog: the :class:`trainer.evalset.QuerySet` / ``Catalog`` the
             candidate was scored on (same relevant and masked positions).
     Returns:
-        None when the store has no CURRENT version; ``{"version", "recall_at_K"...,
-        "ndcg_at_K", "n_items_missing"}``; or ``{"version", "error"}`` when the live
-        version cannot be fetched, loaded or scored.
+        None when the store has no CURRENT version (the only silent case); ``{"version",
+        "recall_at_K"..., "ndcg_at_K", "n_items_missing"}``; or ``{"version", "error"}`` when
+        the live version cannot be fetched, loaded or scored, whatever the cause (the
+        traceback is printed to stderr; the gate refuses on it unless told otherwise).
     Raises:
         Whatever reading CURRENT raises (an unreadable store is not "no live version").
     """
@@ -166,7 +171,14 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
             masked = [np.union1d(m, missing).astype(np.int64) for m in masked]
         ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, masked, depth)
         live = metrics_from_ranks(ranks, ks, ndcg_k, per)
-    except Exception as exc:  # noqa: BLE001 - any failure is reported; the gate decides
+    except Exception as exc:  # noqa: BLE001 - recorded, logged in full, and the gate refuses on it
+        # A live version that exists but cannot be compared is never "no baseline": the error
+        # goes into metrics["live"], where the gate refuses to publish on it by default
+        # (gate.publish_when_live_unusable), and the whole traceback into the stage log, so a
+        # bug here is as visible as one in the candidate's own scoring.
+        print(f"[evaluate] live version {version} of {live_store} cannot be evaluated:", file=sys.stderr,
+              flush=True)
+        traceback.print_exc(file=sys.stderr)
         return {"version": version, "error": f"{type(exc).__name__}: {exc}"}
     return {"version": version, **live, "n_items_missing": int(len(missing))}
 

@@ -5,12 +5,17 @@ Run folder contract::
     <runs>/<run_id>/pipeline.log     the KFP runner's full output
     <runs>/<run_id>/run.json         {"run_id", "status": running|succeeded|failed, "started_at",
                                       "finished_at", "data_date", "data_fingerprint", "error",
-                                      "failed_step", "published", "version"}  (absent in older runs)
+                                      "failed_step", "published", "version", "store", "owner"}
+                                     (absent in older runs; store and owner in newer ones)
     <runs>/<run_id>/summary.json     only once the run finished (core/summary.py)
     <runs>/<run_id>/kfp/<pipeline>-<ts>/<task>/<output>/stage.json   {"stage", "seconds", "result"}
                                      with report.html / report.md beside it when rendered
 
-Runs without run.json succeeded iff summary.json exists. Stage folders are found by
+Runs without run.json succeeded iff summary.json exists. A run.json that says running
+while the process named in its ``owner`` is gone (killed with SIGKILL) is closed when it is
+read: marked failed, with the store's run record written if the exit handler never did
+(:func:`core.run_records.close_dead_run`, safe when several UIs and runs do it at once).
+Stage folders are found by
 scanning for stage.json (keyed by its "stage" field), never by guessing KFP's folder
 names, which differ between KFP versions and component names (``train`` / ``train-op``).
 
@@ -27,6 +32,7 @@ import os
 import re
 from typing import Optional
 
+from core.run_records import close_dead_run, owner_alive
 from core.summary import PIPELINE_LOG
 from core.summary import REPORT_HTML_FILE as REPORT_HTML
 from core.summary import REPORT_MARKDOWN_FILE as REPORT_MD
@@ -204,6 +210,12 @@ def run_overview(runs_dir: str, run_id: str, stages: Optional[dict] = None) -> d
     path = run_dir(runs_dir, run_id)
     problems: list[str] = []
     info = _read_json(os.path.join(path, RUN_JSON), problems, RUN_JSON)
+    if info is not None and info.get("status") == "running" and owner_alive(info.get("owner")) is False:
+        try:
+            # None: another UI or run closed it first; read what it wrote.
+            info = close_dead_run(path) or _read_json(os.path.join(path, RUN_JSON), problems, RUN_JSON)
+        except (OSError, RuntimeError, ValueError) as exc:  # StoreError is a RuntimeError
+            problems.append(f"its process is gone but the run could not be closed: {type(exc).__name__}: {exc}")
     summary = _read_json(os.path.join(path, SUMMARY_JSON), problems, SUMMARY_JSON)
     rj = info or {}
     sm = summary or {}

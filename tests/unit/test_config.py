@@ -78,3 +78,69 @@ def test_json_round_trip_is_exact():
     cfg = load_config(SHOP, ["train.lr=0.123"])
     assert config_from_json(cfg.to_json()) == cfg
     assert cfg.with_overrides({"publish.store": "gs://bucket/store"}).publish.store == "gs://bucket/store"
+
+
+# -- options that would do nothing in their combination are refused, naming the field -----------
+@pytest.mark.parametrize("overrides, field", [
+    (["train.hidden_dims=[]", "train.dropout=0.2"], "train.dropout: 0.2 has no effect with train.hidden_dims empty"),
+    (["train.negative_sampling=popularity"], "train.negative_sampling: 'popularity' only applies with "
+                                             "train.negative_samples_count > 0"),
+    (["train.negative_samples_count=8", "train.negative_sampling_alpha=0.5"], "train.negative_sampling_alpha"),
+    (["train.negative_sampling_alpha=0.5"], "train.negative_sampling_alpha"),
+    (["train.warmup_steps=10"], "train.warmup_steps: 10 only applies with train.lr_schedule=warmup_cosine"),
+    (["train.item_id_dropout=0.3"], "train.item_id_dropout"),  # shop.yaml: content only, no item ids
+    (["schema.query_features=[{name: query, type: categorical}]",
+      "schema.item_features=[{name: brand, type: categorical}]", "train.text_hash_buckets=64"],
+     "train.text_hash_buckets: 64 only applies to text features"),
+    (["train.batch_size=16", "train.hard_negatives=15"], "train.hard_negatives: 15 keeps every negative"),
+    (["train.distribute=multi_worker", "train.device=cpu"], "train.device: 'cpu' is not applied"),
+    (["data.partition_lag_days=2"], "data.partition_lag_days: 2 only applies with data.partitioned=true"),
+    (["transform.split=leave_last_out", "transform.test_fraction=0.2"], "transform.test_fraction: 0.2"),
+    (["transform.runner=DataflowRunner", "transform.direct_num_workers=2"], "transform.direct_num_workers"),
+    (["index.num_leaves_to_search=4"], "index.num_leaves_to_search: only applies with index.tune=false"),
+    (["index.reorder_k=50"], "index.reorder_k: 50 only applies with index.tune=false"),
+    (["index.num_leaves=10", "index.tune_leaves_factors=[2.0]"], "index.tune_leaves_factors"),
+    (["index.tune=false", "index.num_leaves=10", "index.num_leaves_to_search=20"],
+     "index.num_leaves_to_search: 20 is more than the index.num_leaves=10"),
+    (["gate.require_live_comparison=true", "gate.publish_when_live_unusable=true"],
+     "gate.publish_when_live_unusable: true contradicts gate.require_live_comparison"),
+    (["evaluate.ks=[5, 50]"], "evaluate.ks: ks must include 10"),
+    (["evaluate.ndcg_k=0"], "evaluate.ndcg_k"),
+])
+def test_options_that_would_be_ignored_are_refused(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(SHOP, overrides)
+    assert field in str(err.value) and SHOP in str(err.value)
+    assert "Value error" not in str(err.value)  # our sentence, not pydantic's wrapper
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.hidden_dims=[]"],                                 # no dropout asked for: fine
+    ["train.hidden_dims=[64]", "train.dropout=0.2"],
+    ["train.optimizer=adam", "train.weight_decay=0.01"],      # applied to every optimizer
+    ["train.optimizer=adagrad", "train.weight_decay=0.01"],
+    ["train.negative_samples_count=8", "train.negative_sampling=popularity", "train.negative_sampling_alpha=0.5"],
+    ["train.lr_schedule=warmup_cosine", "train.warmup_steps=10"],
+    ["train.batch_size=16", "train.hard_negatives=14"],
+    ["train.batch_size=16", "train.negative_samples_count=8", "train.hard_negatives=22"],
+    ["data.partitioned=true", "data.partition_lag_days=2"],
+    ["transform.split=hashed", "transform.test_fraction=0.2"],
+    ["index.tune=false", "index.reorder_k=50", "index.num_leaves=10", "index.num_leaves_to_search=4"],
+    ["index.tune=false", "index.tune_reorder_k=[50]"],        # the tuner's own knobs, left for later
+    ["gate.publish_when_live_unusable=true"],
+])
+def test_options_in_a_combination_where_they_act_are_accepted(overrides):
+    cfg = load_config(SHOP, overrides)
+    assert config_from_json(cfg.to_json()) == cfg  # and the check survives the JSON every KFP step reads
+
+
+def test_ignored_option_checks_are_value_based_so_json_round_trips_pass():
+    """Every KFP step re-validates the config from JSON, where every field is "set": the checks
+    compare values with defaults, so a default config never trips them."""
+    from core.config import ignored_options
+
+    cfg = load_config(SHOP)
+    assert ignored_options(cfg) == []
+    assert ignored_options(config_from_json(cfg.to_json())) == []
+    with pytest.raises(ConfigError, match="train.warmup_steps"):
+        cfg.with_overrides({"train.warmup_steps": 5})

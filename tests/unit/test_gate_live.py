@@ -152,7 +152,10 @@ def test_much_worse_candidate_is_refused_and_store_unchanged(world):
     assert decide(loose, metrics).publish
 
 
-def test_corrupt_live_version_is_reported_and_gate_follows_config(world):
+def test_corrupt_live_version_is_reported_and_refused_by_default(world):
+    """A live items.parquet that cannot be read: recorded as live.error, and the gate refuses
+    by default (a broken comparison never publishes silently); publish_when_live_unusable lets
+    it through, saying so; require_live_comparison refuses too."""
     from core.store import VersionStore
     from indexer.gate import decide
     from trainer.evaluate import evaluate_model
@@ -168,14 +171,76 @@ def test_corrupt_live_version_is_reported_and_gate_follows_config(world):
     assert live["version"] == version and "items.parquet" in live["error"]
     assert "recall_at_10" not in live
 
-    lenient = decide(world["config"], metrics)
+    default = decide(world["config"], metrics)
+    assert not default.publish
+    assert any(f"live version {version} could not be evaluated" in r and "refused" in r
+               and "gate.publish_when_live_unusable" in r for r in default.reasons)
+    assert default.baseline["version"] == version and default.baseline["recall_at_10"] is None
+    lenient = decide(world["config"].with_overrides({"gate.publish_when_live_unusable": True}), metrics)
     assert lenient.publish
     assert any(f"live version {version} could not be evaluated" in r and "publishing without" in r
                for r in lenient.reasons)
-    assert lenient.baseline["version"] == version and lenient.baseline["recall_at_10"] is None
     strict = decide(world["config"].with_overrides({"gate.require_live_comparison": True}), metrics)
     assert not strict.publish
     assert any("require_live_comparison" in r for r in strict.reasons)
+
+
+def test_live_version_with_a_corrupt_query_tower_is_not_published_past(world, tmp_path, capfd):
+    """CURRENT names a version whose query tower is damaged: evaluate records the error (with
+    the traceback in its log) and publish, with default settings, refuses and leaves the store
+    as it was."""
+    from core.store import VersionStore
+    from indexer.publish import gate_and_publish
+    from trainer.evaluate import evaluate_model
+
+    root = str(tmp_path / "store")
+    shutil.copytree(world["store"], root)
+    version = VersionStore(root).current()
+    with open(os.path.join(VersionStore(root).version_path(version), "query_tower", "saved_model.pb"), "wb") as fh:
+        fh.write(b"not a SavedModel")
+    config = world["config"].with_overrides({"publish.store": root})
+    metrics = evaluate_model(config, world["folder"], world["good"], str(tmp_path / "eval"), live_store=root)
+    assert metrics["live"]["version"] == version and metrics["live"]["error"]
+    assert f"live version {version} of {root} cannot be evaluated" in capfd.readouterr().err
+    before = _store_state(root)
+    out = gate_and_publish(config, world["folder"], world["good"], world["emb"], world["index"], metrics, "r-c", {})
+    assert out["published"] is False and out["version"] is None
+    assert any("could not be evaluated" in r and "refused" in r for r in out["reasons"])
+    assert _store_state(root) == before
+
+
+def test_a_bug_in_the_live_comparison_is_recorded_and_refused(world, monkeypatch, capfd):
+    """Not only data problems: a bug (here a TypeError planted in the live scoring) is recorded
+    with its type and traceback, and the default gate refuses on it."""
+    import trainer.evaluate
+    from indexer.gate import decide
+    from trainer.evaluate import evaluate_model
+
+    def broken(items_path, catalog_ids):
+        raise TypeError("planted bug")
+
+    monkeypatch.setattr(trainer.evaluate, "_live_item_embeddings", broken)
+    metrics = evaluate_model(world["config"], world["folder"], world["good"], str(world["tmp"] / "eval-bug"),
+                             live_store=world["store"])
+    assert metrics["live"] == {"version": world["first"]["version"], "error": "TypeError: planted bug"}
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "planted bug" in err
+    decision = decide(world["config"], metrics)
+    assert not decision.publish and any("TypeError: planted bug" in r for r in decision.reasons)
+
+
+def test_a_store_without_current_is_the_only_silent_case(world, tmp_path):
+    """No CURRENT (nothing published yet): live is None and the gate publishes as a first publish."""
+    from indexer.gate import decide
+    from trainer.evaluate import evaluate_model
+
+    empty = str(tmp_path / "empty-store")
+    os.makedirs(empty)
+    metrics = evaluate_model(world["config"], world["folder"], world["good"], str(tmp_path / "eval"),
+                             live_store=empty)
+    assert metrics["live"] is None
+    decision = decide(world["config"], metrics)
+    assert decision.publish and "no live version: first publish has no baseline" in decision.reasons
 
 
 def _publish_fake_live(root: str, query_tower: str, ids: list[str], matrix: np.ndarray) -> str:

@@ -73,6 +73,40 @@ def test_optimizer_follows_the_schedule(root):
     assert float(make_optimizer(_config(root, lr=0.5, optimizer="adagrad"), 100).learning_rate) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw", "adagrad"])
+def test_weight_decay_is_decoupled_decay_for_every_optimizer(root, name):
+    """train.weight_decay acts whatever train.optimizer is: with zero gradients (so the update
+    rule itself moves nothing) each step scales every weight by (1 - lr * weight_decay), through
+    make_optimizer's compiled update path, rows a sparse gradient did not touch included."""
+    import tensorflow as tf
+
+    from trainer.model import make_optimizer
+
+    lr, wd, steps = 0.1, 0.5, 3
+    rng = np.random.default_rng(1)
+    init = [rng.normal(size=s).astype(np.float32) for s in [(20, 4), (4, 3), (3,)]]
+
+    def run(weight_decay: float):
+        variables = [tf.Variable(v) for v in init]
+        optimizer = make_optimizer(_config(root, optimizer=name, lr=lr, weight_decay=weight_decay), 100)
+
+        @tf.function
+        def step():
+            grads = [tf.IndexedSlices(tf.zeros([2, 4]), tf.constant([1, 5]), tf.constant([20, 4])),
+                     tf.zeros([4, 3]), tf.zeros([3])]
+            optimizer.apply_gradients(zip(grads, variables))
+
+        for _ in range(steps):
+            step()
+        return [v.numpy() for v in variables]
+
+    factor = (1.0 - lr * wd) ** steps  # 0.95 ** 3
+    for got, start in zip(run(wd), init):
+        np.testing.assert_allclose(got, start * factor, rtol=1e-5, atol=1e-7)
+    for got, start in zip(run(0.0), init):  # off: zero gradients leave every weight as it was
+        np.testing.assert_allclose(got, start, rtol=1e-6, atol=1e-7)
+
+
 # --------------------------------------------------------------------------- determinism
 
 

@@ -166,6 +166,31 @@ def test_running_run(tmp_path):
     assert [s["status"] for s in run["steps"]] == ["succeeded"] * 3 + ["running"] + ["pending"] * 3
 
 
+def test_running_run_whose_process_is_gone_is_shown_failed(tmp_path):
+    """run.json names its owner; one that is gone (here: our pid with another start time, as
+    after pid reuse) makes the run failed, in the listing, the run page and run.json itself,
+    and writes the store's run record. A running run without an owner (older runs) is left."""
+    from core.run_records import process_identity
+
+    dead = {**process_identity(), "started": "another-boot:1"}
+    store = tmp_path / "store"
+    rid = "20261122T110000Z-dead00"
+    path = make_run(tmp_path, rid, run_json(rid, "running", owner=dead, store=str(store)), stages=ALL_STAGES[:3])
+    os.makedirs(os.path.join(path, "kfp", PIPELINE_RUN, "evaluate"))
+    legacy = "20261122T100000Z-legacy"
+    make_run(tmp_path, legacy, run_json(legacy, "running"))
+    listed = {r["run_id"]: r for r in runs.list_runs(str(tmp_path))}
+    want = f"process {dead['pid']} ended without finishing the run (killed?)"
+    assert (listed[rid]["status"], listed[rid]["error"]) == ("failed", want)
+    assert listed[legacy]["status"] == "running"
+    run = runs.read_run(str(tmp_path), rid)
+    assert run["status"] == "failed" and [s["status"] for s in run["steps"]][:4] == ["succeeded"] * 3 + ["not run"]
+    with open(os.path.join(path, "run.json")) as fh:
+        assert json.load(fh)["status"] == "failed"
+    (record,) = VersionStore(str(store)).run_records()
+    assert (record["run_id"], record["state"], record["error"]) == (rid, "FAILED", want)
+
+
 def test_damaged_json_is_a_problem_not_a_crash(tmp_path):
     rid = "20261122T120000Z-000001"
     path = make_run(tmp_path, rid)
