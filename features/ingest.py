@@ -15,16 +15,45 @@ Output (``out_dir``, see docs/ARCHITECTURE.md "ingest"): ``interactions.parquet`
 
 Validation is vectorised with pandas: each check yields a boolean mask over the rows, and
 only the (few) rejected rows are touched one by one to write their dead letters.
+
+What is refused, and how (every error is an :class:`IngestError` naming the file as the user
+knows it, and the row/line/column when known; a fault confined to one row is a dead letter):
+
+- csv/jsonl are UTF-8 text (a UTF-8 byte-order mark is allowed). A line with bytes that are not
+  UTF-8, or with a NUL, makes its row a dead letter naming the line and byte offset (a jsonl
+  ``\\u0000`` or lone-surrogate ``\\ud800`` escape likewise, naming the field); in the header,
+  or a UTF-16/32 byte-order mark, it is an error.
+- A physical line over :data:`MAX_LINE_CHARS` bytes is skipped unread and dead-lettered; a csv
+  field or jsonl string over :data:`MAX_FIELD_CHARS` characters dead-letters its row.
+- csv is parsed with strict quoting. Junk after a closing quote, or a quote left open at the
+  end of the file, on the row's own line dead-letters that row. A quoted field that runs over
+  line breaks and then breaks (bad quoting, the end of the file, over MAX_FIELD_CHARS), ends in
+  a record of the wrong width, or holds a whole line that parses as a row of the file's width
+  is taken for an unclosed quote that swallowed the rows after it: the file is refused, naming
+  the row and the line the quote opened on. (A legitimate multi-line field passes unless one
+  of its inner lines has exactly as many fields as the header: in a one-column file, a field
+  over three or more lines is refused.)
+- Duplicate column names (compared after trimming spaces; unnamed ones may repeat), and a
+  folder / broken link / special file in place of an input file: errors. jsonl/parquet cells
+  that are objects/lists, or bytes that are not UTF-8: dead letters.
+- ``timestamp`` is integer unix seconds in [0, :data:`MAX_TIMESTAMP`) (2200-01-01); other
+  values are dead letters saying why (checked in float64 first, so nothing overflows int64).
+  A file whose median timestamp is past that bound is in another unit (ms/us/ns) and is
+  refused whole rather than rescaled (truncating to seconds would quietly lose the sub-second
+  order the leave-last-out split uses): convert it to seconds upstream.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
+import datetime
 import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,6 +76,26 @@ DEAD_LETTER_FILE = "dead_letter.jsonl"
 STATS_FILE = "ingest_stats.json"
 #: How many dead-letter reasons a threshold error quotes.
 _REASONS_IN_ERROR = 5
+#: Longest physical line of a csv/jsonl file, in bytes; a longer one is skipped without being
+#: held in memory, and its row dead-lettered.
+MAX_LINE_CHARS = 1 << 24
+#: Longest csv field / jsonl string value, in characters (8x csv's default of 131,072: room
+#: for long descriptions, while a runaway quote still stops early).
+MAX_FIELD_CHARS = 1 << 20
+#: ``timestamp`` is unix seconds in [0, MAX_TIMESTAMP): 2200-01-01T00:00:00Z. Far below 2**53,
+#: so every accepted value is exact in float64 and fits int64.
+MAX_TIMESTAMP = 7_258_118_400
+#: Units a file's timestamps may be in by mistake (name, units per second), coarsest first.
+_FINER_UNITS = (("milliseconds", 10**3), ("microseconds", 10**6), ("nanoseconds", 10**9))
+#: Characters no text cell may hold: NUL, and surrogates (lone ones from a jsonl \ud800 escape,
+#: or U+DC80..U+DCFF standing for an undecodable byte). Neither can be written as UTF-8 text.
+_BAD_CHARS = re.compile(r"[\x00\ud800-\udfff]")
+#: jsonl escapes that can produce a _BAD_CHARS character (cheap substring pre-check per line).
+_BAD_ESCAPES = ("\\u0000", "\\ud", "\\uD")
+#: How many characters of an over-long value a dead letter quotes.
+_CLIP = 200
+#: A line break as csv reads one inside a quoted field (newline="" keeps all three kinds).
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class IngestError(ValueError):
@@ -140,10 +189,26 @@ def find_input_files(folder: str, fmt: str, shown_root: Optional[str] = None) ->
                               f"{' and '.join(matches)} both exist; keep one or set data.format")
         if matches:
             found[table] = os.path.join(folder, matches[0])
+            _require_file(found[table], storage.join(shown_root, matches[0]))
         elif table != "users":
             raise IngestError(f"{storage.join(shown_root, table + '.*')}: not found "
                               f"(expected {table}.{'|'.join(formats)} in {shown_root})")
     return found
+
+
+def _require_file(path: str, shown: str) -> None:
+    """Refuse a folder, a broken link or a special file (a FIFO would block) named like a table."""
+    if os.path.isdir(path):
+        raise IngestError(f"{shown}: is a directory, expected a file")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise IngestError(f"{shown}: is a broken symbolic link (to {os.readlink(path)})")
+    if not os.path.isfile(path):
+        raise IngestError(f"{shown}: is not a regular file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise IngestError(f"{shown}: cannot be read: {exc.strerror or exc}") from exc
 
 
 def fingerprint_files(files: dict[str, str]) -> str:
@@ -182,70 +247,405 @@ def read_raw(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]
 
     Returns:
         (frame, row_numbers, dead): ``frame`` has one row per structurally valid record
-        (csv cells are str; parquet/jsonl keep their native JSON/arrow types);
+        (csv cells are str; parquet/jsonl keep their native JSON/arrow scalar types);
         ``row_numbers[i]`` is the 1-based data row of frame row i; ``dead`` are dead letters
-        for records that could not be parsed at all (wrong field count, invalid JSON).
+        for records that could not be read as a row (wrong field count, invalid JSON, bad
+        bytes, an over-long line or field, an object/list cell; see the module docstring).
 
     Raises:
-        IngestError: the file is empty or unreadable.
+        IngestError: the file is empty, unreadable, has duplicate column names, no valid
+            row, or a structural fault (bad header, unclosed csv quote).
     """
     ext = path.rsplit(".", 1)[-1]
-    if os.path.getsize(path) == 0:
-        raise IngestError(f"{shown}: empty input file")
-    if ext == "csv":
-        frame, rows, dead = _read_csv(path, shown)
-    elif ext == "jsonl":
-        frame, rows, dead = _read_jsonl(path, shown)
-    else:
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types; re-raise with the file name
-            raise IngestError(f"{shown}: not a readable parquet file: {exc}") from exc
-        rows, dead = list(range(1, len(frame) + 1)), []
+    try:
+        if os.path.getsize(path) == 0:
+            raise IngestError(f"{shown}: empty input file")
+        if ext == "csv":
+            frame, rows, dead = _read_csv(path, shown)
+        elif ext == "jsonl":
+            frame, rows, dead = _read_jsonl(path, shown)
+        else:
+            frame, rows, dead = _read_parquet(path, shown)
+    except OSError as exc:
+        raise IngestError(f"{shown}: cannot be read: {exc.strerror or exc}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
+    _refuse_duplicate_columns(list(frame.columns), shown)
+    if ext != "csv":  # csv cells are str by construction; their bad bytes were found per line
+        # jsonl NULs were found per line (a NUL byte or a \u0000 escape); parquet's are scanned.
+        frame, rows, dead = _check_cells(frame, rows, dead, shown, scan_nul=ext == "parquet")
     if len(frame) + len(dead) == 0:
         raise IngestError(f"{shown}: empty input file (no data rows)")
+    if len(frame) == 0:
+        raise IngestError(_no_valid_rows(shown, len(dead), sorted(dead, key=lambda d: d["row"])))
     return frame.reset_index(drop=True), rows, dead
 
 
+def _refuse_duplicate_columns(columns: list[str], shown: str) -> None:
+    """Two columns of one name would make every lookup of it ambiguous (IngestError).
+
+    Unnamed columns may repeat: trailing commas in a csv header make them, and no schema
+    column can be unnamed.
+    """
+    dups = sorted(name for name, count in collections.Counter(columns).items() if count > 1 and name)
+    if dups:
+        raise IngestError(f"{shown}: duplicate column name(s) {dups} (compared after trimming "
+                          "spaces); every column name must be unique")
+
+
+class _Lines:
+    """The physical lines of a csv/jsonl file as UTF-8 text, recording what is wrong with them.
+
+    The file is read as latin-1 (one character per byte, so positions are byte offsets) and
+    each line is decoded as UTF-8 on its own: a bad byte names its line and offset, and the
+    lines around it still parse. Iterate once.
+
+    Attributes:
+        flaws: ``[(line number, reason)]`` in line order, for lines with bytes that are not
+            UTF-8 (kept as U+DC80..U+DCFF surrogates so the structure survives), a NUL, or
+            over :data:`MAX_LINE_CHARS` bytes (yielded as an empty line). Empty for a clean file.
+        text: the last line yielded.
+    """
+
+    def __init__(self, path: str, shown: str, newline: str):
+        self.path, self.shown, self.newline = path, shown, newline
+        self.flaws: list[tuple[int, str]] = []
+        self.text = ""
+        self.bom = 0  # bytes of a UTF-8 byte-order mark before line 1
+
+    def __iter__(self) -> Iterator[str]:
+        with open(self.path, encoding="latin-1", newline=self.newline) as fh:
+            line = self._first_line(fh)
+            number, offset = 0, self.bom
+            while line:  # the per-line work of every csv/jsonl row: keep it to a few C calls
+                number += 1
+                size = len(line)
+                if size == MAX_LINE_CHARS and line[-1] not in "\r\n":
+                    size += _skip_line(fh)
+                    self.flaws.append((number, f"line {number} is {size} bytes long, over the "
+                                               f"{MAX_LINE_CHARS}-byte limit (not read)"))
+                    text = "\n"
+                else:
+                    raw = line.encode("latin-1")
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        self.flaws.append((number, f"line {number} is not valid UTF-8 (byte 0x"
+                                                   f"{raw[exc.start]:02x} at byte offset {offset + exc.start})"))
+                        text = raw.decode("utf-8", "surrogateescape")
+                    if "\x00" in text:
+                        self.flaws.append((number, f"line {number} holds a NUL byte (at byte offset "
+                                                   f"{offset + raw.index(0)})"))
+                offset += size
+                self.text = text
+                yield text
+                line = fh.readline(MAX_LINE_CHARS)
+
+    def _first_line(self, fh) -> str:
+        """Line 1 without a UTF-8 byte-order mark (still up to MAX_LINE_CHARS long); a UTF-16/32
+        byte-order mark is an IngestError."""
+        line = fh.readline(MAX_LINE_CHARS)
+        if line.startswith(("\xff\xfe", "\xfe\xff")):
+            raise IngestError(f"{self.shown}: starts with a UTF-16/UTF-32 byte-order mark; "
+                              "ingest reads UTF-8 text: save the file as UTF-8")
+        if not line.startswith("\xef\xbb\xbf"):
+            return line
+        self.bom = 3
+        cut = len(line) == MAX_LINE_CHARS and line[-1] not in "\r\n"
+        return line[3:] + (fh.readline(3) if cut else "")
+
+    def reasons(self, first: int) -> str:
+        """The flaws of lines ``first`` and after (the current record's), joined."""
+        mine = [reason for number, reason in reversed(self.flaws) if number >= first]
+        return "; ".join(reversed(mine))
+
+
+def _skip_line(fh) -> int:
+    """Read past the rest of an over-long line in bounded chunks; returns the chars skipped."""
+    skipped = 0
+    while chunk := fh.readline(MAX_LINE_CHARS):
+        skipped += len(chunk)
+        if chunk[-1] in "\r\n":
+            break
+    return skipped
+
+
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """csv's field size limit is process-wide: set it while ingest parses, then put it back."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def _read_csv(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        records = list(csv.reader(fh))
-    # csv.reader yields [] for blank lines; they are not data rows.
-    numbered = [(i, r) for i, r in enumerate(records) if r]
-    if not numbered:
-        raise IngestError(f"{shown}: empty input file")
-    header = numbered[0][1]
+    lines = _Lines(path, shown, newline="")
+    # strict: junk after a closing quote and a quote still open at the end of the file raise,
+    # so an unclosed quote shows instead of silently reading the rows after it into one field.
+    reader = csv.reader(lines, strict=True)
+    flaws = lines.flaws
+    header: Optional[list[str]] = None
     keep, rows, dead = [], [], []
-    for n, (_, rec) in enumerate(numbered[1:], start=1):
-        if len(rec) != len(header):
-            dead.append(_dead(shown, n, "*", f"expected {len(header)} fields, got {len(rec)}",
-                              {"fields": rec}))
-            continue
-        keep.append(rec)
-        rows.append(n)
-    frame = pd.DataFrame(keep, columns=header, dtype=object)
-    return frame, rows, dead
+    n = 0  # data rows so far (blank lines are not rows)
+    with _csv_field_limit(MAX_FIELD_CHARS):
+        while True:
+            first = reader.line_num + 1
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                if header is None:
+                    raise IngestError(f"{shown}: line {first}: cannot read the header: {exc}") from exc
+                n += 1
+                dead.append(_broken_csv_record(shown, n, first, reader.line_num, exc, lines.text, header))
+                continue
+            last = reader.line_num
+            if flaws and flaws[-1][0] >= first:
+                if header is None:
+                    raise IngestError(f"{shown}: header: {lines.reasons(first)}; ingest reads UTF-8 text "
+                                      "(NULs in a header usually mean UTF-16)")
+                n += 1
+                dead.append(_flawed_record(shown, n, rec, header, lines.reasons(first)))
+                continue
+            if not rec:
+                continue
+            if header is None:
+                if last > first:
+                    raise IngestError(f"{shown}: the header spans lines {first}-{last}: an unclosed quote?")
+                header = rec
+                continue
+            n += 1
+            if last > first:
+                _check_multiline_record(shown, n, first, last, rec, len(header))
+            if len(rec) != len(header):
+                dead.append(_dead(shown, n, "*", f"expected {len(header)} fields, got {len(rec)}",
+                                  {"fields": rec}))
+                continue
+            keep.append(rec)
+            rows.append(n)
+    if header is None:
+        raise IngestError(f"{shown}: empty input file")
+    return pd.DataFrame(keep, columns=header, dtype=object), rows, dead
+
+
+def _broken_csv_record(shown: str, n: int, first: int, last: int, exc: csv.Error, line: str,
+                       header: list[str]) -> dict:
+    """A record csv could not parse -> its dead letter; IngestError when it spanned lines.
+
+    A record that breaks on its own line (junk after a quote, a quote open at the end of the
+    file, a field over MAX_FIELD_CHARS) is that row's fault. One whose quoted field first ran
+    over line breaks means the quote that opened on line ``first`` was never closed: the rows
+    after it were read as its text, and nothing after that line can be trusted.
+    """
+    if last > first:
+        raise IngestError(f"{shown}: row {n} (line {first}): the quoted field opened on line {first} "
+                          f"is still open on line {last} ({exc}): an unclosed quote? It would "
+                          "swallow the rows after it")
+    with _csv_field_limit(MAX_LINE_CHARS):  # the line is bounded: reparse it to name the field
+        try:
+            fields = next(csv.reader([line], strict=True))
+        except csv.Error:
+            fields = []
+    long = [i for i, value in enumerate(fields) if len(value) > MAX_FIELD_CHARS]
+    if not long:  # a quoting fault (it fails again with the larger limit)
+        return _dead(shown, n, "*", f"line {first} is not valid CSV ({exc}): a quote left open, or text "
+                     "after a closing quote", {"line": _printable(_clip(line))})
+    name = header[long[0]] if long[0] < len(header) else "*"
+    clipped = [_clip(v) for v in fields]
+    raw = dict(zip(header, clipped)) if len(fields) == len(header) else {"fields": clipped}
+    return _dead(shown, n, name, f"field of {len(fields[long[0]])} characters, over the "
+                 f"{MAX_FIELD_CHARS}-character limit (line {first})", raw)
+
+
+def _flawed_record(shown: str, n: int, rec: list[str], header: list[str], reasons: str) -> dict:
+    """A record on a line with bad bytes / a NUL / too many bytes -> its dead letter.
+
+    ``field`` is the first column holding a bad character ("*" when none is, e.g. a skipped line).
+    """
+    named = len(rec) == len(header)
+    bad = [i for i, value in enumerate(rec) if _BAD_CHARS.search(value)]
+    name = header[bad[0]] if bad and named else "*"
+    values = [_printable(v) for v in rec]
+    return _dead(shown, n, name, reasons, dict(zip(header, values)) if named else {"fields": values})
+
+
+def _check_multiline_record(shown: str, n: int, first: int, last: int, rec: list[str], width: int) -> None:
+    """Refuse a record whose quoted field spans lines if it looks like an unclosed quote.
+
+    Evidence: the record has the wrong number of fields, or a whole line inside one of its
+    fields parses as a row of the file's width (the rows an unclosed quote swallowed). A
+    multi-line text field passes otherwise.
+    """
+    if len(rec) != width:
+        raise IngestError(f"{shown}: row {n} (line {first}): the quoted field opened on line {first} "
+                          f"spans lines {first}-{last} and the record has {len(rec)} fields, the header "
+                          f"{width}: an unclosed quote?")
+    line = first
+    for value in rec:
+        parts = _LINE_BREAK.split(value)
+        for k, inner in enumerate(parts[1:-1], start=1):  # whole lines, both ends inside the field
+            if len(next(csv.reader([inner]), [])) == width:
+                raise IngestError(
+                    f"{shown}: row {n} (line {first}): the quoted field opened on line {first} runs to "
+                    f"line {last}, and line {line + k} inside it reads as a row of its own "
+                    f"({_clip(inner)!r}): an unclosed quote? Close or double it (\"\") and re-run")
+        line += len(parts) - 1
 
 
 def _read_jsonl(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
+    lines = _Lines(path, shown, newline="\n")  # JSON Lines end at "\n" only
+    flaws = lines.flaws
     keep, rows, dead = [], [], []
-    with open(path, encoding="utf-8-sig") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
+    for n, line in enumerate(lines, start=1):
+        if flaws and flaws[-1][0] == n:
+            dead.append(_dead(shown, n, _jsonl_bad_field(line) or "*", lines.reasons(n),
+                              {"line": _printable(_clip(line.rstrip("\n")))}))
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            dead.append(_dead(shown, n, "*", f"invalid JSON: {exc.msg}", {"line": _clip(line.rstrip("\n"))}))
+            continue
+        except RecursionError:  # e.g. a line of 100k "[": json recurses per nesting level
+            dead.append(_dead(shown, n, "*", "invalid JSON: nested too deeply",
+                              {"line": _clip(line.rstrip("\n"))}))
+            continue
+        if not isinstance(obj, dict):
+            dead.append(_dead(shown, n, "*", "not a JSON object", {"line": _clip(line.rstrip("\n"))}))
+            continue
+        # Only a line with one of these escapes, or a long one, can hold a bad or over-long string.
+        if len(line) > MAX_FIELD_CHARS or ("\\u" in line and any(e in line for e in _BAD_ESCAPES)):
+            problem = _bad_json_value(obj)
+            if problem:
+                dead.append(_dead(shown, n, problem[0], problem[1], {k: _clip(v) for k, v in obj.items()}))
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                dead.append(_dead(shown, n, "*", f"invalid JSON: {exc.msg}", {"line": line.rstrip("\n")}))
-                continue
-            if not isinstance(obj, dict):
-                dead.append(_dead(shown, n, "*", "not a JSON object", {"line": line.rstrip("\n")}))
-                continue
-            keep.append(obj)
-            rows.append(n)
+        keep.append(obj)
+        rows.append(n)
     frame = pd.DataFrame.from_records(keep) if keep else pd.DataFrame()
     return frame, rows, dead
+
+
+def _bad_json_value(obj: dict) -> Optional[tuple[str, str]]:
+    """(field, reason) for the first key/string value of a JSON object that is not storable
+    text (a NUL, a lone surrogate) or is over MAX_FIELD_CHARS characters; None when all are fine."""
+    for key, value in obj.items():
+        if _BAD_CHARS.search(key):
+            return "*", f"key {key!r}: {_bad_char_reason(key)}"
+        if isinstance(value, str):
+            if _BAD_CHARS.search(value):
+                return key, _bad_char_reason(value)
+            if len(value) > MAX_FIELD_CHARS:
+                return key, f"string of {len(value)} characters, over the {MAX_FIELD_CHARS}-character limit"
+    return None
+
+
+def _jsonl_bad_field(line: str) -> Optional[str]:
+    """The field holding a bad character on a flawed jsonl line, when the line parses at all."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return next((k for k, v in obj.items() if isinstance(v, str) and _BAD_CHARS.search(v)), None)
+
+
+def _bad_char_reason(text: str) -> str:
+    char = _BAD_CHARS.search(text).group()
+    if char == "\x00":
+        return "holds a NUL character (\\u0000)"
+    return f"holds a lone surrogate \\u{ord(char):04x}, which is not text (cannot be written as UTF-8)"
+
+
+def _read_parquet(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
+    import pyarrow.parquet as pq  # pandas' parquet engine; imported when a parquet file is read
+
+    try:
+        # Duplicate names make pandas' reader fail with an arrow message that names neither.
+        names = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises several types; re-raise with the file name
+        raise IngestError(f"{shown}: not a readable parquet file: {exc}") from exc
+    _refuse_duplicate_columns([str(c).strip() for c in names], shown)
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types; re-raise with the file name
+        raise IngestError(f"{shown}: not a readable parquet file: {exc}") from exc
+    return frame, list(range(1, len(frame) + 1)), []
+
+
+#: ``infer_dtype`` kinds whose cells are all plain scalars: nothing to look at cell by cell.
+_SCALAR_KINDS = frozenset({"empty", "string", "integer", "floating", "mixed-integer-float", "decimal",
+                           "boolean", "integer-na", "complex", "datetime", "datetime64", "date",
+                           "time", "timedelta", "timedelta64", "period", "categorical", "interval"})
+
+
+def _check_cells(frame: pd.DataFrame, rows: list[int], dead: list[dict], shown: str,
+                 scan_nul: bool) -> tuple[pd.DataFrame, list[int], list[dict]]:
+    """jsonl/parquet cells no column type can take -> dead letters, their rows dropped.
+
+    Those are a JSON object/array (arrow struct/list), bytes that are not UTF-8 (bytes that are
+    become str: an arrow binary column), and a NUL in a string (``scan_nul``). A column is
+    looked at cell by cell only when ``infer_dtype`` does not vouch for it; the NUL scan is
+    vectorised.
+    """
+    field = np.full(len(frame), None, dtype=object)
+    reason = np.full(len(frame), None, dtype=object)
+    for col in frame.columns:
+        s = frame[col]
+        kind = pd.api.types.infer_dtype(s, skipna=True)
+        if kind not in _SCALAR_KINDS:  # mixed, bytes, unknown-array: rare, so cell by cell
+            checked = [_cell_problem(v) for v in s.to_numpy(dtype=object)]
+            frame[col] = pd.Series([v for v, _ in checked], index=frame.index, dtype=object)
+            problems = np.array([p for _, p in checked], dtype=object)
+        elif kind == "string" and scan_nul:
+            nul = np.asarray(s.str.contains("\x00", regex=False, na=False), dtype=bool)
+            problems = np.where(nul, _bad_char_reason("\x00"), None)
+        else:
+            continue
+        new = pd.notna(problems) & pd.isna(field)  # the first problem per row wins
+        field[new], reason[new] = col, problems[new]
+    bad = pd.notna(field)
+    if not bad.any():
+        return frame, rows, dead
+    idx = np.flatnonzero(bad)
+    raws = frame.iloc[idx].to_dict("records")
+    dead = dead + [_dead(shown, rows[i], field[i], reason[i], raw) for i, raw in zip(idx, raws)]
+    keep = ~bad
+    return frame.loc[keep].reset_index(drop=True), [r for r, k in zip(rows, keep) if k], dead
+
+
+def _cell_problem(value) -> tuple[object, Optional[str]]:
+    """One cell of a column infer_dtype did not vouch for -> (value, problem or None)."""
+    if isinstance(value, dict):
+        return value, "an object (JSON object / struct), expected a single value"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return value, "a list (JSON array / list column), expected a single value"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return value, f"bytes that are not UTF-8 text (byte 0x{value[exc.start]:02x} at offset {exc.start})"
+    if isinstance(value, str) and _BAD_CHARS.search(value):
+        return value, _bad_char_reason(value)
+    return value, None
+
+
+def _clip(value):
+    """A str over _CLIP characters shortened for a dead letter (other values unchanged)."""
+    if isinstance(value, str) and len(value) > _CLIP:
+        return f"{value[:_CLIP]}... ({len(value)} characters)"
+    return value
+
+
+def _printable(value: str) -> str:
+    """Undecodable bytes (kept as surrogates while parsing) shown as U+FFFD in a dead letter."""
+    if not _BAD_CHARS.search(value):
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 # --------------------------------------------------------------------------- column checks
@@ -280,10 +680,15 @@ class _Checker:
 
 
 def _as_text(s: pd.Series) -> pd.Series:
-    """Cells as nullable strings; integral floats (ids read from parquet/jsonl) lose the '.0'."""
+    """Cells as nullable strings; integral floats (ids read from parquet/jsonl) lose the '.0'.
+
+    Only a column of finite floats that are exact integers (|x| <= 2**53) is read that way;
+    any other float column (1e20, inf) keeps its float spelling rather than fail the cast.
+    """
     if pd.api.types.is_float_dtype(s.dtype):
-        finite = s.dropna()
-        if len(finite) and np.all(np.mod(finite.to_numpy(), 1) == 0):
+        finite = s.dropna().to_numpy(dtype=np.float64)
+        if (len(finite) and np.isfinite(finite).all() and (np.abs(finite) <= 2.0**53).all()
+                and (np.mod(finite, 1) == 0).all()):
             return s.astype("Int64").astype("string")
     elif pd.api.types.is_bool_dtype(s.dtype):
         return s.astype("Int64").astype("string")
@@ -303,6 +708,19 @@ def _parse_numeric(text: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return values, missing, bad
 
 
+def _reasons(mask: np.ndarray, text: pd.Series, template: str) -> np.ndarray:
+    """``template.format(cell)`` for the rows in ``mask``, None elsewhere (object [n]).
+
+    Only flagged rows are formatted, so a clean column costs no per-row Python.
+    """
+    out = np.full(len(mask), None, dtype=object)
+    idx = np.flatnonzero(mask)
+    if len(idx):
+        cells = text.iloc[idx].fillna("").to_numpy(dtype=object)
+        out[idx] = [template.format(v) for v in cells]
+    return out
+
+
 def _check_id(chk: _Checker, name: str) -> pd.Series:
     text = _as_text(chk.frame[name]).str.strip()
     chk.flag(_missing(text), name, f"empty {name}")
@@ -317,8 +735,7 @@ def _check_feature(chk: _Checker, spec: FeatureSpec) -> pd.Series:
     text = _as_text(chk.frame[spec.name])
     if spec.type == "numeric":
         values, _, bad = _parse_numeric(text)
-        shown = text.fillna("").to_numpy(dtype=object)
-        chk.flag(bad, spec.name, np.array([f"not a number: {v!r}" for v in shown], dtype=object))
+        chk.flag(bad, spec.name, _reasons(bad, text, "not a number: {!r}"))
         return pd.Series(values, dtype="float64")
     if spec.type == "id":
         # An id-typed feature is not a key: a missing value is allowed (transform fills "").
@@ -406,7 +823,7 @@ def _validate_interactions(path: str, shown: str, config: Config, known_items: s
         chk.flag(bad, RATING, "rating is not a number")
         out[RATING] = pd.Series(values, dtype="float64")
     if TIMESTAMP in frame.columns:
-        out[TIMESTAMP] = _check_timestamp(chk, frame)
+        out[TIMESTAMP] = _check_timestamp(chk, frame[TIMESTAMP])
     for spec in extra:
         out[spec.name] = _check_feature(chk, spec)
     chk.flag(~item_ids.isin(known_items).to_numpy(dtype=bool), ITEM_KEY, "unknown item_id")
@@ -418,17 +835,56 @@ def _check_label(chk: _Checker, frame: pd.DataFrame) -> pd.Series:
     if LABEL not in frame.columns:
         return pd.Series(np.ones(len(frame), dtype=np.int64))
     values, missing, bad = _parse_numeric(_as_text(frame[LABEL]))
-    chk.flag(missing | bad | ~np.isin(values, (0.0, 1.0)), LABEL, "label must be 0 or 1")
-    return pd.Series(np.nan_to_num(values, nan=0.0).astype(np.int64))
+    ok = np.isin(values, (0.0, 1.0))
+    chk.flag(missing | bad | ~ok, LABEL, "label must be 0 or 1")
+    # Cast only the 0/1 values: a flagged 1e30 would overflow int64 (with a numpy warning).
+    return pd.Series(np.where(ok, values, 0.0).astype(np.int64))
 
 
-def _check_timestamp(chk: _Checker, frame: pd.DataFrame) -> pd.Series:
-    """timestamp column -> int64 unix seconds; missing, fractional or non-numeric is bad."""
-    values, missing, bad = _parse_numeric(_as_text(frame[TIMESTAMP]))
+def _check_timestamp(chk: _Checker, column: pd.Series) -> pd.Series:
+    """timestamp column -> int64 unix seconds in [0, MAX_TIMESTAMP).
+
+    Missing, non-numeric, fractional, negative and too-late values are dead letters; the range
+    is checked in float64 before the cast, so nothing (1e30, 2**63, 20 digits) wraps around in
+    int64. A file most of whose values are too late is in another unit: IngestError.
+    """
+    text = _as_text(column)
+    values, missing, bad = _parse_numeric(text)
     chk.flag(missing, TIMESTAMP, "missing timestamp")
     fractional = ~missing & ~bad & (np.mod(np.nan_to_num(values), 1) != 0)
     chk.flag(bad | fractional, TIMESTAMP, "timestamp is not an integer")
-    return pd.Series(np.nan_to_num(values, nan=0.0).astype(np.int64))
+    whole = ~missing & ~bad & ~fractional
+    _refuse_other_unit(values[whole], chk.shown)
+    negative = whole & (values < 0)
+    chk.flag(negative, TIMESTAMP, _reasons(negative, text, "timestamp {} is negative (before 1970); "
+                                           "expected unix seconds"))
+    late = whole & (values >= MAX_TIMESTAMP)
+    chk.flag(late, TIMESTAMP, _reasons(late, text, "timestamp {} is out of range: after 2200-01-01 as unix "
+                                       f"seconds (the limit is {MAX_TIMESTAMP - 1})"))
+    ok = whole & ~negative & ~late
+    return pd.Series(np.where(ok, values, 0.0).astype(np.int64))
+
+
+def _refuse_other_unit(values: np.ndarray, shown: str) -> None:
+    """IngestError when the file's median timestamp (float64 [n]) is past MAX_TIMESTAMP.
+
+    Then most rows are not unix seconds but (very likely) milliseconds, microseconds or
+    nanoseconds; dead-lettering them one by one would hide the cause, and rescaling them
+    would truncate the order within a second, so the file is refused and the unit named.
+    """
+    if not len(values):
+        return
+    median = float(np.median(values))
+    if median < MAX_TIMESTAMP:
+        return
+    for unit, per_second in _FINER_UNITS:
+        if median < MAX_TIMESTAMP * per_second:
+            day = datetime.datetime.fromtimestamp(median / per_second, tz=datetime.timezone.utc).date()
+            raise IngestError(f"{shown}: timestamps look like {unit}, not unix seconds: the median "
+                              f"{median:.0f} is after 2200-01-01 as seconds but {day} as {unit}; "
+                              f"divide them by {per_second} before ingest")
+    raise IngestError(f"{shown}: timestamps are out of range: the median {median:.6g} is after "
+                      "2200-01-01 even as nanoseconds; expected unix seconds")
 
 
 def _flag_duplicates(chk: _Checker, ids: pd.Series, name: str) -> None:
@@ -448,9 +904,13 @@ def _finish(chk: _Checker, out: dict[str, pd.Series], name: str, shown: str,
         if not pd.api.types.is_numeric_dtype(clean[col].dtype):
             clean[col] = clean[col].astype(str)
     if clean.empty:
-        reasons = "; ".join(f"row {d['row']} {d['field']}: {d['reason']}" for d in dead[:_REASONS_IN_ERROR])
-        raise IngestError(f"{shown}: no valid rows out of {rows} ({reasons})")
+        raise IngestError(_no_valid_rows(shown, rows, dead))
     return _Table(name=name, path=shown, frame=clean, rows=rows, dead=dead)
+
+
+def _no_valid_rows(shown: str, rows: int, dead: list[dict]) -> str:
+    reasons = "; ".join(f"row {d['row']} {d['field']}: {d['reason']}" for d in dead[:_REASONS_IN_ERROR])
+    return f"{shown}: no valid rows out of {rows} ({reasons})"
 
 
 # --------------------------------------------------------------------------- outputs
