@@ -99,7 +99,12 @@ class Retriever:
         self.query_key: str = serving["query_key"]
         self.query_key_type: str = serving["query_key_type"]
         self.feature_types: dict[str, str] = {f["name"]: f["type"] for f in serving["query_features"]}
-        self.reorder_k: Optional[int] = serving.get("reorder_k") if serving.get("index_kind") == "tree_ah" else None
+        tree = serving.get("index_kind") == "tree_ah"
+        self.reorder_k: Optional[int] = serving.get("reorder_k") if tree else None
+        #: Every leaf of the tree: the fallback search when the leaves searched by default hold
+        #: fewer than the requested candidates (ScaNN pads such an answer with NaN scores).
+        self.num_leaves: Optional[int] = (((manifest.get("index") or {}).get("params") or {}).get("num_leaves")
+                                          if tree else None)
         # The searcher is a C++ object; serialise calls rather than trust its re-entrancy.
         self._lock = threading.Lock()
 
@@ -220,6 +225,25 @@ class Retriever:
                 out[name] = _check_unicode(f"feature {name!r}", str(value))
         return out
 
+    def _search(self, vectors: np.ndarray, fetch: int, pre: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(positions int [B, fetch], scores float32 [B, fetch]), best first.
+
+        A tree index searches a fraction of its leaves; when they hold fewer than ``fetch``
+        points ScaNN pads the row with NaN scores. Such rows are searched again over every
+        leaf, so a large k is answered in full rather than cut short.
+        """
+        with self._lock:
+            idx, scores = self.searcher.search_batched(vectors, final_num_neighbors=fetch,
+                                                       pre_reorder_num_neighbors=pre)
+            idx, scores = np.array(idx), np.array(scores)
+            short = ~np.isfinite(scores).all(axis=1)
+            if short.any() and self.num_leaves:
+                more_idx, more_scores = self.searcher.search_batched(
+                    vectors[short], final_num_neighbors=fetch, pre_reorder_num_neighbors=pre,
+                    leaves_to_search=int(self.num_leaves))
+                idx[short], scores[short] = np.asarray(more_idx), np.asarray(more_scores)
+        return idx, scores
+
     def _check_embeddings(self, vectors: np.ndarray, resolved: list) -> None:
         """RequestError naming the request whose features the tower could not embed.
 
@@ -287,17 +311,13 @@ class Retriever:
         n_items = len(self.item_ids)
         fetch = min(n_items, k + max(len(s) for s in seen_sets))
         pre = max(fetch, self.reorder_k) if self.reorder_k else None
-        with self._lock:
-            idx, scores = self.searcher.search_batched(vectors, final_num_neighbors=fetch,
-                                                       pre_reorder_num_neighbors=pre)
+        idx, scores = self._search(vectors, fetch, pre)
         out = []
-        for row_idx, row_scores, seen in zip(np.asarray(idx), np.asarray(scores), seen_sets):
+        for row_idx, row_scores, seen in zip(idx, scores, seen_sets):
             items, kept = [], []
             for i, s in zip(row_idx, row_scores):
                 if not 0 <= int(i) < n_items or not math.isfinite(float(s)):
-                    # check_counts makes this unreachable for a verified version; never answer garbage
-                    raise RuntimeError(f"version {self.version}: the index returned position {int(i)} "
-                                       f"with score {float(s)!r} for {n_items} items")
+                    continue  # padding: the index holds fewer candidates than asked for
                 item_id = self.item_ids[int(i)]
                 if item_id in seen:
                     continue

@@ -193,3 +193,25 @@ def test_cli_retrieve_with_hostile_lines_is_a_one_line_error(published, capsys, 
     assert main(["retrieve", "--store", store, "--queries", str(queries), "--out", str(tmp_path / "r.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("twotower retrieve: error:") and reason in err and "Traceback" not in err, err
+
+
+def test_a_tree_index_answers_a_k_larger_than_its_searched_leaves_hold(published):
+    """ScaNN pads a tree search whose leaves hold fewer than k points with NaN scores (a 500
+    before): the retriever searches every leaf for such a request and answers k items."""
+    import copy
+    import threading
+
+    from indexer.scann_index import TREE_AH, IndexParams, build_with_params
+
+    retriever, _, ids, matrix, _, _ = published
+    tree = copy.copy(retriever)
+    params = IndexParams(kind=TREE_AH, num_leaves=6, num_leaves_to_search=1, training_sample_size=len(ids),
+                         reorder_k=len(ids))
+    tree.searcher = build_with_params(matrix, params)
+    tree.reorder_k, tree.num_leaves = params.reorder_k, params.num_leaves
+    tree._lock = threading.Lock()
+    k = len(ids) - 2  # far more than one leaf of 6 holds
+    answer = tree.retrieve({"user_id": "3"}, k=k)
+    assert len(answer["items"]) == k and all(np.isfinite(answer["scores"]))
+    assert len({it["item_id"] for it in answer["items"]}) == k
+    assert answer["scores"] == sorted(answer["scores"], reverse=True)
