@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,7 +33,9 @@ from core.records import ITEM_KEY
 from indexer.build import ITEM_IDS, METRICS, SCANN_DIR
 from indexer.embeddings import load_embeddings
 from indexer.gate import decide
-from indexer.store import VersionStore, utc_now
+from indexer.store import StoreError, VersionStore, utc_now
+
+log = logging.getLogger(__name__)
 
 QUERY_TOWER = "query_tower"
 INDEX = "index"
@@ -144,13 +147,14 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
         lineage: data fingerprint, config JSON, code version, run id (stored verbatim).
     Returns:
         {"published": bool, "version": str | None, "reasons": [str], "store": str,
-         "deleted": [str] (gc'd versions; empty when not published)}.
+         "deleted": [str] (gc'd versions; empty when not published),
+         "gc_error": str | None (why retention did not run after a publish)}.
         When the gate fails the store is not touched at all.
     """
     decision = decide(config, metrics)
     store_root = config.publish.store
     result = {"published": False, "version": None, "reasons": list(decision.reasons),
-              "store": store_root, "deleted": [], "baseline": decision.baseline}
+              "store": store_root, "deleted": [], "gc_error": None, "baseline": decision.baseline}
     if not decision.publish:
         return result
 
@@ -175,8 +179,23 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
             "serving": serving_section(config, index_metrics),
         }
         store.publish(version, staging, manifest)
-    result.update(published=True, version=version, deleted=store.gc(config.publish.keep_versions))
+    deleted, gc_error = _retention(store, config.publish.keep_versions)
+    result.update(published=True, version=version, deleted=deleted, gc_error=gc_error)
     return result
+
+
+def _retention(store: VersionStore, keep: int) -> tuple[list[str], str | None]:
+    """gc after a publish: (deleted ids, None), or ([], why) when gc could not run.
+
+    The new version is live either way, so a gc that cannot run (the store lock held past
+    its timeout by an operator, a damaged CURRENT) is reported, not raised: it must not
+    turn a successful publish into a failed run. The next publish or ``index gc`` retries it.
+    """
+    try:
+        return store.gc(keep), None
+    except StoreError as exc:
+        log.warning("published, but retention (gc keep=%d) did not run: %s", keep, exc)
+        return [], f"retention (keep {keep}) did not run: {exc}"
 
 
 def _stale_baseline(baseline: dict | None, store: VersionStore) -> str | None:

@@ -191,27 +191,38 @@ def cmd_retrieve(args) -> int:
 def cmd_index(args) -> int:
     from indexer.store import StoreError, VersionStore
 
-    store = VersionStore(args.store)
     try:
+        store = VersionStore(args.store)  # an empty --store is refused here
+        store.check_root()
         handler = {"list": _index_list, "show": _index_show, "rollback": _index_rollback,
                    "gc": _index_gc}[args.index_command]
         return handler(store, args)
-    except ValueError as exc:  # an invalid version id: the user's input, not a bug
+    except ValueError as exc:  # an invalid version id or store path: the user's input, not a bug
         raise StoreError(str(exc)) from None
 
 
 def _index_list(store, args) -> int:
-    for info in store.versions():
+    from indexer.store import PointerError
+
+    # A damaged CURRENT still lists the versions (what an operator can roll back to), then fails.
+    try:
+        store.current()
+        damaged = None
+    except PointerError as exc:
+        damaged = exc
+    for info in store.versions(strict_pointer=False):
         mark = "*" if info["live"] else " "
         print(f"{info['id']} {mark} created={info.get('created', '-')}"
               f"{'' if info.get('has_manifest', True) else ' (incomplete: no manifest)'}")
+    if damaged is not None:
+        raise damaged
     return 0
 
 
 def _require_versions(store) -> list[dict]:
     from indexer.store import StoreError
 
-    listed = store.versions()
+    listed = store.versions(strict_pointer=False)  # a damaged CURRENT is each command's own concern
     if not listed:
         raise StoreError(f"store {store.root} has no versions (nothing was ever published there)")
     return listed
@@ -270,10 +281,15 @@ def _index_show(store, args) -> int:
 
 
 def _index_rollback(store, args) -> int:
+    from indexer.store import PointerError
+
     _require_versions(store)
-    old = store.current()
+    try:
+        old = store.current() or "-"
+    except PointerError:  # rollback is how a damaged CURRENT is repaired
+        old = "(damaged CURRENT)"
     store.rollback(args.to)
-    print(f"CURRENT {old or '-'} -> {args.to}{' (already live)' if old == args.to else ''}")
+    print(f"CURRENT {old} -> {args.to}{' (already live)' if old == args.to else ''}")
     return 0
 
 

@@ -12,7 +12,8 @@ from core.store import StoreError, VersionStore
 
 
 class RollbackError(RuntimeError):
-    """A rollback was refused (unknown, incomplete or corrupt version, a racing writer); says why."""
+    """A rollback was refused (unknown, incomplete or corrupt version, a racing writer, a busy
+    store lock); says why. CURRENT is unchanged."""
 
 
 def _number(value) -> Optional[float]:
@@ -52,7 +53,7 @@ def list_versions(store: str) -> dict:
     Each version: id, created, live, complete (has a manifest), problem (why its
     manifest could not be read, or None), plus :func:`_summarise`'s fields.
     Raises:
-        StoreError: the store itself cannot be read (e.g. a damaged CURRENT on gs://).
+        StoreError: the store itself cannot be read (e.g. a damaged CURRENT: PointerError).
     """
     vs = VersionStore(store)
     live = vs.current()
@@ -76,6 +77,9 @@ def list_versions(store: str) -> dict:
 def rollback(store: str, version: str) -> str:
     """Point CURRENT at ``version`` after verifying its checksums; returns the new live id.
 
+    The same path as ``twotower index rollback``: :meth:`core.store.VersionStore.rollback`
+    swaps CURRENT under the store lock that gc also takes, so a gc running meanwhile either
+    keeps ``version`` (it sees it live) or has already condemned it (the rollback is refused).
     Raises:
         RollbackError: with a one-line reason; CURRENT is unchanged.
     """

@@ -265,13 +265,16 @@ def test_concurrent_publishers_exactly_one_wins(gcs, tmp_path, monkeypatch):
     store = VersionStore(_gs("store"))
     store.publish("v1", _staging(tmp_path, "v1"), {})
     barrier = threading.Barrier(2)
-    real_cas = storage.write_bytes_if_generation
+    real_upload = storage.upload_tree
 
-    def cas_after_both_are_ready(path, data, expected):
-        barrier.wait(timeout=30)  # both publishers read CURRENT's generation before either swaps
-        return real_cas(path, data, expected)
+    def upload_then_wait_for_the_other(src, dest):
+        # Both publishers read CURRENT's generation (before uploading) before either swaps.
+        # Not at the swap itself: that runs under the store lock, which only one holds at a time.
+        out = real_upload(src, dest)
+        barrier.wait(timeout=30)
+        return out
 
-    monkeypatch.setattr(core.store.storage, "write_bytes_if_generation", cas_after_both_are_ready)
+    monkeypatch.setattr(core.store.storage, "upload_tree", upload_then_wait_for_the_other)
     outcome: dict[str, BaseException | None] = {}
 
     def publisher(version: str) -> None:
@@ -314,6 +317,104 @@ def test_verify_names_a_corrupted_file_on_gs(gcs, tmp_path):
     gcs.put_object(BUCKET, "store/versions/v2/items.parquet", b"PAR1y", keep_hashes=True)
     with pytest.raises(DataCorruption, match="items.parquet"):
         store.verify("v2")
+
+
+# --------------------------------------------------------------------------- the store lock on gs://
+
+LOCK = "store/store.lock"
+
+
+def _lock_doc(gcs: FakeGcsServer) -> dict:
+    return json.loads(gcs.get_object(BUCKET, LOCK).data)
+
+
+def _dead_holder(expires_at: float) -> bytes:
+    return json.dumps({"owner": "dead", "write": "w0", "host": "gone", "pid": 1, "purpose": "publish v9",
+                       "acquired_at": "2026-01-01T00:00:00Z", "lease_seconds": 30, "expires_at": expires_at}).encode()
+
+
+def test_the_gs_lock_is_created_only_if_absent_and_released_by_a_generation_matched_delete(gcs):
+    with storage.exclusive_lock(_gs(LOCK), timeout_seconds=5, lease_seconds=30, purpose="rollback to v1") as lock:
+        doc = _lock_doc(gcs)
+        generation = gcs.get_object(BUCKET, LOCK).generation
+        assert doc["owner"] == lock.owner and doc["purpose"] == "rollback to v1" and doc["lease_seconds"] == 30
+        assert 25 < doc["expires_at"] - time.time() <= 30 and doc["pid"] == os.getpid()
+        assert "ifGenerationMatch=0" in _uploads(gcs)[0]
+    assert gcs.get_object(BUCKET, LOCK) is None
+    deletes = [p for m, p, _ in gcs.requests if m == "DELETE"]
+    assert len(deletes) == 1 and f"ifGenerationMatch={generation}" in deletes[0]
+
+
+def test_a_held_gs_lock_makes_a_waiter_time_out_naming_the_holder(gcs):
+    with storage.exclusive_lock(_gs(LOCK), timeout_seconds=5, lease_seconds=30, purpose="gc v3"):
+        started = time.monotonic()
+        with pytest.raises(storage.LockTimeout, match=r"held by .*\(gc v3\).*gave up after 0.3 s.*retry"):
+            with storage.exclusive_lock(_gs(LOCK), timeout_seconds=0.3, lease_seconds=30):
+                pass
+        assert 0.3 <= time.monotonic() - started < 5
+
+
+def test_an_expired_gs_lock_is_taken_over_by_a_generation_matched_rewrite(gcs, caplog):
+    gcs.put_object(BUCKET, LOCK, _dead_holder(time.time() - 1))  # its holder died a while ago
+    stale = gcs.get_object(BUCKET, LOCK).generation
+    with storage.exclusive_lock(_gs(LOCK), timeout_seconds=5, lease_seconds=30) as lock:
+        assert _lock_doc(gcs)["owner"] == lock.owner
+    assert any(f"ifGenerationMatch={stale}" in p for p in _uploads(gcs))
+    assert "took over the expired lock" in caplog.text and "publish v9" in caplog.text
+    assert gcs.get_object(BUCKET, LOCK) is None
+
+    # A lock object with no readable lease: stale once seen unchanged for a whole lease here.
+    gcs.put_object(BUCKET, LOCK, b"\x00garbage")
+    started = time.monotonic()
+    with storage.exclusive_lock(_gs(LOCK), timeout_seconds=5, lease_seconds=0.3):
+        assert time.monotonic() - started >= 0.3
+
+
+def test_a_holder_whose_lease_ran_out_stops_and_never_deletes_the_new_holders_lock(gcs, caplog):
+    first = storage.exclusive_lock(_gs(LOCK), timeout_seconds=5, lease_seconds=0.3)
+    old = first.__enter__()
+    time.sleep(0.15)
+    old.refresh()  # past a third of the lease: renewed (a new generation, a later expiry)
+    assert _lock_doc(gcs)["expires_at"] > time.time() + 0.2
+    time.sleep(0.4)  # hung past its lease
+    second = storage.exclusive_lock(_gs(LOCK), timeout_seconds=5, lease_seconds=30)
+    new = second.__enter__()
+    with pytest.raises(storage.LockLost, match="took the lock over"):
+        old.refresh()
+    first.__exit__(None, None, None)
+    assert _lock_doc(gcs)["owner"] == new.owner  # the old holder's release is generation-matched
+    assert "was taken over before we released it" in caplog.text
+    second.__exit__(None, None, None)
+    assert gcs.get_object(BUCKET, LOCK) is None
+
+
+def test_a_lost_reply_to_the_lock_create_is_not_a_conflict(gcs):
+    gcs.fail_next(1, status=503, after_commit=True, match=lambda m, p: _is_upload(m, p) and "ifGenerationMatch=0" in p)
+    started = time.monotonic()
+    with storage.exclusive_lock(_gs(LOCK), timeout_seconds=5, lease_seconds=30) as lock:
+        assert _lock_doc(gcs)["owner"] == lock.owner  # our own create, met by the client's retry
+    assert time.monotonic() - started < 4 and gcs.get_object(BUCKET, LOCK) is None
+
+
+def test_racing_gs_lockers_are_mutually_exclusive(gcs):
+    inside, overlaps, done = [], [], []
+
+    def worker(i: int) -> None:
+        for _ in range(5):
+            with storage.exclusive_lock(_gs(LOCK), timeout_seconds=30, lease_seconds=30):
+                inside.append(i)
+                if len(inside) > 1:
+                    overlaps.append(list(inside))
+                time.sleep(0.002)
+                inside.remove(i)
+        done.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(done) == [0, 1, 2, 3] and overlaps == []
 
 
 # --------------------------------------------------------------------------- faults

@@ -8,6 +8,7 @@ publish in flight) and never the live version; the next publish succeeds.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -271,3 +272,86 @@ def test_a_reader_rejects_a_damaged_file_by_checksum(backend, tmp_path, data, me
         store.verify("v1")
     with pytest.raises(IntegrityError, match=message):
         store.fetch_version("v1", str(tmp_path / "cache"))
+
+
+# --------------------------------------------------------------------------- dead lock holders, killed gc
+
+_LOCK_HOLDER = textwrap.dedent("""
+    import sys, time
+    from core.store import VersionStore
+    root, marker = sys.argv[1:3]
+    with VersionStore(root)._locked("a publish that will be SIGKILLed"):
+        open(marker, "w").close()
+        time.sleep(60)
+""")
+
+
+def _leave_a_dead_lock_holder(backend, tmp_path) -> None:
+    """Leave the store lock as a holder SIGKILLed while holding it would."""
+    if backend.gcs:
+        doc = {"owner": "dead", "write": "w0", "host": "gone", "pid": 1, "purpose": "publish v9",
+               "acquired_at": "2026-01-01T00:00:00Z", "lease_seconds": 30, "expires_at": time.time() - 1}
+        backend.gcs.put_object(BUCKET, "store/store.lock", json.dumps(doc).encode())
+        return
+    marker = tmp_path / "locked"
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, backend.root, str(marker)], cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "child never took the lock"
+            time.sleep(0.02)
+        with pytest.raises(core.store.StoreBusyError, match="SIGKILLed"):  # really held, by the child
+            VersionStore(backend.root, lock_timeout_seconds=0.1).rollback("v1")
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+
+
+def test_a_lock_holder_that_died_never_wedges_the_store(backend, tmp_path):
+    store = VersionStore(backend.root, lock_timeout_seconds=10)
+    _publish(store, tmp_path, "v1")
+    _publish(store, tmp_path, "v2")
+    _leave_a_dead_lock_holder(backend, tmp_path)
+    started = time.monotonic()
+    store.rollback("v1")  # the kernel dropped the flock / the lease had expired: no wait
+    assert time.monotonic() - started < 5
+    _assert_old_version_serves(store)
+    assert store.gc(keep=1) == []  # v2 is the newest, v1 live
+    _publish(store, tmp_path, "v3")
+    assert store.current() == "v3"
+
+
+def test_a_gc_killed_between_a_manifest_and_the_files_leaves_an_orphan_never_a_dangling_pointer(
+        backend, tmp_path, monkeypatch):
+    store = VersionStore(backend.root)
+    for v in ("v0", "v1", "v2"):
+        _publish(store, tmp_path, v)
+    store.rollback("v1")
+    with monkeypatch.context() as patch:
+        def die(self, version, lock=None):
+            raise Killed(f"gc killed after deleting {version}'s manifest")
+
+        patch.setattr(VersionStore, "_delete_files", die)
+        with pytest.raises(Killed):
+            store.gc(keep=1)
+    _assert_old_version_serves(store)
+    assert [(v["id"], v["has_manifest"]) for v in store.versions()] == [("v0", False), ("v1", True), ("v2", True)]
+    with pytest.raises(core.store.VersionNotFoundError, match="v0 is incomplete"):
+        store.rollback("v0")  # never pointed at
+    assert store.gc(keep=1) == ["v0"]  # the next gc finishes the job (an orphan now)
+    _assert_old_version_serves(store)
+
+
+def test_a_gc_that_cannot_run_after_a_publish_is_reported_not_raised(backend, tmp_path):
+    """gate_and_publish's retention: the new version is live whatever gc meets."""
+    from indexer.publish import _retention
+
+    store = VersionStore(backend.root, lock_timeout_seconds=0.1)
+    for v in ("v1", "v2", "v3"):
+        _publish(store, tmp_path, v)
+    with VersionStore(backend.root)._locked("an operator's long rollback"):
+        deleted, error = _retention(store, keep=1)
+    assert deleted == [] and "retention (keep 1) did not run" in error and "busy" in error
+    assert store.current() == "v3" and len(store.versions()) == 3
+    assert _retention(store, keep=1) == (["v1", "v2"], None)

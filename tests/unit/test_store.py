@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -186,11 +187,19 @@ class _FakeBlob:
     def exists(self):
         return self._key() in self._c.objects
 
-    def download_as_bytes(self):
+    def _check(self, if_generation_match):
+        from google.api_core.exceptions import PreconditionFailed
+
+        current = self._c.objects.get(self._key(), (None, 0))[1]
+        if if_generation_match is not None and if_generation_match != current:
+            raise PreconditionFailed(f"{self.name}: generation {current} != {if_generation_match}")
+
+    def download_as_bytes(self, if_generation_match=None):
         from google.api_core.exceptions import NotFound
 
         if not self.exists():
             raise NotFound(self.name)
+        self._check(if_generation_match)
         return self._c.objects[self._key()][0]
 
     def download_to_filename(self, path):
@@ -198,13 +207,10 @@ class _FakeBlob:
             fh.write(self.download_as_bytes())
 
     def upload_from_string(self, data, if_generation_match=None):
-        from google.api_core.exceptions import PreconditionFailed
-
-        current = self._c.objects.get(self._key(), (None, 0))[1]
-        if if_generation_match is not None and if_generation_match != current:
-            raise PreconditionFailed(f"{self.name}: generation {current} != {if_generation_match}")
+        self._check(if_generation_match)
         self._c.counter += 1
         self._c.objects[self._key()] = (data if isinstance(data, bytes) else data.encode(), self._c.counter)
+        self.generation = self._c.counter
 
     def upload_from_filename(self, path):
         with open(path, "rb") as fh:
@@ -216,8 +222,14 @@ class _FakeBlob:
         if not self.exists():
             raise NotFound(self.name)
         self.generation = self._c.objects[self._key()][1]
+        self.size = len(self._c.objects[self._key()][0])
 
-    def delete(self):
+    def delete(self, if_generation_match=None):
+        from google.api_core.exceptions import NotFound
+
+        if not self.exists():
+            raise NotFound(self.name)
+        self._check(if_generation_match)
         del self._c.objects[self._key()]
 
 
@@ -307,3 +319,291 @@ def test_run_records_sit_beside_versions_and_never_move_current(tmp_path):
     assert len(store.run_records()) == 2 and store.read_manifest("v1") == manifest
     with pytest.raises(ValueError, match="invalid"):
         store.record_run("../escape", {})
+
+
+# ---------------------------------------------------------------- the store lock and gc vs rollback races
+from tests.fakes.gcs_server import FakeGcsServer  # noqa: E402
+
+
+@pytest.fixture(params=["local", "gs"])
+def root(request, tmp_path, monkeypatch) -> str:
+    """A store root on local disk, or on the fake GCS server (which enforces generations)."""
+    if request.param == "local":
+        yield str(tmp_path / "store")
+        return
+    with FakeGcsServer(buckets=["bucket"]) as server:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        storage.reset_gcs_client()
+        yield "gs://bucket/store"
+    storage.reset_gcs_client()
+
+
+def _seed(root: str, tmp_path, n: int) -> tuple[VersionStore, list[str]]:
+    store = VersionStore(root)
+    ids = [f"v{i:02d}" for i in range(1, n + 1)]
+    for vid in ids:
+        _publish(store, tmp_path, vid, payload=vid)
+    return store, ids
+
+
+def test_gc_racing_a_rollback_never_leaves_current_naming_a_deleted_version(root, tmp_path, monkeypatch):
+    """The reported race, made deterministic: the rollback lands after gc has read CURRENT.
+
+    gc --keep 1 deletes v01..v05 in order; as it starts deleting, an operator rolls back to
+    v05, the version it deletes last. Before the fix gc had read CURRENT once, up front, and
+    deleted v05 under the new pointer.
+    """
+    store, ids = _seed(root, tmp_path, 6)
+    target = ids[-2]
+    real_delete = storage.delete_file
+    rollback: dict = {}
+
+    def operator_rolls_back() -> None:
+        try:
+            VersionStore(root).rollback(target)
+            rollback["outcome"] = "live"
+        except core.store.StoreError as exc:  # refused: gc condemned the target first
+            rollback["outcome"] = exc
+
+    def first_delete_lets_the_operator_in(path):
+        if "thread" not in rollback:
+            rollback["thread"] = threading.Thread(target=operator_rolls_back)
+            rollback["thread"].start()
+            rollback["thread"].join(timeout=0.3)  # done at once without a lock; waits for gc's with one
+        return real_delete(path)
+
+    monkeypatch.setattr(core.store.storage, "delete_file", first_delete_lets_the_operator_in)
+    deleted = store.gc(keep=1)
+    rollback["thread"].join(timeout=30)
+    live = store.current()
+    store.verify(live)  # CURRENT names a complete, intact version
+    if rollback["outcome"] == "live":
+        assert live == target and deleted == ids[:-2]  # everything doomed but the new live one
+    else:
+        assert isinstance(rollback["outcome"], core.store.VersionNotFoundError), rollback["outcome"]
+        assert "was deleted (gc)" in str(rollback["outcome"]) and live == ids[-1] and target in deleted
+
+
+def test_gc_rechecks_current_under_the_lock_before_each_deletion(root, tmp_path, monkeypatch):
+    """CURRENT moves to a doomed version after gc listed the store: that version survives."""
+    store, ids = _seed(root, tmp_path, 4)
+    real_list = VersionStore._list_versions
+
+    def list_then_rollback(self, live):
+        listed = real_list(self, live)
+        VersionStore(root).rollback(ids[0])  # after gc's listing, before its first deletion
+        return listed
+
+    monkeypatch.setattr(VersionStore, "_list_versions", list_then_rollback)
+    assert store.gc(keep=1) == ids[1:-1]
+    monkeypatch.undo()
+    assert store.current() == ids[0]
+    store.verify(ids[0])
+
+
+def test_pointer_writers_swap_current_while_holding_the_store_lock(root, tmp_path, monkeypatch):
+    store, ids = _seed(root, tmp_path, 2)
+    held_during_swap = []
+    real_cas = storage.write_bytes_if_generation
+
+    def cas(path, data, expected):
+        # Someone else asking for the lock now must time out: we are inside the critical section.
+        other = VersionStore(root, lock_timeout_seconds=0.05)
+        with pytest.raises(core.store.StoreBusyError, match="busy"):
+            with other._locked("probe"):
+                pass
+        held_during_swap.append(data)
+        return real_cas(path, data, expected)
+
+    monkeypatch.setattr(core.store.storage, "write_bytes_if_generation", cas)
+    store.rollback(ids[0])
+    _publish(store, tmp_path, "v03")
+    assert held_during_swap == [ids[0].encode(), b"v03"]
+    monkeypatch.undo()
+    with VersionStore(root)._locked("after"):  # and released afterwards
+        pass
+
+
+def test_a_waiter_gives_up_with_a_retryable_error_naming_the_holder(root, tmp_path):
+    store, ids = _seed(root, tmp_path, 2)
+    impatient = VersionStore(root, lock_timeout_seconds=0.2)
+    started = time.monotonic()
+    with store._locked("a long operator task"):
+        with pytest.raises(core.store.StoreBusyError) as err:
+            impatient.rollback(ids[0])
+    assert 0.2 <= time.monotonic() - started < 5
+    assert "a long operator task" in str(err.value) and "retry" in str(err.value)
+    assert store.current() == ids[-1]
+    impatient.rollback(ids[0])  # free again
+    assert store.current() == ids[0]
+
+
+def test_an_overtaken_publish_collected_as_an_orphan_fails_cleanly(root, tmp_path, monkeypatch):
+    """A slow publish (older id, no manifest yet) is overtaken by a newer one whose gc takes it for an orphan."""
+    store, _ = _seed(root, tmp_path, 1)
+    real_upload = storage.upload_tree
+
+    def upload_then_overtaken(src, dest):
+        out = real_upload(src, dest)
+        if dest.endswith("v02"):
+            rival = VersionStore(root)
+            _publish(rival, tmp_path, "v03")
+            assert rival.gc(keep=1) == ["v01", "v02"]  # v02 has no manifest and is older than v03
+        return out
+
+    monkeypatch.setattr(core.store.storage, "upload_tree", upload_then_overtaken)
+    with pytest.raises(core.store.VersionCollectedError, match="v02 lost .* gc took it for an orphan"):
+        _publish(store, tmp_path, "v02")
+    monkeypatch.undo()
+    assert store.current() == "v03" and not store.exists("v02")  # no manifest was written over the gap
+    store.verify("v03")
+
+
+def test_a_version_collected_between_its_verify_and_the_swap_is_not_made_live(root, tmp_path, monkeypatch):
+    store, ids = _seed(root, tmp_path, 3)
+    real_verify = VersionStore._verify
+
+    def verify_then_gc(self, version, local_dir=None):
+        out = real_verify(self, version, local_dir)
+        if version == ids[0]:
+            assert VersionStore(root).gc(keep=1) == ids[:-1]  # not live yet: doomed
+        return out
+
+    monkeypatch.setattr(VersionStore, "_verify", verify_then_gc)
+    with pytest.raises(core.store.VersionNotFoundError, match="was deleted \\(gc\\) after it was verified"):
+        store.rollback(ids[0])
+    monkeypatch.undo()
+    assert store.current() == ids[-1]
+    store.verify(ids[-1])
+
+
+# ---------------------------------------------------------------- CURRENT: one parser for every reader
+@pytest.mark.parametrize("data, problem", [
+    (b"\xef\xbb\xbfv1", "byte-order mark"),
+    (b"\xef\xbb\xbfv1\n", "byte-order mark"),
+    (b"", "is empty"),
+    (b"\n", "is empty"),
+    (b"v1\nv2\n", "2 lines"),
+    (b"v1\n\n", "2 lines"),
+    (b"v1\r\n", "not a valid version id"),
+    (b" v1", "not a valid version id"),
+    (b"v1\x00", "not a valid version id"),
+    (b"\xff\xfev1", "not UTF-8"),
+    (b"../v1", "not a valid version id"),
+    (b"a" * 200, "not a valid version id"),
+    (b"a" * 257, "257 bytes, more than the 256"),
+    (os.urandom(3 << 20), "bytes, more than the 256"),
+], ids=["bom", "bom-newline", "empty", "newline-only", "two-lines", "blank-second-line", "crlf", "space",
+        "nul", "binary", "path", "too-long-id", "257-bytes", "3-MiB"])
+def test_current_must_hold_exactly_one_version_id(tmp_path, data, problem):
+    store = VersionStore(str(tmp_path / "store"))
+    _publish(store, tmp_path, "v1")
+    with open(store.current_path, "wb") as fh:
+        fh.write(data)
+    with pytest.raises(core.store.StoreError) as err:
+        store.current()
+    assert isinstance(err.value, core.store.PointerError)
+    message = str(err.value)
+    assert message.startswith(f"CURRENT ({store.current_path})") and problem in message
+    assert len(message) < 500  # never echoes what it read
+    with pytest.raises(core.store.PointerError):
+        store.versions()
+
+
+def test_current_allows_one_trailing_newline(tmp_path):
+    store = VersionStore(str(tmp_path / "store"))
+    _publish(store, tmp_path, "v1")
+    storage.write_text(store.current_path, "v1\n")
+    assert store.current() == "v1" and store.read_current()[0] == "v1"
+    assert core.store.parse_current(b"v1\n", "CURRENT") == "v1"
+
+
+def test_gc_refuses_to_run_while_current_does_not_parse(root, tmp_path):
+    """A BOM before the live id once made gc treat the live version as doomed and delete it."""
+    store, ids = _seed(root, tmp_path, 3)
+    storage.write_bytes(store.current_path, b"\xef\xbb\xbf" + ids[-1].encode())
+    with pytest.raises(core.store.StoreError, match="gc refused to run.*byte-order mark"):
+        store.gc(keep=1)  # before the fix: deleted the live version (strip() keeps the BOM)
+    assert [v["id"] for v in store.versions(strict_pointer=False)] == ids
+    for vid in ids:
+        store.verify(vid)
+    store.rollback(ids[-1])  # rollback is how an operator repairs the pointer
+    assert store.current() == ids[-1]
+    assert store.gc(keep=1) == ids[:-1]
+
+
+def test_a_current_that_is_a_folder_or_a_fifo_is_refused_never_read(tmp_path):
+    store = VersionStore(str(tmp_path / "store"))
+    _publish(store, tmp_path, "v1")
+    os.remove(store.current_path)
+    os.mkdir(store.current_path)
+    with pytest.raises(core.store.PointerError, match=r"CURRENT \(.*\) is a directory"):
+        store.current()
+    with pytest.raises(core.store.PointerError, match="is a directory"):
+        store.rollback("v1")  # not overwritten
+    with pytest.raises(core.store.PointerError, match="is a directory"):
+        _publish(store, tmp_path, "v2")
+    assert os.path.isdir(store.current_path)
+    os.rmdir(store.current_path)
+    os.mkfifo(store.current_path)  # a reader must not block on it
+    with pytest.raises(core.store.PointerError, match="not a regular file"):
+        store.current()
+
+
+def test_a_gs_current_that_is_a_folder_is_refused(tmp_path, monkeypatch):
+    with FakeGcsServer(buckets=["bucket"]) as server:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        storage.reset_gcs_client()
+        try:
+            store = VersionStore("gs://bucket/store")
+            _publish(store, tmp_path, "v1")
+            server.put_object("bucket", "store/CURRENT.bak", b"x")  # a neighbour, not a folder
+            assert store.current() == "v1"
+            storage.delete_file(store.current_path)
+            server.put_object("bucket", "store/CURRENT/v1", b"v1")
+            with pytest.raises(core.store.PointerError, match="is a directory"):
+                store.current()
+            server.put_object("bucket", "store/CURRENT", b"x" * 5000)
+            with pytest.raises(core.store.PointerError, match="5000 bytes"):
+                store.current()
+        finally:
+            storage.reset_gcs_client()
+
+
+# ---------------------------------------------------------------- manifest "files" table shape
+@pytest.mark.parametrize("files, message", [
+    ({"x": 5}, r"file x has manifest entry 5, not an object with sha256"),
+    ({"x": {"sha256": "ab", "size": 1}}, r"file x has manifest entry .*'sha256': 'ab'"),
+    ({"x": {"sha256": "a" * 64, "size": "7"}}, r"file x has manifest entry"),
+    ({"x": {"sha256": "a" * 64, "size": True}}, r"file x has manifest entry"),
+    ({"x": {"sha256": "a" * 64}}, r"file x has manifest entry"),
+    ({"../../etc/passwd": {"sha256": "a" * 64, "size": 1}}, r"lists '\.\./\.\./etc/passwd', not a relative path"),
+    ({"/abs": {"sha256": "a" * 64, "size": 1}}, r"lists '/abs'"),
+    ({"": {"sha256": "a" * 64, "size": 1}}, r"lists ''"),
+], ids=["int", "short-sha", "str-size", "bool-size", "no-size", "dotdot", "absolute", "empty-name"])
+def test_read_manifest_validates_the_files_table(tmp_path, files, message):
+    store = _store(tmp_path)
+    _publish(store, tmp_path, "v1")
+    storage.write_text(os.path.join(store.version_path("v1"), "manifest.json"), json.dumps({"files": files}))
+    for read in (store.read_manifest, store.verify, store.rollback):
+        with pytest.raises(IntegrityError, match=message):
+            read("v1")
+    assert [v["has_manifest"] for v in store.versions()] == [True]  # listed, not fatal
+
+
+def test_a_version_collected_while_its_publish_verifies_it_is_reported_as_collected(root, tmp_path, monkeypatch):
+    store, _ = _seed(root, tmp_path, 1)
+    real_verify = VersionStore._verify
+
+    def gc_deletes_it_mid_verify(self, version, local_dir=None):
+        if version == "v02":
+            _publish(VersionStore(root), tmp_path, "v03")
+            assert VersionStore(root).gc(keep=1) == ["v01", "v02"]  # v02 complete, not live, not newest
+        return real_verify(self, version, local_dir)
+
+    monkeypatch.setattr(VersionStore, "_verify", gc_deletes_it_mid_verify)
+    with pytest.raises(core.store.VersionCollectedError, match="collected by gc while its publish verified it"):
+        _publish(store, tmp_path, "v02")
+    monkeypatch.undo()
+    assert store.current() == "v03"
+    store.verify("v03")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -105,7 +106,8 @@ def test_unknown_versions_are_one_line_errors(store, capsys, argv, message):
 
 @pytest.mark.parametrize("argv", [["show"], ["show", "v1"], ["rollback", "--to", "v1"], ["gc"]])
 def test_an_empty_store_is_a_one_line_error(tmp_path, capsys, argv):
-    code, out, err = _run(capsys, *argv, "--store", str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    code, out, err = _run(capsys, *argv, "--store", str(tmp_path / "empty"))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "has no versions" in err
 
@@ -137,3 +139,126 @@ def test_gc_keep_must_be_positive(store, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["index", "gc", "--keep", "0", "--store", store.root])
     assert exc.value.code == 2 and ">= 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- bad stores: one line, exit 2
+ALL_COMMANDS = [["list"], ["show"], ["show", "v1"], ["rollback", "--to", "v1"], ["gc"]]
+
+
+def _one_line_error(capsys, argv, *fragments) -> str:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("twotower index: error:"), (code, out, err)
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return out
+
+
+@pytest.mark.parametrize("argv", ALL_COMMANDS)
+def test_a_store_that_does_not_exist_is_a_one_line_error(tmp_path, capsys, argv):
+    missing = str(tmp_path / "nonexistent")
+    assert _one_line_error(capsys, [*argv, "--store", missing], f"store {missing} does not exist") == ""
+    assert not os.path.exists(missing)  # and nothing created it
+
+
+@pytest.mark.parametrize("argv", ALL_COMMANDS)
+def test_an_empty_store_argument_is_a_one_line_error(capsys, argv):
+    _one_line_error(capsys, [*argv, "--store", ""], "root must be a folder or gs:// prefix")
+
+
+@pytest.mark.parametrize("argv", ALL_COMMANDS)
+def test_a_store_that_is_a_regular_file_is_a_one_line_error(tmp_path, capsys, argv):
+    path = tmp_path / "store.txt"
+    path.write_text("not a store")
+    _one_line_error(capsys, [*argv, "--store", str(path)], "is a file, not a store folder")
+
+
+@pytest.mark.parametrize("argv", ALL_COMMANDS)
+def test_a_current_that_is_a_directory_is_a_one_line_error(store, capsys, argv):
+    os.remove(store.current_path)
+    os.mkdir(store.current_path)
+    _one_line_error(capsys, [*argv, "--store", store.root], "CURRENT", "is a directory")
+    assert os.path.isdir(store.current_path) and len(store.versions(strict_pointer=False)) == 3  # nothing touched
+
+
+def test_a_bom_in_current_lists_then_fails_gc_refuses_and_rollback_repairs(store, capsys):
+    storage.write_bytes(store.current_path, b"\xef\xbb\xbfv3")
+    out = _one_line_error(capsys, ["list", "--store", store.root], "CURRENT", "byte-order mark")
+    assert [line.split()[:2] for line in out.splitlines()] == [["v1", "created=2026-01-02T03:04:05+00:00"],
+                                                               ["v2", "created=2026-01-02T03:04:05+00:00"],
+                                                               ["v3", "created=2026-01-02T03:04:05+00:00"]]
+    _one_line_error(capsys, ["show", "--store", store.root], "CURRENT", "byte-order mark")
+    _one_line_error(capsys, ["gc", "--keep", "1", "--store", store.root], "gc refused to run", "byte-order mark")
+    assert [v["id"] for v in store.versions(strict_pointer=False)] == ["v1", "v2", "v3"]  # gc deleted nothing
+    code, out, _ = _run(capsys, "rollback", "--to", "v3", "--store", store.root)
+    assert (code, out.strip()) == (0, "CURRENT (damaged CURRENT) -> v3")
+    assert storage.read_bytes(store.current_path) == b"v3"
+    code, out, _ = _run(capsys, "gc", "--keep", "1", "--store", store.root)
+    assert code == 0 and "2 deleted" in out
+
+
+def test_a_huge_current_is_refused_without_echoing_it(store, capsys):
+    storage.write_bytes(store.current_path, b"v3" + b"\x00" * (2 << 20))
+    for argv in (["list"], ["show"], ["gc"]):
+        code, _, err = _run(capsys, *argv, "--store", store.root)
+        assert code == 2 and "more than the 256" in err and len(err) < 500
+
+
+@pytest.mark.parametrize("argv, fragments, code", [
+    (["show", "v2"], ["file x has manifest entry 5"], 2),
+    (["show", "v2", "--json"], ["file x has manifest entry 5"], 2),
+    (["rollback", "--to", "v2"], ["file x has manifest entry 5"], 2),
+    (["list"], [], 0),
+    (["gc", "--keep", "1"], [], 0),
+])
+def test_a_manifest_whose_files_table_is_malformed_is_named_not_a_traceback(store, capsys, argv, fragments, code):
+    manifest = os.path.join(store.version_path("v2"), "manifest.json")
+    storage.write_text(manifest, json.dumps({**store.read_manifest("v2"), "files": {"x": 5}}))
+    got, out, err = _run(capsys, *argv, "--store", store.root)
+    assert got == code and "Traceback" not in err, err
+    if code == 2:
+        assert err.count("\n") == 1 and "version v2" in err and all(f in err for f in fragments)
+    elif argv == ["list"]:
+        assert [line.split()[0] for line in out.splitlines()] == ["v1", "v2", "v3"]
+    else:
+        assert "deleted v2" in out  # a damaged version is still collectable
+    assert store.current() == "v3"
+
+
+# --------------------------------------------------------------------------- the reported race, as reported
+def _thirty_versions(tmp_path, name: str) -> tuple[VersionStore, list[str]]:
+    s = VersionStore(str(tmp_path / name))
+    ids = [f"v{i:02d}" for i in range(1, 31)]
+    for v in ids:
+        s.publish(v, _staging(tmp_path / name, v), dict(MANIFEST, run_id=f"run-{v}"))
+    return s, ids
+
+
+@pytest.mark.parametrize("via", ["cli", "ui"])
+def test_gc_keep_1_racing_a_rollback_to_the_second_newest_never_dangles(tmp_path, capsys, via):
+    """The issue's reproduction: 30 versions, `index gc --keep 1`, then a rollback to v29 0-60 ms later.
+
+    Before the fix 3 of 8 races through the UI API and 8 of 12 via the CLI left CURRENT
+    naming a version gc had deleted.
+    """
+    import threading
+
+    from ui.server import UIApp
+
+    for race, delay in enumerate([0.0, 0.004, 0.008, 0.015, 0.025, 0.035, 0.045, 0.06]):
+        store, ids = _thirty_versions(tmp_path, f"{via}-{race}")
+        gc = threading.Thread(target=main, args=(["index", "gc", "--keep", "1", "--store", store.root],))
+        gc.start()
+        time.sleep(delay)
+        try:
+            if via == "cli":
+                main(["index", "rollback", "--to", ids[-2], "--store", store.root])
+            else:
+                UIApp(str(tmp_path / "runs"), store.root).rollback(ids[-2])
+        except Exception as exc:  # the UI refuses with HttpError 409: fine, CURRENT must still be whole
+            assert getattr(exc, "status", None) == 409, exc
+        gc.join(timeout=60)
+        live = store.current()
+        store.verify(live)  # CURRENT names a complete, intact version
+        assert live in (ids[-2], ids[-1]), (race, live)
+    capsys.readouterr()
