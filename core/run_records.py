@@ -49,7 +49,7 @@ def utc_stamp() -> str:
 
 def published_by(store: VersionStore, run_id: str) -> Optional[str]:
     """The version this run published, or None (newest first: a run publishes at most one)."""
-    for entry in reversed(store.versions()):
+    for entry in reversed(store.versions(strict_pointer=False)):  # which is live does not matter here
         if not entry["has_manifest"]:
             continue
         try:

@@ -213,8 +213,7 @@ class QueryService:
 
     def _poll_once(self) -> bool:
         try:
-            generation = storage.generation(self._versions.current_path)
-            target = self._versions.current()
+            target, generation = self._versions.read_current()  # one write of CURRENT: id and generation agree
         except Exception as exc:  # storage down, permissions, a damaged CURRENT: keep serving what we have
             msg = f"reading {self._versions.current_path} failed: {type(exc).__name__}: {exc}"
             log.warning("%s", bounded(msg))

@@ -320,6 +320,9 @@ def versions_page(listing: dict, known_runs: set[str], ok: Optional[str] = None,
     """
     body = [f"<h1>Versions <span class='muted'>in <code>{esc(listing['store'])}</code></span></h1>",
             message(ok, "ok"), message(error, "error"),
+            message(listing.get("pointer_problem") and
+                    f"{listing['pointer_problem']} Roll back to a version below to repair it.", "error",
+                    page_level=False),
             f'<p>Live version: <span class="mono" id="live-version">{esc(listing["live"] or "none")}</span></p>']
     if not listing["versions"]:
         body.append("<p class='muted'>No versions published yet.</p>")

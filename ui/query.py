@@ -44,9 +44,12 @@ class RetrieverCache:
         """The version id to use: ``version`` itself, or the live one when None/empty."""
         if version:
             return version
-        from core.store import VersionStore
+        from core.store import StoreError, VersionStore
 
-        live = VersionStore(self.store).current()
+        try:
+            live = VersionStore(self.store).current()
+        except StoreError as exc:  # a damaged CURRENT (or an unreadable store): its reason, not a 500
+            raise QueryError(str(exc)) from None
         if not live:
             raise QueryError(f"store {self.store} has no live version (no CURRENT); publish one first")
         return live

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from core.store import StoreError, VersionStore
+from core.store import PointerError, StoreError, VersionStore
 
 
 class RollbackError(RuntimeError):
@@ -52,13 +52,19 @@ def list_versions(store: str) -> dict:
 
     Each version: id, created, live, complete (has a manifest), problem (why its
     manifest could not be read, or None), plus :func:`_summarise`'s fields.
+    ``pointer_problem`` says why CURRENT does not parse (``live`` is then None): the
+    versions are still listed, so the operator can repair CURRENT with a rollback.
     Raises:
-        StoreError: the store itself cannot be read (e.g. a damaged CURRENT: PointerError).
+        StoreError: the store itself cannot be read.
     """
     vs = VersionStore(store)
-    live = vs.current()
+    pointer_problem = None
+    try:
+        live = vs.current()
+    except PointerError as exc:
+        live, pointer_problem = None, str(exc)
     out = []
-    for entry in reversed(vs.versions()):  # versions() is oldest first; pages show newest first
+    for entry in reversed(vs.versions(strict_pointer=False)):  # oldest first there; pages show newest first
         row = {"id": entry["id"], "created": entry["created"], "live": entry["id"] == live,
                "complete": entry["has_manifest"], "problem": None}
         manifest: dict = {}
@@ -71,7 +77,7 @@ def list_versions(store: str) -> dict:
             row["problem"] = "incomplete: no manifest.json (a failed or in-flight publish)"
         row.update(_summarise(manifest))
         out.append(row)
-    return {"store": store, "live": live, "versions": out}
+    return {"store": store, "live": live, "versions": out, "pointer_problem": pointer_problem}
 
 
 def rollback(store: str, version: str) -> str:
@@ -95,7 +101,10 @@ def rollback(store: str, version: str) -> str:
 def version_info(store: str, version: Optional[str]) -> Optional[dict]:
     """:func:`_summarise` of one version (None = the live one); None when there is none."""
     vs = VersionStore(store)
-    version = version or vs.current()
+    try:
+        version = version or vs.current()
+    except PointerError:  # a damaged CURRENT names no version; the listing says why
+        return None
     if not version:
         return None
     try:

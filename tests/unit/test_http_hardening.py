@@ -326,3 +326,19 @@ def test_ui_query_api_refuses_cross_site_posts(ui):
     headers = {"Host": f"127.0.0.1:{server.port}", "Content-Type": "application/json", "Origin": "null"}
     status, _ = _raw(server, "POST", "/api/query", b'{"query": "x"}', headers)
     assert status == 403
+
+
+def test_ui_query_with_a_damaged_current_is_a_4xx_with_the_reason(ui, tmp_path):
+    server, store = ui
+    with open(store.current_path, "wb") as fh:
+        fh.write(b"\xef\xbb\xbf" + LIVE.encode())  # a BOM before the id
+    headers = {"Host": f"127.0.0.1:{server.port}", "Content-Type": "application/json"}
+    status, body = _raw(server, "POST", "/api/query", b'{"query": "x"}', headers)
+    assert status == 400 and "CURRENT" in json.loads(body)["error"], body
+    status, body = _raw(server, "GET", "/query?q=x", headers={"Host": f"127.0.0.1:{server.port}"})
+    assert status == 400 and "CURRENT" in body
+    # The versions page still lists the versions, says what is wrong, and a rollback repairs it.
+    status, body = _raw(server, "GET", "/versions", headers={"Host": f"127.0.0.1:{server.port}"})
+    assert status == 200 and "CURRENT" in body and "repair" in body and body.count("<button") == 2
+    status, _ = _rollback_form(server, token=server.app.token)
+    assert status == 303 and store.current() == OLD
