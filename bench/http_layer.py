@@ -49,7 +49,6 @@ import argparse
 import http.client
 import importlib.util
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -303,46 +302,9 @@ def close_client(worker: int, port: int, users: int, k: int, seconds: float, see
                  "elapsed": last - start})
 
 
-def percentile_ms(lat: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of sorted seconds, in ms (bench/serve.py's definition)."""
-    if not lat:
-        return None
-    return round(lat[min(len(lat) - 1, int(math.ceil(p / 100 * len(lat))) - 1)] * 1000, 2)
-
-
 def run_clients(target, port: int, clients: int, users: int, k: int, seconds: float, seed: int) -> dict:
-    """``clients`` spawned processes running ``target`` (bench/serve.py's client protocol); the summary.
-
-    Returns requests, errors, first_error, p50 / p99 / max ms, queries/s (all clients' requests
-    over the longest client's window, s).
-    """
-    ctx = mp.get_context("spawn")  # no fork of a process that may hold threads
-    barrier, results = ctx.Barrier(clients), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(w, port, users, k, seconds, seed, barrier, results), daemon=True)
-             for w in range(clients)]
-    for p in procs:
-        p.start()
-    got, deadline = [], time.monotonic() + seconds + 120
-    while len(got) < clients and time.monotonic() < deadline:
-        try:
-            got.append(results.get(timeout=2))
-        except Exception:  # queue.Empty
-            if not any(p.is_alive() for p in procs) and results.empty():
-                break
-    for p in procs:
-        p.join(timeout=10)
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=5)
-    lat = sorted(x for r in got for x in r["latencies"])
-    missing = clients - len(got)
-    first = next((r["first_error"] for r in got if r["first_error"]), None)
-    window = max((r["elapsed"] for r in got), default=0.0)
-    return {"requests": len(lat), "errors": sum(r["errors"] for r in got) + missing,
-            "first_error": first or (f"{missing} client process(es) reported nothing" if missing else None),
-            "p50_ms": percentile_ms(lat, 50), "p99_ms": percentile_ms(lat, 99),
-            "max_ms": round(lat[-1] * 1000, 2) if lat else None,
-            "qps": round(len(lat) / window, 1) if window > 0 else 0.0}
+    """``clients`` spawned processes running ``target``: bench/serve.py's ``load_test``."""
+    return bench_serve.load_test(port, clients, users, k, seconds, seed, target=target)
 
 
 class SlowClients:

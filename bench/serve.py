@@ -369,11 +369,21 @@ def client(worker: int, port: int, users: int, k: int, seconds: float, seed: int
                  "elapsed": last - start})
 
 
-def load_test(port: int, clients: int, users: int, k: int, seconds: float, seed: int) -> dict:
+def percentile_ms(lat: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of sorted seconds, in ms."""
+    if not lat:
+        return None
+    return round(lat[min(len(lat) - 1, int(math.ceil(p / 100 * len(lat))) - 1)] * 1000, 2)
+
+
+def load_test(port: int, clients: int, users: int, k: int, seconds: float, seed: int, target=None) -> dict:
+    """``clients`` spawned processes running ``target`` (default :func:`client`; same signature),
+    summarised: requests, errors, p50 / p99 / max / mean ms, queries/s over the longest window."""
     ctx = mp.get_context("spawn")  # no fork of a process that has TensorFlow loaded
     barrier = ctx.Barrier(clients)
     results = ctx.Queue()
-    procs = [ctx.Process(target=client, args=(w, port, users, k, seconds, seed, barrier, results), daemon=True)
+    procs = [ctx.Process(target=target or client, args=(w, port, users, k, seconds, seed, barrier, results),
+                         daemon=True)
              for w in range(clients)]
     for p in procs:
         p.start()
@@ -397,14 +407,8 @@ def load_test(port: int, clients: int, users: int, k: int, seconds: float, seed:
     if missing:
         first = first or f"{missing} client process(es) reported nothing"
     window = max((r["elapsed"] for r in got), default=0.0)
-
-    def pct(p: float) -> float | None:
-        if not lat:
-            return None
-        return round(lat[min(len(lat) - 1, int(math.ceil(p / 100 * len(lat))) - 1)] * 1000, 2)
-
     return {"clients": clients, "requests": len(lat), "errors": errors, "first_error": first,
-            "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": round(lat[-1] * 1000, 2) if lat else None,
+            "p50_ms": percentile_ms(lat, 50), "p99_ms": percentile_ms(lat, 99), "max_ms": round(lat[-1] * 1000, 2) if lat else None,
             "mean_ms": round(sum(lat) / len(lat) * 1000, 2) if lat else None,
             "qps": round(len(lat) / window, 1) if window > 0 else 0.0, "window_s": round(window, 2)}
 
