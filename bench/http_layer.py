@@ -226,14 +226,7 @@ def cpu_seconds(pid: int) -> float:
 
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident set size (VmHWM) of a live process, MiB."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
+    return bench_serve.rss_mb(pid, "VmHWM")
 
 
 #: A logging record at level ERROR in the servers' format ("%(asctime)s %(levelname)s %(name)s: ..."); not

@@ -294,11 +294,12 @@ def _tail(path: str, n: int = 2000) -> str:
         return ""
 
 
-def rss_mb(pid: int) -> float | None:
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A live process's resident set size (``VmRSS``; ``VmHWM`` for the peak), MiB."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
