@@ -2,6 +2,7 @@
 
     twotower data synth-shop --out DIR [--products N --queries N --seed S]
     twotower data movielens (--source DIR | --download) --out DIR
+    twotower data synth-interactions --out DIR --items N --users U --interactions M [--seed S] [--categories C]
     twotower run [--config F] [--set key=value ...] [--data-date YYYY-MM-DD]
     twotower compile [--config F] [--set ...] --out pipeline.yaml
     twotower query --store DIR (--text "..." | --user-id ID) [-k 10] [--exclude-seen]
@@ -81,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--source", help="folder with u.data, u.user, u.item, u.genre")
     ml.add_argument("--download", action="store_true", help="fetch the official zip (sha256-checked)")
     ml.add_argument("--out", required=True)
+    si = data_sub.add_parser("synth-interactions",
+                             help="synthetic implicit-feedback user->item dataset (parquet) at any size")
+    si.add_argument("--out", required=True)
+    si.add_argument("--items", type=_positive_int, required=True, help="catalog size")
+    si.add_argument("--users", type=_positive_int, required=True)
+    si.add_argument("--interactions", type=_positive_int, required=True,
+                    help="rows in total (>= 3 per user gives every user a leave-last-out test item)")
+    si.add_argument("--categories", type=_positive_int, default=20, help="item categories (default 20)")
+    si.add_argument("--seed", type=int, default=0)
 
     run = sub.add_parser("run", help="run the whole pipeline locally (KFP SubprocessRunner)")
     _add_config_args(run)

@@ -43,6 +43,19 @@ def cmd_data(args) -> int:
         counts = generate_shop(args.out, products=args.products, queries=args.queries, seed=args.seed)
         print(f"wrote synthetic shop dataset to {args.out}: {json.dumps(counts, sort_keys=True)}")
         return 0
+    if args.data_command == "synth-interactions":
+        from datasets.synth_interactions import SynthInteractionsError, generate_interactions
+
+        try:
+            counts = generate_interactions(args.out, items=args.items, users=args.users,
+                                           interactions=args.interactions, seed=args.seed,
+                                           categories=args.categories)
+        except SynthInteractionsError as exc:
+            # Named like argparse's own errors for this sub-command: these are argument errors too.
+            print(f"twotower data synth-interactions: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote synthetic interactions dataset to {args.out}: {json.dumps(counts, sort_keys=True)}")
+        return 0
     from datasets.movielens import convert_movielens, download_movielens
 
     if bool(args.source) == bool(args.download):
