@@ -50,6 +50,7 @@ import platform
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -249,15 +250,18 @@ def served_recall(port: int, exact: dict[str, list[str]], k: int) -> float | Non
     return round(sum(hits) / len(hits), 4)
 
 
-def start_server(store: str, work: str, ready_timeout: float, log) -> tuple[subprocess.Popen, int, dict, str]:
-    """Start ``pipelines.cli serve`` on 127.0.0.1:<free port>; return (proc, port, /readyz, log path)."""
+def start_server(store: str, work: str, ready_timeout: float, log,
+                 extra_args: tuple = ()) -> tuple[subprocess.Popen, int, dict, str]:
+    """Start ``pipelines.cli serve`` (+ ``extra_args``) on 127.0.0.1:<free port>; return (proc, port, /readyz,
+    log path)."""
     out_path = os.path.join(work, "serve.stdout")
     err_path = os.path.join(work, "serve.stderr")
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t = time.monotonic()
     with open(out_path, "w") as out, open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--store", store, "--host", HOST,
-                                 "--port", "0", "--poll-seconds", "3600", "--log-level", "WARNING"],
+                                 "--port", "0", "--poll-seconds", "3600", "--log-level", "WARNING",
+                                 *extra_args],
                                 cwd=REPO, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     marker = f"listening on http://{HOST}:"
     port = None
@@ -421,11 +425,21 @@ def markdown(report: dict) -> str:
              f"k={report['k']}, {report['seconds']:g} s per client count; index leaves {p['num_leaves']}, "
              f"search {p['num_leaves_to_search']}, reorder {p['reorder_k']}; {report['date_utc']}; "
              f"`{report['command']}`", "",
-             "| concurrent clients | requests | errors | p50 ms | p99 ms | max ms | queries/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| server --max-batch | repeat | concurrent clients | requests | errors | p50 ms | p99 ms | max ms "
+             "| queries/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
-        lines.append(f"| {r['clients']} | {r['requests']:,} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} | "
-                     f"{r['max_ms']} | {r['qps']:,.0f} |")
+        lines.append(f"| {r['max_batch']} | {r['repeat']} | {r['clients']} | {r['requests']:,} | {r['errors']} | "
+                     f"{r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['qps']:,.0f} |")
+    if len(report["max_batches"]) > 1 or report["repeats"] > 1:
+        lines += ["", "Median over repeats:", "",
+                  "| server --max-batch | concurrent clients | p50 ms | p99 ms | queries/s |", "|---|---|---|---|---|"]
+        for mb in report["max_batches"]:
+            for c in report["clients"]:
+                cell = [r for r in report["runs"] if r["max_batch"] == mb and r["clients"] == c]
+                med = {key: statistics.median(r[key] for r in cell if r[key] is not None)
+                       for key in ("p50_ms", "p99_ms", "qps")}
+                lines.append(f"| {mb} | {c} | {med['p50_ms']:.2f} | {med['p99_ms']:.2f} | {med['qps']:,.0f} |")
     b, s = report["build"], report["server"]
     lines += ["", f"Build: data {b['data_seconds']} s, query tower {b['tower_seconds']} s, index "
                   f"{b['index_build_seconds']} s, items/tables + publish {b['publish_seconds']} s; version "
@@ -456,10 +470,16 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default="", help="where the store goes (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the store and server logs")
     ap.add_argument("--out", default="", help="also write serve-<timestamp>.json / .md into this folder")
+    ap.add_argument("--max-batch", default="64", help="comma-separated server --max-batch values, each its own "
+                                                      "server, interleaved over --repeats (e.g. 1,64)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over the --max-batch values")
     args = ap.parse_args(argv)
     if args.quick:
         args.n = 100_000
     counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    batches = [int(b) for b in args.max_batch.split(",") if b.strip()]
+    if not batches or min(batches) < 1 or args.repeats < 1:
+        ap.error("need --max-batch values >= 1 and --repeats >= 1")
     if not counts or min(counts) < 1 or args.n < 1000 or args.users < 1 or args.seconds <= 0 \
             or not 1 <= args.k <= 1000 or args.check_users < 0:
         ap.error("need --clients >= 1, --n >= 1000, --users >= 1, --seconds > 0, 1 <= --k <= 1000, "
@@ -475,25 +495,33 @@ def main(argv=None) -> int:
     proc = None
     try:
         build = build_store(args, store, log)
-        proc, port, ready, err_path = start_server(store, work, args.ready_timeout, log)
-        server = {"pid": proc.pid, "port": port, "seconds_to_ready": ready["seconds_to_ready"],
-                  "load_seconds": (ready.get("last_reload") or {}).get("seconds"),
-                  "version": ready.get("version"), "rss_mb_ready": rss_mb(proc.pid)}
-        log(f"server ready on {HOST}:{port} after {server['seconds_to_ready']}s "
-            f"(RSS {server['rss_mb_ready']} MB)")
-        server["recall_at_k_vs_exact"] = served_recall(port, build.pop("exact"), args.k)
-        server["recall_users"] = min(args.users, args.check_users)
-        log(f"served recall@{args.k} vs exact over {server['recall_users']} users: "
-            f"{server['recall_at_k_vs_exact']}")
-        runs = []
-        for c in counts:
-            r = load_test(port, c, args.users, args.k, args.seconds, args.seed)
-            runs.append(r)
-            log(f"{c} clients: {r['requests']} requests, {r['errors']} errors, p50 {r['p50_ms']} ms, "
-                f"p99 {r['p99_ms']} ms, {r['qps']} q/s")
-            if proc.poll() is not None:
-                raise RuntimeError(f"server died during the load test: {_tail(err_path)}")
-        server["rss_mb_end"] = rss_mb(proc.pid)
+        exact = build.pop("exact")
+        runs, server = [], None
+        for repeat in range(1, args.repeats + 1):
+            for mb in batches:
+                proc, port, ready, err_path = start_server(store, work, args.ready_timeout, log,
+                                                           ("--max-batch", str(mb)))
+                if server is None:  # the first server's start-up and served recall stand for all
+                    server = {"pid": proc.pid, "port": port, "seconds_to_ready": ready["seconds_to_ready"],
+                              "load_seconds": (ready.get("last_reload") or {}).get("seconds"),
+                              "version": ready.get("version"), "rss_mb_ready": rss_mb(proc.pid)}
+                    log(f"server ready on {HOST}:{port} after {server['seconds_to_ready']}s "
+                        f"(RSS {server['rss_mb_ready']} MB)")
+                    server["recall_at_k_vs_exact"] = served_recall(port, exact, args.k)
+                    server["recall_users"] = min(args.users, args.check_users)
+                    log(f"served recall@{args.k} vs exact over {server['recall_users']} users: "
+                        f"{server['recall_at_k_vs_exact']}")
+                for c in counts:
+                    r = {"max_batch": mb, "repeat": repeat,
+                         **load_test(port, c, args.users, args.k, args.seconds, args.seed + repeat)}
+                    runs.append(r)
+                    log(f"max-batch {mb}, {c} clients: {r['requests']} requests, {r['errors']} errors, "
+                        f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['qps']} q/s")
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"server died during the load test: {_tail(err_path)}")
+                server["rss_mb_end"] = rss_mb(proc.pid)
+                stop_server(proc)
+                proc = None
     finally:
         if proc is not None:
             stop_server(proc)
@@ -505,7 +533,7 @@ def main(argv=None) -> int:
                                                       else ["bench/serve.py"] + list(argv)),
               "n": args.n, "clusters": args.clusters, "users": args.users, "k": args.k, "seconds": args.seconds,
               "cpus": os.cpu_count(), "platform": platform.platform(), "build": build, "server": server,
-              "runs": runs}
+              "runs": runs, "max_batches": batches, "clients": counts, "repeats": args.repeats}
     text = markdown(report)
     print(text)
     if args.out:

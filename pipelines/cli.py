@@ -20,7 +20,7 @@
     twotower schedule run --cron "0 3 * * *" [--config F] [--set ...] [--missed latest|all|skip] [--once]
     twotower ui --runs DIR --store DIR [--host 127.0.0.1 --port 8090]
     twotower serve --store DIR [--host 127.0.0.1 --port 8080] [--poll-seconds 5] [--max-k 1000]
-                   [--allow-host NAME ...] [--max-connections 256]
+                   [--allow-host NAME ...] [--max-connections 256] [--max-batch 64]
 
 Every command exits 2 with a one-line message on bad input (config, data, request);
 tracebacks are kept for genuine bugs.
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                      help="also answer requests whose Host is NAME, e.g. a load balancer's or a Kubernetes "
                           "service's name (repeatable; '*' = any); IP addresses and localhost always are")
+    srv.add_argument("--max-batch", type=int, default=64,
+                     help="most concurrent requests answered by one query-tower call and one batched search "
+                          "(default 64; 1 = each request alone)")
     srv.add_argument("--max-connections", type=int, default=256,
                      help="open connections at most; past it idle ones are closed first, then new ones get 503")
     srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -330,6 +330,8 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     if args.max_connections < 1:
         raise ConfigError(f"--max-connections must be >= 1, got {args.max_connections}")
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1, got {args.max_batch}")
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -340,7 +342,7 @@ def cmd_serve(args) -> int:
     try:
         return serve(args.store, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
                      max_k=args.max_k, on_started=_started, allow_hosts=args.allow_host,
-                     max_connections=args.max_connections)
+                     max_connections=args.max_connections, max_batch=args.max_batch)
     except OSError as exc:
         import errno
 

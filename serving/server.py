@@ -50,6 +50,7 @@ from typing import Callable, Optional
 from core import storage
 from core.store import MANIFEST, VersionStore
 from serving.http import Handler, HostPolicy, HttpError, Server, bounded, parse_json_object, run_until_stopped
+from serving.batching import Coalescer
 from serving.retriever import MAX_K, SELECTORS, RequestError, Retriever, UnknownKeyError
 
 log = logging.getLogger("twotower.serve")
@@ -120,7 +121,7 @@ class QueryService:
     def __init__(self, store: str, host: str = "127.0.0.1", port: int = 8080, poll_seconds: float = 5.0,
                  max_k: int = MAX_K, max_body_bytes: int = MAX_BODY_BYTES, retry_failed_seconds: float = 300.0,
                  drain_seconds: float = 30.0, loader: Optional[Callable[[str, str, Optional[str]], Retriever]] = None,
-                 allow_hosts=(), max_connections: int = 256):
+                 allow_hosts=(), max_connections: int = 256, max_batch: int = 64):
         if not store:
             raise ValueError("QueryService: store must be a folder or gs:// prefix")
         if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k <= MAX_K:
@@ -139,6 +140,10 @@ class QueryService:
         self.drain_seconds = float(drain_seconds)
         self.host_policy = HostPolicy(host, allow_hosts)  # DNS rebinding: see serving/http.py
         self.max_connections = int(max_connections)
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        self.max_batch = max_batch  # 1: every request makes its own tower call
+        self._coalescer: Optional[Coalescer] = None
         self._loader = loader or (lambda s, v, cache: Retriever.load(s, version=v, cache_dir=cache))
         self._versions = VersionStore(store)
         # Only a gs:// store downloads; a local one is served in place.
@@ -321,6 +326,8 @@ class QueryService:
             raise RuntimeError("QueryService already started")
         self._httpd = Server((self.host, self.port), _Handler, self, max_connections=self.max_connections,
                              host_policy=self.host_policy)
+        if self.max_batch > 1:
+            self._coalescer = Coalescer(self.max_batch)
         self.port = self._httpd.server_address[1]
         self._threads = [
             threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -410,11 +417,19 @@ class QueryService:
         if retriever is None:
             raise HttpError(503, f"not ready: {self.status()['reason']}")
         try:
-            return 200, retriever.retrieve(request, k=k, exclude_seen=exclude_seen)
+            resolved = retriever.resolve(request)  # validated here, on the request's own thread
         except UnknownKeyError as exc:
             raise HttpError(404, str(exc)) from None
         except RequestError as exc:
             raise HttpError(400, str(exc)) from None
+        coalescer = self._coalescer
+        if coalescer is not None:  # shares one tower call and one search with concurrent requests
+            answer = coalescer.submit(retriever, resolved, k, exclude_seen)
+        else:
+            answer = retriever.answer_resolved([resolved], [k], [exclude_seen])[0]
+        if isinstance(answer, RequestError):
+            raise HttpError(400, str(answer))
+        return 200, answer
 
 
 class _Handler(Handler):

@@ -455,15 +455,15 @@ def test_stop_finishes_in_flight_requests_and_refuses_new_ones(built, tmp_path):
     service.start()
     service.wait_ready(timeout=20)
     live = service.live()
-    original = live.retrieve
+    original = live.answer_resolved
     entered = threading.Event()
 
-    def slow_retrieve(*args, **kwargs):
+    def slow_answer(*args, **kwargs):
         entered.set()
         time.sleep(0.5)
         return original(*args, **kwargs)
 
-    live.retrieve = slow_retrieve
+    live.answer_resolved = slow_answer
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(retrieve, service.port, {"user_id": "1"})
         assert entered.wait(5)
@@ -647,3 +647,42 @@ def test_an_old_reload_error_is_not_shown_after_a_rollback(built, tmp_path, serv
     body = wait_for(lambda: (lambda r: r[1] if r[1]["last_reload_error"] is None else None)(_readyz(service)),
                     what="the error to clear")
     assert body["problem"] is None and (body["last_reload"] or {}).get("ok", True)
+
+
+# ---------------------------------------------------------------- coalescing
+def test_concurrent_requests_share_tower_calls_and_get_their_own_answers(built, tmp_path, service_on):
+    store = copy_store(built, tmp_path / "store")
+    service = service_on(store)
+    service.wait_ready(timeout=20)
+    live = service.live()
+    original = live.answer_resolved
+    gate = threading.Event()
+
+    def held(*args, **kwargs):  # the first call waits, so the others queue up behind it
+        gate.wait(5)
+        return original(*args, **kwargs)
+
+    live.answer_resolved = held
+    requests = [({"user_id": str(i % N_USERS), "k": 3 + i % 5, "exclude_seen": bool(i % 2)}) for i in range(16)]
+    requests.append({"features": {"user_id": "1", "age": -1e30}})  # degenerate: its own 400 only
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        futures = [pool.submit(retrieve, service.port, r) for r in requests]
+        time.sleep(0.5)
+        gate.set()
+        results = [f.result(timeout=20) for f in futures]
+    coalescer = service._coalescer
+    assert coalescer.requests == len(requests) and coalescer.calls < len(requests) / 2, \
+        (coalescer.calls, coalescer.requests)
+    for request, (status, answer) in zip(requests[:-1], results[:-1]):
+        alone = original([live.resolve({"user_id": request["user_id"]})], [request["k"]], [request["exclude_seen"]])[0]
+        assert status == 200 and _ids(answer) == _ids(alone) and len(answer["items"]) == request["k"]
+    status, answer = results[-1]
+    assert status == 400 and "degenerate" in answer["error"]
+
+
+def test_max_batch_one_answers_each_request_alone(built, tmp_path, service_on):
+    service = service_on(copy_store(built, tmp_path / "store"), max_batch=1)
+    service.wait_ready(timeout=20)
+    assert service._coalescer is None
+    status, answer = retrieve(service.port, {"user_id": "2", "k": 4})
+    assert status == 200 and len(answer["items"]) == 4
