@@ -244,22 +244,11 @@ class Retriever:
                 idx[short], scores[short] = np.asarray(more_idx), np.asarray(more_scores)
         return idx, scores
 
-    def _check_embeddings(self, vectors: np.ndarray, resolved: list) -> None:
-        """RequestError naming the request whose features the tower could not embed.
-
-        Finite float32 inputs far outside the training range (age = -1e30) overflow inside
-        the tower: the normalised embedding comes out as NaN or all zeros, and its "scores"
-        would be NaN (invalid JSON) or -0.0 for every item.
-        """
-        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-        bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > _NORM_TOLERANCE))
-        if not len(bad):
-            return
-        feats = resolved[int(bad[0])][0]
-        numeric = {n: feats[n] for n in sorted(feats) if self.feature_types.get(n) == "numeric"}
-        where = f"request {int(bad[0])}: " if len(resolved) > 1 else ""
-        raise RequestError(f"{where}the query tower cannot embed these features (its output is degenerate); "
-                           f"numeric features far outside their training range cause this: {numeric}")
+    def _embedding_error(self, features: dict) -> RequestError:
+        """Why a request's features gave a degenerate embedding (see :meth:`answer_resolved`)."""
+        numeric = {n: features[n] for n in sorted(features) if self.feature_types.get(n) == "numeric"}
+        return RequestError("the query tower cannot embed these features (its output is degenerate); "
+                            f"numeric features far outside their training range cause this: {numeric}")
 
     def _seen_for(self, key: Optional[str]) -> set[str]:
         """Items the key interacted with; text keys also match their normalised form."""
@@ -282,6 +271,14 @@ class Retriever:
         """Top-k items for one request: {"items": [{"item_id", display...}], "scores", "version"}."""
         return self.retrieve_batch([request], k=k, exclude_seen=exclude_seen)[0]
 
+    def resolve(self, request: dict) -> tuple[dict, Optional[str]]:
+        """Validate one request -> (tower input name -> raw value, query key or None).
+
+        Raises:
+            RequestError: the request is malformed (UnknownKeyError: its key is unknown).
+        """
+        return self._features_for(request)
+
     def retrieve_batch(self, requests: Sequence[dict], k: int = 10, exclude_seen: bool = False) -> list[dict]:
         """Answer several requests with one query-tower call and one batched search.
 
@@ -298,36 +295,57 @@ class Retriever:
         resolved = []
         for pos, req in enumerate(requests):
             try:
-                resolved.append(self._features_for(req))
+                resolved.append(self.resolve(req))
             except RequestError as exc:
                 if len(requests) == 1:
                     raise
                 raise type(exc)(f"request {pos}: {exc}") from exc
+        answers = self.answer_resolved(resolved, [k] * len(resolved), [exclude_seen] * len(resolved))
+        for pos, answer in enumerate(answers):
+            if isinstance(answer, RequestError):
+                if len(answers) == 1:
+                    raise answer
+                raise RequestError(f"request {pos}: {answer}") from answer
+        return answers
+
+    def answer_resolved(self, resolved: Sequence[tuple[dict, Optional[str]]], ks: Sequence[int],
+                        exclude_seen: Sequence[bool]) -> list:
+        """One query-tower call and one batched search for already-resolved requests.
+
+        Each request keeps its own k and exclude_seen (the search fetches the largest need),
+        so requests from different clients can share the call. Returns, per request, its
+        answer dict, or the RequestError that concerns it alone: finite inputs far outside the
+        training range (age = -1e30) overflow inside the tower, and its normalised embedding
+        comes out NaN or all zeros, whose "scores" would be NaN (invalid JSON) or -0.0 for
+        every item. Such rows are never searched.
+        """
         columns = {name: [feats[name] for feats, _ in resolved] for name in self.tower.input_names}
         vectors = self.tower.embed(columns)
-        self._check_embeddings(vectors, resolved)
-
-        seen_sets = [self._seen_for(key) if exclude_seen else set() for _, key in resolved]
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        good = np.isfinite(norms) & (np.abs(norms - 1.0) <= _NORM_TOLERANCE)
+        out: list = [None if ok else self._embedding_error(feats) for ok, (feats, _) in zip(good, resolved)]
+        rows = np.flatnonzero(good)
+        if not len(rows):
+            return out
+        seen_sets = [self._seen_for(resolved[r][1]) if exclude_seen[r] else set() for r in rows]
         n_items = len(self.item_ids)
-        fetch = min(n_items, k + max(len(s) for s in seen_sets))
+        fetch = min(n_items, max(ks[r] + len(seen) for r, seen in zip(rows, seen_sets)))
         pre = max(fetch, self.reorder_k) if self.reorder_k else None
-        idx, scores = self._search(vectors, fetch, pre)
-        out = []
-        for row_idx, row_scores, seen in zip(idx, scores, seen_sets):
+        idx, scores = self._search(vectors[rows], fetch, pre)
+        for r, row_idx, row_scores, seen in zip(rows, idx, scores, seen_sets):
             items, kept = [], []
-            for i, s in zip(row_idx, row_scores):
-                if not 0 <= int(i) < n_items or not math.isfinite(float(s)):
+            for i, score in zip(row_idx, row_scores):
+                if not 0 <= int(i) < n_items or not math.isfinite(float(score)):
                     continue  # padding: the index holds fewer candidates than asked for
                 item_id = self.item_ids[int(i)]
                 if item_id in seen:
                     continue
                 items.append(dict(self.items[item_id]))
-                kept.append(float(s))
-                if len(items) == k:
+                kept.append(float(score))
+                if len(items) == ks[r]:
                     break
-            out.append({"items": items, "scores": kept, "version": self.version})
+            out[r] = {"items": items, "scores": kept, "version": self.version}
         return out
-
 
 def check_counts(version: str, searcher, item_ids: list[str], items: dict, tower: Tower, serving: dict) -> None:
     """ValueError naming the file whose count disagrees with what serving relies on.
