@@ -5,6 +5,14 @@ Flow: ``items-*.tfrecord`` -> ParseItemExample -> BatchElements -> EmbedItemBatc
 ``item_embeddings.parquet``. The catalog's embeddings fit in memory at the sizes
 this project targets (1M items x 64 float32 = 256 MB); collecting them into one
 sorted file keeps the output deterministic and trivially loadable by the index build.
+
+After the catalog, a seeded sample of real queries (distinct keys of the valid split, else
+test, else train; :mod:`core.queries`) goes through ``model_dir/query_tower`` into
+``query_embeddings.parquet``: ``index.tune_queries`` rows for the index tuner and a disjoint
+``index.eval_queries`` for the recall the index stage reports. The index must be tuned on the
+distribution it will serve, and only this stage has both the transformed data and the model
+(so the index stage needs no new pipeline input). A few thousand queries at most: one
+in-process pass, no Beam.
 """
 
 from __future__ import annotations
@@ -19,13 +27,16 @@ import numpy as np
 from core import storage
 from core.beam import make_pipeline
 from core.config import Config
+from core.queries import first_split_with_queries
 from core.records import ITEM_KEY, decode_example, item_specs
-from indexer.embeddings import load_embeddings, write_embeddings
+from indexer.embeddings import EVAL, TUNE, load_embeddings, write_embeddings, write_query_embeddings
 
 ITEMS_PATTERN = "items-*.tfrecord"
 #: Upper bound on items per tower call: large enough to amortise TF dispatch overhead,
 #: small enough that one batch of raw features stays a few MB.
 MAX_BATCH = 1024
+#: Seed of the query sample: fixed, so reruns on the same data tune on the same queries.
+QUERY_SAMPLE_SEED = 0
 
 
 class EmbedError(RuntimeError):
@@ -34,6 +45,10 @@ class EmbedError(RuntimeError):
 
 def item_tower_path(model_dir: str) -> str:
     return storage.join(model_dir, "item_tower")
+
+
+def query_tower_path(model_dir: str) -> str:
+    return storage.join(model_dir, "query_tower")
 
 
 class ParseItemExample(beam.DoFn):
@@ -78,11 +93,13 @@ def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: s
     Args:
         transformed_dir: transform output holding ``items-*.tfrecord``.
         model_dir: trainer output holding ``item_tower/``.
-        out_dir: where ``item_embeddings.parquet`` is written (local or gs://).
+        out_dir: where ``item_embeddings.parquet`` (and, when the transform output has
+            interaction splits, ``query_embeddings.parquet``) is written (local or gs://).
     Returns:
-        {"n_items", "dims", "seconds" (wall clock), "items_per_second"}.
+        {"n_items", "dims", "seconds" (wall clock, catalog), "items_per_second", and from
+        :func:`embed_queries`: "query_split", "n_tune_queries", "n_eval_queries", "query_seconds"}.
     Raises:
-        EmbedError: empty catalog or duplicate item ids.
+        EmbedError: empty catalog, duplicate item ids, or query vectors of another width.
     """
     start = time.perf_counter()
     specs = item_specs(config.schema)
@@ -98,8 +115,65 @@ def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: s
 
     ids, matrix = load_embeddings(out_dir)
     n, d = matrix.shape
+    queries = embed_queries(config, transformed_dir, model_dir, out_dir)
+    if queries["dims"] not in (None, d):
+        raise EmbedError(f"query tower emits {queries['dims']}-d vectors but the item tower {d}-d")
+    del queries["dims"]
     return {"n_items": int(n), "dims": int(d), "seconds": round(seconds, 3),
-            "items_per_second": round(n / seconds, 1) if seconds > 0 else None}
+            "items_per_second": round(n / seconds, 1) if seconds > 0 else None, **queries}
+
+
+def split_sample_sizes(available: int, n_tune: int, n_eval: int) -> tuple[int, int]:
+    """(tune, eval) sample sizes out of ``available`` distinct queries, disjoint.
+
+    When fewer than ``n_tune + n_eval`` exist both shrink in proportion (each keeps at least
+    one while two or more queries exist), so a small split still gives the tuner most rows.
+    """
+    if available >= n_tune + n_eval:
+        return n_tune, n_eval
+    if available < 2:
+        return available, 0
+    tune = min(available - 1, max(1, int(round(available * n_tune / (n_tune + n_eval)))))
+    return tune, available - tune
+
+
+def embed_queries(config: Config, transformed_dir: str, model_dir: str, out_dir: str) -> dict:
+    """Sample real queries, embed them with ``model_dir/query_tower``, write ``query_embeddings.parquet``.
+
+    The sample is seeded (:data:`QUERY_SAMPLE_SEED`): ``index.tune_queries`` rows with purpose
+    "tune" and a disjoint ``index.eval_queries`` with purpose "eval", each in first-seen order.
+    Returns:
+        {"query_split" (the split read, or None), "n_tune_queries", "n_eval_queries",
+        "query_seconds", "dims" (query vector width, None without queries)}. Without any
+        interaction split nothing is written and the index stage uses stand-in queries.
+    """
+    start = time.perf_counter()
+    split, keys, features = first_split_with_queries(config.schema, transformed_dir)
+    if not keys:
+        return {"query_split": None, "n_tune_queries": 0, "n_eval_queries": 0, "query_seconds": 0.0,
+                "dims": None}
+    n_tune, n_eval = split_sample_sizes(len(keys), config.index.tune_queries, config.index.eval_queries)
+    order = np.random.default_rng(QUERY_SAMPLE_SEED).permutation(len(keys))
+    tune_rows, eval_rows = np.sort(order[:n_tune]), np.sort(order[n_tune:n_tune + n_eval])
+    rows = np.concatenate([tune_rows, eval_rows])
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from core.towers import Tower
+
+    tower = Tower(query_tower_path(model_dir))
+    # The tower takes a subset of the query features; an input outside them is an export bug.
+    missing = [name for name in tower.input_names if name not in features]
+    if missing:
+        raise EmbedError(f"query tower inputs {missing} are not query features of the schema")
+    parts = [tower.embed({name: features[name][rows[s:s + MAX_BATCH]] for name in tower.input_names})
+             for s in range(0, len(rows), MAX_BATCH)]
+    vectors = np.concatenate(parts).astype(np.float32)
+    if vectors.shape[0] != len(rows):
+        raise EmbedError(f"query tower returned {vectors.shape[0]} rows for {len(rows)} queries")
+    write_query_embeddings(out_dir, [keys[i] for i in rows], [split] * len(rows),
+                           [TUNE] * len(tune_rows) + [EVAL] * len(eval_rows), vectors)
+    return {"query_split": split, "n_tune_queries": int(len(tune_rows)), "n_eval_queries": int(len(eval_rows)),
+            "query_seconds": round(time.perf_counter() - start, 3), "dims": int(vectors.shape[1])}
 
 
 def _write_embeddings_sink(pairs: Iterable[tuple[str, np.ndarray]], out_dir: str) -> None:

@@ -14,10 +14,25 @@ of the live version, which evaluate scored on the same test split and protocol
 - no ``live`` key: evaluate ran without a store (no comparison asked for; the pipeline always
   gives it one): publish with a reason, unless ``gate.require_live_comparison`` (then refuse).
 
+Sampled evaluation (``metrics["sampled"]``: evaluate scored a seeded sample of the test
+keys, the same one for the candidate, popularity and live): the numbers are estimates with
+95% intervals, and the comparison with live uses the paired difference candidate minus
+live on the sampled keys (``metrics["live"]["diff"]["recall_at_10"]``). A candidate whose
+estimate falls below the floor is refused only when the whole interval of that difference
+lies below the allowed drop (``max_relative_regression`` x live's estimate): the regression
+beyond the allowance is then not sampling noise. Inside the noise it publishes, saying so
+(raise ``evaluate.max_queries``, or set 0 for all keys, to decide such a case exactly). The
+allowance is taken at live's estimate; its own sampling error is ``max_relative_regression``
+times live's, small beside the difference's. The minimum and the popularity rules stay on
+the estimates (a model must show it beats them) and their reasons quote the intervals. An
+exact evaluation (all keys; or a metrics.json from before sampling) applies the plain
+thresholds.
+
 Every rule adds a human sentence with the numbers, whether it passed or failed, so the
 run summary always says why. The decision's ``baseline`` names the live version compared
-against: ``{"version", "recall_at_10"}`` (``recall_at_10`` None plus ``error`` when it
-could not be evaluated), or None (first publish / no comparison made).
+against: ``{"version", "recall_at_10"}`` (plus ``"diff_ci95"``, the paired interval, when
+sampled; ``recall_at_10`` None plus ``error`` when it could not be evaluated), or None
+(first publish / no comparison made).
 """
 
 from __future__ import annotations
@@ -39,13 +54,28 @@ class GateDecision:
         return asdict(self)
 
 
-def _metric(metrics: dict, *path: str) -> float:
+def _node(metrics: dict, *path: str):
     node = metrics
     for key in path:
         if not isinstance(node, dict) or key not in node:
             raise ValueError(f"gate: metrics lack {'.'.join(path)!r} (have {sorted(metrics)})")
         node = node[key]
-    return float(node)
+    return node
+
+
+def _metric(metrics: dict, *path: str) -> float:
+    return float(_node(metrics, *path))
+
+
+def _interval(metrics: dict, *path: str) -> tuple[float, float]:
+    lo, hi = _node(metrics, *path)
+    return float(lo), float(hi)
+
+
+def _sample_note(metrics: dict) -> str:
+    """Which keys the numbers come from, for reasons of a sampled evaluation."""
+    return (f"{int(_metric(metrics, 'n_queries')):,} of {int(_metric(metrics, 'n_queries_total')):,} "
+            f"test queries sampled")
 
 
 def decide(config: Config, metrics: dict) -> GateDecision:
@@ -56,20 +86,29 @@ def decide(config: Config, metrics: dict) -> GateDecision:
     """
     gate = config.gate
     recall = _metric(metrics, "recall_at_10")
+    sampled = bool(metrics.get("sampled"))
     ok = True
     reasons = []
+    own = ""
+    if sampled:
+        lo, hi = _interval(metrics, "ci95", "recall_at_10")
+        own = f" (95% interval [{lo:.4f}, {hi:.4f}], {_sample_note(metrics)})"
     if recall >= gate.min_recall_at_10:
-        reasons.append(f"recall@10 {recall:.4f} meets the minimum {gate.min_recall_at_10:.4f}")
+        reasons.append(f"recall@10 {recall:.4f} meets the minimum {gate.min_recall_at_10:.4f}{own}")
     else:
         ok = False
-        reasons.append(f"recall@10 {recall:.4f} is below the minimum {gate.min_recall_at_10:.4f}")
+        reasons.append(f"recall@10 {recall:.4f} is below the minimum {gate.min_recall_at_10:.4f}{own}")
     if gate.must_beat_popularity:
         pop = _metric(metrics, "popularity", "recall_at_10")
+        paired = ""
+        if sampled:
+            lo, hi = _interval(metrics, "popularity", "diff", "recall_at_10", "ci95")
+            paired = f" (model - popularity 95% interval [{lo:+.4f}, {hi:+.4f}] on the same sampled queries)"
         if recall > pop:
-            reasons.append(f"recall@10 {recall:.4f} beats the popularity baseline's {pop:.4f}")
+            reasons.append(f"recall@10 {recall:.4f} beats the popularity baseline's {pop:.4f}{paired}")
         else:
             ok = False
-            reasons.append(f"recall@10 {recall:.4f} does not beat the popularity baseline's {pop:.4f}")
+            reasons.append(f"recall@10 {recall:.4f} does not beat the popularity baseline's {pop:.4f}{paired}")
     live_ok, live_reason, baseline = _against_live(config, metrics, recall)
     ok = ok and live_ok
     reasons.append(live_reason)
@@ -105,13 +144,31 @@ def _against_live(config: Config, metrics: dict, recall: float) -> tuple[bool, s
     baseline = {"version": version, "recall_at_10": live_recall}
     max_drop = gate.max_relative_regression
     floor = live_recall * (1.0 - max_drop)
+    noise, within_noise = "", False
+    if metrics.get("sampled"):
+        diff = _metric(live, "diff", "recall_at_10", "mean")
+        lo, hi = _interval(live, "diff", "recall_at_10", "ci95")
+        baseline["diff_ci95"] = [lo, hi]
+        allowed = live_recall * max_drop
+        # Refuse only a regression beyond the allowance that the sampling cannot explain:
+        # the paired interval's upper end is below the allowed drop.
+        within_noise = hi >= -allowed
+        noise = (f"; model - live {diff:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] on the same "
+                 f"{_sample_note(metrics)}")
     if recall >= live_recall:
         return True, (f"recall@10 {recall:.4f} matches or beats live version {version}'s {live_recall:.4f} "
-                      f"(allowed regression {max_drop:.1%}, floor {floor:.4f})"), baseline
-    if recall >= floor:
-        drop = (live_recall - recall) / live_recall
-        return True, (f"recall@10 {recall:.4f} is {drop:.1%} below live version {version}'s {live_recall:.4f}, "
-                      f"within the allowed {max_drop:.1%} (floor {floor:.4f})"), baseline
+                      f"(allowed regression {max_drop:.1%}, floor {floor:.4f}){noise}"), baseline
     drop = (live_recall - recall) / live_recall
-    return False, (f"recall@10 {recall:.4f} is {drop:.1%} below live version {version}'s {live_recall:.4f}, "
-                   f"more than the allowed {max_drop:.1%} (floor {floor:.4f})"), baseline
+    if recall >= floor:
+        return True, (f"recall@10 {recall:.4f} is {drop:.1%} below live version {version}'s {live_recall:.4f}, "
+                      f"within the allowed {max_drop:.1%} (floor {floor:.4f}){noise}"), baseline
+    what = (f"recall@10 {recall:.4f} is {drop:.1%} below live version {version}'s {live_recall:.4f}, "
+            f"more than the allowed {max_drop:.1%} (floor {floor:.4f}){noise}")
+    if within_noise:
+        return True, (f"{what}: publishing, because the interval reaches the allowed drop of -"
+                      f"{live_recall * max_drop:.4f}, so the excess may be sampling noise (raise "
+                      f"evaluate.max_queries, or set it to 0 for all queries, to decide it exactly)"), baseline
+    if noise:
+        what += (f": refused, the whole interval lies below the allowed drop of -{live_recall * max_drop:.4f}, "
+                 f"so the regression is not sampling noise")
+    return False, what, baseline

@@ -151,7 +151,8 @@ def exact_topk_chunked(db: np.ndarray, queries: np.ndarray, k: int,
     ``max_block_floats`` float32 (128 MB by default), then ``argpartition`` + a sort of the
     k survivors. This is the exact reference the tuner and the benchmark measure against,
     and the "numpy brute force" throughput baseline. Ties may break differently from
-    :func:`exact_topk`; on real-valued embeddings they do not occur in practice.
+    :func:`exact_topk`; they do occur in trained embeddings (items without training positives
+    can share one vector), which is why recall is measured with :func:`recall_tie_aware`.
     """
     db = _check_matrix(db, "db")
     queries = _check_matrix(queries, "queries")
@@ -213,11 +214,80 @@ def serialized_bytes(searcher) -> int:
         return sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
 
 
+#: Relative slack on the exact k-th score when counting a retrieved item as correct. "Identical"
+#: embeddings need not be bit-identical: the towers' float32 reductions round differently for
+#: different batch shapes (~1e-7 per component), so tied scores can differ by ~1e-7.
+TIE_RTOL = 1e-6
+
+
 def recall_vs_exact(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean over queries of |found ∩ exact| / k (found, exact: int [Q, k])."""
+    """Id-overlap recall: mean over queries of |found ∩ exact| / k (found, exact: int [Q, k]).
+
+    Not tie-aware: when more than k items share the k-th best score, exact search keeps an
+    arbitrary k of them and a correct answer holding others scores < 1 (at 100k items 6,131
+    identical embeddings capped it below 0.95 even for exact search). Kept for comparison;
+    the tuner and the index stage use :func:`recall_tie_aware`.
+    """
     k = exact.shape[1]
     hits = [len(set(f.tolist()) & set(e.tolist())) for f, e in zip(found, exact)]
     return float(np.mean(hits) / k) if hits else 0.0
+
+
+def kth_exact_scores(db: np.ndarray, queries: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """float64 [Q]: each query's k-th best exact score, the smallest score among ``exact[q]``.
+
+    Scores are recomputed in float64 from the rows (not taken from the float32 matmul that
+    ranked them), so identical item vectors get bit-identical scores and the threshold is
+    the same number :func:`recall_tie_aware` compares retrieved items with.
+    """
+    return _scores(db, queries, np.asarray(exact, dtype=np.int64)).min(axis=1)
+
+
+def _scores(db: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """float64 [Q, m]: dot products of each query with its ``idx`` rows [Q, m] of ``db``.
+
+    Gathers in the stored dtype, then widens: converting a 1M-row db to float64 per call
+    would cost 512 MB for the sake of Q x k rows.
+    """
+    rows = np.asarray(db)[idx].astype(np.float64)  # [Q, m, D]
+    return np.einsum("qkd,qd->qk", rows, np.asarray(queries, dtype=np.float64))
+
+
+def recall_tie_aware(found: np.ndarray, exact: np.ndarray, db: np.ndarray, queries: np.ndarray,
+                     rtol: float = TIE_RTOL, kth: Optional[np.ndarray] = None) -> float:
+    """Recall@k against exact search that counts ties as correct.
+
+    A retrieved item is correct when its exact score is at least the query's exact k-th
+    score, less ``rtol`` x max(|k-th score|, |best score|) for float error. So any k items
+    from a block of identical embeddings tied at the k-th place are a perfect answer, while
+    a wrong item scores below the threshold exactly as under :func:`recall_vs_exact`; without
+    ties the two agree. Repeated or out-of-range ids (ScaNN pads short results) never count.
+
+    Args:
+        found: int [Q, >=k] retrieved positions, best first (only the first k are read).
+        exact: int [Q, k] exact top-k positions (e.g. :func:`exact_topk_chunked`).
+        db: float [N, D] the indexed matrix; queries: float [Q, D].
+        kth: optional precomputed :func:`kth_exact_scores` (a sweep reuses it per point).
+    Returns:
+        Mean over queries of (correct retrieved items) / k, in [0, 1].
+    """
+    exact = np.asarray(exact, dtype=np.int64)
+    nq, k = exact.shape
+    if nq == 0:
+        return 0.0
+    n = np.asarray(db).shape[0]
+    if kth is None:
+        kth = kth_exact_scores(db, queries, exact)
+    best = _scores(db, queries, exact[:, :1])[:, 0]
+    tol = rtol * np.maximum(np.maximum(np.abs(kth), np.abs(best)), np.finfo(np.float32).tiny)
+    f = np.asarray(found, dtype=np.int64)[:, :k]
+    # Sorted per row with out-of-range ids as -1, a repeated id sits next to its first copy.
+    ids = np.sort(np.where((f >= 0) & (f < n), f, -1), axis=1)
+    first = ids >= 0
+    first[:, 1:] &= ids[:, 1:] != ids[:, :-1]
+    scores = _scores(db, queries, np.maximum(ids, 0))
+    hits = (first & (scores >= (kth - tol)[:, None])).sum(axis=1)
+    return float(np.mean(hits) / k)
 
 
 def measure(searcher, db: np.ndarray, queries: np.ndarray, k: int = 10, repeats: int = 3,
@@ -229,15 +299,16 @@ def measure(searcher, db: np.ndarray, queries: np.ndarray, k: int = 10, repeats:
         repeats: timed repeats; the median is reported (robust to a noisy neighbour).
         max_single_queries: at most this many queries timed one per call.
     Returns:
-        {"recall_at_10_vs_exact" (recall@k, k=10 by default), "qps_batched" (queries/s,
-        one call per query batch), "qps_single" (queries/s, one call per query)}.
+        {"recall_at_10_vs_exact" (tie-aware recall@k, :func:`recall_tie_aware`, k=10 by
+        default), "qps_batched" (queries/s, one call per query batch), "qps_single"
+        (queries/s, one call per query)}.
     """
     queries = _check_matrix(queries, "queries")
     n = db.shape[0]
     k = min(k, n)
     found, _ = search(searcher, queries, k, n)
     exact, _ = exact_topk(db, queries, k)
-    recall = recall_vs_exact(found, exact)
+    recall = recall_tie_aware(found, exact, db, queries)
 
     batched = []
     for _ in range(repeats):

@@ -1,6 +1,8 @@
 """ScaNN auto-tuning: the fastest tree + AH + reorder configuration that meets a recall target.
 
-Recall is recall@10 against exact (numpy) search over a sample of queries; speed is
+Recall is tie-aware recall@10 against exact (numpy) search over a sample of queries
+(:func:`indexer.scann_index.recall_tie_aware`: a retrieved item scoring at least the exact
+10th score counts, so a block of identical item vectors cannot cap recall below 1); speed is
 queries/s of ``search_batched`` (one call for the whole query sample, final top-10) and of
 one-query ``search`` calls. The sweep is shaped by what is expensive:
 
@@ -39,7 +41,7 @@ import numpy as np
 from core.config import IndexConfig
 from core.svg_chart import Mark, Series, VLine, line_chart
 from indexer.scann_index import (BRUTE_FORCE, TREE_AH, IndexParams, build_with_params, exact_topk_chunked,
-                                 recall_vs_exact, with_search_defaults)
+                                 kth_exact_scores, recall_tie_aware, recall_vs_exact, with_search_defaults)
 
 K = 10
 #: Leaves-searched ladder: from ~0.2% of the leaves up to this fraction, ratio LADDER_RATIO.
@@ -86,6 +88,8 @@ class TuningResult:
     build_seconds: dict[str, float]
     seconds: float
     searcher: object = field(default=None, repr=False)
+    #: "tie_aware" (:func:`recall_tie_aware`) or "id_overlap" (:func:`recall_vs_exact`).
+    recall_definition: str = "tie_aware"
 
     @property
     def trees_built(self) -> int:
@@ -96,7 +100,8 @@ class TuningResult:
         """JSON-ready (the content of ``tuning.json``)."""
         return {
             "n_items": self.n_items, "dims": self.dims, "n_queries": self.n_queries,
-            "k": K, "target_recall": self.target_recall, "met_target": self.met_target,
+            "k": K, "recall_definition": self.recall_definition,
+            "target_recall": self.target_recall, "met_target": self.met_target,
             "reason": self.reason, "chosen": self.chosen.to_dict(), "chosen_point": asdict(self.chosen_point),
             "configs_tried": len(self.points), "indexes_built": self.trees_built,
             "build_seconds": self.build_seconds, "seconds": round(self.seconds, 3),
@@ -107,7 +112,8 @@ class TuningResult:
     def summary(self) -> dict:
         """The short form recorded in ``index_metrics.json`` under ``tuning``."""
         p = self.chosen_point
-        return {"enabled": True, "target_recall": self.target_recall, "met_target": self.met_target,
+        return {"enabled": True, "recall_definition": self.recall_definition,
+                "target_recall": self.target_recall, "met_target": self.met_target,
                 "reason": self.reason, "chosen": self.chosen.to_dict(), "recall_at_10_vs_exact": p.recall_at_10,
                 "qps_batched": p.qps_batched, "qps_single": p.qps_single,
                 "configs_tried": len(self.points), "indexes_built": self.trees_built,
@@ -150,16 +156,17 @@ def _timed(fn, repeats: int, min_seconds: float = MIN_TIMED_SECONDS, max_runs: i
     return max(best, 1e-9)
 
 
-def _measure_point(searcher, queries: np.ndarray, exact: np.ndarray, k: int, leaves: Optional[int],
+def _measure_point(searcher, queries: np.ndarray, recall_of, k: int, leaves: Optional[int],
                    reorder: Optional[int], repeats: int, single_queries: int,
                    min_seconds: float = MIN_TIMED_SECONDS) -> tuple[float, float, float]:
+    """(recall, queries/s batched, queries/s single); ``recall_of(found int [Q, k]) -> float``."""
     kwargs = {"final_num_neighbors": k}
     if leaves is not None:
         kwargs["leaves_to_search"] = int(leaves)
     if reorder is not None:
         kwargs["pre_reorder_num_neighbors"] = int(reorder)
     found, _ = searcher.search_batched(queries, **kwargs)
-    recall = recall_vs_exact(np.asarray(found), exact)
+    recall = recall_of(np.asarray(found))
     batched = _timed(lambda: searcher.search_batched(queries, **kwargs), repeats, min_seconds)
     single = queries[:single_queries]
     one = {"final_num_neighbors": k,
@@ -188,7 +195,7 @@ def exact_numpy_qps(db: np.ndarray, queries: np.ndarray, k: int = K, repeats: in
 def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int = 100,
          repeats: int = 3, single_queries: int = 100, include_brute_force: bool = True,
          reorder_ladder: Optional[Sequence[int]] = None, timing_seconds: float = MIN_TIMED_SECONDS,
-         log=None) -> TuningResult:
+         tie_aware: bool = True, log=None) -> TuningResult:
     """Sweep and choose.
 
     Args:
@@ -203,6 +210,8 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
         include_brute_force: also measure ScaNN's exact searcher and let it win if faster.
         reorder_ladder: overrides ``cfg.tune_reorder_k``.
         timing_seconds: keep repeating a timed search until this long was spent (best run kept).
+        tie_aware: measure :func:`recall_tie_aware` (the default); False = the old id-overlap
+            :func:`recall_vs_exact`, kept so benchmarks can show what ties did to it.
         log: optional callable(str) for progress lines.
     Returns:
         TuningResult; ``.searcher`` is the chosen searcher with its search-time parameters as
@@ -218,6 +227,15 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
     target = float(cfg.target_recall)
     exact, numpy_qps = exact_numpy_qps(db, queries, k)
     say(f"exact numpy: {numpy_qps:.0f} q/s batched over {len(queries)} queries, N={n}")
+    definition = "tie_aware" if tie_aware else "id_overlap"
+    if tie_aware:
+        kth = kth_exact_scores(db, queries, exact)  # once: every point compares with the same threshold
+
+        def recall_of(found):
+            return recall_tie_aware(found, exact, db, queries, kth=kth)
+    else:
+        def recall_of(found):
+            return recall_vs_exact(found, exact)
     points: list[TuningPoint] = []
     build_seconds: dict[str, float] = {}
 
@@ -225,7 +243,7 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
         t = time.perf_counter()
         searcher = build_with_params(db, IndexParams(kind=BRUTE_FORCE), k=build_k)
         build_seconds[BRUTE_FORCE] = round(time.perf_counter() - t, 3)
-        rec, qb, qs = _measure_point(searcher, queries, exact, k, None, None, repeats, single_queries,
+        rec, qb, qs = _measure_point(searcher, queries, recall_of, k, None, None, repeats, single_queries,
                                      timing_seconds)
         point = TuningPoint(BRUTE_FORCE, None, None, None, None, rec, qb, qs, rec >= target)
         points.append(point)
@@ -237,7 +255,7 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
         return TuningResult(n, d, len(queries), target, point.meets_target,
                             f"{n} items < index.brute_force_below={cfg.brute_force_below}: exact search, no sweep",
                             IndexParams(kind=BRUTE_FORCE), point, points, numpy_qps, build_seconds,
-                            time.perf_counter() - start, searcher)
+                            time.perf_counter() - start, searcher, definition)
 
     sample = min(n, cfg.training_sample_size)
     reorders = sorted({max(k, int(r)) for r in (reorder_ladder or cfg.tune_reorder_k)})
@@ -258,7 +276,7 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
             for reorder in reorders:
                 history: list[float] = []
                 for to_search in leaves_ladder(leaves):
-                    rec, qb, qs = _measure_point(searcher, queries, exact, k, to_search, reorder, repeats,
+                    rec, qb, qs = _measure_point(searcher, queries, recall_of, k, to_search, reorder, repeats,
                                                  single_queries, timing_seconds)
                     point = TuningPoint(TREE_AH, leaves, dpb, to_search, reorder, rec, qb, qs, rec >= target)
                     points.append(point)
@@ -309,7 +327,7 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
         searcher = with_search_defaults(searcher, chosen.num_leaves_to_search, chosen.reorder_k)
     say(f"chosen: {chosen.to_dict()} ({reason})")
     return TuningResult(n, d, len(queries), target, met, reason, chosen, chosen_point, points, numpy_qps,
-                        build_seconds, time.perf_counter() - start, searcher)
+                        build_seconds, time.perf_counter() - start, searcher, definition)
 
 
 # ---------------------------------------------------------------- artifacts

@@ -1,5 +1,6 @@
 """Evaluate report: recall@K / nDCG@K of the model vs the popularity baseline and vs the live
-version (when one was scored), per item-popularity slice, as tables and grouped bar charts."""
+version (when one was scored), per item-popularity slice, as tables and grouped bar charts;
+for a sampled evaluation, the 95% intervals and the paired differences."""
 
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def build(out_dir: str, record: dict) -> Report:
     report.facts([(f"model {label(k)}", metrics[k]) for k in headline]
                  + [(f"popularity {label(k)}", pop.get(k)) for k in headline]
                  + [("live " + label(k), live.get(k)) for k in headline if live is not None]
-                 + [("test queries", metrics.get("n_queries")), ("test pairs", metrics.get("n_pairs")),
+                 + [("test queries", metrics.get("n_queries"))]
+                 + ([("test queries in the split (sampled from)", metrics.get("n_queries_total"))]
+                    if metrics.get("sampled") else [])
+                 + [("test pairs", metrics.get("n_pairs")),
                     ("catalog items", metrics.get("n_items")),
                     ("protocol", f"per {protocol.get('per', 'n/a')}, seen items masked: "
                                  f"{'yes' if protocol.get('mask_seen') else 'no'}, "
@@ -73,6 +77,9 @@ def build(out_dir: str, record: dict) -> Report:
     else:
         report.paragraph("metrics.json holds no recall@K / nDCG@K values.")
 
+    if metrics.get("sampled") and keys:
+        _sampling_section(report, metrics, keys, live)
+
     report.heading("Item popularity slices")
     slices = metrics.get("slices")
     if isinstance(slices, dict) and slices:
@@ -97,6 +104,43 @@ def build(out_dir: str, record: dict) -> Report:
     else:
         report.paragraph("Slices were not computed (evaluate.slices is false).")
     return files_section(report, artifacts.children(out_dir))
+
+
+def _sampling_section(report: Report, metrics: dict, keys: list[str], live: dict | None) -> None:
+    """95% intervals of a sampled evaluation: each metric's, and the paired differences."""
+    sampling = metrics.get("sampling") or {}
+    report.heading("Sampled queries: 95% intervals")
+    count = lambda v: f"{v:,}" if number(v) else "n/a"  # noqa: E731
+    report.paragraph(f"{count(metrics.get('n_queries'))} of the {count(metrics.get('n_queries_total'))} test queries "
+                     f"were scored (a seeded sample, seed {sampling.get('seed', 'n/a')}; evaluate.max_queries "
+                     f"{count(sampling.get('max_queries'))}), the same ones for the model, the popularity baseline "
+                     f"and the live version. Intervals: {sampling.get('interval', 'n/a')}. A difference is taken "
+                     "query by query on the sample (paired), so it is tighter than the metrics' own intervals.")
+    pop = metrics.get("popularity") or {}
+    headers = ["metric", "model", "model 95%", "popularity 95%", "model − popularity (95%)"]
+    if live is not None:
+        headers += ["live 95%", "model − live (95%)"]
+    rows = []
+    for k in keys:
+        row = [label(k), metrics.get(k), _span((metrics.get("ci95") or {}).get(k)),
+               _span((pop.get("ci95") or {}).get(k)), _paired((pop.get("diff") or {}).get(k))]
+        if live is not None:
+            row += [_span((live.get("ci95") or {}).get(k)), _paired((live.get("diff") or {}).get(k))]
+        rows.append(row)
+    report.table(headers, rows)
+
+
+def _span(interval) -> Cell:
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(number(v) for v in interval):
+        return Cell(f"[{interval[0]:.4f}, {interval[1]:.4f}]", numeric=True)
+    return Cell("n/a", numeric=True)
+
+
+def _paired(diff) -> Cell:
+    if isinstance(diff, dict) and number(diff.get("mean")):
+        span = _span(diff.get("ci95"))
+        return Cell(f"{diff['mean']:+.4f} {span.text}", numeric=True)
+    return Cell("n/a", numeric=True)
 
 
 def _live(metrics: dict) -> tuple[dict | None, tuple[str, str]]:

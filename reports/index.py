@@ -19,13 +19,27 @@ def build(out_dir: str, record: dict) -> Report:
                   ("queries/s, batched", metrics.get("qps_batched")),
                   ("queries/s, one at a time", metrics.get("qps_single")),
                   ("build seconds", metrics.get("build_seconds"))])
+    if metrics.get("tune_queries"):
+        split = f", {metrics['query_split']} split" if metrics.get("query_split") else ""
+        report.facts([("measurement queries", f"{metrics['tune_queries']}{split}: "
+                                              f"{metrics.get('n_tune_queries')} tuning, "
+                                              f"{metrics.get('n_eval_queries')} reporting")])
     recall = metrics.get("recall_at_10_vs_exact")
     tuning = metrics.get("tuning") or {}
     target = tuning.get("target_recall")
     if isinstance(recall, (int, float)) and isinstance(target, (int, float)):
         met = recall >= target
+        source = metrics.get("tune_queries")
+        # Artifacts from before query embeddings existed carry no flag: they were stand-ins.
+        queries = ("real queries (query tower embeddings, a sample disjoint from the tuner's)"
+                   if source == "real" else "stand-in queries (perturbed item vectors)")
+        ties = ("; items tied with the 10th exact score count as correct"
+                if metrics.get("recall_definition") == "tie_aware" else "")
         report.note(f"Recall@10 against exact search {recall:.4f} {'meets' if met else 'is below'} the target "
-                    f"{target} (measured on held-out stand-in queries after the build).", "ok" if met else "warn")
+                    f"{target} (measured on held-out {queries} after the build{ties}).", "ok" if met else "warn")
+    if metrics.get("tune_queries") == "stand_in":
+        report.note("No query embeddings came with the item embeddings, so the tuner measured on stand-in "
+                    "queries (perturbed item vectors), not on the query tower's outputs.", "warn")
 
     report.heading("Parameters")
     params = metrics.get("params") or {}

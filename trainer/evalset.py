@@ -11,12 +11,18 @@ the TFRS tutorial protocol) and does not read seen.jsonl.
 Item popularity (:func:`catalog_popularity`) comes from ``vocab/item_id.tsv`` (train
 counts); it drives the popularity baseline and the head / torso / tail / cold slices.
 
+Scoring every key against the whole catalog costs keys x items; above ``max_queries``
+keys a seeded uniform sample of them is scored instead
+(:func:`trainer.metrics.sample_keys`, the one definition both test evaluation and
+per-epoch validation use).
+
 Trainer-internal (imports TensorFlow through :mod:`trainer.data`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -25,7 +31,7 @@ from core.records import ITEM_KEY, interaction_specs, item_specs
 from core.text import normalize_text
 from trainer import artifacts
 from trainer.data import read_columns
-from trainer.metrics import item_slices
+from trainer.metrics import item_slices, sample_keys
 
 
 @dataclass
@@ -42,15 +48,28 @@ class Catalog:
 
 @dataclass
 class QuerySet:
-    """Q evaluation queries: ``features`` columns [Q], ``relevant``/``masked`` Q position arrays."""
+    """Q evaluation queries: ``features`` columns [Q], ``relevant``/``masked`` Q position arrays.
+
+    ``n_total`` is the number of eligible keys the Q were drawn from (Q when not sampled).
+    """
 
     keys: list[str]
     features: dict[str, np.ndarray]
     relevant: list[np.ndarray]
     masked: list[np.ndarray]
+    n_total: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.n_total is None:
+            self.n_total = len(self.keys)
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether only a sample of the split's keys is held."""
+        return len(self.keys) < self.n_total
 
 
 def load_catalog(config: Config, transformed_dir: str) -> Catalog:
@@ -68,7 +87,9 @@ def load_queries(config: Config, transformed_dir: str, split: str, mask_splits: 
     """Distinct keys of ``split`` with their features, relevant and masked catalog positions.
 
     Keys whose relevant items are all outside the catalog are dropped. With
-    ``max_queries`` set, a seeded random subset (in first-seen order) is kept.
+    ``max_queries`` set (not None or 0) and more eligible keys than that, the
+    :func:`trainer.metrics.sample_keys` sample of them is kept (in first-seen order)
+    and ``n_total`` says how many there were.
 
     Raises:
         ValueError: seen.jsonl is non-empty but shares no key with the split (the
@@ -89,10 +110,8 @@ def load_queries(config: Config, transformed_dir: str, split: str, mask_splits: 
             relevant[key] = set()
         if pos is not None:
             relevant[key].add(pos)
-    ordered = [k for k in first_row if relevant[k]]
-    if max_queries is not None and len(ordered) > max_queries:
-        chosen = np.random.default_rng(seed).choice(len(ordered), size=max_queries, replace=False)
-        ordered = [ordered[i] for i in np.sort(chosen)]
+    eligible = [k for k in first_row if relevant[k]]
+    ordered = sample_keys(eligible, max_queries, seed)
 
     seen = artifacts.read_seen(transformed_dir) if mask_splits else {}
     text_key = any(f.name == key_name and f.type == "text" for f in schema.query_features)
@@ -111,7 +130,7 @@ def load_queries(config: Config, transformed_dir: str, split: str, mask_splits: 
     feats = {s.name: cols[s.name][rows] for s in schema.query_features}
     return QuerySet(keys=ordered, features=feats,
                     relevant=[np.array(sorted(relevant[k]), dtype=np.int64) for k in ordered],
-                    masked=masked)
+                    masked=masked, n_total=len(eligible))
 
 
 def catalog_popularity(transformed_dir: str, catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:

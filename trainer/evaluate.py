@@ -14,16 +14,30 @@ from ``vocab/item_id.tsv``) under the same protocol:
 - ``evaluate.slices``: hit rate at 10 of the test pairs per item popularity slice
   (head / torso / tail / cold, :func:`trainer.metrics.item_slices`).
 
-Writes ``metrics.json``: ``{"recall_at_10", ..., "ndcg_at_10", "popularity": {same keys},
-"n_queries", "n_items", "n_pairs", "protocol": {"per", "mask_seen", "split"},
-"slices": {"head": {"recall_at_10", "popularity_recall_at_10", "n"}, ..., "cold": {...,
-"chance_recall_at_10"}}}`` (``slices`` only when enabled). TensorFlow is imported
-inside the function.
+Cost is keys x items (every key against the whole catalog). Above
+``evaluate.max_queries`` test keys, a seeded uniform sample of that many keys is scored
+(:func:`trainer.metrics.sample_keys`, seed ``evaluate.seed``: the same keys for the same
+data in every run), and the model, the popularity baseline and the live version are all
+scored on that one sample, so their comparison is like with like. Every metric then
+carries a 95% interval over the choice of keys, and every comparison a paired one
+(:func:`trainer.metrics.ratio_interval`: normal approximation of the ratio estimator
+with the finite population correction, so an exact evaluation has zero-width intervals).
+
+Writes ``metrics.json``: ``{"recall_at_10", ..., "ndcg_at_10", "ci95": {"recall_at_10":
+[lo, hi], ...}, "popularity": {same keys, "ci95": {...}, "diff": {"recall_at_10": {"mean",
+"ci95"}, ...}}, "sampled", "n_queries", "n_queries_total", "n_items", "n_pairs",
+"sampling": {"max_queries", "seed", "interval"}, "protocol": {"per", "mask_seen",
+"split"}, "slices": {"head": {"recall_at_10", "popularity_recall_at_10", "n"}, ...,
+"cold": {..., "chance_recall_at_10"}}}`` (``slices`` only when enabled). ``n_queries``
+keys were scored of the ``n_queries_total`` eligible ones (``sampled`` when fewer);
+``n_pairs`` and the slices count the scored keys' pairs; ``diff`` is model minus that
+baseline, averaged over the same keys (paired). TensorFlow is imported inside the function.
 
 Live comparison (``live_store`` given, see :func:`evaluate_live`): the store's CURRENT
 version is scored on the SAME test queries, relevant and masked items and cut-offs, and
-``metrics.json["live"]`` holds ``{"version", "recall_at_10", ..., "ndcg_at_10",
-"n_items_missing"}``; ``None`` only when the store has no live version (no CURRENT: first
+``metrics.json["live"]`` holds ``{"version", "recall_at_10", ..., "ndcg_at_10", "ci95",
+"diff", "n_items_missing"}`` (``diff``: model minus live per key, paired on the same
+sampled keys); ``None`` only when the store has no live version (no CURRENT: first
 publish); ``{"version", "error"}`` when CURRENT names a version that cannot be fetched,
 loaded or scored (corrupt, incompatible tower inputs, a bug in the comparison), with the
 traceback in the stage log. Without ``live_store`` the key is absent (no comparison asked
@@ -50,6 +64,10 @@ import numpy as np
 EMBED_BATCH = 4096
 #: Cut-off of the slice hit rates (fixed, so slices compare across configs).
 SLICE_K = 10
+#: How metrics.json's ci95 intervals are computed (recorded beside them).
+INTERVAL_METHOD = ("95% normal approximation of the ratio estimator over the sampled keys, with the finite "
+                   "population correction (zero width when every key is scored); the rule of three when "
+                   "the sample has no spread")
 
 
 def _embed(tower, columns: Mapping[str, np.ndarray], batch_size: int = EMBED_BATCH) -> np.ndarray:
@@ -87,6 +105,37 @@ def slice_report(model_ranks, popularity_ranks, slices: np.ndarray, k: int = SLI
     n_items = model_ranks.n_items
     report["cold"][f"chance_{key}"] = min(k, n_items) / n_items
     return report
+
+
+def intervals(values: Mapping[str, np.ndarray], weights: np.ndarray, n_total: int) -> dict:
+    """``{metric: [lo, hi]}``: 95% interval of each metric over the choice of sampled keys.
+
+    Args:
+        values, weights: per-key contributions [Q] (:func:`trainer.metrics.query_contributions`).
+        n_total: keys the Q were sampled from.
+    """
+    from trainer.metrics import ratio_interval
+
+    return {name: ratio_interval(v, weights, n_total) for name, v in values.items()}
+
+
+def paired_differences(values: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray],
+                       weights: np.ndarray, n_total: int) -> dict:
+    """``{metric: {"mean", "ci95"}}``: model minus baseline on the same keys, with its 95% interval.
+
+    The difference is taken key by key before averaging, so what both models find equally
+    hard cancels out: its interval is narrower than the two metrics' own intervals would
+    suggest when the models agree on most keys. ``mean`` equals the difference of
+    the two metrics (up to rounding).
+    """
+    from trainer.metrics import ratio_estimate, ratio_interval
+
+    out = {}
+    for name, v in values.items():
+        diff = v - baseline[name]
+        out[name] = {"mean": ratio_estimate(diff, weights),
+                     "ci95": ratio_interval(diff, weights, n_total, bounds=(-1.0, 1.0))}
+    return out
 
 
 def _protocol(config, transformed_dir: str) -> dict:
@@ -137,17 +186,22 @@ def _live_item_embeddings(items_path: str, catalog_ids: list[str]) -> tuple[np.n
     return out, np.asarray(missing, dtype=np.int64)
 
 
-def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, depth: int) -> dict | None:
+def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, depth: int,
+                  candidate_values: Mapping[str, np.ndarray] | None = None) -> dict | None:
     """Score the store's live version on this run's test queries (see the module doc).
 
     Args:
         queries, catalog: the :class:`trainer.evalset.QuerySet` / ``Catalog`` the
-            candidate was scored on (same relevant and masked positions).
+            candidate was scored on (same sampled keys, relevant and masked positions).
+        candidate_values: the candidate's per-key contributions on ``queries``
+            (:func:`trainer.metrics.query_contributions`); when given, ``diff`` holds the
+            paired candidate-minus-live differences.
     Returns:
         None when the store has no CURRENT version (the only silent case); ``{"version",
-        "recall_at_K"..., "ndcg_at_K", "n_items_missing"}``; or ``{"version", "error"}`` when
-        the live version cannot be fetched, loaded or scored, whatever the cause (the
-        traceback is printed to stderr; the gate refuses on it unless told otherwise).
+        "recall_at_K"..., "ndcg_at_K", "ci95", ["diff",] "n_items_missing"}``; or
+        ``{"version", "error"}`` when the live version cannot be fetched, loaded or scored,
+        whatever the cause (the traceback is printed to stderr; the gate refuses on it
+        unless told otherwise).
     Raises:
         Whatever reading CURRENT raises (an unreadable store is not "no live version").
     """
@@ -155,7 +209,7 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
 
     from core.store import VersionStore
     from core.towers import Tower
-    from trainer.metrics import embedding_rank_relevant, metrics_from_ranks
+    from trainer.metrics import embedding_rank_relevant, estimates, query_contributions
 
     store = VersionStore(live_store)
     version = store.current()
@@ -170,7 +224,11 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
         if len(missing):
             masked = [np.union1d(m, missing).astype(np.int64) for m in masked]
         ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, masked, depth)
-        live = metrics_from_ranks(ranks, ks, ndcg_k, per)
+        values, weights = query_contributions(ranks, ks, ndcg_k, per)
+        live = estimates(values, weights)
+        live["ci95"] = intervals(values, weights, queries.n_total)
+        if candidate_values is not None:
+            live["diff"] = paired_differences(candidate_values, values, weights, queries.n_total)
     except Exception as exc:  # noqa: BLE001 - recorded, logged in full, and the gate refuses on it
         # A live version that exists but cannot be compared is never "no baseline": the error
         # goes into metrics["live"], where the gate refuses to publish on it by default
@@ -189,7 +247,7 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
 
     Args:
         live_store: a version store; when given, its live version is scored on the same
-            test split and protocol into ``metrics["live"]`` (see the module doc).
+            test keys and protocol into ``metrics["live"]`` (see the module doc).
 
     Returns:
         The ``metrics.json`` dict.
@@ -202,7 +260,7 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     tf = import_tf()
     from core.towers import Tower
     from trainer.evalset import catalog_popularity, load_catalog, load_queries
-    from trainer.metrics import embedding_rank_relevant, metrics_from_ranks, popularity_scores
+    from trainer.metrics import embedding_rank_relevant, estimates, popularity_scores, query_contributions
 
     model_dir = model_dir.rstrip("/")
     out_dir = out_dir.rstrip("/")
@@ -212,7 +270,8 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     protocol = _protocol(config, transformed_dir)
 
     catalog = load_catalog(config, transformed_dir)
-    queries = load_queries(config, transformed_dir, "test", mask_splits_for(ecfg.mask_seen), catalog)
+    queries = load_queries(config, transformed_dir, "test", mask_splits_for(ecfg.mask_seen), catalog,
+                           max_queries=ecfg.max_queries, seed=ecfg.seed)
     if not len(queries):
         raise ValueError(f"{transformed_dir}: the test split has no query with a catalog item")
 
@@ -225,15 +284,23 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     counts, slices = catalog_popularity(transformed_dir, catalog)
     pop_ranks = embedding_rank_relevant(None, None, queries.relevant, queries.masked, depth,
                                         item_bias=popularity_scores(counts))
-    model_metrics = metrics_from_ranks(model_ranks, ks, ndcg_k, per)
-    pop_metrics = metrics_from_ranks(pop_ranks, ks, ndcg_k, per)
+    model_values, weights = query_contributions(model_ranks, ks, ndcg_k, per)
+    pop_values, _ = query_contributions(pop_ranks, ks, ndcg_k, per)
+    model_metrics, pop_metrics = estimates(model_values, weights), estimates(pop_values, weights)
+    n_total = queries.n_total
 
-    metrics = {**model_metrics, "popularity": pop_metrics, "n_queries": len(queries),
-               "n_items": len(catalog.ids), "n_pairs": len(model_ranks), "protocol": protocol}
+    metrics = {**model_metrics, "ci95": intervals(model_values, weights, n_total),
+               "popularity": {**pop_metrics, "ci95": intervals(pop_values, weights, n_total),
+                              "diff": paired_differences(model_values, pop_values, weights, n_total)},
+               "sampled": queries.sampled, "n_queries": len(queries), "n_queries_total": n_total,
+               "n_items": len(catalog.ids), "n_pairs": len(model_ranks),
+               "sampling": {"max_queries": ecfg.max_queries, "seed": ecfg.seed, "interval": INTERVAL_METHOD},
+               "protocol": protocol}
     if ecfg.slices:
         metrics["slices"] = slice_report(model_ranks, pop_ranks, slices)
     if live_store:
-        metrics["live"] = evaluate_live(live_store, queries, catalog, ks, ndcg_k, per, depth)
+        metrics["live"] = evaluate_live(live_store, queries, catalog, ks, ndcg_k, per, depth,
+                                        candidate_values=model_values)
     tf.io.gfile.makedirs(out_dir)
     with tf.io.gfile.GFile(f"{out_dir}/metrics.json", "w") as fh:
         fh.write(json.dumps(metrics, indent=2))
@@ -243,10 +310,16 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
 
 def _log(metrics: dict, model_metrics: dict, pop_metrics: dict, k: int) -> None:
     p = metrics["protocol"]
-    print(f"[evaluate] {metrics['n_queries']} queries ({metrics['n_pairs']} pairs) x {metrics['n_items']} "
+    key = f"recall_at_{k}"
+    what = (f"{metrics['n_queries']} of {metrics['n_queries_total']} queries (seeded sample)"
+            if metrics["sampled"] else f"{metrics['n_queries']} queries")
+    print(f"[evaluate] {what} ({metrics['n_pairs']} pairs) x {metrics['n_items']} "
           f"items, per {p['per']}, mask_seen={p['mask_seen']}: "
           + " ".join(f"{name}={v:.4f}" for name, v in model_metrics.items())
-          + f" | popularity recall_at_{k}={pop_metrics[f'recall_at_{k}']:.4f}", flush=True)
+          + f" | popularity {key}={pop_metrics[key]:.4f}", flush=True)
+    if metrics["sampled"]:
+        lo, hi = metrics["ci95"][key]
+        print(f"[evaluate] {key} 95% interval [{lo:.4f}, {hi:.4f}] over the sampled keys", flush=True)
     if "live" in metrics:
         live = metrics["live"]
         if live is None:
@@ -254,7 +327,9 @@ def _log(metrics: dict, model_metrics: dict, pop_metrics: dict, k: int) -> None:
         elif "error" in live:
             print(f"[evaluate] live {live['version']}: cannot evaluate ({live['error']})", flush=True)
         else:
-            print(f"[evaluate] live {live['version']}: recall_at_{k}={live[f'recall_at_{k}']:.4f} "
+            diff = live["diff"][key]
+            print(f"[evaluate] live {live['version']}: {key}={live[key]:.4f}, model - live "
+                  f"{diff['mean']:+.4f} (95% [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}]) "
                   f"({live['n_items_missing']} catalog items unknown to it)", flush=True)
     for name, s in metrics.get("slices", {}).items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731

@@ -25,18 +25,35 @@ A relevant position that is also masked can never be retrieved (it still counts 
 Item slices (:func:`item_slices`, :func:`slice_recall`) split the catalog by train
 popularity into head / torso / tail / cold and report the hit rate at K of the
 relevant pairs whose item falls in each slice.
+
+Memory: scores are computed and ranked ``MAX_BLOCK_FLOATS // N`` queries at a time and
+only the relevant pairs' ranks are kept, so scoring Q queries holds O(block x N + pairs),
+never Q x N.
+
+Sampled queries (:func:`query_contributions`, :func:`ratio_interval`): every metric is
+``sum(values) / sum(weights)`` over queries, with one value and one weight per query, so
+a uniform sample of queries (drawn without replacement, :func:`sample_keys`)
+estimates the all-query metric by the same ratio over the sample, and its 95% interval
+follows from the per-query values (normal approximation of the ratio estimator, with the
+finite population correction: the interval is about which queries were drawn, and has
+zero width when every query was scored). A paired difference (two models on the same
+sampled queries) is the same ratio over the per-query differences.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 #: Bound on the dense score block held at once (floats): 16M float32 = 64 MB
-#: (argpartition adds an int64 index array of the same shape).
+#: (argpartition adds an int64 index array of the same shape: 192 MB per block in all).
 MAX_BLOCK_FLOATS = 16_000_000
+
+#: Two-sided 95% quantile of the standard normal distribution.
+Z95 = 1.959963984540054
 
 PER_CHOICES = ("query", "interaction")
 
@@ -88,21 +105,26 @@ def _check_per(per: str) -> None:
         raise ValueError(f"per must be one of {PER_CHOICES}, got {per!r}")
 
 
-def _block_ranks(scores: np.ndarray, relevant: Sequence, masked: Sequence, max_k: int,
+def _block_ranks(cost: np.ndarray, relevant: Sequence, masked: Sequence, max_k: int,
                  row_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query rows [p], item positions [p], ranks [p]) of one score block (float32 [q, N])."""
-    q, n = scores.shape
-    scores = np.array(scores, dtype=np.float32, copy=True)  # masked in place below
+    """(query rows [p], item positions [p], ranks [p]) of one block of q queries.
+
+    Args:
+        cost: float32 [q, N], the NEGATED scores (lower = better), owned by this call: it is
+            masked in place. Taking the block negated and owned spares a copy and a negation
+            of q x N floats per block (measured: about half of the ranking time at N = 100k).
+    """
+    q, n = cost.shape
     for row, pos in enumerate(masked):
         if len(pos):
-            scores[row, np.asarray(pos, dtype=np.int64)] = -np.inf
+            cost[row, np.asarray(pos, dtype=np.int64)] = np.inf
     max_k = min(max_k, n)
     # Top max_k by score, in descending order: argpartition is O(N), the sort O(K log K).
     if max_k < n:
-        top = np.argpartition(-scores, max_k - 1, axis=1)[:, :max_k]
+        top = np.argpartition(cost, max_k - 1, axis=1)[:, :max_k]
     else:
         top = np.tile(np.arange(n), (q, 1))
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    order = np.argsort(np.take_along_axis(cost, top, axis=1), axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
     rows, items, ranks = [], [], []
     for row in range(q):
@@ -144,7 +166,8 @@ def rank_relevant(scores, relevant: Sequence, masked: Sequence, max_k: int) -> P
     _check_inputs(q, relevant, masked)
     if q == 0 or n == 0:
         raise ValueError(f"need at least one query and one item, got scores of shape {scores.shape}")
-    return _ranks_by_block(lambda start, stop: scores[start:stop], q, n, relevant, masked, max_k)
+    return _ranks_by_block(lambda start, stop: -scores[start:stop].astype(np.float32, copy=False),
+                           q, n, relevant, masked, max_k)
 
 
 def embedding_rank_relevant(query_embeddings, item_embeddings, relevant: Sequence, masked: Sequence,
@@ -172,17 +195,28 @@ def embedding_rank_relevant(query_embeddings, item_embeddings, relevant: Sequenc
     if q == 0 or n == 0:
         raise ValueError(f"need at least one query and one item, got Q={q}, N={n}")
 
+    # Negated once here, so every block comes out of the product already as a fresh cost
+    # array (-(a . b) = a . (-b) exactly: the same ranks as negating the scores).
+    neg_bias = None if item_bias is None else -item_bias
+    neg_items = None if query_embeddings is None else -item_embeddings
+
     def block(start: int, stop: int) -> np.ndarray:
         if query_embeddings is None:
-            return np.broadcast_to(item_bias, (stop - start, n))
-        scores = query_embeddings[start:stop] @ item_embeddings.T
-        return scores if item_bias is None else scores + item_bias
+            return np.repeat(neg_bias[None, :], stop - start, axis=0)
+        cost = query_embeddings[start:stop] @ neg_items.T
+        if neg_bias is not None:
+            cost -= item_bias
+        return cost
 
     return _ranks_by_block(block, q, n, relevant, masked, max_k)
 
 
 def _ranks_by_block(block, q: int, n: int, relevant: Sequence, masked: Sequence, max_k: int) -> PairRanks:
-    """Rank the relevant pairs of ``block(start, stop)`` score rows, ``_chunk_rows(n)`` at a time."""
+    """Rank the relevant pairs of ``block(start, stop)`` rows, ``_chunk_rows(n)`` queries at a time.
+
+    ``block`` returns a fresh float32 [stop - start, N] array of negated scores (see
+    :func:`_block_ranks`); only one block is alive at a time.
+    """
     if int(max_k) < 1:
         raise ValueError(f"max_k must be >= 1, got {max_k}")
     step = _chunk_rows(n)
@@ -193,12 +227,15 @@ def _ranks_by_block(block, q: int, n: int, relevant: Sequence, masked: Sequence,
     return PairRanks(query=rows, item=items, rank=ranks, n_queries=q, n_items=n, max_k=min(int(max_k), n))
 
 
-def metrics_from_ranks(ranks: PairRanks, ks: Sequence[int] = (10, 50, 100), ndcg_k: int = 10,
-                       per: str = "query") -> dict[str, float]:
-    """Recall@K for each K in ``ks`` and nDCG@``ndcg_k`` from pair ranks (see the module doc).
+def query_contributions(ranks: PairRanks, ks: Sequence[int] = (10, 50, 100), ndcg_k: int = 10,
+                        per: str = "query") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each query's share of every metric: metric = sum(values) / sum(weights).
 
     Returns:
-        ``{"recall_at_10": float, ..., "ndcg_at_10": float}``.
+        (``{"recall_at_10": float64 [Q], ..., "ndcg_at_10": float64 [Q]}``, weights float64 [Q]).
+        ``per="query"``: values = the query's recall@K / nDCG@K, weights = 1 (a plain mean);
+        ``per="interaction"``: values = the query's hits at K / summed pair gains, weights =
+        its number of relevant pairs (a mean over pairs, grouped by query).
     Raises:
         ValueError: a cut-off deeper than the ranks were computed for, or an unknown ``per``.
     """
@@ -211,21 +248,86 @@ def metrics_from_ranks(ranks: PairRanks, ks: Sequence[int] = (10, 50, 100), ndcg
     found = rank > 0
     kk = int(ndcg_k)
     gain = np.where(found & (rank <= kk), 1.0 / np.log2(np.maximum(rank, 1) + 1.0), 0.0)
-    out: dict[str, float] = {}
-    if per == "interaction":
-        for k in ks:
-            out[f"recall_at_{k}"] = float((found & (rank <= int(k))).mean())
-        out[f"ndcg_at_{ndcg_k}"] = float(gain.mean())
-        return out
     n_rel = np.bincount(ranks.query, minlength=ranks.n_queries).astype(np.float64)
-    for k in ks:
-        hits = np.bincount(ranks.query, weights=found & (rank <= int(k)), minlength=ranks.n_queries)
-        out[f"recall_at_{k}"] = float((hits / n_rel).mean())
+    hits = {f"recall_at_{k}": np.bincount(ranks.query, weights=found & (rank <= int(k)),
+                                          minlength=ranks.n_queries) for k in ks}
     dcg = np.bincount(ranks.query, weights=gain, minlength=ranks.n_queries)
+    if per == "interaction":
+        return {**hits, f"ndcg_at_{ndcg_k}": dcg}, n_rel
     discounts = 1.0 / np.log2(np.arange(2, min(kk, ranks.n_items) + 2))
     ideal = np.cumsum(discounts)[np.minimum(n_rel, len(discounts)).astype(np.int64) - 1]
-    out[f"ndcg_at_{ndcg_k}"] = float((dcg / ideal).mean())
-    return out
+    values = {name: h / n_rel for name, h in hits.items()}
+    values[f"ndcg_at_{ndcg_k}"] = dcg / ideal
+    return values, np.ones(ranks.n_queries, dtype=np.float64)
+
+
+def metrics_from_ranks(ranks: PairRanks, ks: Sequence[int] = (10, 50, 100), ndcg_k: int = 10,
+                       per: str = "query") -> dict[str, float]:
+    """Recall@K for each K in ``ks`` and nDCG@``ndcg_k`` from pair ranks (see the module doc).
+
+    Returns:
+        ``{"recall_at_10": float, ..., "ndcg_at_10": float}``.
+    Raises:
+        ValueError: a cut-off deeper than the ranks were computed for, or an unknown ``per``.
+    """
+    return estimates(*query_contributions(ranks, ks, ndcg_k, per))
+
+
+def ratio_estimate(values, weights) -> float:
+    """sum(values) / sum(weights): a metric from its per-query contributions [Q]."""
+    return float(np.sum(values) / np.sum(weights))
+
+
+def estimates(values: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, float]:
+    """``{metric: float}`` from :func:`query_contributions`' (values, weights)."""
+    return {name: ratio_estimate(v, weights) for name, v in values.items()}
+
+
+def ratio_interval(values, weights, n_population: int, bounds: tuple[float, float] = (0.0, 1.0),
+                   z: float = Z95) -> list[float]:
+    """Two-sided interval (95% by default) of the all-query ratio sum(v) / sum(w) from a sample.
+
+    The n queries given are a uniform sample without replacement of ``n_population``
+    queries. Normal approximation of the ratio estimator R = sum(v) / sum(w) (Cochran,
+    Sampling Techniques, 6.3; with w = 1 it is the mean's usual s / sqrt(n)):
+    var(R) = (1 - n / n_pop) * sum((v - R w)^2) / (n (n - 1) mean(w)^2), the first factor
+    being the finite population correction, so all queries scored (n = n_pop) gives the
+    zero-width interval [R, R]. Clipped to ``bounds`` (the metric's range).
+
+    A sample without any spread (every sampled query at the same per-weight value c, e.g.
+    a baseline that hit nothing, or two models that agree on every sampled query) says
+    nothing about the spread, and the formula would give [c, c]. Then the rule of three
+    applies instead: at 95%, at most a share 3 / n of the queries differ from c, each by
+    at most the distance to a bound, so the interval is [c - (c - lo) 3/n, c + (hi - c) 3/n]
+    (the whole range for n <= 3). The normal approximation needs a few dozen sampled
+    queries away from the common value; for rarer events it is too narrow.
+
+    Args:
+        values, weights: float [n] per-query contributions (:func:`query_contributions`);
+            for a paired difference, values = model A's minus model B's, same weights.
+        n_population: queries the sample was drawn from (>= n).
+    Returns:
+        ``[low, high]`` (floats).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    n = values.shape[0]
+    if n == 0 or weights.shape != values.shape:
+        raise ValueError(f"need matching non-empty values and weights, got {values.shape} and {weights.shape}")
+    if n_population < n:
+        raise ValueError(f"the sample has {n} queries, more than the population's {n_population}")
+    estimate = ratio_estimate(values, weights)
+    low, high = float(bounds[0]), float(bounds[1])
+    if n == n_population:
+        return [estimate, estimate]
+    residual = values - estimate * weights
+    # Relative to the values' scale, so a ratio like 1/3 (never exact in floats) still counts as no spread.
+    if np.all(np.abs(residual) <= 1e-12 * max(1.0, float(np.abs(values).max()))):
+        share = min(1.0, 3.0 / n)  # rule of three (see the docstring)
+        return [max(low, estimate - (estimate - low) * share), min(high, estimate + (high - estimate) * share)]
+    variance = (1.0 - n / n_population) * float(residual @ residual) / (n * (n - 1) * weights.mean() ** 2)
+    half = z * variance ** 0.5
+    return [max(low, estimate - half), min(high, estimate + half)]
 
 
 def retrieval_metrics(scores, relevant: Sequence, masked: Sequence, ks: Sequence[int] = (10, 50, 100),
@@ -262,6 +364,42 @@ def embedding_retrieval_metrics(query_embeddings, item_embeddings, relevant: Seq
     ranks = embedding_rank_relevant(query_embeddings, item_embeddings, relevant, masked,
                                     _needed_k(ks, ndcg_k), item_bias=item_bias)
     return metrics_from_ranks(ranks, ks, ndcg_k, per)
+
+
+# --------------------------------------------------------------------------- sampled queries
+
+
+def _key_rank(seed: int, key: str) -> int:
+    """A stable 64-bit pseudo-random number for (seed, key): keyed BLAKE2b, the same on every
+    machine and Python process (unlike ``hash()``, which is salted per process)."""
+    digest = hashlib.blake2b(str(key).encode("utf-8"), digest_size=8, key=str(int(seed)).encode("ascii"))
+    return int.from_bytes(digest.digest(), "big")
+
+
+def sample_keys(keys: Sequence[str], max_queries: Optional[int], seed: int) -> list[str]:
+    """A seeded uniform sample of at most ``max_queries`` of ``keys``, in their given order.
+
+    The keys kept are the ``max_queries`` with the smallest :func:`_key_rank` (seed, key).
+    So the sample depends only on the set of keys and the seed, not on their order, the
+    process or the run: the candidate, the popularity baseline, the live version and the
+    next run all score the same keys of the same split; a larger ``max_queries`` keeps a
+    superset; and, the hash behaving as a random function of (seed, key), every subset of
+    that size is equally likely (a uniform draw without replacement). Cost: one hash per key
+    (about 1 s per million keys).
+
+    Args:
+        keys: distinct keys.
+        max_queries: the most to keep; None or 0 = all.
+    Returns:
+        The kept keys (all of them when there are at most ``max_queries``).
+    """
+    keys = list(keys)
+    if not max_queries or len(keys) <= max_queries:
+        return keys
+    ranks = np.fromiter((_key_rank(seed, k) for k in keys), dtype=np.uint64, count=len(keys))
+    # Two keys sharing a 64-bit rank (p ~ n^2 / 2^65) would be ordered by position.
+    chosen = np.sort(np.argsort(ranks, kind="stable")[:max_queries])
+    return [keys[i] for i in chosen]
 
 
 # --------------------------------------------------------------------------- item slices

@@ -12,9 +12,12 @@ Writes (see docs/ARCHITECTURE.md, "train"):
 - ``tensorboard/``: per-epoch scalars.
 
 After every epoch the validation recall@10 is computed against the whole catalog
-(each key's train items masked); training stops after ``train.patience`` epochs
-without improvement and the best epoch's weights are restored before export.
-Without a valid split there is no early stopping and the last epoch is kept.
+(each key's train items masked) for at most ``train.max_eval_queries`` validation keys:
+above that, a seeded sample of them (:func:`trainer.metrics.sample_keys`, seed
+``train.seed``), the same keys every epoch, so epochs are compared on the same queries;
+training stops after ``train.patience`` epochs without improvement and the best epoch's
+weights are restored before export. Without a valid split there is no early stopping
+and the last epoch is kept.
 
 Options (``train.*``, all off by default): mixed negative sampling
 (``negative_samples_count``), labelled negatives (``labelled_negative_weight``), hard
@@ -241,8 +244,12 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     total_steps = t.n_epochs * _steps_per_epoch(n_train, t.batch_size)
 
     catalog = load_catalog(config, transformed_dir)
+    # Validation costs keys x items per epoch: a fixed seeded sample of the keys (0 = all).
     valid = load_queries(config, transformed_dir, "valid", ("train",), catalog,
                          max_queries=t.max_eval_queries, seed=t.seed)
+    if valid.sampled:
+        print(f"[train] validation on {len(valid):,} of {valid.n_total:,} valid keys "
+              f"(train.max_eval_queries, seed {t.seed})", flush=True)
 
     with strategy.scope(), device_scope(t.distribute, t.device):
         query_tower, item_tower = build_towers(config, transformed_dir)
@@ -321,6 +328,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "input": "in_memory" if in_memory else "streamed",
         "candidate_dedup": model.dedupe_candidates,
         "n_valid_queries": len(valid),
+        "n_valid_queries_total": valid.n_total,
         "stopped_early": len(history) < t.n_epochs,
         # What shaped the curves above, so the report can show them beside the curves.
         "optimizer": t.optimizer, "lr": t.lr, "lr_schedule": t.lr_schedule, "warmup_steps": t.warmup_steps,

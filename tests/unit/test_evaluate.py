@@ -27,6 +27,7 @@ from tests.unit.test_indexer import N_USERS, item_ids, make_config, write_models
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 COUNTS = [300, 90] + list(range(20, 0, -1)) + [0] * 38
+METRICS = ("recall_at_5", "recall_at_10", "ndcg_at_10")
 SLICE_OF = {"head": {0}, "torso": set(range(1, 7)), "tail": set(range(7, 22)), "cold": set(range(22, 60))}
 
 
@@ -128,7 +129,15 @@ def test_evaluate_model_follows_the_configured_protocol(setup, per, mask_seen):
     model = _brute_ranks(_model_scores(setup["models"]), mask_seen)
     pop = _brute_ranks(np.tile(np.array(COUNTS, dtype=np.float64), (N_USERS, 1)), mask_seen)
     assert {k: got[k] for k in ("recall_at_5", "recall_at_10", "ndcg_at_10")} == pytest.approx(_expected(model, per))
-    assert got["popularity"] == pytest.approx(_expected(pop, per))
+    assert {k: got["popularity"][k] for k in METRICS} == pytest.approx(_expected(pop, per))
+    # Every key scored: exact numbers, zero-width intervals, paired differences = differences.
+    assert (got["sampled"], got["n_queries_total"]) == (False, N_USERS)
+    assert got["ci95"] == {k: [got[k], got[k]] for k in METRICS}
+    assert got["popularity"]["ci95"] == {k: [got["popularity"][k]] * 2 for k in METRICS}
+    for k in METRICS:
+        diff = got["popularity"]["diff"][k]
+        assert diff["mean"] == pytest.approx(got[k] - got["popularity"][k], abs=1e-12)
+        assert diff["ci95"] == [diff["mean"], diff["mean"]]
 
     slices = got["slices"]
     assert {name: s["n"] for name, s in slices.items()} == {"head": 6, "torso": 3, "tail": 9, "cold": 3}
@@ -198,3 +207,115 @@ def test_summary_threads_slices_and_keeps_existing_keys():
                               "n_queries": 5}
     assert doc["slices"] == metrics["slices"] and doc["slices"] is not metrics["slices"]
     assert build_summary("r", [], {}, {}, {})["slices"] is None
+
+
+# ---------------------------------------------------------------- sampled evaluation (evaluate.max_queries)
+
+
+def test_sample_keys_is_seeded_stable_and_uniform():
+    from trainer.metrics import sample_keys
+
+    keys = [f"user-{i}" for i in range(20)]
+    got = sample_keys(keys, 5, seed=7)
+    assert len(got) == 5 and got == [k for k in keys if k in set(got)]  # in the given order
+    assert sample_keys(keys, 5, seed=7) == got  # same data, same seed: same keys
+    assert sorted(sample_keys(keys[::-1], 5, seed=7)) == sorted(got)  # the set, not its order, decides
+    assert set(got) <= set(sample_keys(keys, 9, seed=7))  # a larger sample keeps the smaller one
+    assert sample_keys(keys, 20, seed=7) == keys and sample_keys(keys, 0, seed=7) == keys
+    assert sample_keys(keys, None, seed=7) == keys
+    # Uniform: over 2,000 seeds every key is kept about 5 / 20 of the time (binomial sd ~19 of 500).
+    counts = {k: 0 for k in keys}
+    for seed in range(2000):
+        for k in sample_keys(keys, 5, seed):
+            counts[k] += 1
+    assert all(400 < c < 600 for c in counts.values()), counts
+
+
+def _sampled_users(n: int, seed: int = 0) -> set[int]:
+    from trainer.metrics import sample_keys
+
+    return {int(k) for k in sample_keys([str(u) for u in range(N_USERS)], n, seed)}
+
+
+@pytest.mark.parametrize("per", ["query", "interaction"])
+def test_sampled_evaluation_scores_model_and_popularity_on_the_same_keys(setup, per):
+    """max_queries 5 of 12 keys: both rankers are scored on exactly the sample_keys users
+    (brute force over those users only), and the intervals bracket the estimates."""
+    from trainer.evaluate import evaluate_model
+
+    config = make_config(setup["tmp"], evaluate={"ks": [5, 10], "ndcg_k": 10, "per": per, "max_queries": 5,
+                                                 "seed": 3})
+    got = evaluate_model(config, setup["folder"], setup["models"], str(setup["tmp"] / f"eval-sampled-{per}"))
+    users = _sampled_users(5, seed=3)
+    assert (got["sampled"], got["n_queries"], got["n_queries_total"]) == (True, 5, N_USERS)
+    assert got["n_pairs"] == sum(u in users for u, _ in _test_pairs())
+    assert got["sampling"]["max_queries"] == 5 and got["sampling"]["seed"] == 3
+    model = [r for r in _brute_ranks(_model_scores(setup["models"]), True) if r[0] in users]
+    pop = [r for r in _brute_ranks(np.tile(np.array(COUNTS, dtype=np.float64), (N_USERS, 1)), True)
+           if r[0] in users]
+    assert {k: got[k] for k in METRICS} == pytest.approx(_expected(model, per))
+    assert {k: got["popularity"][k] for k in METRICS} == pytest.approx(_expected(pop, per))
+    assert sum(s["n"] for s in got["slices"].values()) == got["n_pairs"]  # slices over the same pairs
+    for k in METRICS:
+        lo, hi = got["ci95"][k]
+        assert 0.0 <= lo <= got[k] <= hi <= 1.0
+        diff = got["popularity"]["diff"][k]
+        assert diff["mean"] == pytest.approx(got[k] - got["popularity"][k], abs=1e-12)
+        assert -1.0 <= diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1] <= 1.0
+    again = evaluate_model(config, setup["folder"], setup["models"], str(setup["tmp"] / f"eval-again-{per}"))
+    assert again == got  # deterministic: the same keys, the same numbers
+
+
+def test_max_queries_at_or_above_the_keys_is_the_exact_evaluation_bit_for_bit(setup):
+    from trainer.evaluate import evaluate_model
+
+    runs = {}
+    for max_queries in (0, N_USERS, 10_000):
+        config = make_config(setup["tmp"], evaluate={"ks": [5, 10], "ndcg_k": 10, "max_queries": max_queries})
+        got = evaluate_model(config, setup["folder"], setup["models"], str(setup["tmp"] / f"eval-max-{max_queries}"))
+        assert got.pop("sampling")["max_queries"] == max_queries
+        runs[max_queries] = got
+    assert runs[0] == runs[N_USERS] == runs[10_000]  # == on floats: bit for bit
+    assert runs[0]["sampled"] is False and runs[0]["n_queries"] == runs[0]["n_queries_total"] == N_USERS
+
+
+def test_load_queries_keeps_the_sample_keys_sample(setup):
+    """The one sampling definition behind evaluate.max_queries and train.max_eval_queries."""
+    from trainer.evalset import load_catalog, load_queries
+    from trainer.metrics import sample_keys
+
+    config = make_config(setup["tmp"])
+    catalog = load_catalog(config, setup["folder"])
+    every = load_queries(config, setup["folder"], "test", ("train", "valid"), catalog)
+    some = load_queries(config, setup["folder"], "test", ("train", "valid"), catalog, max_queries=4, seed=11)
+    assert some.keys == sample_keys(every.keys, 4, 11) and (some.n_total, some.sampled) == (N_USERS, True)
+    assert (every.n_total, every.sampled) == (N_USERS, False)
+    for i, key in enumerate(some.keys):
+        j = every.keys.index(key)
+        assert some.relevant[i].tolist() == every.relevant[j].tolist()
+        assert some.masked[i].tolist() == every.masked[j].tolist()
+        assert {name: col[i] for name, col in some.features.items()} == \
+            {name: col[j] for name, col in every.features.items()}
+
+
+def test_report_of_a_sampled_evaluation_shows_the_intervals(tmp_path):
+    from reports import write_stage_report
+
+    metrics = {"recall_at_10": 0.3, "ndcg_at_10": 0.2,
+               "ci95": {"recall_at_10": [0.29, 0.31], "ndcg_at_10": [0.19, 0.21]},
+               "popularity": {"recall_at_10": 0.1, "ndcg_at_10": 0.05,
+                              "ci95": {"recall_at_10": [0.09, 0.11], "ndcg_at_10": [0.04, 0.06]},
+                              "diff": {"recall_at_10": {"mean": 0.2, "ci95": [0.19, 0.21]},
+                                       "ndcg_at_10": {"mean": 0.15, "ci95": [0.14, 0.16]}}},
+               "sampled": True, "n_queries": 20_000, "n_queries_total": 100_000, "n_items": 100_000,
+               "n_pairs": 40_000, "sampling": {"max_queries": 20_000, "seed": 0, "interval": "normal approx"},
+               "protocol": {"per": "query", "mask_seen": True, "split": "hashed"},
+               "live": {"version": "v1", "recall_at_10": 0.31, "ndcg_at_10": 0.21, "n_items_missing": 0,
+                        "ci95": {"recall_at_10": [0.3, 0.32], "ndcg_at_10": [0.2, 0.22]},
+                        "diff": {"recall_at_10": {"mean": -0.01, "ci95": [-0.015, -0.005]},
+                                 "ndcg_at_10": {"mean": -0.01, "ci95": [-0.02, 0.0]}}}}
+    (tmp_path / "stage.json").write_text(json.dumps({"stage": "evaluate", "seconds": 1.0, "result": metrics}))
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    md = open(write_stage_report("evaluate", str(tmp_path))["markdown"]).read().replace("\\", "")  # md escapes
+    assert "Sampled queries: 95% intervals" in md and "20,000 of the 100,000 test queries" in md
+    assert "[0.2900, 0.3100]" in md and "+0.2000 [0.1900, 0.2100]" in md and "-0.0100 [-0.0150, -0.0050]" in md

@@ -326,3 +326,96 @@ def test_publish_refuses_a_comparison_made_against_a_version_no_longer_live(worl
     assert out["published"] is False
     assert any(f"compared against {live_before}, now {rival['version']}" in r for r in out["reasons"])
     assert _store_state(store_root) == before
+
+
+# ---------------------------------------------------------------- sampled evaluation (evaluate.max_queries)
+
+
+def test_sampled_live_comparison_uses_the_candidates_keys(world):
+    """max_queries 6 of 12: the live version, the candidate and popularity are all scored on
+    the same sample_keys users (each equals a brute-force evaluation over those users only);
+    the paired difference is candidate minus live on them; the gate follows its noise rule."""
+    from indexer.gate import decide
+    from trainer.evaluate import evaluate_model
+    from trainer.metrics import sample_keys
+
+    config = world["config"].with_overrides({"evaluate.max_queries": 6})
+    users = {int(k) for k in sample_keys([str(u) for u in range(12)], 6, config.evaluate.seed)}
+    metrics = evaluate_model(config, world["folder"], world["rand"], str(world["tmp"] / "eval-sampled"),
+                             live_store=world["store"])
+    assert (metrics["sampled"], metrics["n_queries"], metrics["n_queries_total"]) == (True, 6, 12)
+    live = metrics["live"]
+
+    def on_sample(models: str) -> dict:
+        return _expected([r for r in _brute_ranks(_model_scores(models), mask_seen=True) if r[0] in users], "query")
+
+    assert {k: live[k] for k in METRIC_KEYS} == pytest.approx(on_sample(world["good"]))
+    assert {k: metrics[k] for k in METRIC_KEYS} == pytest.approx(on_sample(world["rand"]))
+    for k in METRIC_KEYS:
+        assert live["diff"][k]["mean"] == pytest.approx(metrics[k] - live[k], abs=1e-12)
+        lo, hi = live["diff"][k]["ci95"]
+        assert lo <= live["diff"][k]["mean"] <= hi and hi - lo > 0  # sampled: a real interval
+        assert live["ci95"][k][0] <= live[k] <= live["ci95"][k][1]
+
+    decision = decide(config, metrics)
+    floor = live["recall_at_10"] * 0.95
+    allowed = live["recall_at_10"] * 0.05
+    assert decision.publish == (metrics["recall_at_10"] >= floor
+                                or live["diff"]["recall_at_10"]["ci95"][1] >= -allowed)
+    assert decision.baseline["diff_ci95"] == live["diff"]["recall_at_10"]["ci95"]
+    reason = next(r for r in decision.reasons if "live version" in r)
+    assert "6 of 12 test queries sampled" in reason
+
+    # The candidate == live on the sample: a zero paired difference; 6 sampled queries that all
+    # agree bound the unseen ones by the rule of three only (3/6 of the range either way).
+    same = evaluate_model(config, world["folder"], world["good"], str(world["tmp"] / "eval-sampled-same"),
+                          live_store=world["store"])
+    assert same["live"]["diff"]["recall_at_10"] == {"mean": 0.0, "ci95": [-0.5, 0.5]}
+    assert decide(config, same).publish
+
+
+def _sampled_metrics(recall: float, live_recall: float, diff_ci: tuple[float, float], **extra) -> dict:
+    """A metrics.json of a sampled evaluation (2,000 of 50,000 keys) against live version v1."""
+    lo, hi = diff_ci
+    return {"recall_at_10": recall, "ci95": {"recall_at_10": [recall - 0.02, recall + 0.02]},
+            "popularity": {"recall_at_10": 0.05, "diff": {"recall_at_10": {"mean": recall - 0.05,
+                                                                           "ci95": [recall - 0.07, recall - 0.03]}}},
+            "sampled": True, "n_queries": 2000, "n_queries_total": 50_000,
+            "live": {"version": "v1", "recall_at_10": live_recall, "ci95": {"recall_at_10": [0.28, 0.32]},
+                     "diff": {"recall_at_10": {"mean": recall - live_recall, "ci95": [lo, hi]}}},
+            **extra}
+
+
+def test_paired_gate_refuses_a_clear_regression_and_passes_one_inside_the_noise(tmp_path):
+    """Live 0.30, allowed drop 5% (floor 0.285, allowance 0.015)."""
+    from indexer.gate import decide
+
+    config = make_config(tmp_path, gate={"must_beat_popularity": True, "max_relative_regression": 0.05})
+
+    # 0.20: 0.10 below live, the whole paired interval far below the allowed -0.015: refused.
+    clear = decide(config, _sampled_metrics(0.20, 0.30, (-0.12, -0.08)))
+    assert not clear.publish
+    reason = clear.reasons[-1]
+    assert "not sampling noise" in reason and "[-0.1200, -0.0800]" in reason and "2,000 of 50,000" in reason
+    assert clear.baseline == {"version": "v1", "recall_at_10": 0.30, "diff_ci95": [-0.12, -0.08]}
+
+    # Just beyond the floor on the estimate, but the regression beyond it is not established.
+    noisy = decide(config, _sampled_metrics(0.28, 0.30, (-0.035, -0.005)))
+    assert noisy.publish
+    assert "more than the allowed 5.0%" in noisy.reasons[-1] and "may be sampling noise" in noisy.reasons[-1]
+    # The same estimates from an exact evaluation are refused: no noise to allow for.
+    exact = _sampled_metrics(0.28, 0.30, (-0.02, -0.02), sampled=False, n_queries_total=2000)
+    assert not decide(config, exact).publish
+    # The interval's upper end just below the allowance: refused.
+    assert not decide(config, _sampled_metrics(0.28, 0.30, (-0.035, -0.0151))).publish
+
+    # Within the allowance on the estimate: publishes whatever the interval.
+    assert decide(config, _sampled_metrics(0.29, 0.30, (-0.04, 0.02))).publish
+    # The other rules quote their intervals.
+    assert any("95% interval [0.2600, 0.3000]" in r for r in noisy.reasons)
+    assert any("model - popularity 95% interval [+0.2100, +0.2500]" in r for r in noisy.reasons)
+
+    broken = _sampled_metrics(0.28, 0.30, (-0.03, 0.0))
+    del broken["live"]["diff"]
+    with pytest.raises(ValueError, match="diff.recall_at_10"):
+        decide(config, broken)

@@ -16,7 +16,7 @@ import pytest
 
 from core import storage
 from core.config import Config, IndexConfig
-from core.records import encode_example, item_specs
+from core.records import encode_example, interaction_specs, item_specs
 
 DIMS = 8
 N_ITEMS = 60
@@ -166,6 +166,71 @@ def test_tree_ah_recall_on_clustered_set(tree_index):
     assert recall_vs_exact(found, exact) >= 0.9
 
 
+def _tied_catalog() -> tuple[np.ndarray, np.ndarray]:
+    """Hand-made ties: (db float32 [40, 4], query float32 [1, 4]).
+
+    Against the query [1, 0, 0, 0]: rows 0, 1, 2 score 0.9, 0.8, 0.7; rows 3..22 are one
+    identical vector scoring 0.5 (20 items tied for places 4..10); rows 23..39 score 0.1.
+    """
+    def unit(score, other):
+        v = np.zeros(4)
+        v[0], v[other] = score, np.sqrt(1 - score ** 2)
+        return v
+
+    rows = [unit(0.9, 1), unit(0.8, 2), unit(0.7, 3)] + [unit(0.5, 1)] * 20 + [unit(0.1, 2)] * 17
+    return np.asarray(rows, dtype=np.float32), np.array([[1, 0, 0, 0]], dtype=np.float32)
+
+
+def test_recall_counts_items_tied_with_the_kth_exact_score():
+    from indexer.scann_index import exact_topk, recall_tie_aware, recall_vs_exact
+
+    db, q = _tied_catalog()
+    exact, scores = exact_topk(db, q, 10)
+    assert exact[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] and scores[0, -1] == pytest.approx(0.5)
+    other_ties = np.array([[0, 1, 2, 16, 17, 18, 19, 20, 21, 22]])  # as good: 7 other tied rows
+    assert recall_vs_exact(other_ties, exact) == pytest.approx(0.3)
+    assert recall_tie_aware(other_ties, exact, db, q) == 1.0
+    # A row below the 10th exact score still counts as a miss; repeats and padding never count.
+    one_wrong = np.array([[0, 1, 2, 16, 17, 18, 19, 20, 21, 30]])
+    assert recall_tie_aware(one_wrong, exact, db, q) == pytest.approx(0.9)
+    padded = np.array([[0, 0, 1, 2, 16, 17, 18, -1, 40, 1 << 40]])
+    assert recall_tie_aware(padded, exact, db, q) == pytest.approx(0.6)
+    assert recall_tie_aware(other_ties[:, :5], exact, db, q) == pytest.approx(0.5)  # fewer returned than k
+
+
+def test_recall_without_ties_agrees_with_numpy_brute_force(tree_index):
+    from indexer.scann_index import TIE_RTOL, exact_topk, exact_topk_chunked, recall_tie_aware, recall_vs_exact
+
+    rng = np.random.default_rng(3)
+    db = rng.normal(size=(500, 16))
+    db = (db / np.linalg.norm(db, axis=1, keepdims=True)).astype(np.float32)
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+    scores = queries @ db.T
+    ranking = np.argsort(-scores, axis=1, kind="stable")  # numpy brute force, every item
+    ranked = np.take_along_axis(scores, ranking, axis=1)
+    assert (ranked[:, 9] - ranked[:, 10]).min() > 1e-4  # no ties, not even near ones, at the 10th place
+    exact, _ = exact_topk(db, queries, 10)
+    # Ranks 3 and 8 swapped for ranks 10 and 11: 8 of the true top-10 under any definition.
+    found = np.concatenate([ranking[:, :3], ranking[:, 4:8], ranking[:, 9:12]], axis=1)
+    assert recall_vs_exact(found, exact) == recall_tie_aware(found, exact, db, queries) == pytest.approx(0.8)
+    reference = exact_topk_chunked(db, queries, 10)  # the chunked argpartition reference is perfect
+    assert recall_vs_exact(reference, exact) == recall_tie_aware(reference, exact, db, queries) == 1.0
+
+    # An approximate answer on clustered data: tie-aware recall is the id overlap plus only the
+    # retrieved items that score within TIE_RTOL of the 10th exact score (float near-ties).
+    db, searcher, _, queries = tree_index
+    exact, _ = exact_topk(db, queries, 10)
+    found = np.asarray(searcher.search_batched(queries, final_num_neighbors=10)[0], dtype=np.int64)
+    extra = 0
+    for f, e, q in zip(found, exact, queries.astype(np.float64)):
+        exact_scores = db[e].astype(np.float64) @ q
+        floor = exact_scores.min() - TIE_RTOL * max(abs(exact_scores.min()), abs(exact_scores[0]))
+        extra += sum(float(db[i].astype(np.float64) @ q) >= floor for i in set(f.tolist()) - set(e.tolist()))
+    overlap = recall_vs_exact(found, exact)
+    assert overlap < 1.0
+    assert recall_tie_aware(found, exact, db, queries) == pytest.approx(overlap + extra / found.size, abs=1e-9)
+
+
 def test_measure_reports_recall_and_throughput(tree_index):
     from indexer.scann_index import measure
 
@@ -251,6 +316,84 @@ def test_embeddings_round_trip_and_reject_duplicates(tmp_path):
         write_embeddings(str(tmp_path), ["a", "a"], m[:2])
 
 
+def write_split(config: Config, folder: str, split: str, users: list[int], shards: int = 1) -> None:
+    """``<split>-*.tfrecord`` interactions: user u (age 20 + u) with items u and u + 1, in ``users`` order."""
+    import tensorflow as tf
+
+    specs = interaction_specs(config.schema)
+    ids = item_ids()
+    rows = [(u, i) for u in users for i in (u, u + 1)]
+    for s in range(shards):
+        with tf.io.TFRecordWriter(os.path.join(folder, f"{split}-{s:05d}-of-{shards:05d}.tfrecord")) as w:
+            for u, i in rows[s::shards]:
+                w.write(encode_example({"user_id": str(u), "age": float(20 + u), "item_id": ids[i],
+                                        "title": f"thing {i}", "price": float(i) / 2}, specs))
+
+
+def test_distinct_queries_fall_back_from_valid_to_test_to_train(tmp_path):
+    from core.queries import first_split_with_queries
+
+    config = make_config(tmp_path)
+    folder = str(tmp_path / "t")
+    os.makedirs(folder)
+    assert first_split_with_queries(config.schema, folder) == (None, [], {})
+    write_split(config, folder, "train", [1, 2])
+    write_split(config, folder, "valid", [])  # an empty valid split: files, no examples
+    write_split(config, folder, "test", [5, 3, 5], shards=2)
+    split, keys, feats = first_split_with_queries(config.schema, folder)
+    # Distinct keys in first-seen (file) order, the features of each key's first example.
+    assert split == "test" and sorted(keys) == ["3", "5"] and set(feats) == {"user_id", "age"}
+    assert [feats["age"][keys.index(k)] for k in ("3", "5")] == [23.0, 25.0]
+    assert feats["age"].dtype == np.float32 and list(feats["user_id"]) == keys
+    write_split(config, folder, "valid", [7])
+    assert first_split_with_queries(config.schema, folder)[:2] == ("valid", ["7"])
+
+
+def test_split_sample_sizes():
+    from indexer.embed import split_sample_sizes
+
+    assert split_sample_sizes(5000, 1000, 500) == (1000, 500)
+    assert split_sample_sizes(12, 1000, 500) == (8, 4)  # both shrink in proportion, disjoint
+    assert split_sample_sizes(2, 1000, 500) == (1, 1) and split_sample_sizes(1, 1000, 500) == (1, 0)
+    assert split_sample_sizes(0, 1000, 500) == (0, 0)
+
+
+def test_embed_writes_real_query_embeddings_that_the_index_stage_uses(stage_dirs, tmp_path):
+    import shutil
+
+    from core.towers import Tower
+    from indexer.build import build_index_stage
+    from indexer.embed import embed_items
+    from indexer.embeddings import EVAL, TUNE, load_query_embeddings
+
+    config, _, transformed, models, _, _ = stage_dirs
+    config = config.with_overrides({"index.eval_queries": 500})  # tune_queries stays 1000
+    folder = str(tmp_path / "transformed")
+    shutil.copytree(transformed, folder)
+    write_split(config, folder, "valid", list(range(N_USERS)))
+    write_split(config, folder, "train", [0])  # valid wins: held-out queries first
+    emb = str(tmp_path / "emb")
+    report = embed_items(config, folder, models, emb)
+    assert (report["query_split"], report["n_tune_queries"], report["n_eval_queries"]) == ("valid", 8, 4)
+    assert report["n_items"] == N_ITEMS and report["query_seconds"] > 0
+
+    got = load_query_embeddings(emb)
+    assert got.split == ["valid"] * N_USERS and got.purpose == [TUNE] * 8 + [EVAL] * 4
+    assert sorted(got.keys) == sorted(str(u) for u in range(N_USERS))  # disjoint, together all 12
+    want = Tower(os.path.join(models, "query_tower")).embed(
+        {"user_id": got.keys, "age": [20.0 + int(k) for k in got.keys]})
+    np.testing.assert_allclose(got.matrix, want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(got.rows(TUNE), got.matrix[:8])
+    # Seeded: a rerun samples the same keys in the same order.
+    embed_items(config, folder, models, str(tmp_path / "again"))
+    assert load_query_embeddings(str(tmp_path / "again")).keys == got.keys
+
+    metrics = build_index_stage(config, emb, str(tmp_path / "index"))
+    assert (metrics["tune_queries"], metrics["query_split"]) == ("real", "valid")
+    assert (metrics["n_tune_queries"], metrics["n_eval_queries"]) == (8, 4)
+    assert metrics["tuning"]["recall_definition"] == "tie_aware" and metrics["recall_at_10_vs_exact"] == 1.0
+
+
 def test_index_stage_writes_contract_files(stage_dirs):
     from indexer.build import build_index_stage, read_item_ids
     from indexer.embeddings import load_embeddings
@@ -265,6 +408,8 @@ def test_index_stage_writes_contract_files(stage_dirs):
                 "build_seconds"):
         assert key in metrics
     assert metrics["kind"] == "brute_force" and metrics["recall_at_10_vs_exact"] == 1.0
+    # This transform output has no interaction splits: no query embeddings, stand-ins, flagged.
+    assert metrics["tune_queries"] == "stand_in" and not os.path.exists(os.path.join(emb, "query_embeddings.parquet"))
     ids, matrix = load_embeddings(emb)
     assert read_item_ids(out) == ids
     searcher = load_searcher(os.path.join(out, "scann"))

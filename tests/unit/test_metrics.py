@@ -172,3 +172,89 @@ def test_slice_recall_hand_computed():
                    "tail": {"recall_at_2": None, "n": 0}, "cold": {"recall_at_2": 0.0, "n": 1}}
     with pytest.raises(ValueError, match="depth 2"):
         M.slice_recall(ranks, slices, k=3)
+
+
+# ------------------------------------------------------------------ memory bound of the scoring
+
+
+def test_scoring_holds_one_bounded_block_at_a_time(monkeypatch):
+    """Blocks of at most MAX_BLOCK_FLOATS scores (here 60 = 2 queries x 30 items), and the same
+    pair ranks as one dense block, for the model and the popularity baseline."""
+    rng = np.random.default_rng(2)
+    q, n = rng.normal(size=(7, 4)).astype(np.float32), rng.normal(size=(30, 4)).astype(np.float32)
+    bias = rng.normal(size=30).astype(np.float32)
+    relevant = [rng.choice(30, size=1 + i % 3, replace=False) for i in range(7)]
+    masked = [rng.choice(30, size=i % 4, replace=False) for i in range(7)]
+    dense = M.rank_relevant(q @ n.T + bias, relevant, masked, 10)
+    dense_pop = M.rank_relevant(np.tile(bias, (7, 1)), relevant, masked, 10)
+    shapes = []
+    inner = M._block_ranks
+    monkeypatch.setattr(M, "_block_ranks", lambda cost, *a: shapes.append(cost.shape) or inner(cost, *a))
+    monkeypatch.setattr(M, "MAX_BLOCK_FLOATS", 60)
+    chunked = M.embedding_rank_relevant(q, n, relevant, masked, 10, item_bias=bias)
+    pop = M.embedding_rank_relevant(None, None, relevant, masked, 10, item_bias=bias)
+    assert shapes and all(rows * cols <= 60 for rows, cols in shapes)
+    for a, b in ((dense, chunked), (dense_pop, pop)):
+        assert (a.query.tolist(), a.item.tolist(), a.rank.tolist()) == (b.query.tolist(), b.item.tolist(),
+                                                                         b.rank.tolist())
+
+
+# ------------------------------------------------------------------ per-query contributions and intervals
+
+
+@pytest.mark.parametrize("per", ["query", "interaction"])
+def test_metrics_are_ratios_of_per_query_contributions(per):
+    ranks = M.rank_relevant(SCORES, RELEVANT, MASKED, max_k=10)
+    values, weights = M.query_contributions(ranks, ks=(2, 3), ndcg_k=2, per=per)
+    if per == "query":
+        assert values["recall_at_2"].tolist() == [0.5, 0.0] and weights.tolist() == [1.0, 1.0]
+    else:  # q0's hits at 2 and 3, over its 2 pairs; q1's 1 pair ranks 4th
+        assert values["recall_at_3"].tolist() == [2.0, 0.0] and weights.tolist() == [2.0, 1.0]
+    got = M.metrics_from_ranks(ranks, ks=(2, 3), ndcg_k=2, per=per)
+    assert got == {k: M.ratio_estimate(v, weights) for k, v in values.items()}
+    assert got == pytest.approx(M.retrieval_metrics(SCORES, RELEVANT, MASKED, ks=(2, 3), ndcg_k=2, per=per))
+
+
+def test_ratio_interval_hand_computed():
+    # 4 of 8 queries: mean 0.5, s^2 = 1/3, var = (1 - 4/8) * (1/3) / 4 = 1/24.
+    lo, hi = M.ratio_interval([0.0, 1.0, 1.0, 0.0], [1.0] * 4, 8)
+    half = M.Z95 * math.sqrt(1 / 24)
+    assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half))
+    assert M.ratio_interval([0.2, 0.4], [1.0, 1.0], 2) == [pytest.approx(0.3)] * 2  # all scored: exact
+    assert M.ratio_interval([0.0, 1.0], [1.0, 1.0], 10**6)[0] == 0.0  # clipped to the metric's range
+    # No spread in the sample: the rule of three, at most 3 / n of the queries unlike the sample.
+    assert M.ratio_interval([0.0] * 300, [1.0] * 300, 10_000) == [0.0, pytest.approx(0.01)]
+    assert M.ratio_interval([1.0] * 300, [1.0] * 300, 10_000) == [pytest.approx(0.99), 1.0]
+    assert M.ratio_interval([0.0] * 100, [1.0] * 100, 500, bounds=(-1.0, 1.0)) == \
+        [pytest.approx(-0.03), pytest.approx(0.03)]  # two models agreeing on every sampled query
+    assert M.ratio_interval([1.0, 2.0], [3.0, 6.0], 9) == [0.0, 1.0]  # 1/3 per pair, n <= 3: the range
+    assert M.ratio_interval([0.3], [1.0], 5) == [0.0, 1.0]  # one query of five: spread unknown
+    with pytest.raises(ValueError, match="more than the population"):
+        M.ratio_interval([0.1, 0.2], [1.0, 1.0], 1)
+
+
+@pytest.mark.parametrize("per", ["query", "interaction"])
+def test_ratio_interval_covers_the_population_value(per):
+    """A known population of 1,000 queries (hand-made recalls; per interaction 1-4 pairs each):
+    the 95% interval from a sample_keys sample of 100 brackets the all-query value in about
+    95% of 300 seeds, and at full size it is the exact value."""
+    from trainer.metrics import sample_keys
+
+    rng = np.random.default_rng(5)
+    n_pop = 1000
+    if per == "query":
+        weights = np.ones(n_pop)
+        values = rng.choice([0.0, 0.25, 0.5, 1.0], size=n_pop, p=[0.5, 0.2, 0.1, 0.2])
+    else:
+        weights = rng.integers(1, 5, size=n_pop).astype(np.float64)
+        values = rng.binomial(weights.astype(int), 0.3).astype(np.float64)  # hits among a query's pairs
+    exact = values.sum() / weights.sum()
+    keys = [f"q{i}" for i in range(n_pop)]
+    position = {k: i for i, k in enumerate(keys)}
+    covered = 0
+    for seed in range(300):
+        rows = [position[k] for k in sample_keys(keys, 100, seed)]
+        lo, hi = M.ratio_interval(values[rows], weights[rows], n_pop)
+        covered += lo <= exact <= hi
+    assert 0.91 <= covered / 300 <= 0.99, covered
+    assert M.ratio_interval(values, weights, n_pop) == [pytest.approx(exact)] * 2
