@@ -27,11 +27,16 @@ id / categorical -> stripped string ("" when missing); multi-categorical -> valu
 ``|``, stripped, empties dropped, re-joined with ``|``; numeric -> float, missing filled
 with the mean of the train split (query side) or of the catalog (item side).
 
-Vocabularies (token<TAB>count, count desc then token asc, ``vocab_min_count`` and
-``max_vocab_size`` applied): query features counted over train-split rows, item features
-over the catalog (one count per item), ``item_id`` = every catalog item with its train
-frequency (0 allowed; never capped, it is the popularity table). ``seen.jsonl`` lists
-each key's positives per split (unique, sorted).
+Vocabularies (token<TAB>count, count desc then token asc): query features counted over
+train-split rows, item features over the catalog (one count per item), ``item_id`` =
+every catalog item with its train frequency (0 allowed; the file is never cut, it is the
+popularity table). Cuts (:func:`vocab_policy`): categorical / multi-categorical / text
+keep ``vocab_min_count`` and ``max_vocab_size``; id features (type ``id``) keep every id
+seen, whatever its count, unless ``max_id_vocab_size`` caps them (item_id: the cap bounds
+the items that get an id row, the file still lists the catalog). Per feature,
+``stats.json`` ``vocab_coverage`` records distinct values, kept, folded and, for ids, the
+train interactions the fold affects; a fold is logged (:func:`warn_folded_ids`).
+``seen.jsonl`` lists each key's positives per split (unique, sorted).
 
 Keys: the query key is cleaned like any other feature of its type, so the ``key`` in
 ``seen.jsonl``, the key in ``query_table.jsonl`` and the value in the TFRecords agree
@@ -49,8 +54,10 @@ when the fraction is 0) and ``stats.json`` counts them in ``counts.cold_items``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -67,14 +74,15 @@ from apache_beam import pvalue
 from apache_beam.io import fileio
 from apache_beam.options.value_provider import StaticValueProvider
 
+log = logging.getLogger(__name__)
+
 USER_KEY = "user_id"
 KEY = "_key"  # cleaned query key carried on every interaction row
 SPLIT = "_split"  # split name carried on every interaction row
 SPLITS = ("train", "valid", "test")
 NEGATIVES = "train_negatives"
-#: The vocabulary of the item key lists the whole catalog (it is the popularity table),
-#: so it is never capped or filtered by count.
-UNCAPPED_VOCABS = (ITEM_KEY,)
+#: An id cap folding more than this share of a feature's train interactions is a log warning.
+FOLDED_WARN_SHARE = 0.01
 STATS_FILE, SEEN_FILE, QUERY_TABLE_FILE = "stats.json", "seen.jsonl", "query_table.jsonl"
 COLD_ITEMS_FILE = "cold_items.txt"
 #: Raw (un-normalised) display fields per item, for people reading query results.
@@ -95,7 +103,9 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
     Returns:
         ``{"numeric": {name: {"mean","std","min","max","count"}}, "counts": {"train",
         "valid", "test", "train_negatives", "items", "queries", "cold_items"}, "split": str,
-        "vocab_sizes": {feature: int}, "seconds": float}``.
+        "vocab_sizes": {feature: int}, "vocab_coverage": {feature: {...}} (see
+        :func:`plan_vocab`), "seconds": float}``. An id cap that folded ids is logged
+        (a warning above :data:`FOLDED_WARN_SHARE` of the feature's train interactions).
 
     Raises:
         TransformError: ``leave_last_out`` requested without a timestamp column, or an
@@ -115,6 +125,7 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
         if storage.exists(temp_dir):
             storage.delete_tree(temp_dir)
     stats = json.loads(storage.read_text(storage.join(out_dir, STATS_FILE)))
+    warn_folded_ids(stats["vocab_coverage"])
     stats["seconds"] = round(time.time() - started, 3)
     return stats
 
@@ -534,11 +545,15 @@ class EncodeFn(beam.DoFn):
 
 
 class FeatureTokensFn(beam.DoFn):
-    """Row -> ((feature, token), weight) for every vocabulary feature of the row."""
+    """Row -> ((feature, token), (count, interactions)) for every vocabulary feature of the row.
 
-    def __init__(self, specs: list[FeatureSpec], max_tokens: int, weight: int = 1):
+    ``weight`` is the (count, interactions) pair each token adds: ``count`` orders and caps
+    the vocabulary, ``interactions`` counts train rows for the coverage record.
+    """
+
+    def __init__(self, specs: list[FeatureSpec], max_tokens: int, weight: tuple[int, int] = (1, 1)):
         self._specs = [s for s in specs if s.type != "numeric"]
-        self._max_tokens, self._weight = max_tokens, weight
+        self._max_tokens, self._weight = max_tokens, tuple(weight)
 
     def process(self, row: dict):
         for spec in self._specs:
@@ -546,45 +561,117 @@ class FeatureTokensFn(beam.DoFn):
                 yield (spec.name, token), self._weight
 
 
-def format_vocab(entries: list, max_size: int, min_count: int, capped: bool) -> str:
-    """[(token, count)] -> "token\\tcount\\n" lines, count desc then token asc.
+def _sum_pairs(pairs) -> tuple[int, int]:
+    """Element-wise sum of (count, interactions) pairs (associative: usable as a combiner)."""
+    count = interactions = 0
+    for c, n in pairs:
+        count += c
+        interactions += n
+    return count, interactions
 
-    ``capped`` applies ``min_count`` and ``max_size``; the item-id vocabulary is not capped.
+
+@dataclasses.dataclass(frozen=True)
+class VocabPolicy:
+    """How one feature's vocabulary is cut (see :func:`vocab_policy`).
+
+    ``max_size`` None = no cap. ``whole_catalog`` (item_id only): the file lists every
+    catalog item, count 0 included, and the cap bounds only the items that get an id row.
+    ``oov_rows``: rows the folded values share (1 OOV row, ``id_hash_buckets`` hashed
+    rows, or 0 for item_id, whose folded ids embed from content like cold items).
     """
-    ordered = sorted(entries, key=lambda e: (-e[1], e[0]))
-    if capped:
-        ordered = [e for e in ordered if e[1] >= min_count][:max_size]
-    return "".join(f"{token}\t{count}\n" for token, count in ordered)
+
+    type: str
+    max_size: Optional[int]
+    min_count: int = 1
+    whole_catalog: bool = False
+    oov_rows: int = 1
+
+
+def vocab_policy(name: str, feature_type: str, tcfg) -> VocabPolicy:
+    """The vocabulary rule of one feature under ``config.transform``.
+
+    id features (and ``item_id``): every id seen, whatever its count, unless
+    ``max_id_vocab_size`` caps them. categorical / multi_categorical / text:
+    ``vocab_min_count`` and ``max_vocab_size``.
+    """
+    if name == ITEM_KEY:
+        return VocabPolicy("id", tcfg.max_id_vocab_size, whole_catalog=True, oov_rows=0)
+    if feature_type == "id":
+        return VocabPolicy("id", tcfg.max_id_vocab_size, oov_rows=max(tcfg.id_hash_buckets, 1))
+    return VocabPolicy(feature_type, tcfg.max_vocab_size, tcfg.vocab_min_count)
+
+
+def plan_vocab(entries: list, policy: VocabPolicy) -> tuple[list[tuple[str, int]], dict]:
+    """[(token, count, interactions)] -> (the file's (token, count) entries, coverage record).
+
+    File order: count desc then token asc. The coverage record (``stats.json``
+    ``vocab_coverage[feature]``)::
+
+        {"type", "distinct", "kept", "folded", "max_size", "min_count", "oov_rows",
+         "interactions", "folded_interactions"}
+
+    ``distinct`` values seen (item_id: items with train positives, the ones that can get
+    an id row), ``kept`` of them have their own row, ``folded`` = distinct - kept share
+    ``oov_rows``. ``interactions`` / ``folded_interactions`` (id features only, else None):
+    train positives carrying the feature / carrying a folded value.
+    """
+    ordered = sorted((e for e in entries if e[1] > 0 or policy.whole_catalog), key=lambda e: (-e[1], e[0]))
+    is_id = policy.type == "id"
+    if is_id:
+        candidates = [e for e in ordered if e[1] > 0]  # ids are never dropped by count
+    else:
+        candidates = [e for e in ordered if e[1] >= policy.min_count]
+    kept = candidates if policy.max_size is None else candidates[:policy.max_size]
+    folded_ids = candidates[len(kept):]
+    file_entries = ordered if policy.whole_catalog else kept
+    coverage = {
+        "type": policy.type, "distinct": len(ordered if not is_id else candidates), "kept": len(kept),
+        "max_size": policy.max_size, "min_count": 1 if is_id else policy.min_count,
+        "oov_rows": policy.oov_rows,
+        "interactions": sum(e[2] for e in candidates) if is_id else None,
+        "folded_interactions": sum(e[2] for e in folded_ids) if is_id else None,
+    }
+    coverage["folded"] = coverage["distinct"] - coverage["kept"]
+    return [(t, c) for t, c, _ in file_entries], coverage
+
+
+def format_vocab(entries: list[tuple[str, int]]) -> str:
+    """[(token, count)] in file order -> "token\\tcount\\n" lines."""
+    return "".join(f"{token}\t{count}\n" for token, count in entries)
 
 
 class BuildVocabulary(beam.PTransform):
-    """((feature, token), weight) -> ``("vocab/<feature>.tsv", text)`` per feature.
+    """((feature, token), (count, interactions)) -> (files, coverage).
 
-    Weight-0 entries put a token in the vocabulary without counting it (the whole
-    catalog in ``item_id.tsv``). Every feature gets a file, empty when it has no tokens.
+    ``files``: ``("vocab/<feature>.tsv", text)`` per feature, cut by its
+    :class:`VocabPolicy`; ``coverage``: ``(feature, {"entries": file lines, **the coverage
+    record of :func:`plan_vocab`})``. Count-0 entries put a token in the vocabulary only
+    under ``whole_catalog`` (the catalog in ``item_id.tsv``). Every feature gets a file,
+    empty when it has no tokens.
     """
 
-    def __init__(self, features: list[str], max_size: int, min_count: int):
+    def __init__(self, policies: dict[str, VocabPolicy]):
         super().__init__()
-        self._features = list(features)
-        self._max, self._min = max_size, min_count
+        self._policies = dict(policies)
 
     def expand(self, weighted):
         counts = (weighted
-                  | "Count" >> beam.CombinePerKey(sum)
-                  | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1]))))
+                  | "Count" >> beam.CombinePerKey(_sum_pairs)
+                  | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], *kv[1]))))
         # One marker per feature so a feature without any token still gets its (empty) file.
-        markers = weighted.pipeline | "Features" >> beam.Create([(f, None) for f in self._features])
-        return ((counts, markers)
-                | "WithMarkers" >> beam.Flatten()
-                | "GroupByFeature" >> beam.GroupByKey()
-                | "Format" >> beam.Map(self._file))
+        markers = weighted.pipeline | "Features" >> beam.Create([(f, None) for f in self._policies])
+        planned = ((counts, markers)
+                   | "WithMarkers" >> beam.Flatten()
+                   | "GroupByFeature" >> beam.GroupByKey()
+                   | "Plan" >> beam.Map(self._plan))
+        files = planned | "Format" >> beam.Map(lambda p: (vocab_path(p[0]), format_vocab(p[1])))
+        coverage = planned | "Coverage" >> beam.Map(lambda p: (p[0], {"entries": len(p[1]), **p[2]}))
+        return files, coverage
 
-    def _file(self, grouped) -> tuple[str, str]:
+    def _plan(self, grouped) -> tuple[str, list, dict]:
         feature, entries = grouped
-        text = format_vocab([e for e in entries if e is not None], self._max, self._min,
-                            capped=feature not in UNCAPPED_VOCABS)
-        return vocab_path(feature), text
+        file_entries, coverage = plan_vocab([e for e in entries if e is not None], self._policies[feature])
+        return feature, file_entries, coverage
 
 
 def vocab_path(feature: str) -> str:
@@ -592,10 +679,31 @@ def vocab_path(feature: str) -> str:
     return f"vocab/{feature}.tsv"
 
 
-def vocab_sizes_of(files: list) -> dict[str, int]:
-    """[(relpath, text)] -> {feature: entries} for the vocabulary files among them."""
-    return {path[len("vocab/"):-len(".tsv")]: text.count("\n")
-            for path, text in files if path.startswith("vocab/")}
+def warn_folded_ids(coverage: dict) -> list[str]:
+    """Log (and return) one sentence per id feature whose cap folded ids: a warning when
+    more than :data:`FOLDED_WARN_SHARE` of its train interactions are affected, else info."""
+    lines = []
+    for feature, cov in sorted(coverage.items()):
+        if cov.get("type") != "id" or not cov.get("folded"):
+            continue
+        share = cov["folded_interactions"] / cov["interactions"] if cov.get("interactions") else 0.0
+        line = folded_ids_sentence(feature, cov)
+        log.log(logging.WARNING if share > FOLDED_WARN_SHARE else logging.INFO, "%s", line)
+        lines.append(line)
+    return lines
+
+
+def folded_ids_sentence(feature: str, cov: dict) -> str:
+    """'user_id: 3 of 5 ids (past transform.max_id_vocab_size=2) share one OOV row; 3 of 7
+    train interactions (42.9%) are affected' (the log line and the report's warning)."""
+    interactions, folded_n = cov.get("interactions") or 0, cov.get("folded_interactions") or 0
+    share = f" ({100.0 * folded_n / interactions:.1f}%)" if interactions else ""
+    rows = cov.get("oov_rows")
+    where = ("embed from content only (no id row, like cold items)" if rows == 0 else
+             "share one OOV row" if rows == 1 else f"hash into {rows} shared rows (transform.id_hash_buckets)")
+    return (f"{feature}: {cov['folded']:,} of {cov['distinct']:,} ids (past transform.max_id_vocab_size="
+            f"{cov.get('max_size')}) {where}; {folded_n:,} of {interactions:,} train interactions{share} "
+            f"are affected")
 
 
 # --------------------------------------------------------------------------- small files
@@ -705,11 +813,17 @@ class MergeQueryRowFn(beam.DoFn):
             yield row
 
 
-def assemble_stats(_, counts: dict, numeric_query: dict, numeric_items: dict, vocab_files: list,
+def assemble_stats(_, counts: dict, numeric_query: dict, numeric_items: dict, vocab_coverage: dict,
                    split: str) -> tuple[str, str]:
-    """``("stats.json", text)`` (sorted keys so reruns are byte-identical)."""
+    """``("stats.json", text)`` (sorted keys so reruns are byte-identical).
+
+    ``vocab_coverage``: ``{feature: {"entries", **plan_vocab's coverage record}}``; its
+    ``entries`` become ``vocab_sizes`` (lines of ``vocab/<feature>.tsv``).
+    """
+    sizes = {f: cov["entries"] for f, cov in vocab_coverage.items()}
+    coverage = {f: {k: v for k, v in cov.items() if k != "entries"} for f, cov in vocab_coverage.items()}
     doc = {"numeric": {**numeric_query, **numeric_items}, "counts": counts, "split": split,
-           "vocab_sizes": vocab_sizes_of(vocab_files)}
+           "vocab_sizes": sizes, "vocab_coverage": coverage}
     return STATS_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
@@ -790,15 +904,23 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     # item ids = whole catalog (weight 0) + train frequency
     query_vocab_specs = [s for s in query_specs if s.type != "numeric"]
     item_vocab_specs = [s for s in item_feats if s.type != "numeric"]
-    weighted = (
+    # Weights are (count, train interactions): query features count train rows; item features
+    # count catalog items, and id-typed ones also their train rows (for the coverage record).
+    item_id_specs = [s for s in item_vocab_specs if s.type == "id"]
+    weighted = [
         train_rows | "QueryTokens" >> beam.ParDo(FeatureTokensFn(query_vocab_specs, tcfg.text_max_tokens)),
-        items | "ItemTokens" >> beam.ParDo(FeatureTokensFn(item_vocab_specs, tcfg.text_max_tokens)),
-        items | "CatalogIds" >> beam.Map(lambda i: ((ITEM_KEY, i[ITEM_KEY]), 0)),
-        train_rows | "TrainIds" >> beam.Map(lambda r: ((ITEM_KEY, r[ITEM_KEY]), 1)),
-    ) | "AllTokens" >> beam.Flatten()
-    vocab_features = [s.name for s in query_vocab_specs] + [ITEM_KEY] + [s.name for s in item_vocab_specs]
-    vocab_files = weighted | "BuildVocabulary" >> BuildVocabulary(
-        vocab_features, tcfg.max_vocab_size, tcfg.vocab_min_count)
+        items | "ItemTokens" >> beam.ParDo(FeatureTokensFn(item_vocab_specs, tcfg.text_max_tokens, (1, 0))),
+        items | "CatalogIds" >> beam.Map(lambda i: ((ITEM_KEY, i[ITEM_KEY]), (0, 0))),
+        train_rows | "TrainIds" >> beam.Map(lambda r: ((ITEM_KEY, r[ITEM_KEY]), (1, 1))),
+    ]
+    if item_id_specs:
+        weighted.append(train_rows | "ItemIdTrainRows" >> beam.ParDo(
+            FeatureTokensFn(item_id_specs, tcfg.text_max_tokens, (0, 1))))
+    weighted = tuple(weighted) | "AllTokens" >> beam.Flatten()
+    policies = {s.name: vocab_policy(s.name, s.type, tcfg) for s in query_vocab_specs}
+    policies[ITEM_KEY] = vocab_policy(ITEM_KEY, "id", tcfg)
+    policies.update({s.name: vocab_policy(s.name, s.type, tcfg) for s in item_vocab_specs})
+    vocab_files, vocab_coverage = weighted | "BuildVocabulary" >> BuildVocabulary(policies)
 
     # ---- seen.jsonl: positives per key and split
     seen_file = (positives
@@ -839,7 +961,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                                        counts=pvalue.AsDict(all_counts),
                                        numeric_query=pvalue.AsSingleton(query_stats),
                                        numeric_items=pvalue.AsSingleton(item_stats),
-                                       vocab_files=pvalue.AsList(vocab_files),
+                                       vocab_coverage=pvalue.AsDict(vocab_coverage),
                                        split=split))
     _ = ((vocab_files, seen_file, query_file, display_file, cold_file, stats_file)
          | "SmallFiles" >> beam.Flatten()

@@ -1,5 +1,6 @@
-"""Transform report: split sizes, vocabulary sizes (with their top tokens), numeric feature
-statistics, lengths of the raw string fields, and the cold items."""
+"""Transform report: split sizes, vocabulary sizes (with their top tokens and what each cut
+folded: a warning per id feature whose cap folded ids), numeric feature statistics,
+lengths of the raw string fields, and the cold items."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ SPLIT_ORDER = ("train", "valid", "test", "train_negatives", "items", "queries", 
 
 
 def build(out_dir: str, record: dict) -> Report:
-    from features.transform import COLD_ITEMS_FILE, ITEMS_DISPLAY_FILE, QUERY_TABLE_FILE, STATS_FILE
+    from features.transform import (COLD_ITEMS_FILE, ITEMS_DISPLAY_FILE, QUERY_TABLE_FILE, STATS_FILE,
+                                    folded_ids_sentence)
 
     stats = artifacts.read_json(out_dir, STATS_FILE) or record["result"]
     counts = stats.get("counts") or {}
@@ -30,6 +32,11 @@ def build(out_dir: str, record: dict) -> Report:
     report.facts([("split", stats.get("split")), ("positive pairs", positives),
                   ("catalog items", counts.get("items")), ("query keys", counts.get("queries")),
                   ("cold items", n_cold)])
+    coverage = stats.get("vocab_coverage") or {}
+    # Folded ids first, where nobody can miss them: each is a share of users / items with no row.
+    for feature, cov in sorted(coverage.items()):
+        if cov.get("type") == "id" and cov.get("folded"):
+            report.note(folded_ids_sentence(feature, cov), "warn")
 
     report.heading("Split sizes")
     names = [k for k in SPLIT_ORDER if k in counts] + sorted(k for k in counts if k not in SPLIT_ORDER)
@@ -42,7 +49,18 @@ def build(out_dir: str, record: dict) -> Report:
 
     report.heading("Vocabularies")
     vocab = stats.get("vocab_sizes") or {}
-    if vocab:
+    if vocab and coverage:
+        report.paragraph("distinct = values seen (train rows for query features, the catalog for item features; "
+                         "item_id: items with train positives, the ones an id row can serve); folded = distinct "
+                         "values without their own row (past the cap, or under vocab_min_count); folded "
+                         "interactions = train positives carrying a folded id. id features keep every id unless "
+                         "transform.max_id_vocab_size caps them.")
+        report.table(["feature", "type", "entries", "distinct", "folded", "cap", "folded interactions",
+                      f"top {TOP_TOKENS} (train count)"],
+                     [[name, cov.get("type"), size, cov.get("distinct"), cov.get("folded"), _cap(cov),
+                       _folded_interactions(cov), _top_tokens(out_dir, name)]
+                      for name, size in sorted(vocab.items()) for cov in [coverage.get(name) or {}]])
+    elif vocab:
         report.table(["feature", "entries", f"top {TOP_TOKENS} (train count)"],
                      [[name, size, _top_tokens(out_dir, name)] for name, size in sorted(vocab.items())])
     else:
@@ -79,6 +97,21 @@ def build(out_dir: str, record: dict) -> Report:
 
 def _share(n, total: int):
     return Cell(f"{100.0 * n / total:.1f}%", numeric=True) if total and isinstance(n, (int, float)) else None
+
+
+def _cap(cov: dict):
+    """The cap that applied, 'none' for an uncapped vocabulary, None when not recorded."""
+    if not cov:
+        return None
+    return "none" if cov.get("max_size") is None else cov["max_size"]
+
+
+def _folded_interactions(cov: dict):
+    """'3 of 7 (42.9%)' for an id feature, None otherwise."""
+    n, folded = cov.get("interactions"), cov.get("folded_interactions")
+    if n is None or folded is None:
+        return None
+    return Cell(f"{folded:,} of {n:,}" + (f" ({100.0 * folded / n:.1f}%)" if n else ""), numeric=True)
 
 
 def _top_tokens(out_dir: str, feature: str) -> str:

@@ -3,10 +3,14 @@
 Every encoder maps one raw feature column, shape [B] (tf.string or tf.float32), to a
 dense float32 [B, F] encoding:
 
-- id / categorical: StringLookup (1 OOV bucket at index 0) -> Embedding(F = train.feature_dims)
+- id / categorical: StringLookup (1 OOV bucket at index 0) -> Embedding(F = train.feature_dims);
+  an id feature capped by transform.max_id_vocab_size with transform.id_hash_buckets = N
+  gets N OOV buckets instead (indices 0..N-1, values past the cap hashed into them)
 - the item key (``item_id``, with ``train.use_item_ids_as_features``): :class:`ItemIdEncoder`,
-  an id embedding gated by "id present": only items with train positives get a row, every
-  other item (cold, never interacted with, unknown at serving) encodes as zeros, so its
+  an id embedding gated by "id present": only items with train positives get a row (the
+  most frequent ``vocab_coverage.item_id.kept`` of them when transform.max_id_vocab_size
+  caps them), every other item (cold, never interacted with, past the cap, unknown at
+  serving) encodes as zeros, so its
   embedding comes from its content alone; ``item_id_dropout`` zeroes a random share of the
   ids during training so the tower learns to embed id-less (cold) items from content
 - multi_categorical: split on "|" -> lookup -> mean of embeddings (no values -> zeros)
@@ -39,9 +43,11 @@ tf = import_tf()
 _EMPTY_VOCAB_SENTINEL = "\x00<empty-vocabulary>"
 
 
-def _lookup(vocabulary: Sequence[str], name: str):
+def _lookup(vocabulary: Sequence[str], name: str, oov_buckets: int = 1):
+    """Vocabulary entries -> indices ``oov_buckets``.. ; an unknown value takes index 0, or with
+    ``oov_buckets`` N > 1 one of 0..N-1 by a stable string hash (``to_hash_bucket_fast``)."""
     vocab = list(vocabulary) or [_EMPTY_VOCAB_SENTINEL]
-    return tf.keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=1, mask_token=None,
+    return tf.keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=int(oov_buckets), mask_token=None,
                                         name=f"{name}_lookup")
 
 
@@ -56,11 +62,14 @@ def _mean_pool(embedded, extra=None):
 
 
 class IdEncoder(tf.keras.layers.Layer):
-    """id / categorical: [B] string -> [B, F]. Unknown values share the OOV row."""
+    """id / categorical: [B] string -> [B, F]. Unknown values share the OOV row, or hash into
+    ``oov_buckets`` shared rows (table rows: len(vocabulary) + oov_buckets)."""
 
-    def __init__(self, vocabulary: Sequence[str], dims: int, **kwargs):
+    def __init__(self, vocabulary: Sequence[str], dims: int, oov_buckets: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.lookup = _lookup(vocabulary, self.name)
+        if oov_buckets < 1:
+            raise ValueError(f"{self.name}: oov_buckets must be >= 1, got {oov_buckets}")
+        self.lookup = _lookup(vocabulary, self.name, oov_buckets)
         self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), dims,
                                                    name=f"{self.name}_embedding")
 
@@ -94,10 +103,12 @@ class ItemIdEncoder(IdEncoder):
         return self.embedding(ids) * tf.cast(present, tf.float32)[:, None]
 
 
-def trained_item_ids(transformed_dir: str) -> list[str]:
-    """Item ids with at least one train positive (``vocab/item_id.tsv`` count > 0)."""
+def trained_item_ids(transformed_dir: str, limit: int | None = None) -> list[str]:
+    """Item ids with at least one train positive (``vocab/item_id.tsv`` count > 0), most
+    frequent first; the first ``limit`` of them when given (the transform's id cap)."""
     tokens, counts = artifacts.read_vocab(transformed_dir, ITEM_KEY)
-    return [t for t, c in zip(tokens, counts) if int(c) > 0]
+    trained = [t for t, c in zip(tokens, counts) if int(c) > 0]
+    return trained if limit is None else trained[:limit]
 
 
 class MultiCategoricalEncoder(IdEncoder):
@@ -201,13 +212,20 @@ def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats
     """One encoder layer for ``spec`` (vocabularies / stats read from ``transformed_dir``)."""
     dims = config.train.feature_dims
     name = f"{spec.name}_encoder"
+    # The transform decided each id vocabulary's cut (stats.json vocab_coverage); older
+    # outputs without it were never capped.
+    coverage = (stats.get("vocab_coverage") or {}).get(spec.name) or {}
     if spec.name == ITEM_KEY:
-        return ItemIdEncoder(trained_item_ids(transformed_dir), dims, config.train.item_id_dropout, name=name)
+        limit = coverage.get("kept") if coverage.get("max_size") is not None else None
+        return ItemIdEncoder(trained_item_ids(transformed_dir, limit), dims, config.train.item_id_dropout,
+                             name=name)
     if spec.type == "numeric":
         mean, std = artifacts.numeric_stats(stats, spec.name)
         return NumericEncoder(mean, std, name=name)
     tokens, _ = artifacts.read_vocab(transformed_dir, spec.name)
-    if spec.type in ("id", "categorical"):
+    if spec.type == "id":
+        return IdEncoder(tokens, dims, oov_buckets=max(int(coverage.get("oov_rows") or 1), 1), name=name)
+    if spec.type == "categorical":
         return IdEncoder(tokens, dims, name=name)
     if spec.type == "multi_categorical":
         return MultiCategoricalEncoder(tokens, dims, name=name)

@@ -390,13 +390,24 @@ def test_search_keys_are_normalised_text(search_run):
 
 
 def test_vocab_caps_apply_but_not_to_item_ids():
-    """The vocabulary rule (a pure function) with tight caps."""
-    from features.transform import format_vocab
+    """The vocabulary rule (a pure function) with tight caps: categorical / text vocabularies
+    take vocab_min_count and max_vocab_size; ids take neither (only max_id_vocab_size)."""
+    from core.config import TransformConfig
+    from features.transform import format_vocab, plan_vocab, vocab_policy
 
-    entries = [("b", 1), ("a", 3), ("c", 3), ("d", 2)]
-    assert format_vocab(entries, 2, 1, capped=True) == "a\t3\nc\t3\n"
-    assert format_vocab(entries, 10, 2, capped=True) == "a\t3\nc\t3\nd\t2\n"
-    assert format_vocab(entries, 1, 5, capped=False).count("\n") == 4
+    entries = [("b", 1, 1), ("a", 3, 3), ("c", 3, 3), ("d", 2, 2)]
+    tight = TransformConfig(max_vocab_size=2, vocab_min_count=2)
+    kept, cov = plan_vocab(entries, vocab_policy("gender", "categorical", tight))
+    assert format_vocab(kept) == "a\t3\nc\t3\n"
+    assert (cov["distinct"], cov["kept"], cov["folded"], cov["interactions"]) == (4, 2, 2, None)
+    kept, _ = plan_vocab(entries, vocab_policy("title", "text", TransformConfig(max_vocab_size=10,
+                                                                                vocab_min_count=2)))
+    assert format_vocab(kept) == "a\t3\nc\t3\nd\t2\n"
+    # ids: neither the categorical cap nor the min count
+    kept, cov = plan_vocab(entries, vocab_policy("user_id", "id", tight))
+    assert len(kept) == 4 and cov["folded"] == 0 and cov["interactions"] == 9
+    kept, _ = plan_vocab(entries + [("z", 0, 0)], vocab_policy("item_id", "id", TransformConfig(max_vocab_size=1)))
+    assert len(kept) == 5  # the whole catalog, count 0 included
 
 
 def test_rerun_over_previous_output_is_byte_identical(user_run, tmp_path):
