@@ -3,38 +3,42 @@
 The query service answers each HTTP request on its own thread. Alone, every request pays a
 whole TensorFlow call and a ScaNN search, and on a 2-core machine 8 clients queue up behind
 one another for them. :class:`Coalescer` combines them instead (flat combining, no threads of
-its own). A request thread puts its resolved request (already validated on its own thread)
-on a queue and tries to become the combiner. The combiner takes everything waiting, up to
-``max_batch``, and answers it with one :meth:`serving.retriever.Retriever.answer_resolved`
-call: one tower call and one search. It repeats until the queue is empty. A thread that
-finds a combiner at work waits for its answer.
+its own). A request thread appends its resolved request (already validated on its own
+thread) to a queue and tries to become the combiner. The combiner answers the queue from its
+head in batches of up to ``max_batch``, one
+:meth:`serving.retriever.Retriever.answer_resolved` call (one tower call, one search) each,
+until its own request is answered. It then hands the role to the thread at the head of what
+is left. A thread that finds a combiner at work sleeps until it is answered or handed the role.
 
 Nothing waits to fill a batch. A lone request finds no combiner and answers itself on its
 own thread, with no hand-off. Under load, a batch is whatever queued up during the previous
-call. Each request keeps its own k, exclude_seen and Retriever, so a batch never mixes
-versions: requests that took different versions are answered in separate calls.
+call. No combiner serves others for long: it stops once its own request is answered, so one
+client's latency is bounded by the batches ahead of it. Each request keeps its own k,
+exclude_seen and Retriever, so a batch never mixes versions: requests that took different
+versions are answered in separate calls.
 
-Why no request is left behind: a thread always tries to become the combiner after putting
-its job. If it fails, a combiner holds the lock, and that combiner looks at the queue again
-after releasing it.
+Why no request is left behind: every release of the combiner role wakes the head of a
+non-empty queue. A thread that appends after that check then finds the role free itself,
+because it always tries to take the role after appending.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
 import threading
 from typing import Optional
 
 
 class _Job:
-    __slots__ = ("retriever", "resolved", "k", "exclude_seen", "done", "result", "error")
+    __slots__ = ("retriever", "resolved", "k", "exclude_seen", "done", "wake", "result", "error")
 
     def __init__(self, retriever, resolved, k: int, exclude_seen: bool):
         self.retriever = retriever
         self.resolved = resolved
         self.k = k
         self.exclude_seen = exclude_seen
-        self.done = threading.Event()
+        self.done = False
+        self.wake = threading.Event()  # set when answered, or when handed the combiner role
         self.result = None
         self.error: Optional[BaseException] = None
 
@@ -50,7 +54,8 @@ class Coalescer:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = int(max_batch)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: collections.deque = collections.deque()
+        self._queue_lock = threading.Lock()
         self._combiner = threading.Lock()
         self.calls = 0  # tower calls made, and requests they answered (tests and benches read these)
         self.requests = 0
@@ -61,37 +66,36 @@ class Coalescer:
         Re-raises an exception that made its whole call fail.
         """
         job = _Job(retriever, resolved, k, exclude_seen)
-        self._queue.put(job)
-        while not job.done.is_set():
+        with self._queue_lock:
+            self._queue.append(job)
+        while not job.done:
             if self._combiner.acquire(blocking=False):
                 try:
-                    self._drain()
+                    while not job.done:
+                        self._answer_next_batch()
                 finally:
                     self._combiner.release()
-                if self._queue.empty():
-                    break
-                # A job arrived after the last drain and before the release; its thread may
-                # already have failed to become the combiner: take another turn.
+                self._wake_head()
             else:
-                job.done.wait()
-        job.done.wait()
+                job.wake.wait()
+                job.wake.clear()
         if job.error is not None:
             raise job.error
         return job.result
 
-    def _drain(self) -> None:
-        """Answer batches until the queue is empty (called holding the combiner lock)."""
-        while True:
-            batch = []
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if not batch:
-                return
-            for group in _by_retriever(batch):
-                self._answer(group)
+    def _wake_head(self) -> None:
+        """Hand the combiner role to the thread at the head of the queue, if any."""
+        with self._queue_lock:
+            head = self._queue[0] if self._queue else None
+        if head is not None:
+            head.wake.set()
+
+    def _answer_next_batch(self) -> None:
+        """Answer up to ``max_batch`` jobs from the head (called holding the combiner role)."""
+        with self._queue_lock:
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        for group in _by_retriever(batch):
+            self._answer(group)
 
     def _answer(self, jobs: list[_Job]) -> None:
         retriever = jobs[0].retriever
@@ -107,7 +111,8 @@ class Coalescer:
         self.calls += 1  # only the combiner (one thread at a time) counts
         self.requests += len(jobs)
         for job in jobs:
-            job.done.set()
+            job.done = True
+            job.wake.set()
 
 
 def _by_retriever(jobs: list[_Job]) -> list[list[_Job]]:
