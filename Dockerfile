@@ -1,7 +1,9 @@
 # The one component image every pipeline step runs on (KFP / Vertex AI).
-# Built from the same pinned requirements.txt as the local .venv (see Makefile);
+# Built from the same pinned requirements.txt as the local .venv (see Makefile), plus the
+# image-only pins of requirements-image.txt (Beam's GCP extra, for Dataflow);
 # tests/unit/test_packaging.py keeps the two in step.
 #   docker build -t twotower:0.1.0 .   (then set pipeline.image to the pushed name)
+#   docker build --build-arg ACCELERATOR=gpu -t twotower:0.1.0-gpu .   (for train.device=gpu)
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,9 +13,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/twotower
 
+# Dataflow workers run this same image (transform.pipeline_options.sdk_container_image defaults to
+# pipeline.image), so it carries Beam's worker boot program, from the Beam SDK image of the pinned
+# Beam version and Python minor version, and (requirements-image.txt) Beam's GCP extra.
+COPY --from=apache/beam_python3.11_sdk:2.77.0 /opt/apache/beam /opt/apache/beam
+
 # Dependencies first so code edits do not invalidate the heavy layer.
-COPY requirements.txt ./
-RUN python -m pip install --no-cache-dir -r requirements.txt
+COPY requirements.txt requirements-image.txt requirements-gpu.txt ./
+RUN python -m pip install --no-cache-dir -r requirements.txt -r requirements-image.txt
+
+# --build-arg ACCELERATOR=gpu: TensorFlow's CUDA libraries, for train.device=gpu (a few GB more;
+# the default image is CPU-only and TensorFlow would see no GPU).
+ARG ACCELERATOR=cpu
+RUN if [ "$ACCELERATOR" = gpu ]; then python -m pip install --no-cache-dir -r requirements-gpu.txt; \
+    elif [ "$ACCELERATOR" != cpu ]; then echo "ACCELERATOR must be cpu or gpu, got $ACCELERATOR" >&2; exit 1; fi
 
 COPY setup.py README.md ./
 COPY core ./core
@@ -30,4 +43,7 @@ COPY configs ./configs
 RUN python -m pip install --no-cache-dir --no-deps . \
     && python -c "import core, features, trainer, indexer, serving, reports, ui, components, pipelines"
 
-ENTRYPOINT ["twotower"]
+# Dataflow starts its workers through the image's entrypoint, which must be Beam's boot program.
+# KFP and Vertex AI (pipeline steps, custom jobs) always set the command, so they never use it;
+# for the CLI: docker run --entrypoint twotower IMAGE ...
+ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -31,12 +31,13 @@ def transform_op(config_json: str, ingested: Input[Dataset], transformed: Output
                  metrics: Output[Metrics],
                  report: Output[HTML], report_markdown: Output[Markdown]):
     """Beam: normalise, vocabularies, statistics, split, TFRecords."""
-    from components.runtime import load_stage_config, run_stage
+    from components.runtime import beam_location, beam_stage_config, load_stage_config, run_stage
     from features.transform import run_transform
 
-    config = load_stage_config(config_json)
+    config = beam_stage_config(load_stage_config(config_json))
     run_stage("transform", config, transformed, metrics,
-              lambda cfg, out: run_transform(cfg, ingested.path, out), (report, report_markdown))
+              lambda cfg, out: run_transform(cfg, beam_location(ingested, cfg), beam_location(transformed, cfg)),
+              (report, report_markdown))
 
 
 def train_op(config_json: str, transformed: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
@@ -68,12 +69,13 @@ def embed_op(config_json: str, transformed: Input[Dataset], model: Input[Model],
              embeddings: Output[Dataset], metrics: Output[Metrics],
              report: Output[HTML], report_markdown: Output[Markdown]):
     """Beam batch inference of the item tower over the whole catalog."""
-    from components.runtime import load_stage_config, run_stage
+    from components.runtime import beam_location, beam_stage_config, load_stage_config, run_stage
     from indexer.embed import embed_items
 
-    config = load_stage_config(config_json)
+    config = beam_stage_config(load_stage_config(config_json))
     run_stage("embed", config, embeddings, metrics,
-              lambda cfg, out: embed_items(cfg, transformed.path, model.path, out), (report, report_markdown))
+              lambda cfg, out: embed_items(cfg, beam_location(transformed, cfg), beam_location(model, cfg),
+                                           beam_location(embeddings, cfg)), (report, report_markdown))
 
 
 def index_op(config_json: str, embeddings: Input[Dataset], index: Output[Artifact], metrics: Output[Metrics],

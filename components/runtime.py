@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from typing import Callable, Mapping, Optional
 
-from core.config import Config, config_from_json
+from core.beam import IN_PROCESS
+from core.config import Config, ConfigError, config_from_json
 from core.summary import STAGE_ERROR_FILE, STAGE_FILE, stage_record
+
+GCS = "gs://"
+#: The Beam worker image option: Dataflow workers run this image (default: pipeline.image).
+SDK_CONTAINER_IMAGE = "sdk_container_image"
+#: What a Dataflow job cannot start without (transform.pipeline_options keys).
+DATAFLOW_REQUIRED = ("project", "region", "temp_location")
 
 
 def load_stage_config(config_json: str, overrides: Optional[Mapping[str, object]] = None) -> Config:
@@ -26,6 +34,11 @@ def run_stage(stage: str, config: Config, artifact, metrics, body: Callable[[Con
               report_outputs: Optional[tuple] = None) -> dict:
     """Run ``body(config, out_dir)`` into the artifact's folder and record it.
 
+    On a non-chief replica of a multi-worker cluster (:func:`is_chief_replica`) the body runs
+    into a temporary folder and no report is rendered: every replica of a Vertex AI custom job
+    runs the same component in lockstep with the chief, and the artifact folders (shared, on
+    gs://) are the chief's to write.
+
     Args:
         artifact: the stage's main KFP output artifact (its ``path`` becomes a folder).
         metrics: a KFP ``Metrics`` output or None.
@@ -35,6 +48,10 @@ def run_stage(stage: str, config: Config, artifact, metrics, body: Callable[[Con
         The body's result dict.
     """
     out_dir = artifact.path
+    if not is_chief_replica():
+        out_dir, report_outputs = tempfile.mkdtemp(prefix=f"twotower-{stage}-replica-"), None
+        print(f"[twotower] {stage}: non-chief replica, writing to {out_dir} (the chief writes the outputs)",
+              flush=True)
     os.makedirs(out_dir, exist_ok=True)
     started = time.perf_counter()
     try:
@@ -63,6 +80,113 @@ def run_stage(stage: str, config: Config, artifact, metrics, body: Callable[[Con
         emit_report(stage, out_dir, report_outputs)
     print(f"[twotower] {stage}: done in {seconds:.1f}s", flush=True)
     return result
+
+
+def is_chief_replica(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """False on a non-chief replica of a multi-worker training cluster, else True.
+
+    Every replica of a Vertex AI custom job runs the whole train component; only the chief's
+    files and report are the run's. The rule is :func:`trainer.strategy.is_chief`'s (task type
+    chief, or worker 0 of a cluster without a chief), read from ``TF_CONFIG`` so that the
+    component needs no strategy (nor TensorFlow) to know it. No ``TF_CONFIG``: one machine, the chief.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get("TF_CONFIG")
+    if not text:
+        return True
+    doc = json.loads(text)
+    task = doc.get("task") or {}
+    task_type = task.get("type")
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in (doc.get("cluster") or {})
+    return task_type == "worker" and int(task.get("index", 0)) == 0 and not has_chief
+
+
+# ---- Beam stages on a remote runner (Dataflow) ------------------------------------------------
+
+
+def is_remote_beam(config: Config) -> bool:
+    """Whether the Beam stages (transform, embed) run on a remote runner, not in-process."""
+    return config.transform.runner != IN_PROCESS
+
+
+def is_dataflow(runner: str) -> bool:
+    """``DataflowRunner``, or Beam's short name for it (``dataflow``)."""
+    return runner.lower() in ("dataflowrunner", "dataflow")
+
+
+def remote_beam_problems(config: Config) -> list[str]:
+    """One sentence per setting a Dataflow run of the Beam stages lacks or has wrong (empty: fine).
+
+    Dataflow needs ``project``, ``region`` and a gs:// ``temp_location`` in
+    ``transform.pipeline_options``, and a worker image it can pull from a registry
+    (``sdk_container_image``, by default ``pipeline.image``).
+    """
+    t = config.transform
+    if not is_dataflow(t.runner):
+        return []
+    opts = t.pipeline_options
+    out = []
+    for key in DATAFLOW_REQUIRED:
+        if not str(opts.get(key) or "").strip():
+            out.append(f"transform.pipeline_options.{key}: required with transform.runner={t.runner}")
+    for key in ("temp_location", "staging_location"):
+        value = opts.get(key)
+        if value and not str(value).startswith(GCS):
+            out.append(f"transform.pipeline_options.{key}: {value!r} must be a gs:// prefix "
+                       f"(Dataflow workers read and write it)")
+    own_image = opts.get(SDK_CONTAINER_IMAGE)
+    image = str(own_image or config.pipeline.image)
+    if "/" not in image:
+        field = f"transform.pipeline_options.{SDK_CONTAINER_IMAGE}" if own_image else "pipeline.image"
+        out.append(f"{field}: {image!r} names no registry, and Dataflow workers pull their image "
+                   f"(transform.pipeline_options.{SDK_CONTAINER_IMAGE}, default pipeline.image) from one: "
+                   f"set pipeline.image to the pushed name, e.g. REGION-docker.pkg.dev/PROJECT/REPO/twotower:TAG")
+    return out
+
+
+def beam_stage_config(config: Config) -> Config:
+    """The config a Beam stage (transform, embed) runs with.
+
+    In-process runner: ``config`` itself. A remote runner's workers run the one component
+    image, which holds the project's code and its pinned dependencies, so the DoFns they
+    unpickle import exactly as they do here: ``transform.pipeline_options.sdk_container_image``
+    defaults to ``pipeline.image`` (a value set there is kept).
+
+    Raises:
+        ConfigError: naming every setting a Dataflow run lacks (:func:`remote_beam_problems`).
+    """
+    if not is_remote_beam(config):
+        return config
+    problems = remote_beam_problems(config)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    if config.transform.pipeline_options.get(SDK_CONTAINER_IMAGE):
+        return config
+    return config.with_overrides({f"transform.pipeline_options.{SDK_CONTAINER_IMAGE}": config.pipeline.image})
+
+
+def beam_location(artifact, config: Config) -> str:
+    """Where a Beam stage reads or writes ``artifact``'s folder.
+
+    A KFP artifact has a ``uri`` (gs://... on Vertex AI or under a gs:// pipeline root) and a
+    ``path``, this container's view of it (``/gcs/...``; the local folder on kfp.local). The
+    in-process runner reads the path. A remote runner's workers do not see this container's
+    mounts: they get the gs:// uri.
+
+    Raises:
+        ConfigError: Dataflow, and the artifact is not on gs:// (the workers could not reach it).
+    """
+    uri = str(getattr(artifact, "uri", "") or "")
+    if not is_remote_beam(config):
+        return artifact.path
+    if uri.startswith(GCS):
+        return uri.rstrip("/")
+    if is_dataflow(config.transform.runner):
+        raise ConfigError(f"transform.runner={config.transform.runner}: the workers cannot reach the artifact "
+                          f"{uri or artifact.path!r}; run the pipeline with a gs:// pipeline root")
+    return artifact.path
 
 
 def emit_report(stage: str, out_dir: str, report_outputs: tuple) -> None:

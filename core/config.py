@@ -99,13 +99,62 @@ class TransformConfig(_Strict):
     split: Literal["auto", "leave_last_out", "hashed"] = "auto"
     valid_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="hashed split only")
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="hashed split only")
-    max_vocab_size: int = Field(100_000, ge=1)
-    vocab_min_count: int = Field(1, ge=1)
+    max_vocab_size: int = Field(100_000, ge=1, description=(
+        "most entries of a categorical / multi_categorical / text vocabulary (the most frequent "
+        "kept; the long tail shares the OOV row). Not applied to id features: see max_id_vocab_size"))
+    vocab_min_count: int = Field(1, ge=1, description=(
+        "least count of a categorical / multi_categorical / text vocabulary entry; ids are never "
+        "dropped by count"))
+    max_id_vocab_size: Optional[int] = Field(None, ge=1, description=(
+        "most rows of each id feature's embedding (type id: user_id, item_id, id-typed features): "
+        "the most frequent ids in train keep their own row, the rest share the OOV row (or "
+        "id_hash_buckets rows; for item_id they embed from content only, like cold items) and "
+        "stats.json vocab_coverage + the transform report count the ids and train interactions "
+        "folded. None (default) = every id seen in train (item_id: every item with train "
+        "positives) gets its own row; each row costs train.feature_dims floats, 1M ids x 32 = 128 MB "
+        "(x3 with Adam's slots)"))
+    id_hash_buckets: int = Field(0, ge=0, description=(
+        "with max_id_vocab_size: the ids past the cap (and ids unknown at serving) hash into this "
+        "many shared rows instead of one OOV row (not item_id, whose folded ids embed from content); "
+        "0 = one OOV row"))
     text_max_tokens: int = Field(24, ge=1)
     cold_item_fraction: float = Field(0.0, ge=0.0, lt=0.5, description=(
         "hold this hashed fraction of catalog items out of train/valid entirely; their positives "
         "go to test, so evaluation measures cold-start retrieval"))
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _hash_buckets_need_a_cap(self) -> "TransformConfig":
+        if self.id_hash_buckets > 0 and self.max_id_vocab_size is None:
+            raise ValueError(f"id_hash_buckets: {self.id_hash_buckets} only applies with max_id_vocab_size "
+                             f"set (uncapped, every id has its own row and nothing is folded)")
+        return self
+
+
+class VertexTrainingConfig(_Strict):
+    """``train.vertex``: run the train step as a Vertex AI custom job (Vertex AI Pipelines only).
+
+    The compiled train task becomes google-cloud-pipeline-components'
+    ``create_custom_training_job_from_component`` conversion of the train component: the same
+    image, command and artifacts, on the machines below. The accelerator comes from
+    ``train.accelerator_type`` / ``train.accelerator_count`` and is requested only with
+    ``train.device=gpu``. See docs/ORCHESTRATION.md "Beyond one machine".
+    """
+
+    enabled: bool = Field(False, description=(
+        "run the train step as a Vertex AI custom job (needs Vertex AI Pipelines: `twotower submit "
+        "--vertex`; refused for local runs)"))
+    machine_type: str = Field("n1-standard-8", min_length=1, description=(
+        "Compute Engine machine type of every replica (NVIDIA T4/V100/P4/P100 attach to n1-*; "
+        "L4 needs g2-*, A100 a2-*)"))
+    replica_count: int = Field(1, ge=1, description=(
+        "machines in the job: one chief plus replica_count - 1 workers with the same spec; above 1 "
+        "needs train.distribute=multi_worker (Vertex AI sets TF_CONFIG on each)"))
+    boot_disk_type: Literal["pd-ssd", "pd-standard"] = "pd-ssd"
+    boot_disk_size_gb: int = Field(100, ge=10)
+    service_account: str = Field("", description=(
+        "service account the job runs as (empty = the Vertex AI Custom Code Service Agent); the "
+        "pipeline's service account needs act-as permission on it"))
 
 
 class TrainConfig(_Strict):
@@ -162,8 +211,17 @@ class TrainConfig(_Strict):
                                                         "feature (0 = off); needs a text feature in the schema")
     num_workers: int = Field(1, ge=1, description="tf.data parallelism")
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    accelerator_type: str = Field("NVIDIA_TESLA_T4", min_length=1, description=(
+        "accelerator the compiled train step requests when train.device=gpu (and only then): a Vertex AI "
+        "accelerator name (NVIDIA_TESLA_T4, NVIDIA_L4, NVIDIA_TESLA_A100, ...) on Vertex AI Pipelines and "
+        "for train.vertex; on Kubeflow Pipelines the Kubernetes resource name (nvidia.com/gpu)"))
+    accelerator_count: int = Field(1, ge=1, description="accelerators per machine (train.device=gpu only)")
+    vertex: VertexTrainingConfig = Field(default_factory=VertexTrainingConfig)
     seed: int = 0
-    max_eval_queries: int = Field(2000, ge=1, description="validation queries for early stopping")
+    max_eval_queries: int = Field(5000, ge=0, description=(
+        "validation keys scored after each epoch for early stopping (each against the whole catalog, so an "
+        "epoch's validation costs keys x items): above this many, a seeded sample of them (train.seed, the "
+        "sampling evaluate.max_queries uses), the same keys every epoch; 0 = all"))
 
 
 class EvaluateConfig(_Strict):
@@ -174,6 +232,12 @@ class EvaluateConfig(_Strict):
     per: Literal["query", "interaction"] = Field(
         "query", description="average over queries (recall) or over test pairs (TFRS tutorial hit rate)")
     slices: bool = Field(True, description="also report head / torso / tail / cold item slices")
+    max_queries: int = Field(20_000, ge=0, description=(
+        "test keys scored (each against the whole catalog: the cost is keys x items). With more keys, a "
+        "seeded uniform sample of this many is scored, the same one for the model, the popularity baseline "
+        "and the live version, and metrics.json reports 95% intervals and sampled=true; 0 = all keys"))
+    seed: int = Field(0, description=(
+        "seed of the evaluate.max_queries sample; keep it fixed so runs score the same keys of the same data"))
 
     @field_validator("ks")
     @classmethod
@@ -199,12 +263,16 @@ class IndexConfig(_Strict):
     reorder_k: int = Field(100, ge=1, description="exact re-scoring pool; index.tune=false only (the tuner "
                                                   "picks it from tune_reorder_k)")
     training_sample_size: int = Field(100_000, ge=1000)
-    eval_queries: int = Field(500, ge=1)
+    eval_queries: int = Field(500, ge=1, description=(
+        "queries the index stage reports recall@10 vs exact and queries/s on: real queries (query tower "
+        "embeddings written by the embed stage, disjoint from the tuner's), else stand-ins"))
     tune: bool = Field(True, description="sweep ScaNN tree/AH/reorder settings against exact search and "
                                          "keep the fastest that meets target_recall (indexer.tuner)")
     target_recall: float = Field(0.95, gt=0.0, le=1.0, description="recall@10 vs exact search the tuner must reach")
-    tune_queries: int = Field(1000, ge=10, description="stand-in queries the tuner measures on (a different "
-                                                       "sample from the eval_queries that the stage reports)")
+    tune_queries: int = Field(1000, ge=10, description=(
+        "queries the tuner measures on: a seeded sample of validation queries (else test, else train) "
+        "through the trained query tower, written by the embed stage (query_embeddings.parquet); "
+        "stand-in queries (perturbed item vectors) only when that file is absent"))
     tune_leaves_factors: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1,
                                              description="num_leaves candidates as multiples of sqrt(n)")
     tune_dims_per_block: list[int] = Field(default_factory=lambda: [2], min_length=1,
