@@ -4,11 +4,19 @@ The trainer exports each tower with a ``serving_default`` signature whose inputs
 are the tower's raw features by name (strings as tf.string [B], numerics as
 tf.float32 [B]) and whose output ``embedding`` is float32 [B, D], L2-normalised.
 The evaluator, the Beam embedder and the query service all load towers here.
+
+A tower path may be a local folder or a gs:// prefix. A gs:// SavedModel is downloaded
+through :mod:`core.storage` into a temp folder first (kept while the Tower lives):
+TensorFlow's own GCS filesystem does not honour ``STORAGE_EMULATOR_HOST``, so reading
+through the one storage interface is what works on a cluster and against a test emulator.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -26,11 +34,23 @@ class Tower:
 
         self._tf = tf
         self.path = path
-        self._loaded = tf.saved_model.load(path)
+        self._loaded = tf.saved_model.load(self._local_copy(path))
         self._fn = self._loaded.signatures[SIGNATURE]
         _, kwargs = self._fn.structured_input_signature
         #: input name -> tf.DType, e.g. {"query": tf.string}
         self.input_dtypes = {name: spec.dtype for name, spec in kwargs.items()}
+
+    def _local_copy(self, path: str) -> str:
+        """``path`` itself when local; else a temp copy of the gs:// SavedModel (removed with the Tower)."""
+        from core import storage
+
+        if not storage.is_gcs(path):
+            return path
+        if not storage.exists(storage.join(path, "saved_model.pb")):
+            raise FileNotFoundError(f"tower {path}: no saved_model.pb there")
+        local = tempfile.mkdtemp(prefix="twotower-tower-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, local, True)
+        return storage.download_tree(path, local)
 
     @property
     def input_names(self) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from core import storage
 from core.storage import is_gcs
 from core.store import VersionStore
 from core.text import normalize_text
@@ -65,9 +66,14 @@ def _searcher_module():
     return scann_ops_pybind
 
 
+def _lines(path: str) -> list[str]:
+    """Non-blank lines of a UTF-8 file (local or gs://), split on newlines only: a JSON
+    string may hold U+2028 and the like, which ``str.splitlines`` would split on."""
+    return [line.rstrip("\r") for line in storage.read_text(path).split("\n") if line.strip()]
+
+
 def _read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return [json.loads(line) for line in _lines(path)]
 
 
 def _check_unicode(name: str, value: str) -> str:
@@ -133,22 +139,30 @@ class Retriever:
 
     @classmethod
     def from_folder(cls, version: str, folder: str, manifest: dict) -> "Retriever":
-        """Build from an already verified local version folder."""
+        """Build from an already verified version folder.
+
+        The folder is normally local (:meth:`load` downloads a gs:// version first). A gs://
+        folder is downloaded into a new temp folder here: the ScaNN searcher and TensorFlow
+        read only local files (TF's GCS filesystem ignores ``STORAGE_EMULATOR_HOST``).
+        Every other file is read through :mod:`core.storage`.
+        """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if "serving" not in manifest:
             raise ValueError(f"version {version}: manifest has no 'serving' section (published by an older build?)")
+        if is_gcs(folder):
+            folder = storage.download_tree(folder, tempfile.mkdtemp(prefix="twotower-serve-"))
         serving = manifest["serving"]
-        tower = Tower(os.path.join(folder, QUERY_TOWER))
-        searcher = _searcher_module().load_searcher(os.path.join(folder, SCANN_DIR))
-        with open(os.path.join(folder, ITEM_IDS), encoding="utf-8") as fh:
-            item_ids = [line.rstrip("\n") for line in fh if line.strip()]
-        table = pq.read_table(os.path.join(folder, ITEMS)).drop_columns(["embedding"]).to_pylist()
-        items = {str(row["item_id"]): row for row in table}
+        tower = Tower(storage.join(folder, QUERY_TOWER))
+        searcher = _searcher_module().load_searcher(storage.join(folder, SCANN_DIR))
+        item_ids = _lines(storage.join(folder, ITEM_IDS))
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(folder, ITEMS))))
+        items = {str(row["item_id"]): row for row in table.drop_columns(["embedding"]).to_pylist()}
         key = serving["query_key"]
-        query_table = {str(row[key]): row for row in _read_jsonl(os.path.join(folder, QUERY_TABLE))}
+        query_table = {str(row[key]): row for row in _read_jsonl(storage.join(folder, QUERY_TABLE))}
         seen = {str(row["key"]): {str(i) for part in ("train", "valid", "test") for i in row.get(part, [])}
-                for row in _read_jsonl(os.path.join(folder, SEEN))}
+                for row in _read_jsonl(storage.join(folder, SEEN))}
         check_counts(version, searcher, item_ids, items, tower, serving)
         return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen)
 

@@ -21,11 +21,14 @@ Trainer-internal (imports TensorFlow through :mod:`trainer.data`).
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from core import storage
 from core.config import Config
 from core.records import ITEM_KEY, interaction_specs, item_specs
 from core.text import normalize_text
@@ -70,6 +73,33 @@ class QuerySet:
     def sampled(self) -> bool:
         """Whether only a sample of the split's keys is held."""
         return len(self.keys) < self.n_total
+
+
+def local_transformed(transformed_dir: str, local_dir: str, splits: tuple[str, ...],
+                      files: tuple[str, ...]) -> str:
+    """A local folder holding the named parts of a transform output folder (local or gs://).
+
+    A local ``transformed_dir`` is returned as it is (read in place). A gs:// one has the
+    ``<split>-*.tfrecord`` shards of ``splits`` and the ``files`` (relative paths such as
+    ``vocab/item_id.tsv``; absent ones are skipped, so the readers below report them)
+    downloaded into ``local_dir`` through :mod:`core.storage`, and ``local_dir`` is
+    returned. Why download rather than let TensorFlow read gs:// itself: TF's GCS
+    filesystem does not honour ``STORAGE_EMULATOR_HOST``, so only this path works both on
+    a cluster and against a test emulator; and only the parts asked for are fetched (the
+    train shards, the bulk of the folder, are not).
+    """
+    if not storage.is_gcs(transformed_dir):
+        return transformed_dir
+    base = transformed_dir.rstrip("/")
+    patterns = [f"{split}-*.tfrecord" for split in splits]
+    wanted = set(files)
+    for path in storage.list_files(base):
+        rel = path[len(base) + 1:]
+        top = "/" not in rel
+        if rel in wanted or (top and any(fnmatch.fnmatchcase(rel, p) for p in patterns)):
+            storage.write_bytes(os.path.join(local_dir, *rel.split("/")), storage.read_bytes(path))
+    os.makedirs(local_dir, exist_ok=True)
+    return local_dir
 
 
 def load_catalog(config: Config, transformed_dir: str) -> Catalog:

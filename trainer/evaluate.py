@@ -33,6 +33,10 @@ keys were scored of the ``n_queries_total`` eligible ones (``sampled`` when fewe
 ``n_pairs`` and the slices count the scored keys' pairs; ``diff`` is model minus that
 baseline, averaged over the same keys (paired). TensorFlow is imported inside the function.
 
+Every path (``transformed_dir``, ``model_dir``, ``out_dir``, ``live_store``) may be a local
+folder or a gs:// prefix; all reads and writes go through :mod:`core.storage` (TensorFlow
+reads only local copies: TF's own GCS filesystem ignores ``STORAGE_EMULATOR_HOST``).
+
 Live comparison (``live_store`` given, see :func:`evaluate_live`): the store's CURRENT
 version is scored on the SAME test queries, relevant and masked items and cut-offs, and
 ``metrics.json["live"]`` holds ``{"version", "recall_at_10", ..., "ndcg_at_10", "ci95",
@@ -140,14 +144,15 @@ def paired_differences(values: Mapping[str, np.ndarray], baseline: Mapping[str, 
 
 def _protocol(config, transformed_dir: str) -> dict:
     """What the numbers mean: averaging unit, masking, and the transform's split method."""
-    from trainer import artifacts
-    from trainer.tfenv import import_tf
+    from core import storage
 
-    path = f"{transformed_dir.rstrip('/')}/stats.json"
-    if not import_tf().io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: not found (the transform writes it)")
+    path = storage.join(transformed_dir, "stats.json")
+    try:
+        stats = json.loads(storage.read_text(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found (the transform writes it)") from None
     return {"per": config.evaluate.per, "mask_seen": bool(config.evaluate.mask_seen),
-            "split": artifacts.read_stats(transformed_dir).get("split")}
+            "split": stats.get("split")}
 
 
 def _live_item_embeddings(items_path: str, catalog_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -159,9 +164,15 @@ def _live_item_embeddings(items_path: str, catalog_ids: list[str]) -> tuple[np.n
     Raises:
         ValueError: items.parquet lacks item_id / embedding or has ragged embeddings.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(items_path)
+    from core import storage
+
+    try:
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(items_path)))
+    except pa.ArrowException as exc:  # read from bytes: name the file, as reading the path would
+        raise ValueError(f"{items_path}: not a readable parquet file ({exc})") from exc
     for column in ("item_id", "embedding"):
         if column not in table.column_names:
             raise ValueError(f"{items_path}: no {column!r} column (have {table.column_names})")
@@ -255,11 +266,12 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
         FileNotFoundError: missing catalog, vocabulary, stats.json or tower.
         ValueError: the test split has no query with a relevant catalog item.
     """
-    from trainer.tfenv import import_tf
+    import tempfile
 
-    tf = import_tf()
+    from core import storage
+    from core.records import ITEM_KEY
     from core.towers import Tower
-    from trainer.evalset import catalog_popularity, load_catalog, load_queries
+    from trainer.evalset import catalog_popularity, load_catalog, load_queries, local_transformed
     from trainer.metrics import embedding_rank_relevant, estimates, popularity_scores, query_contributions
 
     model_dir = model_dir.rstrip("/")
@@ -268,20 +280,27 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     ks, ndcg_k, per = list(ecfg.ks), ecfg.ndcg_k, ecfg.per
     depth = max(*ks, ndcg_k, SLICE_K if ecfg.slices else 1)
     protocol = _protocol(config, transformed_dir)
+    mask_splits = mask_splits_for(ecfg.mask_seen)
 
-    catalog = load_catalog(config, transformed_dir)
-    queries = load_queries(config, transformed_dir, "test", mask_splits_for(ecfg.mask_seen), catalog,
-                           max_queries=ecfg.max_queries, seed=ecfg.seed)
+    # A gs:// transform folder is read through core.storage: only the parts evaluation
+    # reads are downloaded (see trainer.evalset.local_transformed); a local one is read in place.
+    with tempfile.TemporaryDirectory(prefix="twotower-evaluate-") as tmp:
+        local = local_transformed(transformed_dir, tmp, ("items", "test"),
+                                  ("stats.json", f"vocab/{ITEM_KEY}.tsv") + (("seen.jsonl",) if mask_splits else ()))
+        catalog = load_catalog(config, local)
+        queries = load_queries(config, local, "test", mask_splits, catalog,
+                               max_queries=ecfg.max_queries, seed=ecfg.seed)
+        counts, slices = catalog_popularity(local, catalog)
     if not len(queries):
         raise ValueError(f"{transformed_dir}: the test split has no query with a catalog item")
 
-    query_tower = Tower(f"{model_dir}/query_tower")
-    item_tower = Tower(f"{model_dir}/item_tower")
+    # Tower downloads a gs:// SavedModel through core.storage before TF loads it.
+    query_tower = Tower(storage.join(model_dir, "query_tower"))
+    item_tower = Tower(storage.join(model_dir, "item_tower"))
     item_emb = _embed(item_tower, catalog.features)
     query_emb = _embed(query_tower, queries.features)
     model_ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, queries.masked, depth)
 
-    counts, slices = catalog_popularity(transformed_dir, catalog)
     pop_ranks = embedding_rank_relevant(None, None, queries.relevant, queries.masked, depth,
                                         item_bias=popularity_scores(counts))
     model_values, weights = query_contributions(model_ranks, ks, ndcg_k, per)
@@ -301,9 +320,7 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     if live_store:
         metrics["live"] = evaluate_live(live_store, queries, catalog, ks, ndcg_k, per, depth,
                                         candidate_values=model_values)
-    tf.io.gfile.makedirs(out_dir)
-    with tf.io.gfile.GFile(f"{out_dir}/metrics.json", "w") as fh:
-        fh.write(json.dumps(metrics, indent=2))
+    storage.write_text(storage.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))
     _log(metrics, model_metrics, pop_metrics, ks[0])
     return metrics
 
