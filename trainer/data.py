@@ -5,7 +5,7 @@ Trainer-internal (imports TensorFlow at module import).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -28,13 +28,17 @@ IN_MEMORY_MAX_BYTES = 1 << 30
 
 
 def make_dataset(files: Sequence[str], specs: Sequence[FeatureSpec], batch_size: int, *,
-                 shuffle: bool, seed: int = 0, num_parallel_calls: int = 1, repeat: bool = False):
+                 shuffle: bool, seed: int = 0, num_parallel_calls: int = 1, repeat: bool = False,
+                 shard: Optional[tuple[int, int]] = None):
     """Batched feature dicts ``{name: [B] tf.string | tf.float32}``.
 
     Shuffles serialised records (seeded, reshuffled each epoch), batches them
     (the last batch may be smaller) and parses whole batches with
     ``tf.io.parse_example``, which is much cheaper than per-record parsing.
     With ``repeat`` the stream is endless and every batch is full.
+    ``shard=(index, count)`` keeps every count-th record from the index-th (one replica's
+    share of a multi-worker run, sharded by record: a split is often a single file, too few
+    for tf.data's FILE policy) and turns tf.data's auto-sharding off (:func:`sharded_by_hand`).
     """
     if not files:
         raise ValueError("make_dataset: no TFRecord files given")
@@ -42,6 +46,8 @@ def make_dataset(files: Sequence[str], specs: Sequence[FeatureSpec], batch_size:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     description = tf_feature_description(specs)
     ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=min(len(files), num_parallel_calls))
+    if shard is not None:
+        ds = ds.shard(shard[1], shard[0])
     if shuffle:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -49,7 +55,16 @@ def make_dataset(files: Sequence[str], specs: Sequence[FeatureSpec], batch_size:
     ds = ds.batch(batch_size, drop_remainder=False)
     ds = ds.map(lambda rec: tf.io.parse_example(rec, description), num_parallel_calls=num_parallel_calls,
                 deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds if shard is None else sharded_by_hand(ds)
+
+
+def sharded_by_hand(ds):
+    """``ds`` with tf.data's auto-sharding off: it already holds one replica's share
+    (a ``tf.distribute`` strategy must not shard it again)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)
 
 
 def files_size(files: Sequence[str]) -> int:
@@ -99,26 +114,54 @@ class InMemoryExamples:
         """int64 [N]: the row order of ``epoch`` (a permutation, fixed by ``(seed, epoch)``)."""
         return np.random.default_rng([int(seed), int(epoch)]).permutation(self.size).astype(np.int64)
 
-    def epoch_dataset(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True):
-        """One pass as batches ``{name: [B]}`` (the last one may be smaller)."""
+    def epoch_dataset(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                      parts: Optional[Sequence[int]] = None, n_parts: int = 1):
+        """One pass as batches ``{name: [B]}`` (the last one may be smaller).
+
+        ``parts`` / ``n_parts`` (multi-worker input, one worker's replicas): every global
+        batch of ``batch_size`` rows is cut into ``n_parts`` contiguous slices (sizes differ by
+        at most one row; the last batch's may be empty) and the dataset yields slices ``parts``
+        of batch 0, then of batch 1, ... Every worker holds all rows and draws the same seeded
+        permutation, so the replicas of one step together see exactly the global batch a
+        single process would, and every worker runs the same number of steps. Auto-sharding
+        is off (:func:`sharded_by_hand`).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         order = tf.constant(self.order(seed, epoch) if shuffle else np.arange(self.size, dtype=np.int64))
         columns = self.columns
         size, n_batches = self.size, -(-self.size // batch_size)
 
-        def batch(b):
+        def rows_of(b):
             start = b * batch_size
-            rows = order[start: tf.minimum(start + batch_size, size)]
+            return order[start: tf.minimum(start + batch_size, size)]
+
+        if parts is None:
+            def batch(b):
+                rows = rows_of(b)
+                return {name: tf.gather(values, rows) for name, values in columns.items()}
+
+            return tf.data.Dataset.range(n_batches).map(batch).prefetch(tf.data.AUTOTUNE)
+
+        if n_parts < 1 or not len(parts) or min(parts) < 0 or max(parts) >= n_parts:
+            raise ValueError(f"epoch_dataset: parts {list(parts)} out of range for n_parts={n_parts}")
+        local = tf.constant(list(parts), tf.int64)
+
+        def part(k):
+            rows = rows_of(k // len(parts))
+            p, n = local[k % len(parts)], tf.shape(rows, out_type=tf.int64)[0]
+            rows = rows[p * n // n_parts: (p + 1) * n // n_parts]
             return {name: tf.gather(values, rows) for name, values in columns.items()}
 
-        return tf.data.Dataset.range(n_batches).map(batch).prefetch(tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.range(n_batches * len(parts)).map(part).prefetch(tf.data.AUTOTUNE)
+        return sharded_by_hand(ds)
 
 
 def labelled_negatives_dataset(files: Sequence[str], specs: Sequence[FeatureSpec], batch_size: int, *,
-                               seed: int = 0, num_parallel_calls: int = 1):
+                               seed: int = 0, num_parallel_calls: int = 1, shard: Optional[tuple[int, int]] = None):
     """Endless shuffled batches of explicit label-0 pairs (``train_negatives-*.tfrecord``),
-    ``{name: [batch_size]}``, or None (with a printed note) when there are none."""
+    ``{name: [batch_size]}``, or None (with a printed note) when there are none.
+    ``shard``: one replica's share, as in :func:`make_dataset`."""
     n = count_records(files)
     if n == 0:
         print("[train] train.labelled_negative_weight > 0 but there are no labelled negatives "
@@ -127,7 +170,7 @@ def labelled_negatives_dataset(files: Sequence[str], specs: Sequence[FeatureSpec
     # Repeated: there are usually far fewer labelled negatives than positives, and every
     # positives batch needs a partner batch.
     return make_dataset(files, specs, batch_size, shuffle=True, seed=seed + 1, num_parallel_calls=num_parallel_calls,
-                        repeat=True)
+                        repeat=True, shard=shard)
 
 
 def with_labelled_negatives(positives, negatives):

@@ -6,7 +6,14 @@
   batch_size / replicas rows, so in-batch negatives are per replica.
 - ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy``; the cluster (KFP on
   Vertex AI / a TFJob) describes the workers in the ``TF_CONFIG`` environment variable.
-  Only the chief writes the real output folder (:func:`is_chief`).
+  Only the chief writes the real output folder (:func:`is_chief`); the other workers write
+  theirs (checkpoints, tensorboard, exports: every worker must save, the collectives need
+  it) to a temporary folder that is removed afterwards. Each replica gets its contiguous
+  slice of every global batch of ``train.batch_size`` rows (:func:`trainer.data.InMemoryExamples.epoch_dataset`),
+  so in-batch negatives are per replica; gradients are summed across replicas (TFRS's
+  summed loss, not scaled), i.e. the gradient of the global batch's summed loss. Collectives
+  time out after :data:`COLLECTIVE_TIMEOUT_SECONDS` (a lost worker fails the job instead of
+  hanging it), and the train function runs :data:`MULTI_WORKER_STEPS_PER_EXECUTION` step per call.
 
 Trainer-internal (imports TensorFlow at module import).
 """
@@ -22,6 +29,10 @@ from trainer.tfenv import import_tf
 tf = import_tf()
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
+
+#: A collective (gradient all-reduce, variable broadcast) that waits longer than this fails
+#: with DeadlineExceeded. Generous: the first one also waits for the slowest worker to start.
+COLLECTIVE_TIMEOUT_SECONDS = 1800.0
 
 
 def make_strategy(distribute: str, device: str = "auto"):
@@ -45,7 +56,28 @@ def make_strategy(distribute: str, device: str = "auto"):
         raise ValueError("train.distribute is 'multi_worker' but the TF_CONFIG environment variable is not "
                          "set: it is written by the cluster (Vertex AI / KFP custom job, TFJob) for each "
                          "worker; use train.distribute=none or mirrored on a single machine")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+#: Train steps per compiled call under multi_worker. MultiWorkerMirroredStrategy all-gathers
+#: the sparse (``tf.IndexedSlices``) embedding gradients, and inside Keras's multi-step loop
+#: (``steps_per_execution`` > 1, a ``tf.while_loop`` whose iterations may overlap) the gather
+#: of one step meets another step's on the other worker and fails whenever the workers'
+#: batches touch different numbers of rows ("Shape mismatch in the collective instance ...
+#: expected shape [26,8] but another member in the group expected shape [30,8]", TF 2.20,
+#: two CPU workers). One step per call keeps the cheap sparse all-gather (densifying the
+#: gradients instead would all-reduce whole tables every step); the Python round trip it adds
+#: (~2 ms) is small beside a step's cross-machine all-reduce.
+MULTI_WORKER_STEPS_PER_EXECUTION = 1
+
+
+def task_of(strategy) -> tuple[str, int]:
+    """``(task type, index)`` of this process in its cluster; ``("worker", 0)`` off a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not os.environ.get("TF_CONFIG") or resolver.task_type is None:
+        return "worker", 0
+    return str(resolver.task_type), int(resolver.task_id or 0)
 
 
 def device_scope(distribute: str, device: str):

@@ -11,6 +11,10 @@ Writes (see docs/ARCHITECTURE.md, "train"):
   n_train / seconds and n_train / cpu_seconds;
 - ``tensorboard/``: per-epoch scalars.
 
+``training.json`` also records ``distribute`` and ``num_replicas`` (the replicas in sync: 2
+for two single-device workers). Under a distributed strategy the logged loss is the sum over
+replicas (Keras's default reduction) of each replica's summed in-batch loss.
+
 After every epoch the validation recall@10 is computed against the whole catalog
 (each key's train items masked) for at most ``train.max_eval_queries`` validation keys:
 above that, a seeded sample of them (:func:`trainer.metrics.sample_keys`, seed
@@ -30,8 +34,10 @@ TensorFlow is imported inside the functions, so importing this module is cheap.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
 import statistics
 import tempfile
 import time
@@ -202,46 +208,90 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from trainer.metrics import embedding_retrieval_metrics
     from trainer.model import SamplingProbability, TwoTowerModel, make_optimizer
     from trainer.negatives import CatalogSampler
-    from trainer.strategy import device_scope, is_chief, make_strategy, set_determinism
+    from trainer.strategy import (MULTI_WORKER_STEPS_PER_EXECUTION, device_scope, is_chief, make_strategy,
+                                  set_determinism, task_of)
 
     t = config.train
     out_dir = out_dir.rstrip("/")
     set_determinism(t.deterministic)
     tf.keras.utils.set_random_seed(t.seed)
     strategy = make_strategy(t.distribute, t.device)
-    # Every multi-worker replica saves (the collectives need it), only the chief where it counts.
-    work_dir = out_dir if is_chief(strategy) else tempfile.mkdtemp(prefix="twotower-worker-")
+    multi_worker = t.distribute == "multi_worker"
+    chief = is_chief(strategy)
+    # Every multi-worker replica saves (the collectives need it), only the chief where it counts;
+    # the others write to a temporary folder (removed at the end), as TensorFlow's docs prescribe.
+    work_dir = out_dir if chief else tempfile.mkdtemp(prefix="twotower-worker-")
+    if not chief:  # also when training fails (removed at the end of a run that does not)
+        atexit.register(shutil.rmtree, work_dir, True)
     tf.io.gfile.makedirs(work_dir)
+    if multi_worker:
+        task_type, task_index = task_of(strategy)
+        print(f"[train] multi_worker: task {task_type}:{task_index}, "
+              f"{getattr(strategy.extended, '_num_workers', 1)} workers, "
+              f"{strategy.num_replicas_in_sync} replicas in sync, "
+              f"{'chief, writing ' + work_dir if chief else 'not the chief, writing a temporary ' + work_dir}, "
+              f"{MULTI_WORKER_STEPS_PER_EXECUTION} step(s) per train call (see trainer.strategy)",
+              flush=True)
 
     specs = interaction_specs(config.schema)
     train_files = artifacts.require_split_files(transformed_dir, "train")
     # A train split that fits in memory is parsed once; each epoch is then a fresh seeded
     # permutation of in-memory rows (no per-epoch parse, no shuffle buffer). Multi-worker
-    # input is sharded by tf.data's graph rewrite, so it keeps the streaming files.
-    in_memory = t.distribute != "multi_worker" and files_size(train_files) <= IN_MEMORY_MAX_BYTES
+    # input is sharded by hand (each replica its slice of every global batch, see
+    # multi_worker_input below), not by tf.data's auto-shard rewrite.
+    in_memory = files_size(train_files) <= IN_MEMORY_MAX_BYTES
     examples = (InMemoryExamples.from_files(train_files, specs, num_parallel_calls=t.num_workers)
                 if in_memory else None)
     n_train = examples.size if in_memory else count_records(train_files)
     if n_train == 0:
         raise ValueError(f"{transformed_dir}: the train split is empty")
-    streamed = None if in_memory else make_dataset(train_files, specs, t.batch_size, shuffle=True, seed=t.seed,
-                                                   num_parallel_calls=t.num_workers)
+    streamed = None if in_memory or multi_worker else make_dataset(
+        train_files, specs, t.batch_size, shuffle=True, seed=t.seed, num_parallel_calls=t.num_workers)
     negatives = None
-    if t.labelled_negative_weight > 0.0:
+    if t.labelled_negative_weight > 0.0 and not multi_worker:
         negatives = labelled_negatives_dataset(artifacts.split_files(transformed_dir, "train_negatives"), specs,
                                                t.batch_size, seed=t.seed, num_parallel_calls=t.num_workers)
 
     def positives_for(epoch: int):
         """Batches of train positives for 1-based ``epoch``."""
         if examples is None:
+            if streamed is None:  # multi_worker streams through multi_worker_input; this is for building
+                return make_dataset(train_files, specs, t.batch_size, shuffle=False, num_parallel_calls=t.num_workers)
             return streamed  # reshuffled by tf.data on every pass
         return examples.epoch_dataset(t.batch_size, seed=t.seed, epoch=epoch)
 
+    steps_per_epoch = _steps_per_epoch(n_train, t.batch_size)
+    negatives_files = (artifacts.split_files(transformed_dir, "train_negatives")
+                       if t.labelled_negative_weight > 0.0 else None)
+
+    def multi_worker_input(epoch: int, context):
+        """One worker's input (``distribute_datasets_from_function``): the slices of every
+        global batch that belong to its replicas, so a step's replicas together train on the
+        global batch of ``train.batch_size`` rows a single process would (the same seeded
+        order), and every worker runs ``steps_per_epoch`` steps (collectives need equal counts)."""
+        workers, worker = context.num_input_pipelines, context.input_pipeline_id
+        replicas = context.num_replicas_in_sync
+        local = replicas // workers
+        per_replica = -(-t.batch_size // replicas)
+        if examples is not None:
+            positives = examples.epoch_dataset(t.batch_size, seed=t.seed, epoch=epoch,
+                                               parts=range(worker * local, (worker + 1) * local), n_parts=replicas)
+        else:  # streamed: this worker's records, endless, cut to steps_per_epoch by fit
+            positives = make_dataset(train_files, specs, per_replica, shuffle=True, seed=t.seed + epoch,
+                                     num_parallel_calls=t.num_workers, repeat=True, shard=(worker, workers))
+        if negatives_files is None:
+            return positives
+        worker_negatives = labelled_negatives_dataset(negatives_files, specs, per_replica, seed=t.seed,
+                                                      num_parallel_calls=t.num_workers, shard=(worker, workers))
+        return positives if worker_negatives is None else with_labelled_negatives(positives, worker_negatives)
+
     def dataset_for(epoch: int):
+        if multi_worker:
+            return strategy.distribute_datasets_from_function(lambda context: multi_worker_input(epoch, context))
         positives = positives_for(epoch)
         return positives if negatives is None else with_labelled_negatives(positives, negatives)
 
-    total_steps = t.n_epochs * _steps_per_epoch(n_train, t.batch_size)
+    total_steps = t.n_epochs * steps_per_epoch
 
     catalog = load_catalog(config, transformed_dir)
     # Validation costs keys x items per epoch: a fixed seeded sample of the keys (0 = all).
@@ -262,12 +312,21 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
                               labelled_negative_weight=t.labelled_negative_weight,
                               dedupe_candidates=_item_tower_is_deterministic(config))
         optimizer = make_optimizer(config, total_steps)
-        model.compile(optimizer=optimizer, steps_per_execution=STEPS_PER_EXECUTION)
+        model.compile(optimizer=optimizer, steps_per_execution=(MULTI_WORKER_STEPS_PER_EXECUTION if multi_worker
+                                                                else STEPS_PER_EXECUTION))
     # The checkpoint's bookkeeping variables (epoch counter, loop state) are host-side
     # scalars, not replicated model state: created outside the strategy.
     checkpoint = TrainingCheckpoint(work_dir, model, optimizer)
     state = None
-    if t.resume and checkpoint.latest is not None:
+    # Multi-worker: every worker must resume from the same epoch (else their step counts differ
+    # and the collectives hang), but only the chief's folder holds the checkpoints, and a
+    # non-chief replica does not know where it is (components.runtime.run_stage hands it a
+    # temporary folder). So a multi-worker run starts from epoch 1, overwriting the checkpoints.
+    resume = t.resume and not multi_worker
+    if t.resume and multi_worker and checkpoint.latest is not None:
+        print(f"[train] train.resume: not resuming from {checkpoint.latest} under multi_worker (the other "
+              "workers cannot read the chief's checkpoints); training from epoch 1", flush=True)
+    if resume and checkpoint.latest is not None:
         with strategy.scope(), device_scope(t.distribute, t.device):
             _build_variables(model, next(iter(positives_for(1))))
         state = checkpoint.restore(snapshot=model.get_weights)
@@ -278,7 +337,9 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
 
         def train_epoch(epoch: int) -> float:
-            hist = model.fit(dataset_for(epoch), epochs=1, verbose=0)
+            # A distributed dataset, or streamed TFRecords, has no known cardinality, and with
+            # steps_per_execution > 1 fit needs the step count (it is exact for every input).
+            hist = model.fit(dataset_for(epoch), epochs=1, verbose=0, steps_per_epoch=steps_per_epoch)
             return hist.history["loss"][-1]
 
         def validate(epoch: int) -> Optional[float]:
@@ -334,7 +395,11 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "optimizer": t.optimizer, "lr": t.lr, "lr_schedule": t.lr_schedule, "warmup_steps": t.warmup_steps,
         "weight_decay": t.weight_decay, "batch_size": t.batch_size, "n_epochs": t.n_epochs,
         "temperature": t.temperature,
+        # Replicas that trained together (2 for two single-device workers), and how.
+        "distribute": t.distribute, "num_replicas": int(strategy.num_replicas_in_sync),
     }
     with tf.io.gfile.GFile(f"{work_dir}/training.json", "w") as fh:
         fh.write(json.dumps(summary, indent=2))
+    if not chief:
+        shutil.rmtree(work_dir, ignore_errors=True)
     return summary
