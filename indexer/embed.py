@@ -29,6 +29,7 @@ from core.beam import make_pipeline
 from core.config import Config
 from core.queries import first_split_with_queries
 from core.records import ITEM_KEY, decode_example, item_specs
+from core.sampling import ranked_order
 from indexer.embeddings import EVAL, TUNE, load_embeddings, write_embeddings, write_query_embeddings
 
 ITEMS_PATTERN = "items-*.tfrecord"
@@ -140,7 +141,8 @@ def split_sample_sizes(available: int, n_tune: int, n_eval: int) -> tuple[int, i
 def embed_queries(config: Config, transformed_dir: str, model_dir: str, out_dir: str) -> dict:
     """Sample real queries, embed them with ``model_dir/query_tower``, write ``query_embeddings.parquet``.
 
-    The sample is seeded (:data:`QUERY_SAMPLE_SEED`): ``index.tune_queries`` rows with purpose
+    The sample is seeded (:data:`QUERY_SAMPLE_SEED`, :func:`core.sampling.ranked_order`, the sampler
+    evaluation uses): ``index.tune_queries`` rows with purpose
     "tune" and a disjoint ``index.eval_queries`` with purpose "eval", each in first-seen order.
     Returns:
         {"query_split" (the split read, or None), "n_tune_queries", "n_eval_queries",
@@ -153,7 +155,7 @@ def embed_queries(config: Config, transformed_dir: str, model_dir: str, out_dir:
         return {"query_split": None, "n_tune_queries": 0, "n_eval_queries": 0, "query_seconds": 0.0,
                 "dims": None}
     n_tune, n_eval = split_sample_sizes(len(keys), config.index.tune_queries, config.index.eval_queries)
-    order = np.random.default_rng(QUERY_SAMPLE_SEED).permutation(len(keys))
+    order = ranked_order(keys, QUERY_SAMPLE_SEED)  # evaluation's sampler (core.sampling)
     tune_rows, eval_rows = np.sort(order[:n_tune]), np.sort(order[n_tune:n_tune + n_eval])
     rows = np.concatenate([tune_rows, eval_rows])
 

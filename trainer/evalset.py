@@ -13,7 +13,7 @@ counts); it drives the popularity baseline and the head / torso / tail / cold sl
 
 Scoring every key against the whole catalog costs keys x items; above ``max_queries``
 keys a seeded uniform sample of them is scored instead
-(:func:`trainer.metrics.sample_keys`, the one definition both test evaluation and
+(:func:`core.sampling.sample_keys`, the one definition both test evaluation and
 per-epoch validation use).
 
 Trainer-internal (imports TensorFlow through :mod:`trainer.data`).
@@ -31,10 +31,11 @@ import numpy as np
 from core import storage
 from core.config import Config
 from core.records import ITEM_KEY, interaction_specs, item_specs
+from core.sampling import sample_keys
 from core.text import normalize_text
 from trainer import artifacts
 from trainer.data import read_columns
-from trainer.metrics import item_slices, sample_keys
+from trainer.metrics import item_slices
 
 
 @dataclass
@@ -118,7 +119,7 @@ def load_queries(config: Config, transformed_dir: str, split: str, mask_splits: 
 
     Keys whose relevant items are all outside the catalog are dropped. With
     ``max_queries`` set (not None or 0) and more eligible keys than that, the
-    :func:`trainer.metrics.sample_keys` sample of them is kept (in first-seen order)
+    :func:`core.sampling.sample_keys` sample of them is kept (in first-seen order)
     and ``n_total`` says how many there were.
 
     Raises:

@@ -16,7 +16,7 @@ from ``vocab/item_id.tsv``) under the same protocol:
 
 Cost is keys x items (every key against the whole catalog). Above
 ``evaluate.max_queries`` test keys, a seeded uniform sample of that many keys is scored
-(:func:`trainer.metrics.sample_keys`, seed ``evaluate.seed``: the same keys for the same
+(:func:`core.sampling.sample_keys`, seed ``evaluate.seed``: the same keys for the same
 data in every run), and the model, the popularity baseline and the live version are all
 scored on that one sample, so their comparison is like with like. Every metric then
 carries a 95% interval over the choice of keys, and every comparison a paired one

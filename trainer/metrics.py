@@ -32,7 +32,7 @@ never Q x N.
 
 Sampled queries (:func:`query_contributions`, :func:`ratio_interval`): every metric is
 ``sum(values) / sum(weights)`` over queries, with one value and one weight per query, so
-a uniform sample of queries (drawn without replacement, :func:`sample_keys`)
+a uniform sample of queries (drawn without replacement, :func:`core.sampling.sample_keys`)
 estimates the all-query metric by the same ratio over the sample, and its 95% interval
 follows from the per-query values (normal approximation of the ratio estimator, with the
 finite population correction: the interval is about which queries were drawn, and has
@@ -42,11 +42,11 @@ sampled queries) is the same ratio over the per-query differences.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
+
 
 #: Bound on the dense score block held at once (floats): 16M float32 = 64 MB
 #: (argpartition adds an int64 index array of the same shape: 192 MB per block in all).
@@ -367,39 +367,6 @@ def embedding_retrieval_metrics(query_embeddings, item_embeddings, relevant: Seq
 
 
 # --------------------------------------------------------------------------- sampled queries
-
-
-def _key_rank(seed: int, key: str) -> int:
-    """A stable 64-bit pseudo-random number for (seed, key): keyed BLAKE2b, the same on every
-    machine and Python process (unlike ``hash()``, which is salted per process)."""
-    digest = hashlib.blake2b(str(key).encode("utf-8"), digest_size=8, key=str(int(seed)).encode("ascii"))
-    return int.from_bytes(digest.digest(), "big")
-
-
-def sample_keys(keys: Sequence[str], max_queries: Optional[int], seed: int) -> list[str]:
-    """A seeded uniform sample of at most ``max_queries`` of ``keys``, in their given order.
-
-    The keys kept are the ``max_queries`` with the smallest :func:`_key_rank` (seed, key).
-    So the sample depends only on the set of keys and the seed, not on their order, the
-    process or the run: the candidate, the popularity baseline, the live version and the
-    next run all score the same keys of the same split; a larger ``max_queries`` keeps a
-    superset; and, the hash behaving as a random function of (seed, key), every subset of
-    that size is equally likely (a uniform draw without replacement). Cost: one hash per key
-    (about 1 s per million keys).
-
-    Args:
-        keys: distinct keys.
-        max_queries: the most to keep; None or 0 = all.
-    Returns:
-        The kept keys (all of them when there are at most ``max_queries``).
-    """
-    keys = list(keys)
-    if not max_queries or len(keys) <= max_queries:
-        return keys
-    ranks = np.fromiter((_key_rank(seed, k) for k in keys), dtype=np.uint64, count=len(keys))
-    # Two keys sharing a 64-bit rank (p ~ n^2 / 2^65) would be ordered by position.
-    chosen = np.sort(np.argsort(ranks, kind="stable")[:max_queries])
-    return [keys[i] for i in chosen]
 
 
 # --------------------------------------------------------------------------- item slices

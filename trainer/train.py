@@ -17,7 +17,7 @@ replicas (Keras's default reduction) of each replica's summed in-batch loss.
 
 After every epoch the validation recall@10 is computed against the whole catalog
 (each key's train items masked) for at most ``train.max_eval_queries`` validation keys:
-above that, a seeded sample of them (:func:`trainer.metrics.sample_keys`, seed
+above that, a seeded sample of them (:func:`core.sampling.sample_keys`, seed
 ``train.seed``), the same keys every epoch, so epochs are compared on the same queries;
 training stops after ``train.patience`` epochs without improvement and the best epoch's
 weights are restored before export. Without a valid split there is no early stopping

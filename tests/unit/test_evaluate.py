@@ -213,7 +213,7 @@ def test_summary_threads_slices_and_keeps_existing_keys():
 
 
 def test_sample_keys_is_seeded_stable_and_uniform():
-    from trainer.metrics import sample_keys
+    from core.sampling import sample_keys
 
     keys = [f"user-{i}" for i in range(20)]
     got = sample_keys(keys, 5, seed=7)
@@ -232,7 +232,7 @@ def test_sample_keys_is_seeded_stable_and_uniform():
 
 
 def _sampled_users(n: int, seed: int = 0) -> set[int]:
-    from trainer.metrics import sample_keys
+    from core.sampling import sample_keys
 
     return {int(k) for k in sample_keys([str(u) for u in range(N_USERS)], n, seed)}
 
@@ -282,7 +282,7 @@ def test_max_queries_at_or_above_the_keys_is_the_exact_evaluation_bit_for_bit(se
 def test_load_queries_keeps_the_sample_keys_sample(setup):
     """The one sampling definition behind evaluate.max_queries and train.max_eval_queries."""
     from trainer.evalset import load_catalog, load_queries
-    from trainer.metrics import sample_keys
+    from core.sampling import sample_keys
 
     config = make_config(setup["tmp"])
     catalog = load_catalog(config, setup["folder"])

@@ -337,7 +337,7 @@ def test_sampled_live_comparison_uses_the_candidates_keys(world):
     the paired difference is candidate minus live on them; the gate follows its noise rule."""
     from indexer.gate import decide
     from trainer.evaluate import evaluate_model
-    from trainer.metrics import sample_keys
+    from core.sampling import sample_keys
 
     config = world["config"].with_overrides({"evaluate.max_queries": 6})
     users = {int(k) for k in sample_keys([str(u) for u in range(12)], 6, config.evaluate.seed)}

@@ -238,7 +238,7 @@ def test_ratio_interval_covers_the_population_value(per):
     """A known population of 1,000 queries (hand-made recalls; per interaction 1-4 pairs each):
     the 95% interval from a sample_keys sample of 100 brackets the all-query value in about
     95% of 300 seeds, and at full size it is the exact value."""
-    from trainer.metrics import sample_keys
+    from core.sampling import sample_keys
 
     rng = np.random.default_rng(5)
     n_pop = 1000
