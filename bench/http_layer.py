@@ -46,13 +46,11 @@ processes after their window, slow sockets at the end of their cell, both server
 from __future__ import annotations
 
 import argparse
-import http.client
+import functools
 import importlib.util
 import json
-import multiprocessing as mp
 import os
 import platform
-import random
 import re
 import select
 import shutil
@@ -246,53 +244,8 @@ def log_facts(path: str) -> dict:
 
 
 # -- clients ---------------------------------------------------------------------------------------
-def close_client(worker: int, port: int, users: int, k: int, seconds: float, seed: int, barrier, results) -> None:
-    """bench/serve.py's ``client`` with a new TCP connection per request (``Connection: close``).
-
-    Same request mix and seed, same result dict; the time of a request includes its connect.
-    """
-    rng = random.Random(seed * 1000 + worker)
-    headers = {"Content-Type": "application/json", "Connection": "close"}
-
-    def one() -> str | None:
-        body = json.dumps({"user_id": f"u{rng.randrange(users)}", "k": k}).encode()
-        conn = http.client.HTTPConnection(HOST, port, timeout=30)
-        try:
-            conn.request("POST", "/v1/retrieve", body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        if resp.status != 200:
-            return f"HTTP {resp.status}: {data[:200]!r}"
-        n = len(json.loads(data)["items"])
-        return None if n == k else f"{n} items, expected {k}"
-
-    first_error = None
-    try:
-        warm = one()
-        first_error = f"warm-up: {warm}" if warm else None
-    except Exception as exc:
-        first_error = f"warm-up: {type(exc).__name__}: {exc}"
-    try:
-        barrier.wait(timeout=120)
-    except Exception as exc:
-        first_error = first_error or f"barrier: {type(exc).__name__}"
-    lat, errors = [], 0
-    start = last = time.perf_counter()
-    while (t := time.perf_counter()) < start + seconds:
-        try:
-            problem = one()
-        except Exception as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        last = time.perf_counter()
-        if problem:
-            errors += 1
-            first_error = first_error or problem
-        else:
-            lat.append(last - t)
-    results.put({"worker": worker, "latencies": lat, "errors": errors, "first_error": first_error,
-                 "elapsed": last - start})
+#: bench/serve.py's client with a new TCP connection per request (picklable for spawned processes).
+close_client = functools.partial(bench_serve.client, close_each=True)
 
 
 def run_clients(target, port: int, clients: int, users: int, k: int, seconds: float, seed: int) -> dict:
@@ -555,7 +508,10 @@ def start_servers(store: str, work: str, args, log) -> dict:
             os.makedirs(sub, exist_ok=True)
             t = time.monotonic()
             if name == "stdlib":
-                proc, port, _, err = bench_serve.start_server(store, sub, args.ready_timeout, log)
+                # --max-batch 1: the aiohttp app calls QueryService without its coalescer, so both
+                # servers answer each request alone and only the HTTP layers differ.
+                proc, port, _, err = bench_serve.start_server(store, sub, args.ready_timeout, log,
+                                                              ("--max-batch", "1"))
             else:
                 proc, port = start_aiohttp(store, sub, args.ready_timeout)
                 err = os.path.join(sub, "serve.stderr")

@@ -321,20 +321,29 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 # -- the clients ---------------------------------------------------------------------------------
-def client(worker: int, port: int, users: int, k: int, seconds: float, seed: int, barrier, results) -> None:
-    """One client process: persistent connection, warm-up, barrier, then requests for ``seconds``."""
+def client(worker: int, port: int, users: int, k: int, seconds: float, seed: int, barrier, results,
+           close_each: bool = False) -> None:
+    """One client process: persistent connection, warm-up, barrier, then requests for ``seconds``.
+
+    ``close_each``: a new TCP connection per request (``Connection: close``) instead; a request's
+    time then includes its connect.
+    """
     rng = random.Random(seed * 1000 + worker)
     lat: list[float] = []
     errors = 0
     first_error = None
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **({"Connection": "close"} if close_each else {})}
 
     def one() -> str | None:
         body = json.dumps({"user_id": f"u{rng.randrange(users)}", "k": k}).encode()
-        conn.request("POST", "/v1/retrieve", body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
+        try:
+            conn.request("POST", "/v1/retrieve", body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            if close_each:
+                conn.close()  # http.client opens a new connection for the next request
         if resp.status != 200:
             return f"HTTP {resp.status}: {data[:200]!r}"
         n = len(json.loads(data)["items"])
