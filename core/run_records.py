@@ -25,7 +25,6 @@ and leave one valid ``run.json``.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -39,6 +38,8 @@ from core.summary import RUN_FILE, dumps
 
 #: Beside run.json: the lock file every read-modify-write of it holds (never deleted).
 LOCK_SUFFIX = ".lock"
+#: How long a writer of run.json waits for another one (each holds it for one read + write).
+RUN_FILE_LOCK_SECONDS = 60.0
 
 
 # -- the store's record of a run ----------------------------------------------------------------
@@ -223,9 +224,10 @@ def update_run_file(path: str, change: Callable[[Optional[dict]], Optional[dict]
         What was written, or None when nothing was.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path + LOCK_SUFFIX, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held for one small read and write; dropped if we die
+    # The store's lock primitive (a kernel flock here): held for one small read and write,
+    # dropped if we die.
+    with storage.exclusive_lock(path + LOCK_SUFFIX, timeout_seconds=RUN_FILE_LOCK_SECONDS,
+                                lease_seconds=RUN_FILE_LOCK_SECONDS, purpose="run.json update"):
         try:
             with open(path, encoding="utf-8") as fh:
                 current = json.load(fh)
@@ -237,8 +239,6 @@ def update_run_file(path: str, change: Callable[[Optional[dict]], Optional[dict]
         if new is not None:
             storage.write_text(path, dumps(new))
         return new
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def close_dead_run(run_dir: str) -> Optional[dict]:
