@@ -16,6 +16,24 @@ Output (``out_dir``, see docs/ARCHITECTURE.md "ingest"): ``interactions.parquet`
 Validation is vectorised with pandas: each check yields a boolean mask over the rows, and
 only the (few) rejected rows are touched one by one to write their dead letters.
 
+Memory: ``items.*`` and ``users.*`` are read whole (they are keyed: duplicates are found over
+the whole table). ``interactions.*`` is streamed in chunks of :data:`INGEST_CHUNK_ROWS` records
+(parquet: ``ParquetFile.iter_batches``; csv/jsonl: their line readers, cut every N data rows,
+good or bad), so peak memory is O(chunk + items), not O(file). Each chunk is validated by the
+same code a whole file is, its clean rows appended to ``interactions.parquet`` as one row group
+(``ParquetWriter``; the first written chunk fixes the schema, later ones are cast to it) and
+its dead letters appended in row order; row numbers stay 1-based rows of the whole file.
+What is decided per file stays per file: duplicate column names and missing required columns
+(from the header / parquet schema; for jsonl the union of the keys of all kept rows, as a
+whole-file read has: a key first seen after a chunk was validated makes the file be read once
+more just for its keys, then validated again with every column known from the start), an
+empty file and a file without a valid row (after the last chunk). The timestamp-unit refusal below
+is decided on the first chunk holding a whole-number timestamp (up to INGEST_CHUNK_ROWS rows,
+a bounded sample of the file). One thing is per chunk: pandas infers a column's dtype from the
+values it reads, so where a whole-file read would have mixed kinds (a float id column with one
+fractional value, a jsonl column of numbers and strings, a parquet bool column with nulls), a
+chunk without the odd values reads its cells as if the column were uniform (``7.0`` -> "7").
+
 What is refused, and how (every error is an :class:`IngestError` naming the file as the user
 knows it, and the row/line/column when known; a fault confined to one row is a dead letter):
 
@@ -54,6 +72,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -61,6 +80,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa  # pandas' parquet engine, a dependency already
+import pyarrow.compute as pc
 
 from core import storage
 from core.config import Config, FeatureSpec
@@ -74,6 +95,9 @@ USER_KEY = "user_id"
 LABEL, RATING, TIMESTAMP = "label", "rating", "timestamp"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 STATS_FILE = "ingest_stats.json"
+#: Records (data rows, good and bad) per chunk of the streamed interactions table: bounds what
+#: one chunk holds at once (its raw cells, the validated frame and its arrow copy).
+INGEST_CHUNK_ROWS = 1_000_000
 #: How many dead-letter reasons a threshold error quotes.
 _REASONS_IN_ERROR = 5
 #: Longest physical line of a csv/jsonl file, in bytes; a longer one is skipped without being
@@ -102,19 +126,29 @@ class IngestError(ValueError):
     """The input cannot be ingested; the message names the file (and row/field when known)."""
 
 
+class _LateColumns(Exception):
+    """A jsonl chunk brought keys no earlier chunk had: the earlier chunks were validated
+    without those columns, so the file is validated again with all of them (internal)."""
+
+
 @dataclass
 class _Table:
-    """One validated table: clean rows, dead letters and counts."""
+    """One validated table: clean rows, dead letters and counts.
+
+    A table read whole holds its clean rows in ``frame`` and every dead letter in ``dead``; a
+    streamed one (interactions) has them in local files instead (``parquet``, ``dead_file``)
+    and keeps only the first :data:`_REASONS_IN_ERROR` dead letters in ``dead``.
+    """
 
     name: str
     path: str  # as the user knows it (local path or gs:// URL)
-    frame: pd.DataFrame  # clean rows only
     rows: int  # data rows read (bad included)
-    dead: list[dict] = field(default_factory=list)
-
-    @property
-    def bad(self) -> int:
-        return len(self.dead)
+    ok: int  # clean rows
+    bad: int  # dead letters
+    dead: list[dict] = field(default_factory=list)  # in row order
+    frame: Optional[pd.DataFrame] = None  # clean rows (read whole)
+    parquet: Optional[str] = None  # local parquet of the clean rows (streamed)
+    dead_file: Optional[str] = None  # local jsonl of all dead letters, one per line (streamed)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -149,7 +183,7 @@ def ingest(config: Config, out_dir: str, data_date: Optional[str] = None, expect
             raise IngestError(f"{config.data.path}: input fingerprint {fingerprint[:12]} differs from "
                               f"{expected_fingerprint[:12]}, the one the run was launched with: the data "
                               "changed after the run was scheduled; launch a new run to use it")
-        tables = _validate_all(config, files, local_in, config.data.path)
+        tables = _validate_all(config, files, local_in, config.data.path, work_dir=tmp)
         with _staging(out_dir, tmp) as stage:
             stats = _write_outputs(stage, tables, fingerprint, data_date)
             _check_thresholds(tables, config.data.max_bad_fraction)
@@ -243,7 +277,7 @@ def _staging(out_dir: str, tmp: str) -> Iterator[str]:
 
 
 def read_raw(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
-    """Read one file without type coercion.
+    """Read one whole file without type coercion (one chunk of :func:`_read_chunks`).
 
     Returns:
         (frame, row_numbers, dead): ``frame`` has one row per structurally valid record
@@ -256,28 +290,53 @@ def read_raw(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]
         IngestError: the file is empty, unreadable, has duplicate column names, no valid
             row, or a structural fault (bad header, unclosed csv quote).
     """
+    ((frame, rows, dead),) = _read_chunks(path, shown, chunk_rows=None)
+    if len(frame) + len(dead) == 0:
+        raise IngestError(f"{shown}: empty input file (no data rows)")
+    if len(frame) == 0:
+        raise IngestError(_no_valid_rows(shown, len(dead), sorted(dead, key=lambda d: d["row"])))
+    return frame, rows, dead
+
+
+def _read_chunks(path: str, shown: str, chunk_rows: Optional[int],
+                 columns: Optional[list[str]] = None) -> Iterator[tuple[pd.DataFrame, list[int], list[dict]]]:
+    """Read one file in chunks of ``chunk_rows`` records (None: the whole file as one chunk).
+
+    Yields:
+        ``(frame, row_numbers, dead)`` per chunk, as :func:`read_raw` returns for a whole
+        file: row numbers are 1-based data rows of the whole file, and the records of one
+        chunk follow those of the one before. At least one chunk is yielded (it may be empty);
+        the file-level "no data rows" / "no valid rows" checks are the caller's.
+
+    Args:
+        columns: jsonl only: every (raw) key of the file's kept rows, in first-seen order,
+            when known; None: learnt as the chunks come, and a key that turns up after a chunk
+            with rows raises :class:`_LateColumns`.
+
+    Raises:
+        IngestError: the file is empty (0 bytes), unreadable, has duplicate column names or a
+            structural fault (bad header, unclosed csv quote).
+    """
     ext = path.rsplit(".", 1)[-1]
     try:
         if os.path.getsize(path) == 0:
             raise IngestError(f"{shown}: empty input file")
         if ext == "csv":
-            frame, rows, dead = _read_csv(path, shown)
+            chunks = _read_csv(path, shown, chunk_rows)
         elif ext == "jsonl":
-            frame, rows, dead = _read_jsonl(path, shown)
+            chunks = _read_jsonl(path, shown, chunk_rows, columns)
         else:
-            frame, rows, dead = _read_parquet(path, shown)
+            chunks = _read_parquet(path, shown, chunk_rows)
+        for frame, rows, dead in chunks:
+            frame.columns = [str(c).strip() for c in frame.columns]
+            # Every chunk has the file's columns (csv header, parquet schema, jsonl keys so far).
+            _refuse_duplicate_columns(list(frame.columns), shown)
+            if ext != "csv":  # csv cells are str by construction; their bad bytes were found per line
+                # jsonl NULs were found per line (a NUL byte or a \u0000 escape); parquet's are scanned.
+                frame, rows, dead = _check_cells(frame, rows, dead, shown, scan_nul=ext == "parquet")
+            yield frame.reset_index(drop=True), rows, dead
     except OSError as exc:
         raise IngestError(f"{shown}: cannot be read: {exc.strerror or exc}") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
-    _refuse_duplicate_columns(list(frame.columns), shown)
-    if ext != "csv":  # csv cells are str by construction; their bad bytes were found per line
-        # jsonl NULs were found per line (a NUL byte or a \u0000 escape); parquet's are scanned.
-        frame, rows, dead = _check_cells(frame, rows, dead, shown, scan_nul=ext == "parquet")
-    if len(frame) + len(dead) == 0:
-        raise IngestError(f"{shown}: empty input file (no data rows)")
-    if len(frame) == 0:
-        raise IngestError(_no_valid_rows(shown, len(dead), sorted(dead, key=lambda d: d["row"])))
-    return frame.reset_index(drop=True), rows, dead
 
 
 def _refuse_duplicate_columns(columns: list[str], shown: str) -> None:
@@ -379,7 +438,9 @@ def _csv_field_limit(limit: int) -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
-def _read_csv(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
+def _read_csv(path: str, shown: str,
+              chunk_rows: Optional[int]) -> Iterator[tuple[pd.DataFrame, list[int], list[dict]]]:
+    """csv -> chunks of ``chunk_rows`` data rows (None: one chunk) of str cells (see read_raw)."""
     lines = _Lines(path, shown, newline="")
     # strict: junk after a closing quote and a quote still open at the end of the file raise,
     # so an unclosed quote shows instead of silently reading the rows after it into one field.
@@ -388,8 +449,13 @@ def _read_csv(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict
     header: Optional[list[str]] = None
     keep, rows, dead = [], [], []
     n = 0  # data rows so far (blank lines are not rows)
+    cut = 0  # data rows in the chunks yielded so far
     with _csv_field_limit(MAX_FIELD_CHARS):
         while True:
+            if chunk_rows and n - cut >= chunk_rows:
+                yield pd.DataFrame(keep, columns=header, dtype=object), rows, dead
+                keep, rows, dead, cut = [], [], [], n
+                del flaws[:]  # all of lines before the next record: no later record asks for them
             first = reader.line_num + 1
             try:
                 rec = next(reader)
@@ -427,7 +493,8 @@ def _read_csv(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict
             rows.append(n)
     if header is None:
         raise IngestError(f"{shown}: empty input file")
-    return pd.DataFrame(keep, columns=header, dtype=object), rows, dead
+    if n > cut or cut == 0:
+        yield pd.DataFrame(keep, columns=header, dtype=object), rows, dead
 
 
 def _broken_csv_record(shown: str, n: int, first: int, last: int, exc: csv.Error, line: str,
@@ -494,11 +561,21 @@ def _check_multiline_record(shown: str, n: int, first: int, last: int, rec: list
         line += len(parts) - 1
 
 
-def _read_jsonl(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
+def _read_jsonl(path: str, shown: str, chunk_rows: Optional[int],
+                columns: Optional[list[str]] = None) -> Iterator[tuple[pd.DataFrame, list[int], list[dict]]]:
+    """jsonl -> chunks of ``chunk_rows`` records (None: one chunk), each framed with every key
+    seen so far (``columns`` first when given; see :func:`_read_chunks`)."""
     lines = _Lines(path, shown, newline="\n")  # JSON Lines end at "\n" only
     flaws = lines.flaws
     keep, rows, dead = [], [], []
+    seen = dict.fromkeys(columns or ())  # raw keys of kept rows, first seen first
+    state = {"seen": seen, "learn": columns is None, "framed": False}
+    cut = False  # a chunk was yielded
     for n, line in enumerate(lines, start=1):
+        if chunk_rows and len(keep) + len(dead) >= chunk_rows:
+            yield _jsonl_frame(keep, state), rows, dead
+            keep, rows, dead, cut = [], [], [], True
+            del flaws[:]  # all of lines before this one: no later record asks for them
         if flaws and flaws[-1][0] == n:
             dead.append(_dead(shown, n, _jsonl_bad_field(line) or "*", lines.reasons(n),
                               {"line": _printable(_clip(line.rstrip("\n")))}))
@@ -525,8 +602,35 @@ def _read_jsonl(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[di
                 continue
         keep.append(obj)
         rows.append(n)
+    if keep or dead or not cut:
+        yield _jsonl_frame(keep, state), rows, dead
+
+
+def _jsonl_frame(keep: list[dict], state: dict) -> pd.DataFrame:
+    """The kept objects of one chunk as a frame with every column of the file so far.
+
+    A whole-file read makes a column of every key any kept row has (NaN where a row lacks
+    it); a chunk is given the same columns. A key that first turns up after a chunk with rows
+    was framed raises :class:`_LateColumns` while the columns are being learnt.
+    """
     frame = pd.DataFrame.from_records(keep) if keep else pd.DataFrame()
-    return frame, rows, dead
+    seen = state["seen"]
+    new = [c for c in frame.columns if c not in seen]
+    if new and state["framed"] and state["learn"]:
+        raise _LateColumns(new)
+    seen.update(dict.fromkeys(new))
+    state["framed"] = state["framed"] or bool(keep)
+    if list(frame.columns) != list(seen):
+        frame = frame.reindex(columns=list(seen))
+    return frame
+
+
+def _jsonl_columns(path: str, shown: str) -> list[str]:
+    """Every raw key of a jsonl file's kept rows, first seen first (a read of the whole file)."""
+    columns: list[str] = []
+    for frame, _, _ in _read_jsonl(path, shown, INGEST_CHUNK_ROWS, columns=[]):
+        columns = list(frame.columns)  # each chunk has all the keys so far
+    return columns
 
 
 def _bad_json_value(obj: dict) -> Optional[tuple[str, str]]:
@@ -561,8 +665,11 @@ def _bad_char_reason(text: str) -> str:
     return f"holds a lone surrogate \\u{ord(char):04x}, which is not text (cannot be written as UTF-8)"
 
 
-def _read_parquet(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[dict]]:
-    import pyarrow.parquet as pq  # pandas' parquet engine; imported when a parquet file is read
+def _read_parquet(path: str, shown: str,
+                  chunk_rows: Optional[int]) -> Iterator[tuple[pd.DataFrame, list[int], list[dict]]]:
+    """parquet -> chunks of ``chunk_rows`` rows (None: one chunk) converted as pd.read_parquet
+    converts a whole file (the pandas metadata's index is restored, then dropped by the caller)."""
+    import pyarrow.parquet as pq  # imported when a parquet file is read
 
     try:
         # Duplicate names make pandas' reader fail with an arrow message that names neither.
@@ -570,11 +677,25 @@ def _read_parquet(path: str, shown: str) -> tuple[pd.DataFrame, list[int], list[
     except Exception as exc:  # pyarrow raises several types; re-raise with the file name
         raise IngestError(f"{shown}: not a readable parquet file: {exc}") from exc
     _refuse_duplicate_columns([str(c).strip() for c in names], shown)
+    if not chunk_rows:
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types; re-raise with the file name
+            raise IngestError(f"{shown}: not a readable parquet file: {exc}") from exc
+        yield frame, list(range(1, len(frame) + 1)), []
+        return
+    done = 0  # rows in the chunks yielded so far
     try:
-        frame = pd.read_parquet(path)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            if batch.num_rows:
+                # Through a Table, as pd.read_parquet converts: its pandas metadata applies.
+                frame = pa.Table.from_batches([batch]).to_pandas()
+                yield frame, list(range(done + 1, done + len(frame) + 1)), []
+                done += len(frame)
+        if done == 0:  # no rows: one empty chunk with the file's columns
+            yield pq.read_schema(path).empty_table().to_pandas(), [], []
     except Exception as exc:  # pyarrow raises several types; re-raise with the file name
         raise IngestError(f"{shown}: not a readable parquet file: {exc}") from exc
-    return frame, list(range(1, len(frame) + 1)), []
 
 
 #: ``infer_dtype`` kinds whose cells are all plain scalars: nothing to look at cell by cell.
@@ -752,7 +873,9 @@ def _require_columns(frame: pd.DataFrame, required: list[str], shown: str) -> No
 # --------------------------------------------------------------------------- tables
 
 
-def _validate_all(config: Config, files: dict[str, str], local_root: str, shown_root: str) -> dict[str, _Table]:
+def _validate_all(config: Config, files: dict[str, str], local_root: str, shown_root: str,
+                  work_dir: str) -> dict[str, _Table]:
+    """Validate every table; the streamed interactions' outputs are written under ``work_dir``."""
     schema = config.schema
     shown = {t: storage.join(shown_root, os.path.relpath(p, local_root)) for t, p in files.items()}
     tables: dict[str, _Table] = {}
@@ -763,9 +886,9 @@ def _validate_all(config: Config, files: dict[str, str], local_root: str, shown_
             raise IngestError(f"{storage.join(shown_root, 'users.*')}: not found, but the schema declares "
                               f"user features {[f.name for f in schema.user_features]}")
         tables["users"] = _validate_users(files["users"], shown["users"], config)
-    known_items = set(tables["items"].frame[ITEM_KEY])
+    known_items = _text_array(tables["items"].frame[ITEM_KEY])
     tables["interactions"] = _validate_interactions(files["interactions"], shown["interactions"],
-                                                    config, known_items)
+                                                    config, known_items, work_dir)
     return tables
 
 
@@ -795,20 +918,92 @@ def _validate_keyed_table(path: str, shown: str, table: str, key: str, specs,
         if name not in out and name in frame.columns:
             out[name] = _as_text(frame[name]).fillna("")
     _flag_duplicates(chk, out[key], key)
-    return _finish(chk, out, table, shown, len(rows) + len(dead), dead)
+    n_rows = len(rows) + len(dead)
+    clean, dead = _finish(chk, out, dead)
+    if clean.empty:
+        raise IngestError(_no_valid_rows(shown, n_rows, dead))
+    return _Table(name=table, path=shown, rows=n_rows, ok=len(clean), bad=len(dead), dead=dead, frame=clean)
 
 
-def _validate_interactions(path: str, shown: str, config: Config, known_items: set[str]) -> _Table:
-    """interactions.*: key + item_id required; label/rating/timestamp typed when present.
+def _validate_interactions(path: str, shown: str, config: Config, known_items: "pa.Array",
+                           work_dir: str) -> _Table:
+    """interactions.*, streamed in chunks of INGEST_CHUNK_ROWS records (see the module docstring).
 
-    For non-user keys (search queries) the other query features, if any, are interaction
-    columns too (there is no users.* to look them up in).
+    Writes ``work_dir``/interactions.parquet (the clean rows, one row group per chunk with
+    clean rows) and ``work_dir``/interactions.dead_letter.jsonl (every dead letter, in row order).
+
+    Raises:
+        IngestError: as :func:`read_raw` and :func:`_check_interactions` do; the "empty" and
+            "no valid rows" errors only after the last chunk.
+    """
+    columns = None
+    while True:
+        try:
+            return _stream_interactions(path, shown, config, known_items, work_dir, columns)
+        except _LateColumns:  # jsonl only: read the keys, then validate again knowing them all
+            columns = _jsonl_columns(path, shown)
+
+
+def _stream_interactions(path: str, shown: str, config: Config, known_items: "pa.Array",
+                         work_dir: str, columns: Optional[list[str]]) -> _Table:
+    """One pass of :func:`_validate_interactions` over the file (``columns``: see _read_chunks)."""
+    import pyarrow.parquet as pq
+
+    schema = config.schema
+    extra = [] if schema.query_key == USER_KEY else schema.user_features
+    required = [schema.query_key, ITEM_KEY, *[f.name for f in extra]]
+    parquet_path = os.path.join(work_dir, "interactions.parquet")
+    dead_path = os.path.join(work_dir, "interactions." + DEAD_LETTER_FILE)
+    rows = ok = bad = 0
+    first_dead: list[dict] = []  # what the errors quote
+    unit = {"decided": False}  # the timestamp-unit check is made on one chunk (the first with any)
+    writer = None
+    columns_checked = False
+    try:
+        with open(dead_path, "w", encoding="utf-8", newline="\n") as dead_fh:
+            for frame, row_numbers, dead in _read_chunks(path, shown, INGEST_CHUNK_ROWS, columns):
+                rows += len(row_numbers) + len(dead)
+                if len(frame):
+                    if not columns_checked:  # every chunk has the file's columns: check them once
+                        _require_columns(frame, required, shown)
+                        columns_checked = True
+                    clean, dead = _check_interactions(frame, row_numbers, dead, shown, config, known_items, unit)
+                else:
+                    clean, dead = None, sorted(dead, key=lambda d: d["row"])
+                if clean is not None and len(clean):
+                    table = pa.Table.from_pandas(clean, preserve_index=False)
+                    if writer is None:  # the first chunk with clean rows fixes the file's schema
+                        writer = pq.ParquetWriter(parquet_path, table.schema)
+                    elif not table.schema.equals(writer.schema):
+                        table = table.cast(writer.schema)  # e.g. a column of nulls in this chunk
+                    writer.write_table(table)
+                    ok += len(clean)
+                bad += len(dead)
+                dead_fh.write("".join(json.dumps(d, sort_keys=True) + "\n" for d in dead))
+                first_dead.extend(dead[:_REASONS_IN_ERROR - len(first_dead)])
+    finally:
+        if writer is not None:
+            writer.close()
+    if rows == 0:
+        raise IngestError(f"{shown}: empty input file (no data rows)")
+    if ok == 0:
+        raise IngestError(_no_valid_rows(shown, rows, first_dead))
+    return _Table(name="interactions", path=shown, rows=rows, ok=ok, bad=bad, dead=first_dead,
+                  parquet=parquet_path, dead_file=dead_path)
+
+
+def _check_interactions(frame: pd.DataFrame, rows: list[int], dead: list[dict], shown: str, config: Config,
+                        known_items: "pa.Array", unit: dict) -> tuple[pd.DataFrame, list[dict]]:
+    """One chunk of interactions -> (clean rows, dead letters in row order).
+
+    key + item_id required; label/rating/timestamp typed when present. For non-user keys
+    (search queries) the other query features, if any, are interaction columns too (there is
+    no users.* to look them up in). ``unit`` is shared by the chunks of one file (see
+    :func:`_check_timestamp`).
     """
     schema = config.schema
     key_spec = next(f for f in schema.query_features if f.name == schema.query_key)
     extra = [] if schema.query_key == USER_KEY else schema.user_features
-    frame, rows, dead = read_raw(path, shown)
-    _require_columns(frame, [schema.query_key, ITEM_KEY, *[f.name for f in extra]], shown)
     chk = _Checker(frame, rows, shown)
     key_text = _as_text(frame[schema.query_key])
     if key_spec.type == "numeric":
@@ -823,11 +1018,23 @@ def _validate_interactions(path: str, shown: str, config: Config, known_items: s
         chk.flag(bad, RATING, "rating is not a number")
         out[RATING] = pd.Series(values, dtype="float64")
     if TIMESTAMP in frame.columns:
-        out[TIMESTAMP] = _check_timestamp(chk, frame[TIMESTAMP])
+        out[TIMESTAMP] = _check_timestamp(chk, frame[TIMESTAMP], unit)
     for spec in extra:
         out[spec.name] = _check_feature(chk, spec)
-    chk.flag(~item_ids.isin(known_items).to_numpy(dtype=bool), ITEM_KEY, "unknown item_id")
-    return _finish(chk, out, "interactions", shown, len(rows) + len(dead), dead)
+    known = pc.is_in(_text_array(item_ids), value_set=known_items).to_numpy(zero_copy_only=False)
+    chk.flag(~known, ITEM_KEY, "unknown item_id")
+    return _finish(chk, out, dead)
+
+
+def _text_array(text: pd.Series) -> "pa.Array":
+    """A str Series as one arrow large_string array (a copy only when pandas holds python str).
+
+    Unknown item ids are looked up with ``pyarrow.compute.is_in`` against the items' ids in
+    this form: pandas' ``isin`` with a set copies the set into a list on every call, which
+    cost seconds per chunk at 1M items.
+    """
+    arr = pa.array(text.array, type=pa.large_string())
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
 
 
 def _check_label(chk: _Checker, frame: pd.DataFrame) -> pd.Series:
@@ -841,12 +1048,14 @@ def _check_label(chk: _Checker, frame: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(ok, values, 0.0).astype(np.int64))
 
 
-def _check_timestamp(chk: _Checker, column: pd.Series) -> pd.Series:
+def _check_timestamp(chk: _Checker, column: pd.Series, unit: Optional[dict] = None) -> pd.Series:
     """timestamp column -> int64 unix seconds in [0, MAX_TIMESTAMP).
 
     Missing, non-numeric, fractional, negative and too-late values are dead letters; the range
     is checked in float64 before the cast, so nothing (1e30, 2**63, 20 digits) wraps around in
-    int64. A file most of whose values are too late is in another unit: IngestError.
+    int64. A file most of whose values are too late is in another unit: IngestError, decided
+    on the first chunk holding a whole-number timestamp (``unit["decided"]`` is then set, and
+    later chunks of the file are not asked again; None: a whole file, decided on it).
     """
     text = _as_text(column)
     values, missing, bad = _parse_numeric(text)
@@ -854,7 +1063,10 @@ def _check_timestamp(chk: _Checker, column: pd.Series) -> pd.Series:
     fractional = ~missing & ~bad & (np.mod(np.nan_to_num(values), 1) != 0)
     chk.flag(bad | fractional, TIMESTAMP, "timestamp is not an integer")
     whole = ~missing & ~bad & ~fractional
-    _refuse_other_unit(values[whole], chk.shown)
+    if unit is None or not unit["decided"]:
+        _refuse_other_unit(values[whole], chk.shown)
+        if unit is not None:
+            unit["decided"] = bool(whole.any())
     negative = whole & (values < 0)
     chk.flag(negative, TIMESTAMP, _reasons(negative, text, "timestamp {} is negative (before 1970); "
                                            "expected unix seconds"))
@@ -895,17 +1107,16 @@ def _flag_duplicates(chk: _Checker, ids: pd.Series, name: str) -> None:
     chk.flag(dup, name, f"duplicate {name} (first occurrence kept)")
 
 
-def _finish(chk: _Checker, out: dict[str, pd.Series], name: str, shown: str,
-            rows: int, dead: list[dict]) -> _Table:
+def _finish(chk: _Checker, out: dict[str, pd.Series], dead: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
+    """(clean rows of ``out`` with non-numeric columns as str, the reader's ``dead`` letters
+    plus the checker's, in row order). The caller decides whether no clean row is an error."""
     dead = sorted(dead + chk.dead_letters(), key=lambda d: d["row"])
     clean = pd.DataFrame({c: s.reset_index(drop=True) for c, s in out.items()})
     clean = clean.loc[~chk.bad].reset_index(drop=True)
     for col in clean.columns:
         if not pd.api.types.is_numeric_dtype(clean[col].dtype):
             clean[col] = clean[col].astype(str)
-    if clean.empty:
-        raise IngestError(_no_valid_rows(shown, rows, dead))
-    return _Table(name=name, path=shown, frame=clean, rows=rows, dead=dead)
+    return clean, dead
 
 
 def _no_valid_rows(shown: str, rows: int, dead: list[dict]) -> str:
@@ -939,19 +1150,24 @@ def _jsonable(value):
 
 def _write_outputs(out_dir: str, tables: dict[str, _Table], fingerprint: str,
                    data_date: Optional[str] = None) -> dict:
+    """Write the tables' parquet files, dead_letter.jsonl and ingest_stats.json into the local
+    ``out_dir``; a streamed table's files (already written) are moved / copied in. Returns
+    the stats."""
     for name in TABLES:
         path = os.path.join(out_dir, f"{name}.parquet")
-        if name in tables:
+        if name in tables and tables[name].parquet:
+            shutil.move(tables[name].parquet, path)  # a rename when on one file system
+        elif name in tables:
             tables[name].frame.to_parquet(path, index=False)
         elif os.path.exists(path):
             # A users.parquet left by an earlier run into this folder must not be picked up.
             os.remove(path)
-    lines = [json.dumps(d, sort_keys=True) for t in TABLES if t in tables for d in tables[t].dead]
-    storage.write_text(os.path.join(out_dir, DEAD_LETTER_FILE), "".join(line + "\n" for line in lines))
+    _replace_with(os.path.join(out_dir, DEAD_LETTER_FILE),
+                  lambda fh: _write_dead_letters(fh, [tables[t] for t in TABLES if t in tables]))
     total = sum(t.rows for t in tables.values())
     bad = sum(t.bad for t in tables.values())
     stats = {
-        "files": {t.name: {"path": t.path, "rows": t.rows, "ok": len(t.frame), "bad": t.bad}
+        "files": {t.name: {"path": t.path, "rows": t.rows, "ok": t.ok, "bad": t.bad}
                   for t in (tables[n] for n in TABLES if n in tables)},
         "bad_fraction": bad / total if total else 0.0,
         "fingerprint": fingerprint,
@@ -959,6 +1175,36 @@ def _write_outputs(out_dir: str, tables: dict[str, _Table], fingerprint: str,
     }
     storage.write_text(os.path.join(out_dir, STATS_FILE), json.dumps(stats, indent=2, sort_keys=True))
     return stats
+
+
+def _write_dead_letters(fh, tables: list[_Table]) -> None:
+    """Every table's dead letters as JSON lines (sorted keys), table by table, in row order."""
+    for table in tables:
+        if table.dead_file:
+            _copy_file(table.dead_file, fh)
+        else:
+            fh.write("".join(json.dumps(d, sort_keys=True) + "\n" for d in table.dead).encode("utf-8"))
+
+
+def _copy_file(src: str, fh) -> None:
+    with open(src, "rb") as s:
+        shutil.copyfileobj(s, fh, 1 << 20)
+
+
+def _replace_with(path: str, write) -> None:
+    """Write a local file atomically, as core.storage.write_bytes does, but from ``write(fh)``
+    (a binary file object), so content larger than memory can be streamed into it."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _check_thresholds(tables: dict[str, _Table], max_bad_fraction: float) -> None:
