@@ -165,7 +165,8 @@ class TrainConfig(_Strict):
         "decoupled weight decay (Loshchilov & Hutter), for every train.optimizer: before each update "
         "every trainable weight w becomes w - lr_t * weight_decay * w (lr_t = the step's learning "
         "rate), as tf_keras AdamW does; so adam with weight_decay > 0 is AdamW. Embedding tables "
-        "included, so each step rewrites every row of every table (0 = off)"))
+        "included; a table updated row-wise (train.row_wise_updates) decays only the rows a step "
+        "looks up (0 = off)"))
     patience: int = Field(2, ge=0)
     embedding_dims: int = Field(64, ge=2)
     feature_dims: int = Field(32, ge=2, description="width of each feature's own embedding")
@@ -175,6 +176,11 @@ class TrainConfig(_Strict):
         "dropout rate after each hidden layer of both towers (training only); needs train.hidden_dims "
         "(the feature encoders and the projection get none), else a config error"))
     optimizer: Literal["adam", "adamw", "adagrad"] = "adam"
+    row_wise_updates: bool = Field(True, description=(
+        "embedding tables above 2^20 weights (32,768 rows of 32) update only the rows a batch looked "
+        "up: Adam's moments and weight decay of the other rows wait until they are next used (the "
+        "LazyAdam rule), so a step costs what its batch touches, not the table's size; false = "
+        "tf_keras's rule, which rewrites every row of the table (and its two moment slots) every step"))
     temperature: float = Field(0.05, gt=0.0)
     negative_samples_count: int = Field(0, ge=0, description=(
         "extra catalog negatives per batch, shared by every query in it (mixed negative sampling)"))

@@ -224,7 +224,8 @@ def test_compiled_updates_equal_tf_keras_updates(root, name):
     import trainer.model
     from trainer.model import make_optimizer
 
-    config = _config(root, optimizer=name, lr=0.05, weight_decay=0.01)
+    # tf_keras's own sparse rule for the large table (row-wise updates: the tests below).
+    config = _config(root, optimizer=name, lr=0.05, weight_decay=0.01, row_wise_updates=False)
     rng = np.random.default_rng(0)
     init = [rng.normal(size=s).astype(np.float32) for s in [(20, 4), (4, 3), (3,), (30, 4)]]
     x_init = rng.normal(size=(6, 4)).astype(np.float32)
@@ -261,3 +262,101 @@ def test_compiled_updates_equal_tf_keras_updates(root, name):
             # fused kernel m + (g - m)(1 - b1). A wrong rule (step, bias correction, epsilon) moves
             # values by a share of one update, lr = 0.05, far above this tolerance.
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- row-wise table updates
+
+
+def _lazy_adam_by_hand(table, steps, lr, wd, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """LazyAdam + decoupled decay in numpy: each step's rows (distinct, with their summed
+    gradient rows) decay by (1 - lr wd) and take Adam's rule with the global step's bias
+    correction; every other row, and its moments, stay as they are."""
+    table = table.astype(np.float64).copy()
+    m, v = np.zeros_like(table), np.zeros_like(table)
+    for t, (rows, grads) in enumerate(steps, start=1):
+        table[rows] *= 1.0 - lr * wd
+        m[rows] = beta_1 * m[rows] + (1 - beta_1) * grads
+        v[rows] = beta_2 * v[rows] + (1 - beta_2) * grads ** 2
+        alpha = lr * math.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+        table[rows] -= alpha * m[rows] / (np.sqrt(v[rows]) + epsilon)
+    return table
+
+
+def _train_table(root, name, row_wise, ids_per_step, weight_decay=0.01, lr=0.05, densify_max=10):
+    """A 40 x 4 embedding table (above ``densify_max`` elements) trained with loss
+    sum(gather(table, ids) * w) for each step's ids; returns (final table, per-step (distinct
+    rows, summed gradient rows))."""
+    import tensorflow as tf
+
+    import trainer.model
+    from trainer.model import make_optimizer
+
+    rng = np.random.default_rng(2)
+    init = rng.normal(size=(40, 4)).astype(np.float32)
+    weights = rng.normal(size=(6, 4)).astype(np.float32)
+    old = trainer.model.DENSIFY_MAX_ELEMENTS
+    trainer.model.DENSIFY_MAX_ELEMENTS = densify_max
+    try:
+        table = tf.Variable(init)
+        optimizer = make_optimizer(_config(root, optimizer=name, lr=lr, weight_decay=weight_decay,
+                                           row_wise_updates=row_wise), 100)
+
+        @tf.function(reduce_retracing=True)
+        def step(ids, w):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.gather(table, ids) * w)
+            optimizer.apply_gradients([(tape.gradient(loss, table), table)])
+
+        hand = []
+        for ids in ids_per_step:
+            w = weights[: len(ids)]
+            step(tf.constant(ids), tf.constant(w))
+            rows = sorted(set(ids))
+            hand.append((rows, np.stack([w[[i for i, x in enumerate(ids) if x == r]].sum(0) for r in rows])))
+        return init, table.numpy(), hand
+    finally:
+        trainer.model.DENSIFY_MAX_ELEMENTS = old
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_row_wise_adam_is_lazy_adam_by_hand(root, name):
+    """A table above DENSIFY_MAX_ELEMENTS with a sparse gradient: only the looked-up rows change
+    (weight decay included), by LazyAdam's rule computed by hand, repeated ids summed; rows 30+ are
+    never looked up and keep their initial values exactly."""
+    ids_per_step = [[1, 1, 3], [5, 3, 7, 7, 7], [1], [2, 3, 5, 1, 29, 0]]
+    init, got, hand = _train_table(root, name, True, ids_per_step)
+    want = _lazy_adam_by_hand(init, hand, lr=0.05, wd=0.01)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[30:], init[30:])
+    assert not np.allclose(got[[0, 1, 2, 3, 5, 7, 29]], init[[0, 1, 2, 3, 5, 7, 29]])
+
+
+def test_row_wise_updates_differ_from_dense_rule_only_on_rows_that_sat_out(root):
+    """Against tf_keras's rule (every row's moments decay and every row is decayed each step):
+    identical after one step on the touched rows, different once a row skips a step (its
+    momentum keeps moving it under tf_keras, not under the row-wise rule)."""
+    one_step = [[4, 9, 9]]
+    _, lazy, _ = _train_table(root, "adam", True, one_step, weight_decay=0.0)
+    init, dense, _ = _train_table(root, "adam", False, one_step, weight_decay=0.0)
+    np.testing.assert_allclose(lazy, dense, rtol=1e-5, atol=1e-6)  # float32 rounding of the two forms
+    two_steps = [[4, 9, 9], [11]]
+    _, lazy, _ = _train_table(root, "adam", True, two_steps, weight_decay=0.0)
+    _, dense, _ = _train_table(root, "adam", False, two_steps, weight_decay=0.0)
+    np.testing.assert_allclose(lazy[11], dense[11], rtol=1e-5, atol=1e-6)  # m, v were 0 on both
+    assert np.abs(dense[[4, 9]] - lazy[[4, 9]]).max() > 1e-3  # momentum moved them under tf_keras only
+
+
+def test_row_wise_adagrad_decays_only_looked_up_rows(root):
+    """Adagrad's sparse rule is already row-wise; its weight decay now is too: an untouched row
+    keeps its value (tf_keras would scale it by 1 - lr wd every step), a touched row gets tf_keras's
+    decay-then-update."""
+    ids_per_step = [[1, 1, 3], [3, 6]]
+    init, lazy, _ = _train_table(root, "adagrad", True, ids_per_step, weight_decay=0.5)
+    _, dense, _ = _train_table(root, "adagrad", False, ids_per_step, weight_decay=0.5)
+    np.testing.assert_array_equal(lazy[[0, 2, 4, 5]], init[[0, 2, 4, 5]])
+    np.testing.assert_allclose(dense[0], init[0] * (1 - 0.05 * 0.5) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(lazy[3], dense[3], rtol=1e-5, atol=1e-6)  # looked up in every step
+    # Rows 1 and 6 sat out one step, so tf_keras decayed them once more (by 1 - lr wd = 0.975):
+    # row 1 after its update, row 6 before it (Adagrad's step does not depend on the weight).
+    np.testing.assert_allclose(dense[1], lazy[1] * 0.975, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lazy[6] - dense[6], init[6] * 0.975 * 0.025, rtol=1e-4, atol=1e-6)
