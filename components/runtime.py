@@ -1,7 +1,7 @@
 """Argument plumbing shared by the component bodies (runs inside the component container).
 
 Each stage writes its outputs into its artifact folder, plus ``stage.json``
-(name, seconds, result) that the publish step gathers for summary.json — or, when it
+(name, seconds, cpu_seconds, peak_rss_mb, result) that the publish step gathers for summary.json — or, when it
 fails, ``stage_error.json`` (name, error, seconds) — and logs
 its scalar results as KFP Metrics so the pipeline UI shows them.
 """
@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Optional
 
 from core.beam import IN_PROCESS
 from core.config import Config, ConfigError, config_from_json
-from core.summary import STAGE_ERROR_FILE, STAGE_FILE, stage_record
+from core.summary import STAGE_ERROR_FILE, STAGE_FILE, cpu_seconds_now, stage_record, stage_resources
 
 GCS = "gs://"
 #: The Beam worker image option: Dataflow workers run this image (default: pipeline.image).
@@ -53,7 +53,7 @@ def run_stage(stage: str, config: Config, artifact, metrics, body: Callable[[Con
         print(f"[twotower] {stage}: non-chief replica, writing to {out_dir} (the chief writes the outputs)",
               flush=True)
     os.makedirs(out_dir, exist_ok=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds_now()
     try:
         result = dict(body(config, out_dir))
     except Exception as exc:
@@ -63,7 +63,7 @@ def run_stage(stage: str, config: Config, artifact, metrics, body: Callable[[Con
                        "seconds": round(time.perf_counter() - started, 3)}, fh, indent=2)
         raise
     seconds = time.perf_counter() - started
-    record = stage_record(stage, seconds, result)
+    record = stage_record(stage, seconds, result, stage_resources(cpu_started))
     with open(os.path.join(out_dir, STAGE_FILE), "w") as fh:
         json.dump(record, fh, indent=2, sort_keys=True, default=str)
     # A retry that succeeded in the same folder: the earlier attempt's error no longer says

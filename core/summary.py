@@ -23,9 +23,34 @@ REPORT_HTML_FILE = "report.html"  # each stage's rendered report, beside stage.j
 REPORT_MARKDOWN_FILE = "report.md"
 
 
-def stage_record(stage: str, seconds: float, result: Mapping) -> dict:
-    """What each stage leaves beside its outputs: name, wall seconds, its result dict."""
-    return {"stage": stage, "seconds": round(float(seconds), 3), "result": dict(result)}
+def stage_record(stage: str, seconds: float, result: Mapping, resources: Mapping | None = None) -> dict:
+    """What each stage leaves beside its outputs: name, wall seconds, its result dict, and
+    (``resources``, see :func:`stage_resources`) its CPU seconds and peak RSS when measured."""
+    record = {"stage": stage, "seconds": round(float(seconds), 3), "result": dict(result)}
+    if resources:
+        record.update(resources)
+    return record
+
+
+def stage_resources(cpu_started: float) -> dict:
+    """``{"cpu_seconds", "peak_rss_mb"}`` of the stage that started at process CPU time
+    ``cpu_started`` (:func:`cpu_seconds_now`): CPU seconds (user + system) of this process and
+    of its waited-for children (Beam's multi-processing workers) since then, and the larger of
+    this process's and its largest child's peak resident set, MB (10^6 bytes). Each KFP step is
+    its own process, so the peak is the step's (its imports included)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kb = max(own.ru_maxrss, children.ru_maxrss)  # Linux: kilobytes
+    return {"cpu_seconds": round(cpu_seconds_now() - cpu_started, 3), "peak_rss_mb": round(peak_kb * 1024 / 1e6, 1)}
+
+
+def cpu_seconds_now() -> float:
+    """User + system CPU seconds of this process and its waited-for children so far."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metrics: Mapping,
@@ -57,6 +82,8 @@ def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metri
             "recall_at_10_vs_exact": index_metrics.get("recall_at_10_vs_exact"),
             "qps_batched": index_metrics.get("qps_batched"),
             "qps_single": index_metrics.get("qps_single"),
+            "qps_brute_force": index_metrics.get("qps_brute_force"),
+            "speedup_vs_brute_force": index_metrics.get("speedup_vs_brute_force"),
             "params": index_metrics.get("params"),
             "tuning": index_metrics.get("tuning"),
         },
@@ -66,6 +93,9 @@ def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metri
         "reasons": list(publish_result.get("reasons", [])),
         "store": publish_result.get("store"),
         "stage_seconds": {s["stage"]: s["seconds"] for s in stages},
+        # {stage: {"cpu_seconds", "peak_rss_mb"}} for the stages that measured them.
+        "stage_resources": {s["stage"]: {k: s[k] for k in ("cpu_seconds", "peak_rss_mb")}
+                            for s in stages if "cpu_seconds" in s},
     }
 
 

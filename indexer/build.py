@@ -102,7 +102,8 @@ def build_index_stage(config: Config, embeddings_dir: str, out_dir: str) -> dict
 
     Returns:
         index_metrics.json's content: {"kind", "n_items", "dims", "recall_at_10_vs_exact"
-        (tie-aware, on the "eval" queries), "qps_batched", "qps_single", "build_seconds",
+        (tie-aware, on the "eval" queries), "qps_batched", "qps_single", "qps_brute_force",
+        "speedup_vs_brute_force" (see :func:`indexer.scann_index.measure`), "build_seconds",
         "params", "tuning", "tune_queries" ("real" | "stand_in"), "query_split",
         "n_tune_queries", "n_eval_queries", "recall_definition"}. ``build_seconds`` includes
         the tuning sweep; ``tuning`` is :meth:`TuningResult.summary` (chosen params, recall

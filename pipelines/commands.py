@@ -140,7 +140,9 @@ def _print_summary(summary: dict) -> None:
                         if k.startswith(("recall_at_", "ndcg_at_")) and v is not None)
     print(f"  quality   {recalls}  (popularity recall_at_10={metrics['popularity_recall_at_10']:.4f})")
     print(f"  index     {index['kind']} over {index['n_items']} items, recall@10 vs exact "
-          f"{index['recall_at_10_vs_exact']:.3f}, {index['qps_batched']:.0f} queries/s batched")
+          f"{index['recall_at_10_vs_exact']:.3f}, {index['qps_batched']:.0f} queries/s batched"
+          + (f" ({index['speedup_vs_brute_force']:.1f}x numpy brute force)"
+             if index.get("speedup_vs_brute_force") else ""))
     state = f"published version {summary['version']}" if summary["published"] else "NOT published"
     print(f"  publish   {state}: " + "; ".join(summary["reasons"]))
     print("  seconds   " + "  ".join(f"{k}={v:.1f}" for k, v in summary["stage_seconds"].items()))

@@ -70,7 +70,16 @@ def build(out_dir: str, record: dict) -> Report:
     if stage_seconds:
         report.heading("Seconds per stage")
         order = list(TITLES) + sorted(k for k in stage_seconds if k not in TITLES)
-        report.table(["stage", "seconds"], [[k, stage_seconds[k]] for k in order if k in stage_seconds])
+        # CPU seconds above wall seconds: the stage used more than one core.
+        resources = summary.get("stage_resources") or {}
+
+        def cell(value) -> Cell:
+            return Cell("not measured") if value is None else Cell(f"{float(value):.1f}", numeric=True)
+
+        report.table(["stage", "seconds", "CPU seconds", "peak RSS (MB)"],
+                     [[k, cell(stage_seconds[k]), cell((resources.get(k) or {}).get("cpu_seconds")),
+                       cell((resources.get(k) or {}).get("peak_rss_mb"))]
+                      for k in order if k in stage_seconds])
     return files_section(report, artifacts.children(out_dir))
 
 

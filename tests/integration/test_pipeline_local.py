@@ -43,6 +43,11 @@ def test_summary_contract(pipeline_run):
         assert 0.0 <= summary["metrics"][key] <= 1.0, key
     assert set(summary["stage_seconds"]) == {"ingest", "transform", "train", "evaluate", "embed", "index",
                                              "publish"}
+    # Each step is its own process: it used CPU and holds at least the Python + library imports.
+    assert set(summary["stage_resources"]) == set(summary["stage_seconds"]) - {"publish"} or \
+        set(summary["stage_resources"]) == set(summary["stage_seconds"])
+    for stage, used in summary["stage_resources"].items():
+        assert used["cpu_seconds"] > 0 and used["peak_rss_mb"] > 20, (stage, used)
     assert summary["index"]["recall_at_10_vs_exact"] >= 0.99  # exact search on a small catalog
     assert summary["index"]["qps_batched"] > 0
     # a correct model clearly beats popularity on the planted structure

@@ -236,8 +236,11 @@ def test_measure_reports_recall_and_throughput(tree_index):
 
     db, searcher, _, queries = tree_index
     m = measure(searcher, db, queries, k=10, repeats=2, max_single_queries=50)
-    assert set(m) == {"recall_at_10_vs_exact", "qps_batched", "qps_single"}
+    assert set(m) == {"recall_at_10_vs_exact", "qps_batched", "qps_single", "qps_brute_force",
+                      "speedup_vs_brute_force"}
     assert m["recall_at_10_vs_exact"] >= 0.9 and m["qps_batched"] > 0 and m["qps_single"] > 0
+    assert m["qps_brute_force"] > 0
+    assert m["speedup_vs_brute_force"] == pytest.approx(m["qps_batched"] / m["qps_brute_force"], rel=0.01)
 
 
 @pytest.mark.parametrize("kind", ["brute_force", "tree_ah"])

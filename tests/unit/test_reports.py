@@ -323,7 +323,8 @@ def test_publish_report_published_with_a_live_baseline(tmp_path):
                           "recall@10 0.5000 beats the popularity baseline's 0.1000",
                           "recall@10 0.5000 matches or beats live version v1's 0.4000"]}
     summary = {"run_id": "run-7", "metrics": {"recall_at_10": 0.5, "popularity_recall_at_10": 0.1},
-               "stage_seconds": {"publish": 1.0, "ingest": 2.0, "train": 30.0}}
+               "stage_seconds": {"publish": 1.0, "ingest": 2.0, "train": 30.0},
+               "stage_resources": {"train": {"cpu_seconds": 55.5, "peak_rss_mb": 812.3}}}
     out = stage_dir(tmp_path, "publish", result, {"summary.json": summary})
     html, md = render("publish", out)
     rows = md_rows(md)
@@ -334,6 +335,7 @@ def test_publish_report_published_with_a_live_baseline(tmp_path):
         assert f"- {reason}" in md and html_escape(reason) in html
     assert "- v0" in md
     assert [r[0] for r in rows if r[0] in ("ingest", "train", "publish")] == ["ingest", "train", "publish"]
+    assert ["train", "30.0", "55.5", "812.3"] in rows and ["ingest", "2.0", "not measured", "not measured"] in rows
 
 
 def test_publish_report_refused_without_baseline_or_summary(tmp_path):
