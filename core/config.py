@@ -94,7 +94,11 @@ class DataConfig(_Strict):
 
 class TransformConfig(_Strict):
     runner: str = Field("direct", description="'direct' = in-process Beam; else a Beam runner name")
-    direct_num_workers: int = Field(1, ge=1, description="in-process Beam workers (runner=direct only)")
+    direct_num_workers: int = Field(0, ge=0, description=(
+        "in-process Beam workers (runner=direct only). 0 = auto: the transform runs one worker process "
+        "per CPU core when its interactions reach core.beam.AUTO_WORKERS_MIN_ROWS (200,000) rows, else "
+        "one in-process worker (worker processes take seconds to start); item embedding always runs "
+        "in-process under auto (TensorFlow already uses every core). N >= 1 = N workers for both"))
     pipeline_options: dict[str, Any] = Field(default_factory=dict)
     split: Literal["auto", "leave_last_out", "hashed"] = "auto"
     valid_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="hashed split only")
@@ -429,7 +433,7 @@ def ignored_options(config: "Config") -> list[str]:
             if _changed(tr, name):
                 out.append(f"transform.{name}: {getattr(tr, name)} only applies with transform.split=hashed "
                            f"(leave_last_out holds out each key's last interactions)")
-    if tr.direct_num_workers != 1 and tr.runner != "direct":
+    if tr.direct_num_workers > 1 and tr.runner != "direct":
         out.append(f"transform.direct_num_workers: {tr.direct_num_workers} only applies with "
                    f"transform.runner=direct (the {tr.runner!r} runner takes its workers from "
                    f"transform.pipeline_options)")

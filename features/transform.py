@@ -104,7 +104,8 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
         ``{"numeric": {name: {"mean","std","min","max","count"}}, "counts": {"train",
         "valid", "test", "train_negatives", "items", "queries", "cold_items"}, "split": str,
         "vocab_sizes": {feature: int}, "vocab_coverage": {feature: {...}} (see
-        :func:`plan_vocab`), "seconds": float}``. An id cap that folded ids is logged
+        :func:`plan_vocab`), "seconds": float, "beam_workers": int (in-process runner only:
+        the workers it ran, see :func:`core.beam.direct_workers`)}``. An id cap that folded ids is logged
         (a warning above :data:`FOLDED_WARN_SHARE` of the feature's train interactions).
 
     Raises:
@@ -118,8 +119,9 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
         # Local renames do not create parent folders.
         os.makedirs(os.path.join(out_dir, "vocab"), exist_ok=True)
     temp_dir = storage.join(out_dir, f".beam-temp-{uuid.uuid4().hex}")
+    rows = _parquet_rows(inputs["interactions"])
     try:
-        with make_transform_pipeline(config) as pipeline:
+        with make_transform_pipeline(config, rows) as pipeline:
             build_pipeline(pipeline, config, inputs, out_dir, split, temp_dir)
     finally:
         if storage.exists(temp_dir):
@@ -127,13 +129,19 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
     stats = json.loads(storage.read_text(storage.join(out_dir, STATS_FILE)))
     warn_folded_ids(stats["vocab_coverage"])
     stats["seconds"] = round(time.time() - started, 3)
+    from core.beam import IN_PROCESS, direct_workers
+
+    if config.transform.runner == IN_PROCESS:
+        stats["beam_workers"] = direct_workers(config.transform, rows)
     return stats
 
 
-def make_transform_pipeline(config: Config):
+def make_transform_pipeline(config: Config, input_rows: Optional[int] = None):
+    """The transform's pipeline; ``input_rows`` (the interactions' row count) sizes the
+    in-process runner under ``transform.direct_num_workers: 0``."""
     from core.beam import make_pipeline
 
-    return make_pipeline(config.transform, job_name="twotower-transform")
+    return make_pipeline(config.transform, job_name="twotower-transform", input_rows=input_rows)
 
 
 def _input_paths(schema: SchemaConfig, ingested_dir: str) -> dict[str, Optional[str]]:
@@ -165,6 +173,15 @@ def resolve_split(method: str, interactions_path: str) -> str:
     if method == "leave_last_out" and not has_ts:
         raise TransformError(f"{interactions_path}: transform.split=leave_last_out needs a timestamp column")
     return method
+
+
+def _parquet_rows(path: str) -> int:
+    """Rows of a parquet file, from its footer."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as fh:
+        return int(pq.ParquetFile(fh).metadata.num_rows)
 
 
 def _parquet_columns(path: str) -> list[str]:

@@ -246,7 +246,8 @@ def test_query_table_includes_users_without_interactions(user_run):
 def test_stats_json_matches_return_value(user_run):
     _, out, stats = user_run
     on_disk = json.loads((out / "stats.json").read_text())
-    assert on_disk == {k: v for k, v in stats.items() if k != "seconds"}
+    assert on_disk == {k: v for k, v in stats.items() if k not in ("seconds", "beam_workers")}
+    assert stats["beam_workers"] == 1  # auto: a 12-row input stays in-process
     assert set(on_disk["numeric"]["age"]) == {"mean", "std", "min", "max", "count"}
     assert stats["seconds"] > 0
 
@@ -453,3 +454,47 @@ def test_movielens_year_is_an_item_numeric_with_the_catalog_mean_for_unknown_dat
             for r in _records(tmp_path / "out", split, interaction_specs(cfg.schema))]
     # user 2 rated item 3 (no release date): the interaction carries the filled year too
     assert [r["year"] for r in rows if r["item_id"] == "3"] == pytest.approx([mean])
+
+
+def test_direct_workers_auto_spreads_only_large_inputs(monkeypatch):
+    """transform.direct_num_workers: 0 (auto) keeps small inputs in-process and gives large ones
+    one worker process per core; an explicit N is used as given."""
+    import core.beam
+    from core.beam import AUTO_WORKERS_MIN_ROWS, direct_workers
+    from core.config import TransformConfig
+
+    monkeypatch.setattr(core.beam.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    auto = TransformConfig()
+    assert auto.direct_num_workers == 0
+    assert direct_workers(auto, None) == 1
+    assert direct_workers(auto, AUTO_WORKERS_MIN_ROWS - 1) == 1
+    assert direct_workers(auto, AUTO_WORKERS_MIN_ROWS) == 3
+    assert direct_workers(TransformConfig(direct_num_workers=2), 10) == 2
+    assert direct_workers(TransformConfig(direct_num_workers=1), 10**9) == 1
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_in_process_outputs(tmp_path):
+    """The transform with 2 Beam worker processes (multi_processing) writes the same vocabularies,
+    stats and split contents (as sets of records) as in-process, only sharded differently."""
+    from features.transform import run_transform
+
+    config, out, _ = _run_user_tables(tmp_path, INTERACTIONS, **{"transform.split": "auto"})
+    ingested = tmp_path / "ingested"
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        stats = run_transform(config.with_overrides({"transform.direct_num_workers": workers}), str(ingested),
+                              str(out))
+        assert stats["beam_workers"] == workers
+        outs[workers] = out
+    for rel in ("vocab/item_id.tsv", "vocab/user_id.tsv", "stats.json", "seen.jsonl", "query_table.jsonl"):
+        if (outs[1] / rel).exists():
+            assert sorted((outs[1] / rel).read_text().splitlines()) == sorted((outs[2] / rel).read_text().splitlines()), rel
+    for split, specs in (("train", interaction_specs(config.schema)), ("valid", interaction_specs(config.schema)),
+                         ("test", interaction_specs(config.schema)), ("items", item_specs(config.schema))):
+        # Decoded: a tf.Example's feature map serialises in an order that differs between processes.
+        records = {w: sorted(json.dumps(r, sort_keys=True, default=str) for r in _records(outs[w], split, specs))
+                   for w in (1, 2)}
+        assert records[1] == records[2] and records[1], split
+    assert len(list(outs[2].glob("train-*.tfrecord"))) == 2
