@@ -180,6 +180,10 @@ class TrainConfig(_Strict):
         "dropout rate after each hidden layer of both towers (training only); needs train.hidden_dims "
         "(the feature encoders and the projection get none), else a config error"))
     optimizer: Literal["adam", "adamw", "adagrad"] = "adam"
+    compiled_step: bool = Field(True, description=(
+        "compile the whole train step with XLA where it can be (an in-memory split, id / categorical / "
+        "numeric features only, tables up to 2^20 weights, batch_size <= 2048, no sampled, labelled or "
+        "hard negatives; see trainer/step_input.py); training.json says whether it was and why not"))
     row_wise_updates: bool = Field(True, description=(
         "embedding tables above 2^20 weights (32,768 rows of 32) update only the rows a batch looked "
         "up: Adam's moments and weight decay of the other rows wait until they are next used (the "

@@ -78,8 +78,13 @@ class IdEncoder(tf.keras.layers.Layer):
         self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), dims,
                                                    name=f"{self.name}_embedding")
 
+    def indices(self, values):
+        """[B] raw strings -> [B] int64 table rows; already looked-up int64 rows (a training
+        input prepared by :func:`trainer.step_input.look_up_columns`) pass through."""
+        return values if values.dtype.is_integer else self.lookup(values)
+
     def call(self, values):
-        return self.embedding(self.lookup(values))
+        return self.embedding(self.indices(values))
 
 
 class ItemIdEncoder(IdEncoder):
@@ -101,7 +106,7 @@ class ItemIdEncoder(IdEncoder):
         self.dropout = float(dropout)
 
     def call(self, values, training=False):
-        ids = self.lookup(values)
+        ids = self.indices(values)
         present = ids > 0  # index 0 is the OOV bucket
         if training and self.dropout > 0.0:
             present = tf.logical_and(present, tf.random.uniform(tf.shape(ids)) >= self.dropout)
@@ -121,6 +126,9 @@ class MultiCategoricalEncoder(IdEncoder):
 
     Same vocabulary lookup and embedding table as :class:`IdEncoder`; only the pooling differs.
     """
+
+    def indices(self, values):
+        raise TypeError(f"{self.name}: a multi-categorical feature is looked up inside the tower, not ahead")
 
     def call(self, values):
         parts = tf.strings.split(values, sep=MULTI_VALUE_SEPARATOR)

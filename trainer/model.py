@@ -136,16 +136,24 @@ class TwoTowerModel(tfrs.Model):
         """The candidate set of one batch.
 
         Args:
-            features: the positives batch (``item_id`` [B] + item features).
+            features: the positives batch (``item_id`` [B] + item features; a prepared training
+                input also carries :data:`trainer.step_input.ITEM_HASH` and, with logQ,
+                :data:`trainer.step_input.SAMPLING_PROBABILITY`, computed once per row ahead).
             item_embeddings: [B, D] item-tower output for ``features``.
         Returns:
-            (embeddings [B + N, D], ids [B + N] tf.string, q [B + N] float32 or None),
-            N = ``negative_samples_count`` (0 when off); q is the logQ probability.
+            (embeddings [B + N, D], hashed ids [B + N] int64 (:func:`hash_item_ids`), q [B + N]
+            float32 or None), N = ``negative_samples_count`` (0 when off); q is the logQ
+            probability.
         """
+        from trainer.step_input import ITEM_HASH, SAMPLING_PROBABILITY
+
+        if self.negative_samples_count == 0 and ITEM_HASH in features:
+            q = None if self.sampling_probability is None else features[SAMPLING_PROBABILITY]
+            return item_embeddings, features[ITEM_HASH], q
         ids = features[ITEM_KEY]
         if self.negative_samples_count == 0:
             q = None if self.sampling_probability is None else self.sampling_probability(ids)
-            return item_embeddings, ids, q
+            return item_embeddings, hash_item_ids(ids), q
         sampled = self.negative_sampler.sample(self.negative_samples_count)
         embeddings = tf.concat([item_embeddings, self.item_tower(sampled, training=training)], axis=0)
         ids = tf.concat([ids, sampled[ITEM_KEY]], axis=0)
@@ -155,7 +163,7 @@ class TwoTowerModel(tfrs.Model):
 
             q = mixed_candidate_probability(self.sampling_probability(ids), self.negative_sampler.probability(ids),
                                             tf.shape(item_embeddings)[0], self.negative_samples_count)
-        return embeddings, ids, q
+        return embeddings, hash_item_ids(ids), q
 
     def labelled_negative_loss(self, query, item, negatives, training=False):
         """Summed sigmoid cross-entropy: positive pairs (query [B, D], item [B, D]) labelled 1,
@@ -176,8 +184,7 @@ class TwoTowerModel(tfrs.Model):
             features, negatives = inputs, None
         query = self.query_tower(features, training=training)
         item = self.item_tower(features, training=training)
-        candidates, ids, q = self.candidates(features, item, training=training)
-        hashed_ids = hash_item_ids(ids)
+        candidates, hashed_ids, q = self.candidates(features, item, training=training)
         if self.dedupe_candidates:
             loss = deduplicated_softmax_loss(query, candidates, hashed_ids, self.temperature, q)
         else:

@@ -208,6 +208,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from trainer.metrics import embedding_retrieval_metrics
     from trainer.model import SamplingProbability, TwoTowerModel, make_optimizer
     from trainer.negatives import CatalogSampler
+    from trainer.step_input import compiled_step_plan, look_up_columns
     from trainer.strategy import (MULTI_WORKER_STEPS_PER_EXECUTION, device_scope, is_chief, make_strategy,
                                   set_determinism, task_of)
 
@@ -312,8 +313,15 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
                               labelled_negative_weight=t.labelled_negative_weight,
                               dedupe_candidates=_item_tower_is_deterministic(config))
         optimizer = make_optimizer(config, total_steps)
-        model.compile(optimizer=optimizer, steps_per_execution=(MULTI_WORKER_STEPS_PER_EXECUTION if multi_worker
-                                                                else STEPS_PER_EXECUTION))
+        plan = compiled_step_plan(config, (query_tower, item_tower), in_memory=in_memory, multi_worker=multi_worker)
+        if plan.looked_up:  # the split's ids become table rows once (trainer/step_input.py)
+            examples = InMemoryExamples(look_up_columns(examples.columns, (query_tower, item_tower), logq))
+        if plan.compiled:  # XLA needs static shapes: TFRS's [B, B] softmax, not the distinct candidates'
+            model.dedupe_candidates = False
+        model.compile(optimizer=optimizer, jit_compile=plan.compiled,
+                      steps_per_execution=(MULTI_WORKER_STEPS_PER_EXECUTION if multi_worker else STEPS_PER_EXECUTION))
+    print(f"[train] step: {'compiled with XLA' if plan.compiled else 'not compiled (' + str(plan.why_not) + ')'}, "
+          f"ids {'looked up once ahead' if plan.looked_up else 'looked up in every step'}", flush=True)
     # The checkpoint's bookkeeping variables (epoch counter, loop state) are host-side
     # scalars, not replicated model state: created outside the strategy.
     checkpoint = TrainingCheckpoint(work_dir, model, optimizer)
@@ -388,6 +396,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         # How the train passes ran (what examples_per_second measured).
         "input": "in_memory" if in_memory else "streamed",
         "candidate_dedup": model.dedupe_candidates,
+        **plan.as_dict(),
         "n_valid_queries": len(valid),
         "n_valid_queries_total": valid.n_total,
         "stopped_early": len(history) < t.n_epochs,
