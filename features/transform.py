@@ -105,7 +105,7 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
         "valid", "test", "train_negatives", "items", "queries", "cold_items"}, "split": str,
         "vocab_sizes": {feature: int}, "vocab_coverage": {feature: {...}} (see
         :func:`plan_vocab`), "seconds": float, "beam_workers": int (in-process runner only:
-        the workers it ran, see :func:`core.beam.direct_workers`)}``. An id cap that folded ids is logged
+        ``transform.direct_num_workers``)}``. An id cap that folded ids is logged
         (a warning above :data:`FOLDED_WARN_SHARE` of the feature's train interactions).
 
     Raises:
@@ -121,27 +121,47 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
     temp_dir = storage.join(out_dir, f".beam-temp-{uuid.uuid4().hex}")
     rows = _parquet_rows(inputs["interactions"])
     try:
-        with make_transform_pipeline(config, rows) as pipeline:
+        with make_transform_pipeline(config) as pipeline:
             build_pipeline(pipeline, config, inputs, out_dir, split, temp_dir)
     finally:
         if storage.exists(temp_dir):
             storage.delete_tree(temp_dir)
     stats = json.loads(storage.read_text(storage.join(out_dir, STATS_FILE)))
+    check_rows_conserved(config, inputs["interactions"], rows, stats["counts"])
     warn_folded_ids(stats["vocab_coverage"])
     stats["seconds"] = round(time.time() - started, 3)
-    from core.beam import IN_PROCESS, direct_workers
+    from core.beam import IN_PROCESS
 
     if config.transform.runner == IN_PROCESS:
-        stats["beam_workers"] = direct_workers(config.transform, rows)
+        stats["beam_workers"] = config.transform.direct_num_workers
     return stats
 
 
-def make_transform_pipeline(config: Config, input_rows: Optional[int] = None):
-    """The transform's pipeline; ``input_rows`` (the interactions' row count) sizes the
-    in-process runner under ``transform.direct_num_workers: 0``."""
+def check_rows_conserved(config: Config, path: str, rows: int, counts: dict) -> None:
+    """Every interaction read must land in exactly one output: train, valid, test or
+    train_negatives. The only rows the transform may drop are label-1 rows under
+    ``data.min_rating`` and label-0 rows of cold items (``transform.cold_item_fraction``),
+    so with neither set the outputs must add up to the input exactly, and never exceed it.
+
+    Raises:
+        TransformError: rows were lost or duplicated (a runner fault: a Beam runner must not
+            drop data silently; the outputs are not to be used).
+    """
+    written = sum(int(counts.get(name, 0)) for name in (*SPLITS, NEGATIVES))
+    may_drop = config.data.min_rating is not None or config.transform.cold_item_fraction > 0.0
+    if written > rows or (written < rows and not may_drop):
+        raise TransformError(
+            f"{path}: {rows:,} interactions read but {written:,} written to the splits "
+            f"({', '.join(f'{n} {int(counts.get(n, 0)):,}' for n in (*SPLITS, NEGATIVES))}): "
+            f"{'lost' if written < rows else 'duplicated'} {abs(rows - written):,} rows in the Beam runner "
+            f"(transform.direct_num_workers={config.transform.direct_num_workers}, runner "
+            f"{config.transform.runner}); nothing downstream may use these outputs")
+
+
+def make_transform_pipeline(config: Config):
     from core.beam import make_pipeline
 
-    return make_pipeline(config.transform, job_name="twotower-transform", input_rows=input_rows)
+    return make_pipeline(config.transform, job_name="twotower-transform")
 
 
 def _input_paths(schema: SchemaConfig, ingested_dir: str) -> dict[str, Optional[str]]:

@@ -22,10 +22,6 @@ LABELLED_NEGATIVES = "labelled_negatives"
 #: Records held by the shuffle buffer (serialised Examples, so ~100 B - 2 KB each).
 SHUFFLE_BUFFER = 50_000
 
-#: Train splits up to this many bytes of TFRecords are parsed once and held in memory
-#: (:class:`InMemoryExamples`); larger ones are streamed from disk every epoch.
-IN_MEMORY_MAX_BYTES = 1 << 30
-
 
 def make_dataset(files: Sequence[str], specs: Sequence[FeatureSpec], batch_size: int, *,
                  shuffle: bool, seed: int = 0, num_parallel_calls: int = 1, repeat: bool = False,

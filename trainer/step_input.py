@@ -5,7 +5,8 @@ not arithmetic, is what it costs (the TFRS reference and our trainer tied at ~8 
 Two things cut that:
 
 - :func:`look_up_columns`: the in-memory train split's id / categorical columns (strings [N])
-  become their table rows (int64 [N]) once, through each encoder's own ``StringLookup``; the
+  become their table rows (int64 [N]) once, through each encoder's own ``StringLookup`` (a
+  streamed split: every batch, in the tf.data pipeline beside the step); the
   item key also gets its candidate hash (:data:`ITEM_HASH`, what accidental-hit removal and
   candidate de-duplication compare) and, with logQ, its sampling probability
   (:data:`SAMPLING_PROBABILITY`). A step then gathers integers instead of hashing strings. The
@@ -76,14 +77,14 @@ class StepPlan:
 
 
 def compiled_step_plan(config, towers, *, in_memory: bool, multi_worker: bool) -> StepPlan:
-    """Decide :class:`StepPlan` for ``config`` and the built towers."""
+    """Decide :class:`StepPlan` for ``config`` and the built towers (``in_memory``: the split is
+    held in memory rather than streamed; both take the prepared input)."""
     from trainer.features import IdEncoder, MultiCategoricalEncoder
     from trainer.model import DENSIFY_MAX_ELEMENTS, _can_jit_compile
 
     t = config.train
-    if not in_memory or multi_worker or t.negative_samples_count > 0:
-        reason = ("the train split is streamed" if not in_memory else "multi_worker" if multi_worker
-                  else "negatives are sampled inside the step")
+    if multi_worker or t.negative_samples_count > 0:
+        reason = "multi_worker" if multi_worker else "negatives are sampled inside the step"
         return StepPlan(False, False, reason)
     reasons = []
     if not t.compiled_step:

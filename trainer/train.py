@@ -200,7 +200,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from core.records import interaction_specs
     from trainer import artifacts
     from trainer.checkpoint import TrainingCheckpoint
-    from trainer.data import (IN_MEMORY_MAX_BYTES, InMemoryExamples, count_records, files_size,
+    from trainer.data import (InMemoryExamples, count_records, files_size,
                               labelled_negatives_dataset, make_dataset, with_labelled_negatives)
     from trainer.evalset import load_catalog, load_queries
     from trainer.export import embed_columns, export_tower, serving_function
@@ -240,7 +240,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     # permutation of in-memory rows (no per-epoch parse, no shuffle buffer). Multi-worker
     # input is sharded by hand (each replica its slice of every global batch, see
     # multi_worker_input below), not by tf.data's auto-shard rewrite.
-    in_memory = files_size(train_files) <= IN_MEMORY_MAX_BYTES
+    in_memory = files_size(train_files) <= t.in_memory_max_mb * (1 << 20)
     examples = (InMemoryExamples.from_files(train_files, specs, num_parallel_calls=t.num_workers)
                 if in_memory else None)
     n_train = examples.size if in_memory else count_records(train_files)
@@ -314,8 +314,12 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
                               dedupe_candidates=_item_tower_is_deterministic(config))
         optimizer = make_optimizer(config, total_steps)
         plan = compiled_step_plan(config, (query_tower, item_tower), in_memory=in_memory, multi_worker=multi_worker)
-        if plan.looked_up:  # the split's ids become table rows once (trainer/step_input.py)
-            examples = InMemoryExamples(look_up_columns(examples.columns, (query_tower, item_tower), logq))
+        towers = (query_tower, item_tower)
+        if plan.looked_up and examples is not None:  # the split's ids become table rows once (step_input.py)
+            examples = InMemoryExamples(look_up_columns(examples.columns, towers, logq))
+        elif plan.looked_up:  # streamed: looked up by the input pipeline, beside the step
+            streamed = streamed.map(lambda batch: look_up_columns(batch, towers, logq),
+                                    num_parallel_calls=t.num_workers, deterministic=True).prefetch(tf.data.AUTOTUNE)
         if plan.compiled:  # XLA needs static shapes: TFRS's [B, B] softmax, not the distinct candidates'
             model.dedupe_candidates = False
         model.compile(optimizer=optimizer, jit_compile=plan.compiled,

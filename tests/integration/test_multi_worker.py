@@ -45,11 +45,10 @@ WORKER = """
 import json, os, sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from tests.unit.test_trainer import make_config
-import trainer.data
-if os.environ.get("TWOTOWER_TEST_STREAMED"):
-    trainer.data.IN_MEMORY_MAX_BYTES = 0  # the streamed-TFRecords input of splits over 1 GiB
 from trainer.train import train_model
 root, out, train = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if os.environ.get("TWOTOWER_TEST_STREAMED"):
+    train["in_memory_max_mb"] = 0  # the streamed-TFRecords input of splits over train.in_memory_max_mb
 summary = train_model(make_config(root, **train), root, out)
 print("[worker-result] " + json.dumps({"num_replicas": summary["num_replicas"], "input": summary["input"],
                                        "best_val_recall_at_10": summary["best_val_recall_at_10"]}), flush=True)

@@ -118,7 +118,10 @@ def test_plan_names_what_keeps_the_step_uncompiled():
         pytest.skip("XLA is not usable on this platform")
     assert plan.compiled and plan.looked_up and plan.why_not is None
     streamed = compiled_step_plan(config, towers, in_memory=False, multi_worker=False)
-    assert not streamed.looked_up and not streamed.compiled and "streamed" in streamed.why_not
+    assert streamed.looked_up and streamed.compiled
+    workers = compiled_step_plan(config.with_overrides({"train.distribute": "multi_worker"}), towers,
+                                 in_memory=True, multi_worker=True)
+    assert not workers.looked_up and not workers.compiled and "multi_worker" in workers.why_not
     off = compiled_step_plan(_config(compiled_step=False, batch_size=4096, hard_negatives=2), towers,
                              in_memory=True, multi_worker=False)
     assert off.looked_up and not off.compiled
