@@ -144,12 +144,18 @@ def write_bytes(path: str, data: bytes) -> None:
     if is_gcs(path):
         _blob(path).upload_from_string(data)
         return
+    write_local_atomically(path, lambda fh: fh.write(data))
+
+
+def write_local_atomically(path: str, write) -> None:
+    """Write a local file atomically from ``write(fh)`` (a binary file object: content larger
+    than memory can be streamed in): a temp file beside it, fsync, rename over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

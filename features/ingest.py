@@ -1162,7 +1162,7 @@ def _write_outputs(out_dir: str, tables: dict[str, _Table], fingerprint: str,
         elif os.path.exists(path):
             # A users.parquet left by an earlier run into this folder must not be picked up.
             os.remove(path)
-    _replace_with(os.path.join(out_dir, DEAD_LETTER_FILE),
+    storage.write_local_atomically(os.path.join(out_dir, DEAD_LETTER_FILE),
                   lambda fh: _write_dead_letters(fh, [tables[t] for t in TABLES if t in tables]))
     total = sum(t.rows for t in tables.values())
     bad = sum(t.bad for t in tables.values())
@@ -1189,22 +1189,6 @@ def _write_dead_letters(fh, tables: list[_Table]) -> None:
 def _copy_file(src: str, fh) -> None:
     with open(src, "rb") as s:
         shutil.copyfileobj(s, fh, 1 << 20)
-
-
-def _replace_with(path: str, write) -> None:
-    """Write a local file atomically, as core.storage.write_bytes does, but from ``write(fh)``
-    (a binary file object), so content larger than memory can be streamed into it."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_thresholds(tables: dict[str, _Table], max_bad_fraction: float) -> None:
