@@ -923,7 +923,10 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                  | "ReadUsers" >> beam.io.ReadFromParquet(inputs["users"])
                  | "NormalizeUsers" >> NormalizeFeatures(query_specs))
         rows = rows | "JoinUserFeatures" >> JoinUserFeatures(users, schema.user_features)
-    rows = rows | "JoinItemFeatures" >> JoinItemFeatures(items, item_feats)
+    # Ids only (no item features): nothing to attach, so no 10M-row CoGroupByKey to hold in
+    # memory (ingest has already refused interactions of unknown items).
+    if item_feats:
+        rows = rows | "JoinItemFeatures" >> JoinItemFeatures(items, item_feats)
 
     # ---- query-side numerics: train-split mean, then fill and encode by split
     train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == "train")
