@@ -502,3 +502,24 @@ def test_rows_lost_or_duplicated_by_the_runner_are_an_error(tmp_path):
     check_rows_conserved(config.with_overrides({"transform.cold_item_fraction": 0.1}), "i", 10, {**exact, "test": 0})
     with pytest.raises(TransformError, match="duplicated"):
         check_rows_conserved(config.with_overrides({"data.min_rating": 3.0}), "i", 10, {**exact, "train": 8})
+
+
+def test_ids_only_schema_writes_the_same_interactions_without_the_item_join(tmp_path, user_run):
+    """No item features: the transform skips the item join, and every split holds the same
+    (user, item) rows as the run that joins item features (the planted split above)."""
+    schema = {**USER_SCHEMA, "item_features": []}
+    src = tmp_path / "src"
+    src.mkdir()
+    ITEMS.to_csv(src / "items.csv", index=False)
+    USERS.to_csv(src / "users.csv", index=False)
+    INTERACTIONS.to_csv(src / "interactions.csv", index=False)
+    cfg = _config(src, schema, **{"transform.split": "auto"})
+    ingest(cfg, str(tmp_path / "ingested"))
+    stats = run_transform(cfg, str(tmp_path / "ingested"), str(tmp_path / "out"))
+    full_cfg, full_out, full_stats = user_run
+    assert stats["counts"] == full_stats["counts"]
+    for split in ("train", "valid", "test", "train_negatives"):
+        ids_only = _records(tmp_path / "out", split, interaction_specs(cfg.schema))
+        joined = _records(full_out, split, interaction_specs(full_cfg.schema))
+        assert _pairs(ids_only) == _pairs(joined), split
+        assert all(set(r) == {s.name for s in interaction_specs(cfg.schema)} for r in ids_only)
