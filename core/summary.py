@@ -38,19 +38,22 @@ def stage_resources(cpu_started: float) -> dict:
     of its waited-for children (Beam's multi-processing workers) since then, and the larger of
     this process's and its largest child's peak resident set, MB (10^6 bytes). Each KFP step is
     its own process, so the peak is the step's (its imports included)."""
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, children = _usage()
     peak_kb = max(own.ru_maxrss, children.ru_maxrss)  # Linux: kilobytes
     return {"cpu_seconds": round(cpu_seconds_now() - cpu_started, 3), "peak_rss_mb": round(peak_kb * 1024 / 1e6, 1)}
 
 
 def cpu_seconds_now() -> float:
     """User + system CPU seconds of this process and its waited-for children so far."""
+    own, children = _usage()
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _usage():
+    """(this process's, its reaped children's) ``resource.getrusage`` records."""
     import resource
 
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 
 
 def build_summary(run_id: str, stages: list[dict], metrics: Mapping, index_metrics: Mapping,

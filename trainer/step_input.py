@@ -79,7 +79,7 @@ class StepPlan:
 def compiled_step_plan(config, towers, *, in_memory: bool, multi_worker: bool) -> StepPlan:
     """Decide :class:`StepPlan` for ``config`` and the built towers (``in_memory``: the split is
     held in memory rather than streamed; both take the prepared input)."""
-    from trainer.features import IdEncoder, MultiCategoricalEncoder
+    from trainer.features import IdEncoder, MultiCategoricalEncoder, NumericEncoder
     from trainer.model import DENSIFY_MAX_ELEMENTS, _can_jit_compile
 
     t = config.train
@@ -97,9 +97,10 @@ def compiled_step_plan(config, towers, *, in_memory: bool, multi_worker: bool) -
         reasons.append("hard negatives")
     for tower in towers:
         for name, encoder in tower.encoders.items():
+            if isinstance(encoder, NumericEncoder):
+                continue
             if not isinstance(encoder, IdEncoder) or isinstance(encoder, MultiCategoricalEncoder):
-                if type(encoder).__name__ != "NumericEncoder":
-                    reasons.append(f"{name} is encoded with string ops")
+                reasons.append(f"{name} is encoded with string ops")
             elif encoder.embedding.input_dim * encoder.embedding.output_dim > DENSIFY_MAX_ELEMENTS:
                 reasons.append(f"{name}'s table is above {DENSIFY_MAX_ELEMENTS:,} weights (row-wise updates)")
     if not reasons and not _can_jit_compile():
