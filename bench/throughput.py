@@ -19,6 +19,8 @@ Models, all trained on that same train split, at the same batch size, for ``--ep
 - ``ours_ids_streamed``: the same with ``train.in_memory_max_mb=0``, so the train split is streamed
   from its TFRecords (parse + shuffle buffer + id look-up in tf.data, every epoch), the input of a
   split too large to hold in memory.
+- ``ours_ids_compiled``: ``ours_ids`` with ``train.compiled_step=true``: the whole step under XLA
+  (TFRS's [B, B] softmax, static shapes) instead of the default uncompiled distinct-candidate step.
 - ``ours_wide``: ``configs/movielens.yaml`` made ids-only (``schema.query_features=[user_id]``,
   ``schema.item_features=[]``, ``train.use_item_ids_as_features=true``,
   ``train.item_id_dropout=0``), keeping its 128-unit hidden layer and 64-dim output: about
@@ -26,6 +28,10 @@ Models, all trained on that same train split, at the same batch size, for ``--ep
   so the cost of the wider towers is on the record.
 - ``reference``: ``bench.reference.train_reference`` (TFRS basic-retrieval tutorial: user-id
   and item-id embeddings of 32, Adagrad 0.1, in-batch softmax, ``shuffle(100_000).batch(B).cache()``).
+
+Threads: every model of the run (the reference too) runs under the same TensorFlow thread pools,
+``--threads`` or, by default, the ids config's ``train.threads`` (1 in the shipped file), set
+through ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` before TensorFlow's import.
 
 What one figure is: examples/s of a run = the median over its epochs of n_train / the epoch's
 seconds (wall), and CPU examples/s the same with the process CPU time of the epoch (all
@@ -113,10 +119,17 @@ def prepare(source: Path, work: Path, root: Path = REPO):
 #: The models of one repeat, in run order (reversed on odd repeats). ``ours_ids_streamed`` is
 #: ``ours_ids`` with ``train.in_memory_max_mb=0``: the split streamed from its TFRecords every
 #: epoch (the input of a split too large to hold), where ``ours_ids`` holds it in memory.
-MODELS = ("ours_ids", "ours_ids_streamed", "ours_wide", "reference")
+MODELS = ("ours_ids", "ours_ids_streamed", "ours_ids_compiled", "ours_wide", "reference")
 
 #: ``ours_ids``: the shipped ids-only configuration (always this tree's file).
 IDS_CONFIG = REPO / "configs" / "movielens-ids.yaml"
+
+
+def _config_threads() -> int:
+    """``train.threads`` of the ids config (0 when this tree's config has no such option)."""
+    from core.config import load_config
+
+    return int(getattr(load_config(IDS_CONFIG).train, "threads", 0))
 
 
 def model_configs(movielens, ids) -> dict:
@@ -125,6 +138,8 @@ def model_configs(movielens, ids) -> dict:
     out = {"ours_ids": ids, "ours_wide": movielens.with_overrides(ids_only_overrides(movielens))}
     if "in_memory_max_mb" in type(ids.train).model_fields:  # an older --trainer-root has no such option
         out["ours_ids_streamed"] = ids.with_overrides({"train.in_memory_max_mb": 0})
+    if "compiled_step" in type(ids.train).model_fields:
+        out["ours_ids_compiled"] = ids.with_overrides({"train.compiled_step": True})
     return out
 
 
@@ -219,6 +234,9 @@ def main(argv=None) -> int:
     parser.add_argument("--trainer-root", type=Path, default=None,
                         help="import trainer/, core/, features/ from this tree instead (e.g. an older "
                              "checkout, for before/after); the reference always comes from it too")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="TensorFlow intra- and inter-op threads for every model, the reference too "
+                             "(default: the ids config's train.threads; 0 = TensorFlow's default)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.epochs < 1:
         parser.error("--repeats and --epochs must be >= 1")
@@ -226,6 +244,9 @@ def main(argv=None) -> int:
         print(f"[throughput] {args.source} has no MovieLens-100K (u.data): skipped", flush=True)
         return 0
     _setup_paths(args.trainer_root)
+    threads = args.threads if args.threads is not None else _config_threads()
+    if threads > 0:  # before TensorFlow's import: every model of this process, the reference too
+        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="twotower-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -272,6 +293,7 @@ def main(argv=None) -> int:
                   "with process CPU seconds; training passes only (ours: epoch batches + model.fit; reference: "
                   "model.fit over cached batches); validation, checkpoints, parsing, export excluded for all",
         "models": list(MODELS), "ids_config": str(IDS_CONFIG.relative_to(REPO)),
+        "threads": threads or "TensorFlow's default",
         "rows": rows, "runs": runs, "table": text,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -180,10 +180,17 @@ class TrainConfig(_Strict):
         "dropout rate after each hidden layer of both towers (training only); needs train.hidden_dims "
         "(the feature encoders and the projection get none), else a config error"))
     optimizer: Literal["adam", "adamw", "adagrad"] = "adam"
-    compiled_step: bool = Field(True, description=(
-        "compile the whole train step with XLA where it can be (an in-memory split, id / categorical / "
-        "numeric features only, tables up to 2^20 weights, batch_size <= 2048, no sampled, labelled or "
-        "hard negatives; see trainer/step_input.py); training.json says whether it was and why not"))
+    compiled_step: bool = Field(False, description=(
+        "compile the whole train step with XLA where it can be (id / categorical / numeric features "
+        "only, tables up to 2^20 weights, batch_size <= 2048, no sampled, labelled or hard negatives; "
+        "see trainer/step_input.py); training.json says whether it was and why not. Off by default: on "
+        "these CPUs the compiled [B, B] step was 0.6-0.75x as fast as the uncompiled distinct-candidate "
+        "step at batch 512 (docs/BENCHMARKS.md); for accelerators"))
+    threads: int = Field(0, ge=0, description=(
+        "TensorFlow's intra- and inter-op thread pools of the training process (0 = TensorFlow's "
+        "default, one per core). A small step (batch 512, ids only) costs less on one thread: its "
+        "kernels are too small to split and hand-offs between threads cost more than they save "
+        "(docs/BENCHMARKS.md); a wide model or large batch wants the default"))
     row_wise_updates: bool = Field(True, description=(
         "embedding tables above 2^20 weights (32,768 rows of 32) update only the rows a batch looked "
         "up: Adam's moments and weight decay of the other rows wait until they are next used (the "
@@ -226,8 +233,11 @@ class TrainConfig(_Strict):
     num_workers: int = Field(1, ge=1, description="tf.data parallelism")
     in_memory_max_mb: int = Field(1024, ge=0, description=(
         "a train split of at most this many MB of TFRecords is parsed once and held in memory (each "
-        "epoch a seeded permutation); a larger one is streamed from disk every epoch, through a "
-        "shuffle buffer (0 = always stream)"))
+        "epoch a seeded permutation); a larger one is streamed from disk every epoch in shuffled blocks "
+        "of train.stream_block_mb (0 = always stream)"))
+    stream_block_mb: int = Field(128, ge=1, description=(
+        "a streamed train split is read, parsed and permuted this many MB of TFRecords at a time (about "
+        "three blocks are held at once; larger blocks mix more keys into each batch)"))
     device: Literal["auto", "cpu", "gpu"] = "auto"
     accelerator_type: str = Field("NVIDIA_TESLA_T4", min_length=1, description=(
         "accelerator the compiled train step requests when train.device=gpu (and only then): a Vertex AI "

@@ -60,6 +60,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 import uuid
 from typing import Iterable, Optional
@@ -346,6 +347,43 @@ class FillNumericsFn(beam.DoFn):
         yield out
 
 
+def fill_numerics(rows, label: str, names: list[str], stats):
+    """``rows | label >> FillNumerics`` when there is a numeric to fill, else ``rows`` as is.
+
+    Skipping matters at scale: a side input makes the in-process runner hold the whole main
+    input (10M rows) in memory until the side input is computed.
+    """
+    if not names:
+        return rows
+    return rows | label >> beam.ParDo(FillNumericsFn(names), stats=pvalue.AsSingleton(stats))
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def pack_row(row: dict) -> bytes:
+    """A row as grouped by a GroupByKey: one pickled bytes object.
+
+    Beam's in-process runner holds every value of a GroupByKey decoded until the group is
+    read: a 6-field dict costs ~600 B of Python objects, its pickle ~130 B, which is what
+    keeps the 10M-row transform inside 8 GB. :func:`unpack_row` is its inverse.
+    """
+    return pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_row(packed: bytes) -> dict:
+    return pickle.loads(packed)
+
+
+def seen_value(split: str, item_id: str) -> str:
+    """(split, item) as one short string for the seen grouping (the split's index, then the id)."""
+    return f"{SPLITS.index(split)}{item_id}"
+
+
+def parse_seen_value(value: str) -> tuple[str, str]:
+    return SPLITS[int(value[0])], value[1:]
+
+
 # --------------------------------------------------------------------------- labels and splits
 
 
@@ -446,8 +484,8 @@ class LeaveLastOutFn(beam.DoFn):
     """
 
     def process(self, keyed):
-        _, rows = keyed
-        ordered = sorted(rows, key=lambda r: (int(r["timestamp"]), str(r[ITEM_KEY])))
+        _, packed = keyed
+        ordered = sorted(map(unpack_row, packed), key=lambda r: (int(r["timestamp"]), str(r[ITEM_KEY])))
         n = len(ordered)
         for i, row in enumerate(ordered):
             split = "train"
@@ -483,7 +521,7 @@ class SplitInteractions(beam.PTransform):
         if self._method == "hashed":
             return rows | "Hash" >> beam.ParDo(HashSplitFn(self._valid, self._test, self._seed))
         return (rows
-                | "ByKey" >> beam.Map(lambda r: (r[KEY], r))
+                | "ByKey" >> beam.Map(lambda r: (r[KEY], pack_row(r)))
                 | "Group" >> beam.GroupByKey()
                 | "LeaveLastOut" >> beam.ParDo(LeaveLastOutFn()))
 
@@ -502,8 +540,8 @@ class MergeUserFn(beam.DoFn):
         users = list(groups["user"])
         user = users[0] if users else {s.name: clean_value(s, None) for s in self._specs}
         features = {s.name: user[s.name] for s in self._specs}
-        for row in groups["rows"]:
-            yield {**row, **features}
+        for packed in groups["rows"]:
+            yield {**unpack_row(packed), **features}
 
 
 class JoinUserFeatures(beam.PTransform):
@@ -514,7 +552,7 @@ class JoinUserFeatures(beam.PTransform):
         self._users, self._specs = users, list(user_specs)
 
     def expand(self, rows):
-        keyed_rows = rows | "RowsByUser" >> beam.Map(lambda r: (r[KEY], r))
+        keyed_rows = rows | "RowsByUser" >> beam.Map(lambda r: (r[KEY], pack_row(r)))
         keyed_users = self._users | "UsersById" >> beam.Map(lambda u: (u[USER_KEY], u))
         return ({"rows": keyed_rows, "user": keyed_users}
                 | "CoGroup" >> beam.CoGroupByKey()
@@ -538,8 +576,8 @@ class MergeItemFn(beam.DoFn):
                 self._unknown.inc()
             return
         features = {s.name: items[0][s.name] for s in self._specs}
-        for row in rows:
-            yield {**row, **features}
+        for packed in rows:
+            yield {**unpack_row(packed), **features}
 
 
 class JoinItemFeatures(beam.PTransform):
@@ -550,7 +588,7 @@ class JoinItemFeatures(beam.PTransform):
         self._items, self._specs = items, list(item_specs_)
 
     def expand(self, rows):
-        keyed_rows = rows | "RowsByItem" >> beam.Map(lambda r: (r[ITEM_KEY], r))
+        keyed_rows = rows | "RowsByItem" >> beam.Map(lambda r: (r[ITEM_KEY], pack_row(r)))
         keyed_items = self._items | "ItemsById" >> beam.Map(lambda i: (i[ITEM_KEY], i))
         return ({"rows": keyed_rows, "item": keyed_items}
                 | "CoGroup" >> beam.CoGroupByKey()
@@ -807,10 +845,11 @@ class SortedFile(beam.PTransform):
 
 
 def seen_line(keyed) -> tuple[str, str]:
-    """(key, [(split, item_id)]) -> (key, JSON line with sorted unique items per split)."""
-    key, pairs = keyed
+    """(key, [seen_value(split, item_id)]) -> (key, JSON line with sorted unique items per split)."""
+    key, values = keyed
     per_split: dict[str, set] = {s: set() for s in SPLITS}
-    for split, item in pairs:
+    for value in values:
+        split, item = parse_seen_value(value)
         per_split[split].add(item)
     return key, json.dumps({"key": key, **{s: sorted(per_split[s]) for s in SPLITS}})
 
@@ -885,8 +924,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                     | "DisplayFile" >> SortedFile(ITEMS_DISPLAY_FILE))
     items = raw_items | "NormalizeItems" >> NormalizeFeatures(catalog_specs)
     item_stats = items | "ItemNumericStats" >> ComputeNumericStats(item_numeric)
-    items = items | "FillItemNumerics" >> beam.ParDo(FillNumericsFn(item_numeric),
-                                                      stats=pvalue.AsSingleton(item_stats))
+    items = fill_numerics(items, "FillItemNumerics", item_numeric, item_stats)
     items_written = items | "EncodeItems" >> beam.ParDo(EncodeFn(catalog_specs))
     _ = items_written | "WriteItems" >> _tfrecord_sink(out_dir, "items")
     # Cold items are drawn over the catalog, so one never interacted with is listed too.
@@ -931,8 +969,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     # ---- query-side numerics: train-split mean, then fill and encode by split
     train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == "train")
     query_stats = train_rows | "QueryNumericStats" >> ComputeNumericStats(query_numeric)
-    filled = rows | "FillQueryNumerics" >> beam.ParDo(FillNumericsFn(query_numeric),
-                                                       stats=pvalue.AsSingleton(query_stats))
+    filled = fill_numerics(rows, "FillQueryNumerics", query_numeric, query_stats)
     encoded = filled | "EncodeBySplit" >> beam.ParDo(
         EncodeBySplitFn(interaction_specs(schema))).with_outputs(*SPLITS, NEGATIVES)
     counted = {"items": items_written, "cold_items": cold_items}
@@ -964,7 +1001,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
 
     # ---- seen.jsonl: positives per key and split
     seen_file = (positives
-         | "SeenPairs" >> beam.Map(lambda r: (r[KEY], (r[SPLIT], r[ITEM_KEY])))
+         | "SeenPairs" >> beam.Map(lambda r: (r[KEY], seen_value(r[SPLIT], r[ITEM_KEY])))
          | "SeenGroup" >> beam.GroupByKey()
          | "SeenLine" >> beam.Map(seen_line)
          | "SeenFile" >> SortedFile(SEEN_FILE))
@@ -982,9 +1019,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     else:
         query_rows = interactions | "QueryRows" >> beam.Map(
             lambda r, names=[s.name for s in query_specs]: {n: r[n] for n in names})
-    query_lines = (query_rows
-                   | "FillQueryTable" >> beam.ParDo(FillNumericsFn(query_numeric),
-                                                     stats=pvalue.AsSingleton(query_stats))
+    query_lines = (fill_numerics(query_rows, "FillQueryTable", query_numeric, query_stats)
                    | "QueryLine" >> beam.Map(query_line, query_specs, schema.query_key)
                    # Several interactions share a key: keep one deterministic line per key.
                    | "OnePerKey" >> beam.CombinePerKey(min))

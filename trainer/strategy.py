@@ -105,6 +105,26 @@ def is_chief(strategy) -> bool:
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
+def set_threads(threads: int) -> None:
+    """``train.threads``: size TensorFlow's intra- and inter-op thread pools (0 = leave them).
+
+    They can only be sized before TensorFlow's runtime starts, which a training component's
+    process does here, first thing; where it has already started (tests, a notebook, a bench
+    running several models in one process) the pools keep their size and a note says so.
+    The ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` environment variables set
+    before TensorFlow's import do the same for a whole process."""
+    if threads <= 0:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            print(f"[train] train.threads={threads}: TensorFlow already started in this process with "
+                  f"{current or 'its default'} intra-op threads; keeping them", flush=True)
+
+
 def set_determinism(deterministic: bool) -> None:
     """``train.deterministic``: bit-reproducible kernels (slower on GPU), or TensorFlow's
     default. Process-wide, so it is set (or cleared) at the start of every run."""

@@ -200,7 +200,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from core.records import interaction_specs
     from trainer import artifacts
     from trainer.checkpoint import TrainingCheckpoint
-    from trainer.data import (InMemoryExamples, count_records, files_size,
+    from trainer.data import (InMemoryExamples, StreamedExamples, block_rows_for, count_records, files_size,
                               labelled_negatives_dataset, make_dataset, with_labelled_negatives)
     from trainer.evalset import load_catalog, load_queries
     from trainer.export import embed_columns, export_tower, serving_function
@@ -210,10 +210,11 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from trainer.negatives import CatalogSampler
     from trainer.step_input import compiled_step_plan, look_up_columns
     from trainer.strategy import (MULTI_WORKER_STEPS_PER_EXECUTION, device_scope, is_chief, make_strategy,
-                                  set_determinism, task_of)
+                                  set_determinism, set_threads, task_of)
 
     t = config.train
     out_dir = out_dir.rstrip("/")
+    set_threads(t.threads)  # before anything starts TensorFlow's runtime
     set_determinism(t.deterministic)
     tf.keras.utils.set_random_seed(t.seed)
     strategy = make_strategy(t.distribute, t.device)
@@ -246,8 +247,9 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     n_train = examples.size if in_memory else count_records(train_files)
     if n_train == 0:
         raise ValueError(f"{transformed_dir}: the train split is empty")
-    streamed = None if in_memory or multi_worker else make_dataset(
-        train_files, specs, t.batch_size, shuffle=True, seed=t.seed, num_parallel_calls=t.num_workers)
+    streamed = None if in_memory or multi_worker else StreamedExamples(
+        train_files, specs, block_rows=block_rows_for(train_files, n_train, t.stream_block_mb, t.batch_size),
+        num_parallel_calls=t.num_workers)
     negatives = None
     if t.labelled_negative_weight > 0.0 and not multi_worker:
         negatives = labelled_negatives_dataset(artifacts.split_files(transformed_dir, "train_negatives"), specs,
@@ -258,7 +260,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         if examples is None:
             if streamed is None:  # multi_worker streams through multi_worker_input; this is for building
                 return make_dataset(train_files, specs, t.batch_size, shuffle=False, num_parallel_calls=t.num_workers)
-            return streamed  # reshuffled by tf.data on every pass
+            return streamed.epoch_dataset(t.batch_size, seed=t.seed, epoch=epoch)
         return examples.epoch_dataset(t.batch_size, seed=t.seed, epoch=epoch)
 
     steps_per_epoch = _steps_per_epoch(n_train, t.batch_size)
@@ -318,8 +320,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         if plan.looked_up and examples is not None:  # the split's ids become table rows once (step_input.py)
             examples = InMemoryExamples(look_up_columns(examples.columns, towers, logq))
         elif plan.looked_up:  # streamed: looked up by the input pipeline, beside the step
-            streamed = streamed.map(lambda batch: look_up_columns(batch, towers, logq),
-                                    num_parallel_calls=t.num_workers, deterministic=True).prefetch(tf.data.AUTOTUNE)
+            streamed = streamed.with_prepare(lambda block: look_up_columns(block, towers, logq))
         if plan.compiled:  # XLA needs static shapes: TFRS's [B, B] softmax, not the distinct candidates'
             model.dedupe_candidates = False
         model.compile(optimizer=optimizer, jit_compile=plan.compiled,
@@ -399,6 +400,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "n_train": n_train,
         # How the train passes ran (what examples_per_second measured).
         "input": "in_memory" if in_memory else "streamed",
+        "stream_block_rows": streamed.block_rows if streamed is not None else None,
         "candidate_dedup": model.dedupe_candidates,
         **plan.as_dict(),
         "n_valid_queries": len(valid),

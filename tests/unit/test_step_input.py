@@ -21,7 +21,7 @@ def _config(**train) -> Config:
         "schema": {"query_key": "user_id", "query_features": [{"name": "user_id", "type": "id"}],
                    "item_features": [{"name": "category", "type": "categorical"}]},
         "train": {"batch_size": 8, "embedding_dims": 4, "feature_dims": 4, "hidden_dims": [], "lr": 0.05,
-                  "logq_correction": True, **train},
+                  "logq_correction": True, "compiled_step": True, **train},
         "publish": {"store": "unused"},
     })
 

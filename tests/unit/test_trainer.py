@@ -382,6 +382,41 @@ def test_in_memory_examples_serve_each_row_once_per_epoch_in_a_seeded_order(data
     assert unshuffled == [r["item_id"] for r in rows]  # file order
 
 
+def test_streamed_examples_serve_each_row_once_per_epoch_in_shuffled_blocks(data, tmp_path):
+    """Blocks of 30 rows (rounded up to a multiple of the batch) over two files: every row
+    exactly once per epoch with its columns together, full batches but the last, order fixed by
+    (seed, epoch), prepare applied per block, and a block mixes the rows of both files."""
+    from core.records import interaction_specs
+    from trainer.data import StreamedExamples
+
+    specs = interaction_specs(data["config"].schema)
+    rows = data["splits"]["train"]
+    half = len(rows) // 2
+    files = [tmp_path / "a.tfrecord", tmp_path / "b.tfrecord"]
+    _write_tfrecord(files[0], rows[:half], specs)
+    _write_tfrecord(files[1], rows[half:], specs)
+    examples = StreamedExamples([str(f) for f in files], specs, block_rows=30)
+
+    def epoch(source, seed, n):
+        batches = list(source.epoch_dataset(20, seed=seed, epoch=n))
+        sizes = [len(b["item_id"]) for b in batches]
+        assert sizes[:-1] == [20] * (len(sizes) - 1) and sum(sizes) == len(rows)
+        return [(q.decode(), i.decode(), float(p)) for b in batches
+                for q, i, p in zip(b["query"].numpy(), b["item_id"].numpy(), b["price"].numpy())]
+
+    first = epoch(examples, 1, 1)
+    assert sorted(first) == sorted((r["query"], r["item_id"], float(np.float32(r["price"]))) for r in rows)
+    assert epoch(examples, 1, 1) == first  # fixed by (seed, epoch)
+    assert epoch(examples, 1, 2) != first and epoch(examples, 2, 1) != first
+    # The first block (40 rows: 30 rounded up to 2 batches) holds rows of both files.
+    from_first_file = {(r["query"], r["item_id"]) for r in rows[:half]}
+    in_block = [(q, i) in from_first_file for q, i, _ in first[:40]]
+    assert any(in_block) and not all(in_block)
+
+    prepared = examples.with_prepare(lambda block: {**block, "price": block["price"] * 0 + 7.0})
+    assert {p for _, _, p in epoch(prepared, 1, 1)} == {7.0}
+
+
 @pytest.mark.slow
 def test_streamed_split_takes_the_prepared_input_and_learns(data, trained, tmp_path):
     """train.in_memory_max_mb=0 streams the split from its TFRecords; its categorical ids are

@@ -360,3 +360,25 @@ def test_row_wise_adagrad_decays_only_looked_up_rows(root):
     # row 1 after its update, row 6 before it (Adagrad's step does not depend on the weight).
     np.testing.assert_allclose(dense[1], lazy[1] * 0.975, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(lazy[6] - dense[6], init[6] * 0.975 * 0.025, rtol=1e-4, atol=1e-6)
+
+
+def test_threads_size_the_pools_of_a_fresh_process_and_are_kept_once_started():
+    """train.threads sizes TensorFlow's thread pools when it runs first (a training process);
+    once TensorFlow's runtime has started, the pools keep their size and a note says so."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'\n"
+        "from trainer.strategy import set_threads, tf\n"
+        "set_threads(1)\n"
+        "print('POOLS', tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+        "tf.constant(1.0) + 1.0  # starts the runtime\n"
+        "set_threads(2)\n"
+        "print('AFTER', tf.config.threading.get_intra_op_parallelism_threads())\n")
+    root = __file__.rsplit("/tests/", 1)[0]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "POOLS 1 1" in out.stdout
+    assert "AFTER 1" in out.stdout and "train.threads=2" in out.stdout and "keeping them" in out.stdout

@@ -523,3 +523,18 @@ def test_ids_only_schema_writes_the_same_interactions_without_the_item_join(tmp_
         joined = _records(full_out, split, interaction_specs(full_cfg.schema))
         assert _pairs(ids_only) == _pairs(joined), split
         assert all(set(r) == {s.name for s in interaction_specs(cfg.schema)} for r in ids_only)
+
+
+def test_grouped_values_round_trip_whatever_the_ids_hold():
+    """What the GroupByKeys hold (pickled rows, one-string seen values) decodes to the original,
+    for ids with digits, separators, unicode and the empty string."""
+    from features.transform import SPLITS, pack_row, parse_seen_value, seen_value, unpack_row
+
+    row = {"user_id": "u 1", "_key": "u 1", "item_id": "0|a\tb", "label": 1, "rating": float("nan"),
+           "timestamp": 1_700_000_000, "title": "Amélie"}
+    back = unpack_row(pack_row(row))
+    assert back.keys() == row.keys() and back["item_id"] == "0|a\tb" and back["title"] == "Amélie"
+    assert isinstance(pack_row(row), bytes)
+    for split in SPLITS:
+        for item in ("", "7", "12abc", "2\n", "é"):
+            assert parse_seen_value(seen_value(split, item)) == (split, item)
