@@ -235,6 +235,10 @@ class TrainConfig(_Strict):
         "a train split of at most this many MB of TFRecords is parsed once and held in memory (each "
         "epoch a seeded permutation); a larger one is streamed from disk every epoch in shuffled blocks "
         "of train.stream_block_mb (0 = always stream)"))
+    stream_cache: bool = Field(True, description=(
+        "a streamed train split is parsed once, before the first epoch, into a local-disk cache of "
+        "prepared blocks (about the parsed split's size; removed when training ends), and every epoch "
+        "reads blocks back instead of parsing records again; false = parse every epoch"))
     stream_block_mb: int = Field(128, ge=1, description=(
         "a streamed train split is read, parsed and permuted this many MB of TFRecords at a time (about "
         "three blocks are held at once; larger blocks mix more keys into each batch)"))

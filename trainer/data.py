@@ -5,6 +5,7 @@ Trainer-internal (imports TensorFlow at module import).
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -154,17 +155,24 @@ class InMemoryExamples:
 
 
 class StreamedExamples:
-    """A split too large to hold in memory, read afresh every epoch in shuffled blocks.
+    """A split too large to hold in memory, served in shuffled blocks every epoch.
 
-    An epoch reads the files (in a seeded order, interleaved so a block mixes records of
-    several files) in blocks of ``block_rows`` records; each block is parsed in one
-    ``tf.io.parse_example`` call, passed through ``prepare`` once (e.g. the id look-up of
-    :func:`trainer.step_input.look_up_columns`, vectorised over the whole block), permuted
-    (stateless, seeded by ``(seed, epoch, block)``) and cut into batches. The next block is
-    read and parsed while the current one trains. Compared with the per-record shuffle buffer
-    it replaces, no record goes through tf.data one by one (3.6x the examples/s on MovieLens,
-    docs/BENCHMARKS.md), and a block mixes more: up to 1M+ records instead of a 50k window
-    (the transform writes a key's rows next to each other, so a small window sees few keys).
+    The files are read (interleaved, so a block mixes records of several files) in blocks of
+    ``block_rows`` records; each block is parsed in one ``tf.io.parse_example`` call, passed
+    through ``prepare`` once (e.g. the id look-up of :func:`trainer.step_input.look_up_columns`,
+    vectorised over the whole block), permuted (stateless, seeded by ``(seed, epoch, block)``)
+    and cut into batches; the next block is made ready while the current one trains.
+
+    With ``cache_dir`` (local disk) the prepared blocks are parsed once, by :meth:`fill_cache`
+    or the first epoch, into a tf.data cache file there, and every epoch reads whole blocks
+    back instead of parsing records again: the per-record parse is what streaming cost over
+    the in-memory path (docs/BENCHMARKS.md). The cache holds the prepared columns (ids as int64
+    rows), so it is about the size of the parsed split. Without a cache, each epoch parses
+    afresh, in a seeded file order.
+
+    Compared with a per-record shuffle buffer, no record goes through tf.data one by one, and
+    a block mixes more: up to 1M+ records instead of a 50k window (the transform writes a key's
+    rows next to each other, so a small window sees few keys).
 
     ``block_rows`` is rounded up to a multiple of the batch size, so only an epoch's last batch
     is short and the step count is ``ceil(N / batch_size)`` as in memory. Like
@@ -176,40 +184,69 @@ class StreamedExamples:
         specs: the features to parse.
         block_rows: records per block (memory: about three blocks' parsed columns at a time).
         prepare: ``{name: [n]} -> {name: [n]}`` applied once per block, or None.
+        cache_dir: a local folder for the parsed-block cache, or None (parse every epoch).
     """
 
     def __init__(self, files: Sequence[str], specs: Sequence[FeatureSpec], *, block_rows: int,
-                 prepare=None, num_parallel_calls: int = 1, description: Optional[dict] = None):
+                 prepare=None, num_parallel_calls: int = 1, cache_dir: Optional[str] = None,
+                 description: Optional[dict] = None):
         if not files:
             raise ValueError("StreamedExamples: no TFRecord files given")
         if block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
         self.files = list(files)
         self.block_rows = int(block_rows)
+        self.cache_dir = cache_dir
         self._description = description if description is not None else tf_feature_description(specs)
         self._prepare = prepare
         self._parallel = num_parallel_calls
+        self._cached: dict[int, object] = {}  # block size -> its filled cache dataset
 
     def with_prepare(self, prepare) -> "StreamedExamples":
-        """The same split with ``prepare`` applied once per block."""
+        """The same split with ``prepare`` applied once per block (a cache not yet filled)."""
         return StreamedExamples(self.files, (), block_rows=self.block_rows, prepare=prepare,
-                                num_parallel_calls=self._parallel, description=self._description)
+                                num_parallel_calls=self._parallel, cache_dir=self.cache_dir,
+                                description=self._description)
 
-    def epoch_dataset(self, batch_size: int, *, seed: int = 0, epoch: int = 0):
-        """One pass as batches ``{name: [B]}`` (the last one may be smaller)."""
+    def _block_size(self, batch_size: int) -> int:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        block = -(-self.block_rows // batch_size) * batch_size
-        rng = np.random.default_rng([int(seed), int(epoch)])
-        files = [self.files[i] for i in rng.permutation(len(self.files))]
-        block_seed = int(rng.integers(0, 2**31 - 1))
+        return -(-self.block_rows // batch_size) * batch_size
+
+    def _blocks(self, block: int, files: Sequence[str], batch_size: int):
+        """Prepared blocks ``{name: [<= block]}`` of ``files``, in that order."""
         cycle = min(len(files), 8)
-        ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        ds = tf.data.Dataset.from_tensor_slices(list(files)).interleave(
             tf.data.TFRecordDataset, cycle_length=cycle, block_length=max(1, batch_size // cycle),
             num_parallel_calls=min(cycle, self._parallel), deterministic=True)
         ds = ds.batch(block).map(lambda records: tf.io.parse_example(records, self._description))
-        if self._prepare is not None:
-            ds = ds.map(self._prepare)
+        return ds if self._prepare is None else ds.map(self._prepare)
+
+    def fill_cache(self, batch_size: int) -> None:
+        """Parse every block once into the cache for ``batch_size`` (no-op without ``cache_dir``
+        or when filled). A tf.data cache is only kept once it has been read to its end, so it
+        is filled here in one full pass rather than by a training epoch that stops at its step
+        count."""
+        block = self._block_size(batch_size)
+        if self.cache_dir is None or block in self._cached:
+            return
+        path = os.path.join(self.cache_dir, f"blocks-{block}")
+        ds = self._blocks(block, self.files, batch_size).cache(path)
+        for _ in ds:
+            pass
+        self._cached[block] = ds
+
+    def epoch_dataset(self, batch_size: int, *, seed: int = 0, epoch: int = 0):
+        """One pass as batches ``{name: [B]}`` (the last one may be smaller)."""
+        block = self._block_size(batch_size)
+        rng = np.random.default_rng([int(seed), int(epoch)])
+        files = [self.files[i] for i in rng.permutation(len(self.files))]
+        block_seed = int(rng.integers(0, 2**31 - 1))
+        if self.cache_dir is not None:
+            self.fill_cache(batch_size)
+            blocks = self._cached[block]
+        else:
+            blocks = self._blocks(block, files, batch_size)
 
         def permuted(index, columns):
             n = tf.shape(next(iter(columns.values())), out_type=tf.int64)[0]
@@ -222,7 +259,7 @@ class StreamedExamples:
             return tf.data.Dataset.range(0, n, batch_size).map(
                 lambda start: {name: values[start: start + batch_size] for name, values in columns.items()})
 
-        ds = ds.enumerate().map(permuted).prefetch(1)
+        ds = blocks.enumerate().map(permuted).prefetch(1)
         return ds.flat_map(batches).prefetch(tf.data.AUTOTUNE)
 
 

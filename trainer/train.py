@@ -247,9 +247,15 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     n_train = examples.size if in_memory else count_records(train_files)
     if n_train == 0:
         raise ValueError(f"{transformed_dir}: the train split is empty")
-    streamed = None if in_memory or multi_worker else StreamedExamples(
-        train_files, specs, block_rows=block_rows_for(train_files, n_train, t.stream_block_mb, t.batch_size),
-        num_parallel_calls=t.num_workers)
+    streamed = None
+    if not in_memory and not multi_worker:
+        cache_dir = None
+        if t.stream_cache:  # local disk, this process's own; removed when it exits
+            cache_dir = tempfile.mkdtemp(prefix="twotower-stream-cache-")
+            atexit.register(shutil.rmtree, cache_dir, True)
+        streamed = StreamedExamples(
+            train_files, specs, block_rows=block_rows_for(train_files, n_train, t.stream_block_mb, t.batch_size),
+            num_parallel_calls=t.num_workers, cache_dir=cache_dir)
     negatives = None
     if t.labelled_negative_weight > 0.0 and not multi_worker:
         negatives = labelled_negatives_dataset(artifacts.split_files(transformed_dir, "train_negatives"), specs,
@@ -321,6 +327,12 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
             examples = InMemoryExamples(look_up_columns(examples.columns, towers, logq))
         elif plan.looked_up:  # streamed: looked up by the input pipeline, beside the step
             streamed = streamed.with_prepare(lambda block: look_up_columns(block, towers, logq))
+        if streamed is not None:  # parsed once, like an in-memory split, before the first epoch
+            started = time.perf_counter()
+            streamed.fill_cache(t.batch_size)
+            if streamed.cache_dir is not None:
+                print(f"[train] streamed split parsed into {streamed.cache_dir} in "
+                      f"{time.perf_counter() - started:.1f}s (blocks of {streamed.block_rows:,} records)", flush=True)
         if plan.compiled:  # XLA needs static shapes: TFRS's [B, B] softmax, not the distinct candidates'
             model.dedupe_candidates = False
         model.compile(optimizer=optimizer, jit_compile=plan.compiled,

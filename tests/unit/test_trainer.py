@@ -416,6 +416,19 @@ def test_streamed_examples_serve_each_row_once_per_epoch_in_shuffled_blocks(data
     prepared = examples.with_prepare(lambda block: {**block, "price": block["price"] * 0 + 7.0})
     assert {p for _, _, p in epoch(prepared, 1, 1)} == {7.0}
 
+    # Cached: parsed (and prepared) once; epochs then read the cache, not the TFRecords.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached = StreamedExamples([str(f) for f in files], specs, block_rows=30, cache_dir=str(cache)).with_prepare(
+        lambda block: {**block, "price": block["price"] + 1.0})
+    cached.fill_cache(20)
+    assert any(cache.iterdir())
+    for f in files:
+        f.unlink()
+    again = epoch(cached, 1, 1)
+    assert sorted(again) == sorted((r["query"], r["item_id"], float(np.float32(r["price"]) + 1)) for r in rows)
+    assert epoch(cached, 1, 1) == again and epoch(cached, 1, 2) != again
+
 
 @pytest.mark.slow
 def test_streamed_split_takes_the_prepared_input_and_learns(data, trained, tmp_path):
