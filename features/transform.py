@@ -17,7 +17,8 @@ Graph (I/O only at the edges)::
     items ─ NormalizeFeatures ─ ComputeNumericStats(catalog) ─ FillNumerics ─┬─ items TFRecords
                                                                               ├─ item vocabularies
     interactions ─ NormalizeFeatures ─ ClassifyLabels ─ SplitInteractions     │
-         (cold items: positives -> test, label-0 rows dropped)                │
+         (label-0 rows -> train_negatives; cold items: positives -> test,     │
+          label-0 rows dropped; one collection, no Flatten)                   │
          ─ JoinUserFeatures(users) ─ JoinItemFeatures ◄──────────────────────┘
          ─ ComputeNumericStats(train rows) ─ FillNumerics ─ EncodeBySplit ─ split TFRecords
     BuildVocabulary + seen + query table + stats ─ WriteTextFiles (one sink, one element per file)
@@ -388,10 +389,10 @@ def parse_seen_value(value: str) -> tuple[str, str]:
 
 
 class ClassifyLabelsFn(beam.DoFn):
-    """Positives (label 1 and rating >= min_rating when set) on the main output,
-    label-0 rows on ``negative``; label-1 rows under ``min_rating`` are dropped (counted)."""
-
-    NEGATIVE = "negative"
+    """Positives (label 1 and rating >= min_rating when set) as they are, label-0 rows with
+    ``_split`` = ``train_negatives``, on one output; label-1 rows under ``min_rating`` are
+    dropped (counted). One output, not two to flatten later: the in-process runner holds a
+    multi-input Flatten's whole result in memory."""
 
     def __init__(self, min_rating: Optional[float]):
         self._min_rating = min_rating
@@ -399,7 +400,7 @@ class ClassifyLabelsFn(beam.DoFn):
 
     def process(self, row: dict):
         if int(row.get("label", 1)) == 0:
-            yield pvalue.TaggedOutput(self.NEGATIVE, {**row, SPLIT: NEGATIVES})
+            yield {**row, SPLIT: NEGATIVES}
             return
         rating = row.get("rating")
         if self._min_rating is not None and (_missing(rating) or rating < self._min_rating):
@@ -433,33 +434,21 @@ def is_cold_item(item_id: str, fraction: float, seed: int) -> bool:
     return fraction > 0.0 and item_bucket(item_id, seed) < fraction
 
 
-class SeparateColdFn(beam.DoFn):
-    """Rows of cold items on the ``cold`` output, every other row on the main output."""
-
-    COLD = "cold"
-
-    def __init__(self, fraction: float, seed: int):
-        self._fraction, self._seed = fraction, seed
-
-    def process(self, row: dict):
-        if is_cold_item(row[ITEM_KEY], self._fraction, self._seed):
-            yield pvalue.TaggedOutput(self.COLD, row)
-        else:
-            yield row
-
-
-class DropColdFn(beam.DoFn):
-    """Drop (and count) rows of cold items: their label-0 rows must not reach training."""
+class ColdItemsFn(beam.DoFn):
+    """Rows of cold items (:func:`is_cold_item`): positives get ``_split`` = test, label-0 rows
+    are dropped (counted); every other row passes unchanged."""
 
     def __init__(self, fraction: float, seed: int):
         self._fraction, self._seed = fraction, seed
         self._dropped = beam.metrics.Metrics.counter("transform", "cold_item_negatives_dropped")
 
     def process(self, row: dict):
-        if is_cold_item(row[ITEM_KEY], self._fraction, self._seed):
+        if not is_cold_item(row[ITEM_KEY], self._fraction, self._seed):
+            yield row
+        elif row.get(SPLIT) == NEGATIVES:
             self._dropped.inc()
-            return
-        yield row
+        else:
+            yield {**row, SPLIT: "test"}
 
 
 class HashSplitFn(beam.DoFn):
@@ -472,6 +461,9 @@ class HashSplitFn(beam.DoFn):
         self._valid, self._test, self._seed = valid_fraction, test_fraction, seed
 
     def process(self, row: dict):
+        if SPLIT in row:  # assigned already (label-0 rows, cold items)
+            yield row
+            return
         u = hashed_bucket(row[KEY], row[ITEM_KEY], self._seed)
         split = "test" if u < self._test else "valid" if u < self._test + self._valid else "train"
         yield {**row, SPLIT: split}
@@ -481,11 +473,20 @@ class LeaveLastOutFn(beam.DoFn):
     """Per key, ordered by (timestamp, item_id): last -> test, second last -> valid.
 
     Keys with fewer than 3 positives keep everything in train (no history to learn from).
+    Rows that already carry a split (``_split``: label-0 rows, cold items' rows) are grouped
+    along only so that every row leaves the grouping in one stage; they pass unchanged and
+    count for neither the order nor the threshold.
     """
 
     def process(self, keyed):
         _, packed = keyed
-        ordered = sorted(map(unpack_row, packed), key=lambda r: (int(r["timestamp"]), str(r[ITEM_KEY])))
+        to_split = []
+        for row in map(unpack_row, packed):
+            if SPLIT in row:
+                yield row
+            else:
+                to_split.append(row)
+        ordered = sorted(to_split, key=lambda r: (int(r["timestamp"]), str(r[ITEM_KEY])))
         n = len(ordered)
         for i, row in enumerate(ordered):
             split = "train"
@@ -495,11 +496,16 @@ class LeaveLastOutFn(beam.DoFn):
 
 
 class SplitInteractions(beam.PTransform):
-    """Positive rows -> the same rows with ``_split`` in {"train", "valid", "test"}.
+    """Rows -> the same rows with ``_split`` in {"train", "valid", "test"}; rows that already
+    carry a ``_split`` (label-0 rows: ``train_negatives``) keep it.
 
-    With ``cold_item_fraction`` > 0, rows of cold items (:func:`is_cold_item`) skip the
-    split and all go to test; the split sees only the other rows (so a key's
-    leave-last-out order and its 3-positive threshold ignore its cold items).
+    With ``cold_item_fraction`` > 0, positives of cold items (:func:`is_cold_item`) skip the
+    split and all go to test, their label-0 rows are dropped; the split sees only the other
+    positives (so a key's leave-last-out order and its 3-positive threshold ignore its cold
+    items and its label-0 rows).
+
+    Everything leaves in one collection, with no Flatten on the way: Beam's in-process runner
+    materialises every multi-input Flatten, which at 10M rows held them all in memory.
     """
 
     def __init__(self, method: str, valid_fraction: float, test_fraction: float, seed: int,
@@ -510,14 +516,8 @@ class SplitInteractions(beam.PTransform):
         self._cold = cold_item_fraction
 
     def expand(self, rows):
-        if self._cold <= 0.0:
-            return self._split(rows)
-        parts = rows | "SeparateCold" >> beam.ParDo(
-            SeparateColdFn(self._cold, self._seed)).with_outputs(SeparateColdFn.COLD, main="warm")
-        cold = parts[SeparateColdFn.COLD] | "ColdToTest" >> beam.Map(lambda r: {**r, SPLIT: "test"})
-        return (self._split(parts.warm), cold) | "WithCold" >> beam.Flatten()
-
-    def _split(self, rows):
+        if self._cold > 0.0:
+            rows = rows | "ColdItems" >> beam.ParDo(ColdItemsFn(self._cold, self._seed))
         if self._method == "hashed":
             return rows | "Hash" >> beam.ParDo(HashSplitFn(self._valid, self._test, self._seed))
         return (rows
@@ -716,7 +716,7 @@ def format_vocab(entries: list[tuple[str, int]]) -> str:
 
 
 class BuildVocabulary(beam.PTransform):
-    """((feature, token), (count, interactions)) -> (files, coverage).
+    """((feature, token), (count, interactions)), one collection or a tuple of them -> (files, coverage).
 
     ``files``: ``("vocab/<feature>.tsv", text)`` per feature, cut by its
     :class:`VocabPolicy`; ``coverage``: ``(feature, {"entries": file lines, **the coverage
@@ -730,11 +730,16 @@ class BuildVocabulary(beam.PTransform):
         self._policies = dict(policies)
 
     def expand(self, weighted):
-        counts = (weighted
+        # Counted per source first, then the (much smaller) partial counts together: a Flatten of
+        # sources from several stages makes the in-process runner hold all their elements.
+        sources = weighted if isinstance(weighted, tuple) else (weighted,)
+        partial = [src | f"Count[{i}]" >> beam.CombinePerKey(_sum_pairs) for i, src in enumerate(sources)]
+        counts = (tuple(partial)
+                  | "AllCounts" >> beam.Flatten()
                   | "Count" >> beam.CombinePerKey(_sum_pairs)
                   | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], *kv[1]))))
         # One marker per feature so a feature without any token still gets its (empty) file.
-        markers = weighted.pipeline | "Features" >> beam.Create([(f, None) for f in self._policies])
+        markers = sources[0].pipeline | "Features" >> beam.Create([(f, None) for f in self._policies])
         planned = ((counts, markers)
                    | "WithMarkers" >> beam.Flatten()
                    | "GroupByFeature" >> beam.GroupByKey()
@@ -944,15 +949,11 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                     | "ReadInteractions" >> beam.io.ReadFromParquet(inputs["interactions"])
                     | "NormalizeInteractions" >> NormalizeFeatures([key_spec, *extra_query], passthrough)
                     | "AttachKey" >> beam.Map(lambda r, k=schema.query_key: {**r, KEY: r[k]}))
-    classified = interactions | "ClassifyLabels" >> beam.ParDo(
-        ClassifyLabelsFn(config.data.min_rating)).with_outputs(ClassifyLabelsFn.NEGATIVE, main="positive")
-    positives = classified.positive | "SplitInteractions" >> SplitInteractions(
-        split, tcfg.valid_fraction, tcfg.test_fraction, tcfg.seed, tcfg.cold_item_fraction)
-    negatives = classified[ClassifyLabelsFn.NEGATIVE]
-    if tcfg.cold_item_fraction > 0.0:
-        negatives = negatives | "DropColdNegatives" >> beam.ParDo(
-            DropColdFn(tcfg.cold_item_fraction, tcfg.seed))
-    rows = (positives, negatives) | "AllRows" >> beam.Flatten()
+    rows = (interactions
+            | "ClassifyLabels" >> beam.ParDo(ClassifyLabelsFn(config.data.min_rating))
+            | "SplitInteractions" >> SplitInteractions(split, tcfg.valid_fraction, tcfg.test_fraction,
+                                                       tcfg.seed, tcfg.cold_item_fraction))
+    positives = rows | "Positives" >> beam.Filter(lambda r: r[SPLIT] != NEGATIVES)
 
     # ---- joins: user features (user keys), then item features
     users = None
@@ -993,7 +994,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     if item_id_specs:
         weighted.append(train_rows | "ItemIdTrainRows" >> beam.ParDo(
             FeatureTokensFn(item_id_specs, tcfg.text_max_tokens, (0, 1))))
-    weighted = tuple(weighted) | "AllTokens" >> beam.Flatten()
+    weighted = tuple(weighted)
     policies = {s.name: vocab_policy(s.name, s.type, tcfg) for s in query_vocab_specs}
     policies[ITEM_KEY] = vocab_policy(ITEM_KEY, "id", tcfg)
     policies.update({s.name: vocab_policy(s.name, s.type, tcfg) for s in item_vocab_specs})
@@ -1027,9 +1028,12 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     counted["queries"] = query_lines
 
     # ---- stats.json
-    all_counts = [pc | f"One[{name}]" >> beam.Map(lambda _, k=name: (k, 1)) for name, pc in counted.items()]
-    all_counts.append(p | "ZeroCounts" >> beam.Create([(name, 0) for name in counted]))  # empty outputs count 0
-    all_counts = tuple(all_counts) | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
+    # Counted per collection (an empty one counts 0), then the singletons together: a Flatten
+    # of the 10M elements themselves would be held in memory by the in-process runner.
+    all_counts = tuple(pc
+                       | f"Count[{name}]" >> beam.combiners.Count.Globally()
+                       | f"Name[{name}]" >> beam.Map(lambda n, k=name: (k, n)) for name, pc in counted.items())
+    all_counts = all_counts | "AllCounts" >> beam.Flatten()
     stats_file = (p
          | "StatsSeed" >> beam.Create([None])
          | "AssembleStats" >> beam.Map(assemble_stats,
