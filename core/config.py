@@ -184,8 +184,8 @@ class TrainConfig(_Strict):
         "compile the whole train step with XLA where it can be (id / categorical / numeric features "
         "only, tables up to 2^20 weights, batch_size <= 2048, no sampled, labelled or hard negatives; "
         "see trainer/step_input.py); training.json says whether it was and why not. Off by default: on "
-        "these CPUs the compiled [B, B] step was 0.6-0.75x as fast as the uncompiled distinct-candidate "
-        "step at batch 512 (docs/BENCHMARKS.md); for accelerators"))
+        "these CPUs the compiled [B, B] step ran at 0.43-0.44x the examples/s of the uncompiled "
+        "distinct-candidate step at batch 512 (docs/BENCHMARKS.md); for accelerators"))
     threads: int = Field(0, ge=0, description=(
         "TensorFlow's intra- and inter-op thread pools of the training process (0 = TensorFlow's "
         "default, one per core). A small step (batch 512, ids only) costs less on one thread: its "
@@ -237,7 +237,7 @@ class TrainConfig(_Strict):
         "of train.stream_block_mb (0 = always stream)"))
     stream_cache: bool = Field(True, description=(
         "a streamed train split is parsed once, before the first epoch, into a local-disk cache of "
-        "prepared blocks (about the parsed split's size; removed when training ends), and every epoch "
+        "prepared blocks (about the parsed split's size; removed when the training process exits), and every epoch "
         "reads blocks back instead of parsing records again; false = parse every epoch"))
     stream_block_mb: int = Field(128, ge=1, description=(
         "a streamed train split is read, parsed and permuted this many MB of TFRecords at a time (about "

@@ -325,7 +325,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         towers = (query_tower, item_tower)
         if plan.looked_up and examples is not None:  # the split's ids become table rows once (step_input.py)
             examples = InMemoryExamples(look_up_columns(examples.columns, towers, logq))
-        elif plan.looked_up:  # streamed: looked up by the input pipeline, beside the step
+        elif plan.looked_up:  # streamed: looked up once per block, as the block is parsed
             streamed = streamed.with_prepare(lambda block: look_up_columns(block, towers, logq))
         if streamed is not None:  # parsed once, like an in-memory split, before the first epoch
             started = time.perf_counter()
