@@ -3,13 +3,17 @@
     .venv/bin/python bench/step_floor.py                       # batch 512, MovieLens-sized tables
     .venv/bin/python bench/step_floor.py --threads 1 --repeats 5
 
-The least a two-tower step with in-batch negatives does, written by hand in plain TensorFlow ops:
+The least a two-tower step with in-batch negatives does, written by hand in TensorFlow ops:
 gather B user and B item rows of 32 (943 and 1,682 rows, MovieLens-100K's), a 32x32 projection
-each, L2 normalisation, the [B, B] logits / temperature with same-item columns masked, the
-summed log-sum-exp cross-entropy, its gradients and an Adam-style update of the four variables.
-No Keras, no input pipeline (one fixed batch), no logQ, no candidate de-duplication, no metrics.
-``--loop`` steps run inside one ``tf.function`` (``tf.range`` loop) per call, so no Python runs
-between steps; the step itself is traced either plain or with XLA (``jit_compile``).
+each, L2 normalisation, the softmax cross-entropy of the logits / temperature with accidental hits
+removed, its gradients and one fused Adam kernel per variable. Two losses: the [B, B] logits with
+same-item columns masked (TFRS's), traced plain or with XLA (``jit_compile``), and our own
+distinct-candidate loss (``trainer.model.deduplicated_softmax_loss``, [B, U]). No Keras, no input
+pipeline (one fixed batch, Zipf-drawn items), no logQ, no metrics. ``--loop`` steps run inside
+one ``tf.function`` (``tf.range`` loop) per call, so no Python runs between steps.
+
+bench/throughput.py runs the distinct-candidate floor as its ``step_floor`` row, on the real train
+split's batches (:func:`epoch_runner`), side by side with the trainers.
 
 The figure is CPU ms per step (process CPU time, all threads) and wall ms per step, median over
 ``--repeats`` timed calls after one warm-up call; the two variants interleave. Compare it with the
@@ -29,8 +33,15 @@ import sys
 import time
 
 
-def make_step(tf, batch: int, dims: int, users: int, items: int, seed: int = 0):
-    """A ``step(users [B] int64, items [B] int64) -> loss`` closure over its variables."""
+def make_step(tf, batch: int, dims: int, users: int, items: int, seed: int = 0, *, distinct: bool = False,
+              temperature: float = 0.05):
+    """A ``step(users [B] int64, items [B] int64) -> loss`` closure over its variables.
+
+    ``distinct``: the softmax over the batch's distinct items, through our own
+    ``trainer.model.deduplicated_softmax_loss`` (the loss ``ours_ids`` trains with); else the
+    [B, B] softmax with same-item columns masked. Either way Adam is one fused
+    ``ResourceApplyAdam`` kernel per variable (the table gradients summed into dense ones).
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -41,25 +52,61 @@ def make_step(tf, batch: int, dims: int, users: int, items: int, seed: int = 0):
     variables = [user_table, item_table, user_projection, item_projection]
     first = [tf.Variable(tf.zeros_like(v)) for v in variables]
     second = [tf.Variable(tf.zeros_like(v)) for v in variables]
+    if distinct:
+        from trainer.model import deduplicated_softmax_loss
 
     def step(user_rows, item_rows):
         with tf.GradientTape() as tape:
             query = tf.math.l2_normalize(tf.matmul(tf.gather(user_table, user_rows), user_projection), axis=1)
             item = tf.math.l2_normalize(tf.matmul(tf.gather(item_table, item_rows), item_projection), axis=1)
-            logits = tf.matmul(query, item, transpose_b=True) / 0.05
-            # The same item in another column is an accidental hit: masked out of the row.
-            same = tf.cast(tf.equal(item_rows[:, None], item_rows[None, :]), tf.float32) - tf.eye(batch)
-            logits = logits - 1e9 * same
-            loss = tf.reduce_sum(tf.reduce_logsumexp(logits, axis=1) - tf.linalg.diag_part(logits))
+            if distinct:
+                loss = deduplicated_softmax_loss(query, item, item_rows, temperature, positives=item)
+            else:
+                logits = tf.matmul(query, item, transpose_b=True) / temperature
+                # The same item in another column is an accidental hit: masked out of the row.
+                same = tf.cast(tf.equal(item_rows[:, None], item_rows[None, :]), tf.float32) - tf.eye(batch)
+                logits = logits - 1e9 * same
+                loss = tf.reduce_sum(tf.reduce_logsumexp(logits, axis=1) - tf.linalg.diag_part(logits))
         grads = tape.gradient(loss, variables)
         for var, grad, m, v in zip(variables, grads, first, second):
-            grad = tf.convert_to_tensor(grad)
-            m.assign(0.9 * m + 0.1 * grad)
-            v.assign(0.999 * v + 0.001 * grad * grad)
-            var.assign_sub(0.005 * m / (tf.sqrt(v) + 1e-7))
+            tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=0.9, beta2_power=0.999,
+                                         lr=0.005, beta1=0.9, beta2=0.999, epsilon=1e-7,
+                                         grad=tf.convert_to_tensor(grad), use_locking=False)
         return loss
 
     return step
+
+
+def epoch_runner(tf, user_rows, item_rows, batch: int, dims: int = 32, *, distinct: bool = True, seed: int = 0):
+    """``run(epoch) -> examples``: one pass over (user row, item row) pairs (int64 [N] each, e.g.
+    a real train split's) in a fresh seeded order, ``N // batch`` steps of :func:`make_step`
+    in one ``tf.function`` call (a ``tf.range`` loop: no Python, no tf.data, no Keras between
+    steps). The step is traced on the first call."""
+    import numpy as np
+
+    user_rows, item_rows = np.asarray(user_rows, np.int64), np.asarray(item_rows, np.int64)
+    step = tf.function(make_step(tf, batch, dims, int(user_rows.max()) + 1, int(item_rows.max()) + 1, seed,
+                                 distinct=distinct))
+
+    @tf.function
+    def run_steps(users, items):
+        for s in tf.range(tf.shape(users)[0]):
+            step(users[s], items[s])
+
+    def run(epoch: int) -> int:
+        order = np.random.default_rng([seed, epoch]).permutation(len(user_rows))
+        steps = len(order) // batch
+        rows = order[: steps * batch].reshape(steps, batch)
+        run_steps(tf.constant(user_rows[rows]), tf.constant(item_rows[rows]))
+        return steps * batch
+
+    return run
+
+
+#: The variants timed by :func:`main`: (label, distinct candidates, XLA).
+VARIANTS = (("[B, B] masked softmax, plain TF ops", False, False),
+            ("[B, B] masked softmax, XLA (jit_compile)", False, True),
+            ("distinct candidates (ours' loss), plain TF ops", True, False))
 
 
 def main(argv=None) -> int:
@@ -74,7 +121,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads > 0:
         os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # oneDNN kernels too (trainer.strategy.set_threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import numpy as np
     import tensorflow as tf
 
@@ -83,8 +133,9 @@ def main(argv=None) -> int:
     weights = 1.0 / np.arange(1, args.items + 1) ** 1.1
     items = tf.constant(rng.choice(args.items, args.batch_size, p=weights / weights.sum()))
     calls = {}
-    for jit in (False, True):
-        step = tf.function(make_step(tf, args.batch_size, args.dims, args.users, args.items), jit_compile=jit)
+    for label, distinct, jit in VARIANTS:
+        step = tf.function(make_step(tf, args.batch_size, args.dims, args.users, args.items, distinct=distinct),
+                           jit_compile=jit)
 
         @tf.function
         def run(step=step):
@@ -92,21 +143,22 @@ def main(argv=None) -> int:
                 step(users, items)
 
         run()  # trace + warm
-        calls[jit] = run
-    times = {False: [], True: []}
+        calls[label] = run
+    times = {label: [] for label in calls}
     for r in range(args.repeats):
-        for jit in ((False, True) if r % 2 == 0 else (True, False)):
+        for label in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
             wall, cpu = time.perf_counter(), time.process_time()
-            calls[jit]()
-            times[jit].append((1000 * (time.perf_counter() - wall) / args.loop,
-                               1000 * (time.process_time() - cpu) / args.loop))
+            calls[label]()
+            times[label].append((1000 * (time.perf_counter() - wall) / args.loop,
+                                 1000 * (time.process_time() - cpu) / args.loop))
     print(f"batch {args.batch_size}, {args.dims} dims, tables {args.users:,} x {args.items:,}, "
-          f"threads {args.threads or 'default'}, {args.loop} steps per call, {args.repeats} calls per variant")
+          f"{len(set(items.numpy().tolist()))} distinct items in the batch, threads {args.threads or 'default'}, "
+          f"{args.loop} steps per call, {args.repeats} calls per variant")
     print("| step | CPU ms / step (median) | wall ms / step (median) |\n|---|---|---|")
-    for jit in (False, True):
-        cpu = statistics.median(c for _, c in times[jit])
-        wall = statistics.median(w for w, _ in times[jit])
-        print(f"| {'XLA (jit_compile)' if jit else 'plain TF ops'} | {cpu:.3f} | {wall:.3f} |")
+    for label in calls:
+        cpu = statistics.median(c for _, c in times[label])
+        wall = statistics.median(w for w, _ in times[label])
+        print(f"| {label} | {cpu:.3f} | {wall:.3f} |")
     return 0
 
 

@@ -26,12 +26,19 @@ Models, all trained on that same train split, at the same batch size, for ``--ep
   ``train.item_id_dropout=0``), keeping its 128-unit hidden layer and 64-dim output: about
   twice the reference's arithmetic per example, for no gain in quality on ids alone. Shown
   so the cost of the wider towers is on the record.
+- ``step_floor``: not a trainer, the least a step of our loss costs here: bench/step_floor.py's
+  hand-written distinct-candidate step (the two id tables and 32x32 projections of ``ours_ids``,
+  ``trainer.model.deduplicated_softmax_loss``, one fused Adam kernel per variable) run over the
+  same train split's (user, item) pairs, every epoch a fresh seeded order, all steps of an epoch
+  inside one ``tf.function`` (no Keras, no tf.data, no logQ, no metrics). Its ratio bounds what
+  any trainer with this loss reaches against the reference on these cores.
 - ``reference``: ``bench.reference.train_reference`` (TFRS basic-retrieval tutorial: user-id
   and item-id embeddings of 32, Adagrad 0.1, in-batch softmax, ``shuffle(100_000).batch(B).cache()``).
 
 Threads: every model of the run (the reference too) runs under the same TensorFlow thread pools,
 ``--threads`` or, by default, the ids config's ``train.threads`` (1 in the shipped file), set
-through ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` before TensorFlow's import.
+through ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` and oneDNN's ``OMP_NUM_THREADS``
+before TensorFlow's import (what ``train.threads`` sets in a training process).
 
 What one figure is: examples/s of a run = the median over its epochs of n_train / the epoch's
 seconds (wall), and CPU examples/s the same with the process CPU time of the epoch (all
@@ -119,7 +126,7 @@ def prepare(source: Path, work: Path, root: Path = REPO):
 #: The models of one repeat, in run order (reversed on odd repeats). ``ours_ids_streamed`` is
 #: ``ours_ids`` with ``train.in_memory_max_mb=0``: the split streamed from its TFRecords every
 #: epoch (the input of a split too large to hold), where ``ours_ids`` holds it in memory.
-MODELS = ("ours_ids", "ours_ids_streamed", "ours_ids_compiled", "ours_wide", "reference")
+MODELS = ("ours_ids", "ours_ids_streamed", "ours_ids_compiled", "ours_wide", "step_floor", "reference")
 
 #: ``ours_ids``: the shipped ids-only configuration (always this tree's file).
 IDS_CONFIG = REPO / "configs" / "movielens-ids.yaml"
@@ -135,7 +142,7 @@ def _config_threads() -> int:
 def model_configs(movielens, ids) -> dict:
     """``{"ours_ids": configs/movielens-ids.yaml, "ours_wide": configs/movielens.yaml made
     ids-only}`` (the second keeps movielens.yaml's 128-unit hidden layer and 64-dim output)."""
-    out = {"ours_ids": ids, "ours_wide": movielens.with_overrides(ids_only_overrides(movielens))}
+    out = {"ours_ids": ids, "ours_wide": movielens.with_overrides(ids_only_overrides(movielens)), "step_floor": ids}
     if "in_memory_max_mb" in type(ids.train).model_fields:  # an older --trainer-root has no such option
         out["ours_ids_streamed"] = ids.with_overrides({"train.in_memory_max_mb": 0})
     if "compiled_step" in type(ids.train).model_fields:
@@ -168,10 +175,40 @@ def run_reference(config, transformed: str, out: Path, batch_size: int, epochs: 
     return {**_rates(summary), "run_seconds": time.perf_counter() - started}
 
 
+def run_step_floor(config, transformed: str, batch_size: int, epochs: int) -> dict:
+    """``bench.step_floor``'s distinct-candidate step (our loss, fused Adam, no Keras, no tf.data,
+    no logQ) over the train split's own (user, item) pairs, ``epochs`` seeded passes of
+    n_train // B steps; timed like an epoch of the others."""
+    import numpy as np
+    import tensorflow as tf
+
+    from bench.step_floor import epoch_runner
+    from core.records import interaction_specs
+    from trainer import artifacts
+    from trainer.data import InMemoryExamples
+
+    key = config.schema.query_key
+    columns = InMemoryExamples.from_files(artifacts.require_split_files(transformed, "train"),
+                                          interaction_specs(config.schema)).columns
+    rows = {name: np.unique(columns[name].numpy(), return_inverse=True)[1] for name in (key, "item_id")}
+    run = epoch_runner(tf, rows[key], rows["item_id"], batch_size, config.train.embedding_dims)
+    seconds, cpu_seconds, examples = [], [], 0
+    for epoch in range(1, epochs + 1):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        examples = run(epoch)
+        seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
+    return {"examples_per_second": statistics.median(examples / s for s in seconds),
+            "cpu_examples_per_second": statistics.median(examples / s for s in cpu_seconds),
+            "n_train": examples, "epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds}
+
+
 def run_model(model: str, configs: dict, transformed: str, out: Path, batch_size: int, epochs: int) -> dict:
     """One run of ``model`` (a name in :data:`MODELS`); the reference reads the ids config's keys."""
     if model == "reference":
         return run_reference(configs["ours_ids"], transformed, out, batch_size, epochs)
+    if model == "step_floor":
+        return run_step_floor(configs["ours_ids"], transformed, batch_size, epochs)
     return run_ours(configs[model], transformed, out, batch_size, epochs)
 
 
@@ -237,7 +274,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="TensorFlow intra- and inter-op threads for every model, the reference too "
                              "(default: the ids config's train.threads; 0 = TensorFlow's default)")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma list of {', '.join(MODELS)} (the reference always runs)")
     args = parser.parse_args(argv)
+    models = {m.strip() for m in args.models.split(",") if m.strip()} | {"reference"}
+    if models - set(MODELS):
+        parser.error(f"--models: unknown {sorted(models - set(MODELS))}")
     if args.repeats < 1 or args.epochs < 1:
         parser.error("--repeats and --epochs must be >= 1")
     if not (args.source / "u.data").exists():
@@ -247,6 +289,7 @@ def main(argv=None) -> int:
     threads = args.threads if args.threads is not None else _config_threads()
     if threads > 0:  # before TensorFlow's import: every model of this process, the reference too
         os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # oneDNN's kernels, as trainer.strategy.set_threads does
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="twotower-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -259,7 +302,7 @@ def main(argv=None) -> int:
         for repeat in range(args.repeats):
             for bs in sizes:
                 order = MODELS if repeat % 2 == 0 else MODELS[::-1]
-                for model in (m for m in order if m == "reference" or m in configs):
+                for model in (m for m in order if m in models and (m == "reference" or m in configs)):
                     load_before = os.getloadavg()[0]
                     out = work / "runs" / f"{model}-{bs}-{repeat}"
                     res = run_model(model, configs, transformed, out, bs, args.epochs)
@@ -270,7 +313,7 @@ def main(argv=None) -> int:
                           f"(epochs {', '.join(f'{s:.2f}s' for s in res['epoch_seconds'])}; "
                           f"load {load_before:.1f} -> {res['loadavg_1min_after']:.1f})", flush=True)
                     runs.append(res)
-        rows = [summarise(runs, bs, model) for bs in sizes for model in MODELS if model in configs]
+        rows = [summarise(runs, bs, model) for bs in sizes for model in MODELS if model in configs and model in models]
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -205,6 +205,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from trainer.evalset import load_catalog, load_queries
     from trainer.export import embed_columns, export_tower, serving_function
     from trainer.features import build_towers
+    from trainer.loop import ChunkedTrainLoop
     from trainer.metrics import embedding_retrieval_metrics
     from trainer.model import SamplingProbability, TwoTowerModel, make_optimizer
     from trainer.negatives import CatalogSampler
@@ -361,7 +362,13 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     with device_scope(t.distribute, t.device):
         query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
 
+        chunked = (ChunkedTrainLoop(model) if t.distribute == "none" and not plan.compiled and negatives is None
+                   else None)
+        source = examples if examples is not None else streamed
+
         def train_epoch(epoch: int) -> float:
+            if chunked is not None:  # batches as tensors, many steps per call (trainer/loop.py)
+                return chunked.run_epoch(source.epoch_chunks(t.batch_size, seed=t.seed, epoch=epoch))
             # A distributed dataset, or streamed TFRecords, has no known cardinality, and with
             # steps_per_execution > 1 fit needs the step count (it is exact for every input).
             hist = model.fit(dataset_for(epoch), epochs=1, verbose=0, steps_per_epoch=steps_per_epoch)
@@ -414,6 +421,8 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "input": "in_memory" if in_memory else "streamed",
         "stream_block_rows": streamed.block_rows if streamed is not None else None,
         "candidate_dedup": model.dedupe_candidates,
+        # How the train passes ran: trainer/loop.py's chunks, or Keras fit over tf.data.
+        "train_loop": "chunked" if chunked is not None else "keras_fit",
         **plan.as_dict(),
         "n_valid_queries": len(valid),
         "n_valid_queries_total": valid.n_total,

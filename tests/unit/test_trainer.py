@@ -442,3 +442,80 @@ def test_streamed_split_takes_the_prepared_input_and_learns(data, trained, tmp_p
     assert trained["summary"]["input"] == "in_memory" and trained["summary"]["step_input"] == "looked_up"
     assert not summary["compiled_step"] and "string ops" in summary["compiled_step_why_not"]  # text features
     assert summary["best_val_recall_at_10"] >= trained["summary"]["best_val_recall_at_10"] - 0.1
+
+
+def _flat(chunks):
+    """``epoch_chunks`` items -> the batches they hold, as lists of item ids, and the kinds."""
+    from trainer.data import BATCH, STEPS
+
+    batches, kinds = [], []
+    for kind, columns in chunks:
+        kinds.append(kind)
+        ids = columns["item_id"].numpy()
+        assert kind in (STEPS, BATCH) and ids.ndim == (2 if kind == STEPS else 1)
+        batches.extend([list(row) for row in ids] if kind == STEPS else [list(ids)])
+    return batches, kinds
+
+
+def test_epoch_chunks_hold_the_epoch_datasets_batches_in_order(data, tmp_path):
+    """In memory and streamed: the chunks, unstacked, are exactly ``epoch_dataset``'s batches
+    (same rows, same order, the short last batch as a BATCH), for the same (seed, epoch)."""
+    import trainer.data as td
+    from core.records import interaction_specs
+    from trainer import artifacts
+
+    specs = interaction_specs(data["config"].schema)
+    files = artifacts.require_split_files(str(data["root"]), "train")
+    memory = td.InMemoryExamples.from_files(files, specs)
+    streamed = td.StreamedExamples(files, specs, block_rows=30)
+    old = td.GATHER_BATCHES
+    td.GATHER_BATCHES = 2  # 144 rows / batch 20 = 7 full batches: chunks of 2, 2, 2, 1 + a short one
+    try:
+        for source in (memory, streamed):
+            want = [list(b["item_id"].numpy()) for b in source.epoch_dataset(20, seed=4, epoch=3)]
+            got, kinds = _flat(source.epoch_chunks(20, seed=4, epoch=3))
+            assert got == want and kinds[-1] == td.BATCH and len(got[-1]) == 144 % 20
+        assert _flat(memory.epoch_chunks(20, seed=4, epoch=3))[1] == [td.STEPS] * 4 + [td.BATCH]
+        assert _flat(memory.epoch_chunks(20, seed=4, epoch=3))[0] != _flat(memory.epoch_chunks(20, seed=4, epoch=4))[0]
+    finally:
+        td.GATHER_BATCHES = old
+
+
+@pytest.mark.slow
+def test_chunked_loop_trains_as_keras_fit_does(data, tmp_path, monkeypatch):
+    """The same config trained by trainer/loop.py's chunks and by model.fit (the loop switched
+    off) from the same seed: the same per-epoch losses and validation recall, and the exported
+    query towers embed alike."""
+    import trainer.loop
+    from trainer.train import train_model
+
+    config = make_config(str(data["root"]), n_epochs=3, patience=3, deterministic=True)
+    chunked = train_model(config, str(data["root"]), str(tmp_path / "chunked"))
+    monkeypatch.setattr(trainer.loop, "ChunkedTrainLoop", lambda model: None)
+    fitted = train_model(config, str(data["root"]), str(tmp_path / "fit"))
+    assert chunked["train_loop"] == "chunked" and fitted["train_loop"] == "keras_fit"
+    for a, b in zip(chunked["history"], fitted["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["val_recall_at_10"] == pytest.approx(b["val_recall_at_10"], abs=1e-6)
+    queries = {"query": np.array(["red shoes", "cheap hats", "pro bags"]), "segment": np.array(["a", "b", "a"])}
+    np.testing.assert_allclose(_tower(tmp_path / "chunked" / "query_tower").embed(queries),
+                               _tower(tmp_path / "fit" / "query_tower").embed(queries), atol=1e-4)
+
+
+def test_unit_rows_is_l2_normalize_with_its_gradient():
+    """trainer.features.unit_rows: tf.math.l2_normalize(axis=1)'s values and gradient, a zero row included."""
+    from trainer.features import unit_rows
+    from trainer.tfenv import import_tf
+
+    tf = import_tf()
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(np.vstack([rng.normal(size=(5, 4)), np.zeros((1, 4))]).astype("float32"))
+    weights = tf.constant(rng.normal(size=(6, 4)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, theirs = unit_rows(x), tf.math.l2_normalize(x, axis=1)
+        ours_loss, theirs_loss = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-7)
+    np.testing.assert_allclose(tape.gradient(ours_loss, x).numpy(), tape.gradient(theirs_loss, x).numpy(), rtol=1e-5,
+                               atol=1e-6)

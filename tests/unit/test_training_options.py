@@ -363,8 +363,9 @@ def test_row_wise_adagrad_decays_only_looked_up_rows(root):
 
 
 def test_threads_size_the_pools_of_a_fresh_process_and_are_kept_once_started():
-    """train.threads sizes TensorFlow's thread pools when it runs first (a training process);
-    once TensorFlow's runtime has started, the pools keep their size and a note says so."""
+    """train.threads sizes TensorFlow's thread pools, and oneDNN's OMP_NUM_THREADS, when it runs
+    first (a training process); once TensorFlow's runtime has started, the pools keep their size
+    and a note says so, and OMP_NUM_THREADS is left unset (it would only reach child processes)."""
     import subprocess
     import sys
 
@@ -373,12 +374,22 @@ def test_threads_size_the_pools_of_a_fresh_process_and_are_kept_once_started():
         "from trainer.strategy import set_threads, tf\n"
         "set_threads(1)\n"
         "print('POOLS', tf.config.threading.get_intra_op_parallelism_threads(),"
-        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+        " tf.config.threading.get_inter_op_parallelism_threads(), 'OMP', os.environ.get('OMP_NUM_THREADS'))\n"
         "tf.constant(1.0) + 1.0  # starts the runtime\n"
         "set_threads(2)\n"
         "print('AFTER', tf.config.threading.get_intra_op_parallelism_threads())\n")
+    late = ("import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'\n"
+            "from trainer.strategy import set_threads, tf\n"
+            "tf.constant(1.0) + 1.0\n"
+            "set_threads(1)\n"
+            "print('LATE OMP', os.environ.get('OMP_NUM_THREADS'))\n")
     root = __file__.rsplit("/tests/", 1)[0]
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                                                             "TF_NUM_INTEROP_THREADS")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                         env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "POOLS 1 1" in out.stdout
+    assert "POOLS 1 1 OMP 1" in out.stdout
     assert "AFTER 1" in out.stdout and "train.threads=2" in out.stdout and "keeping them" in out.stdout
+    out = subprocess.run([sys.executable, "-c", late], cwd=root, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0 and "LATE OMP None" in out.stdout, out.stderr[-2000:]
