@@ -67,7 +67,8 @@ def deduplicated_softmax_loss(query, candidates, candidate_ids, temperature: flo
         log_q = tf.math.log(tf.clip_by_value(candidate_sampling_probability, _MIN_SAMPLING_PROBABILITY, 1.0))
     query = query * (1.0 / temperature)
     bias = tf.math.log(count) if log_q is None else tf.math.log(count) - tf.gather(log_q, first)
-    scores = tf.matmul(query, tf.gather(candidates, first), transpose_b=True) + bias[None, :]
+    # bias_add, not +: grappler fuses MatMul + BiasAdd into one oneDNN kernel (no extra [B, U] pass).
+    scores = tf.nn.bias_add(tf.matmul(query, tf.gather(candidates, first), transpose_b=True), bias)
     # Row i's positive, counted once (no + log n): a [B, D] row-wise dot, since candidate i is
     # row i's positive and every copy has the representative's embedding. No [B, U] scatter or
     # gather, whose copies and gradients cost as much as the softmax's exp (profiled).
