@@ -42,7 +42,11 @@ def make_dataset(files: Sequence[str], specs: Sequence[FeatureSpec], batch_size:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     description = tf_feature_description(specs)
-    ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=min(len(files), num_parallel_calls))
+    # num_parallel_reads only for several files read at once: even 1 wraps the reader in a
+    # parallel interleave that hands over one record at a time, 28x slower on one file
+    # (1M records: 25.7 s against 0.9 s; the in-memory parse of the 1M-item split took 241 s).
+    reads = min(len(files), num_parallel_calls)
+    ds = tf.data.TFRecordDataset(list(files), num_parallel_reads=reads if reads > 1 else None)
     if shard is not None:
         ds = ds.shard(shard[1], shard[0])
     if shuffle:
