@@ -153,7 +153,6 @@ class InMemoryExamples:
         ds = tf.data.Dataset.range(n_batches * len(parts)).map(part).prefetch(tf.data.AUTOTUNE)
         return sharded_by_hand(ds)
 
-
     def epoch_chunks(self, batch_size: int, *, seed: int = 0, epoch: int = 0):
         """One pass as :data:`STEPS` chunks ``{name: [k, B, ...]}`` (k <= :data:`GATHER_BATCHES`
         consecutive full batches) and, when N is not a multiple of B, a last :data:`BATCH`
@@ -183,8 +182,7 @@ class InMemoryExamples:
 
         def chunk(c):
             rows = order[c * chunk_rows: tf.minimum((c + 1) * chunk_rows, full * batch_size)]
-            return {name: tf.reshape(tf.gather(values, rows), tf.concat([[-1, batch_size], tf.shape(values)[1:]], 0))
-                    for name, values in columns.items()}
+            return {name: _stacked(tf.gather(values, rows), batch_size) for name, values in columns.items()}
 
         ds = tf.data.Dataset.range(-(-full // GATHER_BATCHES)).map(chunk).prefetch(1).unbatch()
         if size % batch_size:

@@ -289,6 +289,11 @@ def make_optimizer(config: Config, total_steps: Optional[int] = None):
 DENSIFY_MAX_ELEMENTS = 1 << 20
 
 
+def _densified(size: Optional[int]) -> bool:
+    """Whether a table of ``size`` weights (None: unknown) has its sparse gradient made dense."""
+    return size is not None and size <= DENSIFY_MAX_ELEMENTS
+
+
 class _CompiledUpdates:
     """Optimizer mixin: each step's update in as few, fused kernels as possible.
 
@@ -331,7 +336,7 @@ class _CompiledUpdates:
 
     def _is_row_wise(self, variable) -> bool:
         size = variable.shape.num_elements()
-        return bool(self.row_wise) and (size is None or size > DENSIFY_MAX_ELEMENTS) and variable.shape.rank == 2
+        return bool(self.row_wise) and not _densified(size) and variable.shape.rank == 2
 
     def _use_weight_decay(self, variable):
         # A row-wise table decays the rows it looks up, inside its update (_row_wise_update).
@@ -386,7 +391,7 @@ class _CompiledUpdates:
         summed = []
         for gradient in grads:
             shape = tf.get_static_value(gradient.dense_shape) if isinstance(gradient, tf.IndexedSlices) else None
-            if shape is not None and math.prod(int(n) for n in shape) <= DENSIFY_MAX_ELEMENTS:
+            if shape is not None and _densified(math.prod(int(n) for n in shape)):
                 gradient = tf.convert_to_tensor(gradient)
             summed.append(gradient)
         return super()._deduplicate_sparse_grad(summed)
@@ -395,8 +400,7 @@ class _CompiledUpdates:
         """``gradient`` with a fixed shape (densified), or None when it stays sparse."""
         if not isinstance(gradient, tf.IndexedSlices):
             return gradient
-        size = variable.shape.num_elements()
-        if size is None or size > DENSIFY_MAX_ELEMENTS:
+        if not _densified(variable.shape.num_elements()):
             return None
         return tf.convert_to_tensor(gradient)
 
