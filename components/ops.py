@@ -40,13 +40,14 @@ def transform_op(config_json: str, ingested: Input[Dataset], transformed: Output
               (report, report_markdown))
 
 
-def train_op(config_json: str, transformed: Input[Dataset], model: Output[Model], metrics: Output[Metrics],
-             report: Output[HTML], report_markdown: Output[Markdown]):
-    """TFRS two-tower training with in-batch negatives; exports both towers."""
+def train_op(config_json: str, store: str, transformed: Input[Dataset], model: Output[Model],
+             metrics: Output[Metrics], report: Output[HTML], report_markdown: Output[Markdown]):
+    """TFRS two-tower training with in-batch negatives; exports both towers. With
+    train.warm_start it starts from the weights of ``store``'s live version."""
     from components.runtime import load_stage_config, run_stage
     from trainer.train import train_model
 
-    config = load_stage_config(config_json)
+    config = load_stage_config(config_json, {"publish.store": store})
     run_stage("train", config, model, metrics, lambda cfg, out: train_model(cfg, transformed.path, out),
               (report, report_markdown))
 

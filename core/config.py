@@ -11,13 +11,18 @@ file it came from.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
-FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric"]
+FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric", "history"]
+HistoryPooling = Literal["mean", "recency", "attention"]
+#: FeatureSpec fields that only a ``type: history`` feature takes.
+HISTORY_OPTIONS = ("max_length", "pooling", "item_embedding")
 
 #: Separator used by multi-categorical features ("Action|Comedy").
 MULTI_VALUE_SEPARATOR = "|"
@@ -34,10 +39,44 @@ class _Strict(BaseModel):
 
 
 class FeatureSpec(_Strict):
-    """One declared feature column and how the towers should encode it."""
+    """One declared feature column and how the towers should encode it.
+
+    ``type: history`` (query side only, at most one) is not read from any table: the transform
+    builds it from the interaction log (core/history.py) as the key's latest items before each
+    interaction, and the published query table carries each key's latest ones. Its own options
+    (``max_length``, ``pooling``, ``item_embedding``) apply to it alone.
+    """
 
     name: str = Field(min_length=1)
     type: FeatureType
+    max_length: int = Field(20, ge=1, le=1000, description=(
+        "history only: the N most recent items kept (training examples, the query table, requests)"))
+    pooling: HistoryPooling = Field("attention", description=(
+        "history only: how the item embeddings of the history become one vector: mean, recency "
+        "(a learned weight per position from the most recent, softmax over the positions present) "
+        "or attention (the most recent item attends over the history; its embedding and the "
+        "attended one are concatenated)"))
+    item_embedding: Literal["shared", "separate"] = Field("separate", description=(
+        "history only: shared = the item tower's item-id embedding table (needs "
+        "train.use_item_ids_as_features), separate = a table of its own over the same item ids"))
+
+    @model_serializer(mode="wrap")
+    def _only_own_options(self, handler):
+        # A non-history feature's dump (config JSON, golden specs) lists only name and type.
+        data = handler(self)
+        if self.type != "history":
+            for name in HISTORY_OPTIONS:
+                data.pop(name, None)
+        return data
+
+    @model_validator(mode="after")
+    def _history_options(self) -> "FeatureSpec":
+        if self.type != "history":
+            for name in HISTORY_OPTIONS:
+                if _changed(self, name):
+                    raise ValueError(f"feature {self.name!r}: {name} only applies to type history "
+                                     f"(it is {self.type})")
+        return self
 
 
 class SchemaConfig(_Strict):
@@ -48,15 +87,51 @@ class SchemaConfig(_Strict):
     looked up in ``users.*`` by ``user_id``. Item features come from ``items.*``;
     ``item_id`` is always the item key and is embedded only when
     ``train.use_item_ids_as_features`` is true.
+
+    Graded actions (``weight_column`` or ``action_weights``, at most one): each interaction gets a
+    weight >= 0 that scales its positive's loss; ingest writes it as the ``weight`` column, the
+    TFRecords carry it (``core.records.WEIGHT_KEY``) and a row weighing 0 is a label-0 row.
     """
 
     query_key: str = "user_id"
     query_features: list[FeatureSpec]
     item_features: list[FeatureSpec]
     display_fields: list[str] = Field(default_factory=list)
+    weight_column: Optional[str] = Field(None, min_length=1, description=(
+        "graded actions: an interactions column of non-negative finite numbers that scales each "
+        "positive's loss (a missing, non-numeric, negative or infinite value is a dead letter); a row "
+        "weighing 0 becomes an explicit negative (label 0). None = every positive weighs 1. At most one "
+        "of weight_column and action_weights"))
+    action_column: str = Field("action", min_length=1, description=(
+        "the interactions column whose values schema.action_weights maps to weights (action_weights only)"))
+    action_weights: dict[str, float] = Field(default_factory=dict, description=(
+        "graded actions: action (a value of schema.action_column) -> weight >= 0 of that row's positive "
+        "loss, e.g. {view: 0, click: 1, purchase: 5}; weight 0 = an explicit negative (label 0); an "
+        "action not listed is a dead letter. {} = not weighted by action"))
+
+    @field_validator("action_weights")
+    @classmethod
+    def _action_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        for action, weight in v.items():
+            if not action.strip() or action != action.strip():
+                raise ValueError(f"action {action!r}: an action is a non-empty value without surrounding "
+                                 f"spaces (ingest compares the stripped cell)")
+            if not math.isfinite(weight) or weight < 0.0:
+                raise ValueError(f"action {action!r}: weight must be a finite number >= 0, got {weight}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "SchemaConfig":
+        if self.weight_column is not None and self.action_weights:
+            raise ValueError(f"set at most one of weight_column ({self.weight_column!r}) and action_weights "
+                             f"(both give each row its weight)")
+        if self.weighted:
+            from core.records import WEIGHT_KEY  # core.records imports this module
+
+            declared = [f.name for f in (*self.query_features, *self.item_features)]
+            if WEIGHT_KEY in declared:
+                raise ValueError(f"feature {WEIGHT_KEY!r}: the name is reserved for the row weight of "
+                                 f"weight_column / action_weights (a TFRecord feature); rename the feature")
         names = [f.name for f in self.query_features]
         if self.query_key not in names:
             raise ValueError(f"query_key {self.query_key!r} must also be declared in query_features")
@@ -69,15 +144,38 @@ class SchemaConfig(_Strict):
         clash = set(names) & {f.name for f in self.item_features}
         if clash:
             raise ValueError(f"feature names must be unique across towers; both declare {sorted(clash)}")
+        histories = [f.name for f in self.query_features if f.type == "history"]
+        if len(histories) > 1:
+            raise ValueError(f"query_features: at most one history feature, got {histories}")
+        if histories and histories[0] == self.query_key:
+            raise ValueError(f"query_key {self.query_key!r} cannot be the history feature")
+        if any(f.type == "history" for f in self.item_features):
+            raise ValueError("item_features: type history is a query-side feature (the query key's "
+                             "latest items)")
         if any(f.name == "item_id" for f in self.item_features):
             raise ValueError("item_features: do not declare item_id; it is the item key "
                              "(see train.use_item_ids_as_features)")
         return self
 
     @property
+    def weighted(self) -> bool:
+        """Whether interactions carry a row weight (``weight_column`` or ``action_weights``)."""
+        return self.weight_column is not None or bool(self.action_weights)
+
+    @property
     def user_features(self) -> list[FeatureSpec]:
-        """Query features that live in users.* (everything but the key)."""
-        return [f for f in self.query_features if f.name != self.query_key]
+        """Query features that live in users.* (everything but the key and the history)."""
+        return [f for f in self.query_features if f.name != self.query_key and f.type != "history"]
+
+    @property
+    def table_query_features(self) -> list[FeatureSpec]:
+        """Query features read from the input tables (every one but the history)."""
+        return [f for f in self.query_features if f.type != "history"]
+
+    @property
+    def history_feature(self) -> Optional[FeatureSpec]:
+        """The ``type: history`` query feature, or None."""
+        return next((f for f in self.query_features if f.type == "history"), None)
 
 
 class DataConfig(_Strict):
@@ -221,6 +319,19 @@ class TrainConfig(_Strict):
     deterministic: bool = Field(False, description="enable TF op determinism (slower, bit-reproducible)")
     resume: bool = Field(True, description="continue from the last epoch checkpoint in "
                                            "<output folder>/checkpoints when there is one")
+    refit: Literal["none", "full", "continue"] = Field("none", description=(
+        "what the published model has seen: none = the early-stopped model (train split only); full = "
+        "after early stopping, retrained from scratch on train + valid + test for the best epoch count; "
+        "continue = the best epoch's weights trained refit_epochs more epochs on train + valid + test. "
+        "Evaluation and the gate score the early-stopped model (model folder heldout/), the refit one is "
+        "embedded, indexed and published; training.json published_weights says which data it saw"))
+    refit_epochs: int = Field(1, ge=1, description="epochs over every split for train.refit=continue")
+    warm_start: bool = Field(False, description=(
+        "start from the weights of publish.store's live version when it has them (trainer/warm_start.py: "
+        "every embedding row remapped by token, so ids new since then get fresh rows and ids that left are "
+        "dropped) and train warm_start_epochs instead of n_epochs; versions published with it on carry the "
+        "weights (warm_start/) for the next run. No live version = a cold start; training.json says which"))
+    warm_start_epochs: int = Field(2, ge=1, description="epochs of a warm-started run (train.warm_start)")
     use_item_ids_as_features: bool = True
     item_id_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "share of training examples whose item-id embedding is zeroed, as for a cold item, so the "
@@ -439,6 +550,21 @@ def ignored_options(config: "Config") -> list[str]:
     if t.item_id_dropout > 0.0 and not t.use_item_ids_as_features:
         out.append(f"train.item_id_dropout: {t.item_id_dropout} only applies with "
                    f"train.use_item_ids_as_features=true (the item tower has no item-id embedding)")
+    if _changed(t, "warm_start_epochs") and not t.warm_start:
+        out.append(f"train.warm_start_epochs: {t.warm_start_epochs} only applies with train.warm_start=true")
+    if _changed(t, "refit_epochs") and t.refit != "continue":
+        out.append(f"train.refit_epochs: {t.refit_epochs} only applies with train.refit=continue")
+    if t.refit != "none" and t.distribute == "multi_worker":
+        out.append(f"train.refit: {t.refit!r} is not implemented under train.distribute=multi_worker "
+                   f"(the refit runs in one process); use train.refit=none there")
+    history = config.schema_.history_feature
+    if history is not None and history.item_embedding == "shared" and not t.use_item_ids_as_features:
+        out.append(f"schema.query_features.{history.name}.item_embedding: 'shared' needs "
+                   f"train.use_item_ids_as_features=true (the item tower has no item-id table to share); "
+                   f"use 'separate'")
+    if _changed(config.schema_, "action_column") and not config.schema_.action_weights:
+        out.append(f"schema.action_column: {config.schema_.action_column!r} only applies with "
+                   f"schema.action_weights set (no action is mapped to a weight)")
     features = [*config.schema_.query_features, *config.schema_.item_features]
     if t.text_hash_buckets > 0 and not any(f.type == "text" for f in features):
         out.append(f"train.text_hash_buckets: {t.text_hash_buckets} only applies to text features and the "

@@ -8,7 +8,9 @@ signatures and JSON requests alike:
   values joined with ``|``);
 - numeric -> one float32 (missing values already filled by the transform).
 
-Interaction examples carry the query features, ``item_id`` and the item features.
+Interaction examples carry the query features, ``item_id`` and the item features, then, when
+the schema is weighted (graded actions: ``schema.weight_column`` / ``schema.action_weights``),
+:data:`WEIGHT_KEY`, the row's float32 weight >= 0 (never a tower input).
 Catalog examples (items-*.tfrecord) carry ``item_id`` and the item features.
 """
 
@@ -19,6 +21,8 @@ from typing import Iterable, Mapping
 from core.config import FeatureSpec, SchemaConfig
 
 ITEM_KEY = "item_id"
+#: The row weight of a weighted schema: the ingested interactions column and the TFRecord feature.
+WEIGHT_KEY = "weight"
 
 
 def is_numeric(spec: FeatureSpec) -> bool:
@@ -26,8 +30,12 @@ def is_numeric(spec: FeatureSpec) -> bool:
 
 
 def interaction_specs(schema: SchemaConfig) -> list[FeatureSpec]:
-    """Feature specs of one interaction example, query side first, then item_id, then item side."""
-    return [*schema.query_features, FeatureSpec(name=ITEM_KEY, type="id"), *schema.item_features]
+    """Feature specs of one interaction example, query side first, then item_id, then item side,
+    then (``schema.weighted``) the numeric :data:`WEIGHT_KEY`."""
+    specs = [*schema.query_features, FeatureSpec(name=ITEM_KEY, type="id"), *schema.item_features]
+    if schema.weighted:
+        specs.append(FeatureSpec(name=WEIGHT_KEY, type="numeric"))
+    return specs
 
 
 def item_specs(schema: SchemaConfig) -> list[FeatureSpec]:

@@ -5,7 +5,8 @@ Input (``config.data.path``, a local folder or a gs:// prefix; gs:// is download
 temporary folder first so both take one code path):
 
 - ``interactions.{csv,parquet,jsonl}``: ``<query_key>``, ``item_id``, optional ``label``,
-  ``rating``, ``timestamp``;
+  ``rating``, ``timestamp``; with graded actions also ``schema.weight_column`` or
+  ``schema.action_column`` (then required);
 - ``items.*``: ``item_id`` + every item feature;
 - ``users.*`` (optional): ``user_id`` + the user features.
 
@@ -59,6 +60,9 @@ knows it, and the row/line/column when known; a fault confined to one row is a d
   A file whose median timestamp is past that bound is in another unit (ms/us/ns) and is
   refused whole rather than rescaled (truncating to seconds would quietly lose the sub-second
   order the leave-last-out split uses): convert it to seconds upstream.
+- Graded actions (``schema.weight_column`` / ``schema.action_weights``): the column is
+  required (an error naming the file and column); a missing, non-numeric, infinite or negative
+  weight, or an action the map lacks, is a dead letter naming the column.
 """
 
 from __future__ import annotations
@@ -83,9 +87,9 @@ import pandas as pd
 import pyarrow as pa  # pandas' parquet engine, a dependency already
 import pyarrow.compute as pc
 
-from core import storage
+from core import history, storage
 from core.config import Config, FeatureSpec
-from core.records import ITEM_KEY
+from core.records import ITEM_KEY, WEIGHT_KEY
 
 #: Table names of the canonical dataset folder, in the order they are validated
 #: (items before interactions, because interactions must reference known items).
@@ -845,6 +849,11 @@ def _reasons(mask: np.ndarray, text: pd.Series, template: str) -> np.ndarray:
 def _check_id(chk: _Checker, name: str) -> pd.Series:
     text = _as_text(chk.frame[name]).str.strip()
     chk.flag(_missing(text), name, f"empty {name}")
+    if name == ITEM_KEY:
+        # A history joins item ids with this character (core/history.py): one inside an id
+        # would split it in two.
+        chk.flag(text.str.contains(history.SEPARATOR, regex=False).fillna(False).to_numpy(dtype=bool),
+                 name, "item_id holds U+001F (the unit separator that joins a history's item ids)")
     return text.fillna("")
 
 
@@ -952,6 +961,8 @@ def _stream_interactions(path: str, shown: str, config: Config, known_items: "pa
     schema = config.schema
     extra = [] if schema.query_key == USER_KEY else schema.user_features
     required = [schema.query_key, ITEM_KEY, *[f.name for f in extra]]
+    if schema.weighted:  # graded actions: the column each row's weight comes from
+        required.append(_weight_source(config))
     parquet_path = os.path.join(work_dir, "interactions.parquet")
     dead_path = os.path.join(work_dir, "interactions." + DEAD_LETTER_FILE)
     rows = ok = bad = 0
@@ -996,7 +1007,9 @@ def _check_interactions(frame: pd.DataFrame, rows: list[int], dead: list[dict], 
                         known_items: "pa.Array", unit: dict) -> tuple[pd.DataFrame, list[dict]]:
     """One chunk of interactions -> (clean rows, dead letters in row order).
 
-    key + item_id required; label/rating/timestamp typed when present. For non-user keys
+    key + item_id required; label/rating/timestamp typed when present. A weighted schema (graded
+    actions) adds the float64 ``weight`` column (:func:`_check_weight`); a row weighing 0 gets
+    label 0 (an explicit negative). For non-user keys
     (search queries) the other query features, if any, are interaction columns too (there is
     no users.* to look them up in). ``unit`` is shared by the chunks of one file (see
     :func:`_check_timestamp`).
@@ -1013,6 +1026,11 @@ def _check_interactions(frame: pd.DataFrame, rows: list[int], dead: list[dict], 
     item_ids = _check_id(chk, ITEM_KEY)
     out[ITEM_KEY] = item_ids
     out[LABEL] = _check_label(chk, frame)
+    if schema.weighted:
+        out[WEIGHT_KEY] = _check_weight(chk, config)
+        # A row weighing 0 (a view) is an explicit negative; a label-0 row stays one.
+        out[LABEL] = pd.Series(np.where(out[WEIGHT_KEY].to_numpy() == 0.0, 0, out[LABEL].to_numpy()),
+                               dtype=np.int64)
     if RATING in frame.columns:
         values, _, bad = _parse_numeric(_as_text(frame[RATING]))
         chk.flag(bad, RATING, "rating is not a number")
@@ -1035,6 +1053,38 @@ def _text_array(text: pd.Series) -> "pa.Array":
     """
     arr = pa.array(text.array, type=pa.large_string())
     return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _weight_source(config: Config) -> str:
+    """The interactions column a weighted schema's row weights come from."""
+    schema = config.schema
+    return schema.weight_column if schema.weight_column is not None else schema.action_column
+
+
+def _check_weight(chk: _Checker, config: Config) -> pd.Series:
+    """Graded actions -> float64 weights >= 0: ``schema.weight_column`` parsed as a number, or
+    ``schema.action_weights[action]``. A missing, non-numeric, infinite or negative weight, a
+    missing action and an action not in the map are dead letters naming the column (the flagged
+    rows' weights are 0 here; they are dropped)."""
+    schema = config.schema
+    name = _weight_source(config)
+    if schema.weight_column is not None:
+        text = _as_text(chk.frame[name])
+        values, missing, bad = _parse_numeric(text)
+        chk.flag(missing, name, f"empty {name} (schema.weight_column)")
+        chk.flag(bad, name, _reasons(bad, text, "weight is not a finite number: {!r}"))
+        negative = ~missing & ~bad & (values < 0.0)
+        chk.flag(negative, name, _reasons(negative, text, "weight is negative: {!r}"))
+        return pd.Series(np.where(missing | bad | negative, 0.0, values), dtype="float64")
+    text = _as_text(chk.frame[name]).str.strip()
+    missing = _missing(text)
+    chk.flag(missing, name, f"empty {name} (schema.action_column)")
+    weights = schema.action_weights
+    unknown = ~missing & ~text.isin(list(weights)).fillna(False).to_numpy(dtype=bool)
+    known = repr(sorted(weights)).replace("{", "{{").replace("}", "}}")  # a format template below
+    chk.flag(unknown, name, _reasons(unknown, text, "unknown action {!r} (schema.action_weights has " + known + ")"))
+    values = pd.to_numeric(text.map(weights), errors="coerce").astype("float64").to_numpy()
+    return pd.Series(np.where(missing | unknown, 0.0, values), dtype="float64")
 
 
 def _check_label(chk: _Checker, frame: pd.DataFrame) -> pd.Series:

@@ -7,7 +7,7 @@ Output (``out_dir``, see docs/ARCHITECTURE.md "transform"):
 
 - ``train-*.tfrecord``, ``valid-*.tfrecord``, ``test-*.tfrecord`` (positives only) and
   ``train_negatives-*.tfrecord`` (label-0 rows), one ``core.records.interaction_specs``
-  Example per interaction;
+  Example per interaction (a weighted schema's carry the ingested ``weight``);
 - ``items-*.tfrecord``: one ``core.records.item_specs`` Example per catalog item;
 - ``query_table.jsonl``, ``seen.jsonl``, ``items_display.jsonl``, ``vocab/<feature>.tsv``,
   ``cold_items.txt``, ``stats.json``.
@@ -66,9 +66,9 @@ import time
 import uuid
 from typing import Iterable, Optional
 
-from core import storage
+from core import history, storage
 from core.config import MULTI_VALUE_SEPARATOR, Config, FeatureSpec, SchemaConfig
-from core.records import ITEM_KEY, encode_example, interaction_specs, item_specs
+from core.records import ITEM_KEY, WEIGHT_KEY, encode_example, interaction_specs, item_specs
 from core.text import normalize_text, tokenize
 
 import apache_beam as beam
@@ -117,6 +117,14 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
     started = time.time()
     inputs = _input_paths(config.schema, ingested_dir)
     split = resolve_split(config.transform.split, inputs["interactions"])
+    history = config.schema.history_feature
+    if history is not None and "timestamp" not in _parquet_columns(inputs["interactions"]):
+        raise TransformError(f"{inputs['interactions']}: the history feature {history.name!r} needs a "
+                             f"timestamp column (a history is the items before each interaction)")
+    if config.schema.weighted and WEIGHT_KEY not in _parquet_columns(inputs["interactions"]):
+        raise TransformError(f"{inputs['interactions']}: the schema is weighted (schema.weight_column / "
+                             f"schema.action_weights) but the ingested interactions have no {WEIGHT_KEY!r} "
+                             f"column: ingest again with this config")
     if not storage.is_gcs(out_dir):
         # Local renames do not create parent folders.
         os.makedirs(os.path.join(out_dir, "vocab"), exist_ok=True)
@@ -470,30 +478,75 @@ class HashSplitFn(beam.DoFn):
         yield {**row, SPLIT: split}
 
 
-class LeaveLastOutFn(beam.DoFn):
-    """Per key, ordered by (timestamp, item_id): last -> test, second last -> valid.
+#: A row's history may hold earlier positives of these splits (see :class:`KeyTimelineFn`).
+VISIBLE_SPLITS = {"train": ("train",), NEGATIVES: ("train",), "valid": ("train",),
+                  "test": ("train", "valid")}
 
-    Keys with fewer than 3 positives keep everything in train (no history to learn from).
-    Rows that already carry a split (``_split``: label-0 rows, cold items' rows) are grouped
-    along only so that every row leaves the grouping in one stage; they pass unchanged and
-    count for neither the order nor the threshold.
+
+@dataclasses.dataclass(frozen=True)
+class HistoryOptions:
+    """The history feature the transform builds: its column ``name`` and ``max_length``."""
+
+    name: str
+    max_length: int
+
+
+class KeyTimelineFn(beam.DoFn):
+    """One key's rows -> the same rows with ``_split`` set and, with ``history``, the history
+    column (core/history.py); plus, on the ``latest`` output, (key, its latest items).
+
+    Split (``method``): ``leave_last_out`` orders the key's positives by (timestamp, item_id):
+    last -> test, second last -> valid (keys with fewer than 3 positives keep everything in
+    train); ``hashed`` = :class:`HashSplitFn`. Rows that already carry a split (label-0 rows,
+    cold items' rows) keep it and count for neither the order nor the threshold.
+
+    History of a row: the key's positives strictly before its timestamp, of the splits
+    :data:`VISIBLE_SPLITS` allows it (a train row sees train positives, a test row train and
+    valid ones), so no held-out item is ever a training input and no row sees its own split's
+    targets. The ``latest`` output is every positive, whatever its split: the query table's
+    history, what serving starts from after the run's data date.
     """
 
+    LATEST = "latest"
+
+    def __init__(self, method: str, valid_fraction: float, test_fraction: float, seed: int,
+                 history: Optional[HistoryOptions] = None):
+        self._method = method
+        self._hashed = HashSplitFn(valid_fraction, test_fraction, seed)
+        self._history = history
+
     def process(self, keyed):
-        _, packed = keyed
-        to_split = []
+        key, packed = keyed
+        fixed, to_split = [], []
         for row in map(unpack_row, packed):
-            if SPLIT in row:
-                yield row
-            else:
-                to_split.append(row)
-        ordered = sorted(to_split, key=lambda r: (int(r["timestamp"]), str(r[ITEM_KEY])))
+            (fixed if SPLIT in row else to_split).append(row)
+        split_rows = fixed + self._split(to_split)
+        if self._history is None:
+            yield from split_rows
+            return
+        name, n = self._history.name, self._history.max_length
+        positives = [r for r in split_rows if r[SPLIT] != NEGATIVES]
+        timelines = {visible: history.Timeline((r["timestamp"], r[ITEM_KEY]) for r in positives
+                                               if r[SPLIT] in visible)
+                     for visible in set(VISIBLE_SPLITS.values())}
+        for row in split_rows:
+            before = timelines[VISIBLE_SPLITS[row[SPLIT]]].before(row["timestamp"], n)
+            yield {**row, name: history.join(before)}
+        latest = history.Timeline((r["timestamp"], r[ITEM_KEY]) for r in positives).latest(n)
+        yield pvalue.TaggedOutput(self.LATEST, (key, latest))
+
+    def _split(self, rows: list[dict]) -> list[dict]:
+        if self._method == "hashed":
+            return [out for row in rows for out in self._hashed.process(row)]
+        ordered = sorted(rows, key=lambda r: (int(r["timestamp"]), str(r[ITEM_KEY])))
         n = len(ordered)
+        out = []
         for i, row in enumerate(ordered):
             split = "train"
             if n >= 3:
                 split = "test" if i == n - 1 else "valid" if i == n - 2 else "train"
-            yield {**row, SPLIT: split}
+            out.append({**row, SPLIT: split})
+        return out
 
 
 class SplitInteractions(beam.PTransform):
@@ -507,24 +560,32 @@ class SplitInteractions(beam.PTransform):
 
     Everything leaves in one collection, with no Flatten on the way: Beam's in-process runner
     materialises every multi-input Flatten, which at 10M rows held them all in memory.
+
+    With ``history`` every row also gets its history column (:class:`KeyTimelineFn`) and the
+    result is ``(rows, latest)``, ``latest`` = (key, the key's latest items); else just rows.
     """
 
     def __init__(self, method: str, valid_fraction: float, test_fraction: float, seed: int,
-                 cold_item_fraction: float = 0.0):
+                 cold_item_fraction: float = 0.0, history: Optional[HistoryOptions] = None):
         super().__init__()
         self._method = method
         self._valid, self._test, self._seed = valid_fraction, test_fraction, seed
         self._cold = cold_item_fraction
+        self._history = history
 
     def expand(self, rows):
         if self._cold > 0.0:
             rows = rows | "ColdItems" >> beam.ParDo(ColdItemsFn(self._cold, self._seed))
-        if self._method == "hashed":
+        if self._method == "hashed" and self._history is None:
             return rows | "Hash" >> beam.ParDo(HashSplitFn(self._valid, self._test, self._seed))
-        return (rows
-                | "ByKey" >> beam.Map(lambda r: (r[KEY], pack_row(r)))
-                | "Group" >> beam.GroupByKey()
-                | "LeaveLastOut" >> beam.ParDo(LeaveLastOutFn()))
+        timeline = KeyTimelineFn(self._method, self._valid, self._test, self._seed, self._history)
+        grouped = (rows
+                   | "ByKey" >> beam.Map(lambda r: (r[KEY], pack_row(r)))
+                   | "Group" >> beam.GroupByKey())
+        if self._history is None:
+            return grouped | "LeaveLastOut" >> beam.ParDo(timeline)
+        out = grouped | "Timeline" >> beam.ParDo(timeline).with_outputs(KeyTimelineFn.LATEST, main="rows")
+        return out.rows, out[KeyTimelineFn.LATEST]
 
 
 # --------------------------------------------------------------------------- joins
@@ -895,6 +956,24 @@ class MergeQueryRowFn(beam.DoFn):
             yield row
 
 
+class AddHistoryFn(beam.DoFn):
+    """(key, {"line", "latest"}) -> (key, its query-table line with the history as a JSON list).
+
+    A key with no positive (only label-0 rows, or a user only in users.*) gets [].
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def process(self, joined):
+        key, groups = joined
+        lines, latest = list(groups["line"]), list(groups["latest"])
+        for line in lines:
+            row = json.loads(line)
+            row[self._name] = latest[0] if latest else []
+            yield key, json.dumps(row)
+
+
 def assemble_stats(_, counts: dict, numeric_query: dict, numeric_items: dict, vocab_coverage: dict,
                    split: str) -> tuple[str, str]:
     """``("stats.json", text)`` (sorted keys so reruns are byte-identical).
@@ -917,6 +996,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     ``temp_dir`` holds the small files' temporaries and is the caller's to remove)."""
     schema, tcfg = config.schema, config.transform
     query_specs, item_feats = list(schema.query_features), list(schema.item_features)
+    table_specs = schema.table_query_features  # the query features read from tables
     key_spec = next(s for s in query_specs if s.name == schema.query_key)
     user_side = uses_users_table(schema)
     query_numeric = [s.name for s in query_specs if s.type == "numeric"]
@@ -944,16 +1024,27 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
 
     # ---- interactions: clean, classify, split
     extra_query = [] if user_side or schema.query_key == USER_KEY else [
-        s for s in query_specs if s.name != schema.query_key]
+        s for s in table_specs if s.name != schema.query_key]
     passthrough = [ITEM_KEY, "label", "rating", "timestamp"]
+    if schema.weighted:
+        # Graded actions: the row weight rides along to the TFRecords (weight-0 rows are already
+        # label 0, so ClassifyLabels routes them to train_negatives). Vocabulary counts, logQ's
+        # train frequencies and seen.jsonl stay unweighted: one count per train positive.
+        passthrough.append(WEIGHT_KEY)
     interactions = (p
                     | "ReadInteractions" >> beam.io.ReadFromParquet(inputs["interactions"])
                     | "NormalizeInteractions" >> NormalizeFeatures([key_spec, *extra_query], passthrough)
                     | "AttachKey" >> beam.Map(lambda r, k=schema.query_key: {**r, KEY: r[k]}))
+    history_spec = schema.history_feature
+    history_options = (None if history_spec is None
+                       else HistoryOptions(history_spec.name, history_spec.max_length))
     rows = (interactions
             | "ClassifyLabels" >> beam.ParDo(ClassifyLabelsFn(config.data.min_rating))
             | "SplitInteractions" >> SplitInteractions(split, tcfg.valid_fraction, tcfg.test_fraction,
-                                                       tcfg.seed, tcfg.cold_item_fraction))
+                                                       tcfg.seed, tcfg.cold_item_fraction, history_options))
+    latest = None
+    if history_options is not None:
+        rows, latest = rows
     positives = rows | "Positives" >> beam.Filter(lambda r: r[SPLIT] != NEGATIVES)
 
     # ---- joins: user features (user keys), then item features
@@ -961,7 +1052,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     if user_side:
         users = (p
                  | "ReadUsers" >> beam.io.ReadFromParquet(inputs["users"])
-                 | "NormalizeUsers" >> NormalizeFeatures(query_specs))
+                 | "NormalizeUsers" >> NormalizeFeatures(table_specs))
         rows = rows | "JoinUserFeatures" >> JoinUserFeatures(users, schema.user_features)
     # Ids only (no item features): nothing to attach, so no 10M-row CoGroupByKey to hold in
     # memory (ingest has already refused interactions of unknown items).
@@ -981,7 +1072,8 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
 
     # ---- vocabularies: query side from train rows, item side from the catalog,
     # item ids = whole catalog (weight 0) + train frequency
-    query_vocab_specs = [s for s in query_specs if s.type != "numeric"]
+    # A history is item ids: it looks them up in the item-id vocabulary, it has none of its own.
+    query_vocab_specs = [s for s in table_specs if s.type != "numeric"]
     item_vocab_specs = [s for s in item_feats if s.type != "numeric"]
     # Weights are (count, train interactions): query features count train rows; item features
     # count catalog items, and id-typed ones also their train rows (for the coverage record).
@@ -1017,14 +1109,18 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
                      | "UserRowsById" >> beam.Map(lambda u: (u[USER_KEY], u)))
         query_rows = ({"user": user_rows, "seen": keys}
                       | "QueryCoGroup" >> beam.CoGroupByKey()
-                      | "QueryRows" >> beam.ParDo(MergeQueryRowFn(query_specs)))
+                      | "QueryRows" >> beam.ParDo(MergeQueryRowFn(table_specs)))
     else:
         query_rows = interactions | "QueryRows" >> beam.Map(
-            lambda r, names=[s.name for s in query_specs]: {n: r[n] for n in names})
+            lambda r, names=[s.name for s in table_specs]: {n: r[n] for n in names})
     query_lines = (fill_numerics(query_rows, "FillQueryTable", query_numeric, query_stats)
-                   | "QueryLine" >> beam.Map(query_line, query_specs, schema.query_key)
+                   | "QueryLine" >> beam.Map(query_line, table_specs, schema.query_key)
                    # Several interactions share a key: keep one deterministic line per key.
                    | "OnePerKey" >> beam.CombinePerKey(min))
+    if latest is not None:
+        query_lines = ({"line": query_lines, "latest": latest}
+                       | "QueryHistoryCoGroup" >> beam.CoGroupByKey()
+                       | "QueryHistory" >> beam.ParDo(AddHistoryFn(history_spec.name)))
     query_file = query_lines | "QueryTableFile" >> SortedFile(QUERY_TABLE_FILE)
     counted["queries"] = query_lines
 

@@ -12,8 +12,11 @@ A version folder (see :mod:`indexer.store`) holds::
 
 The manifest's "serving" section records what the query service needs to interpret
 requests without the run config: the query key's name and type and the query
-features' names and types. We store it rather than infer it from the tower's inputs,
-because only the config knows which input is the key and whether it is free text.
+features' names and types (a history's ``max_length`` too), and ``defaults``: the value each
+query feature takes when a request does not give it (a history-only request from a
+user the query table does not know): the train mean for a numeric, "" otherwise, as the
+transform fills a user missing from users.*. We store it rather than infer it from the tower's
+inputs, because only the config knows which input is the key and whether it is free text.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from core.records import ITEM_KEY
 from indexer.build import ITEM_IDS, METRICS, SCANN_DIR
 from indexer.embeddings import load_embeddings
 from indexer.gate import decide
+from trainer.warm_start import WARM_DIR
 from indexer.store import StoreError, VersionStore, utc_now
 
 log = logging.getLogger(__name__)
@@ -111,14 +115,26 @@ def write_items_table(config: Config, transformed_dir: str, embeddings_dir: str,
     return n
 
 
-def serving_section(config: Config, index_metrics: dict) -> dict:
-    """What the query service needs to turn a request into tower inputs."""
+def serving_section(config: Config, index_metrics: dict, stats: dict | None = None) -> dict:
+    """What the query service needs to turn a request into tower inputs (``stats``: the
+    transform's stats.json, for the numeric defaults)."""
     schema = config.schema
     key_type = next(f.type for f in schema.query_features if f.name == schema.query_key)
+    numeric = (stats or {}).get("numeric") or {}
+
+    def described(f):
+        return {"name": f.name, "type": f.type, **({"max_length": f.max_length} if f.type == "history" else {})}
+
+    def default(f):
+        if f.type == "history":
+            return []
+        return float((numeric.get(f.name) or {}).get("mean", 0.0)) if f.type == "numeric" else ""
+
     return {
         "query_key": schema.query_key,
         "query_key_type": key_type,
-        "query_features": [{"name": f.name, "type": f.type} for f in schema.query_features],
+        "query_features": [described(f) for f in schema.query_features],
+        "defaults": {f.name: default(f) for f in schema.query_features},
         "display_fields": list(schema.display_fields),
         "index_kind": index_metrics.get("kind"),
         "reorder_k": (index_metrics.get("params") or {}).get("reorder_k"),
@@ -130,6 +146,8 @@ def assemble_staging(config: Config, transformed_dir: str, model_dir: str, embed
                      index_dir: str, staging: str) -> None:
     """Lay out every servable file of a version in the local folder ``staging``."""
     _copy_tree(storage.join(model_dir, QUERY_TOWER), os.path.join(staging, QUERY_TOWER))
+    if config.train.warm_start:  # the weights the next warm-started run starts from
+        _copy_tree(storage.join(model_dir, WARM_DIR), os.path.join(staging, WARM_DIR))
     os.makedirs(os.path.join(staging, INDEX))
     _copy_tree(storage.join(index_dir, SCANN_DIR), os.path.join(staging, INDEX, SCANN_DIR))
     _copy_file(storage.join(index_dir, ITEM_IDS), os.path.join(staging, INDEX, ITEM_IDS))
@@ -176,7 +194,8 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
             "index": index_metrics,
             "gate": decision.to_dict(),
             "lineage": lineage,
-            "serving": serving_section(config, index_metrics),
+            "serving": serving_section(config, index_metrics,
+                                       json.loads(storage.read_text(storage.join(transformed_dir, "stats.json")))),
         }
         store.publish(version, staging, manifest)
     deleted, gc_error = _retention(store, config.publish.keep_versions)

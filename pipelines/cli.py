@@ -5,7 +5,7 @@
     twotower data synth-interactions --out DIR --items N --users U --interactions M [--seed S] [--categories C]
     twotower run [--config F] [--set key=value ...] [--data-date YYYY-MM-DD]
     twotower compile [--config F] [--set ...] --out pipeline.yaml
-    twotower query --store DIR (--text "..." | --user-id ID) [-k 10] [--exclude-seen]
+    twotower query --store DIR (--text "..." | --user-id ID | --history ITEM,...) [--history ...] [-k 10] [--exclude-seen]
     twotower retrieve --store DIR --queries q.jsonl [-k K] [--exclude-seen] --out r.jsonl
     twotower index list --store DIR
     twotower index show [VERSION] --store DIR [--json]
@@ -104,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser("query", help="retrieve items for one query from the live index")
     query.add_argument("--store", required=True)
-    who = query.add_mutually_exclusive_group(required=True)
+    who = query.add_mutually_exclusive_group()
     who.add_argument("--text")
     who.add_argument("--user-id")
+    query.add_argument("--history", help=(
+        "comma-separated item ids, oldest first: clicks since the version's data date (with --user-id), "
+        "or alone for a user the version does not know (models with a history feature)"))
     query.add_argument("-k", type=int, default=10)
     query.add_argument("--exclude-seen", action="store_true")
     query.add_argument("--version", help="a published version (default: CURRENT)")

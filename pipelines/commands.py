@@ -158,7 +158,14 @@ def cmd_compile(args) -> int:
 
 
 def _request_from_args(args) -> dict:
-    return {"query": args.text} if args.text is not None else {"user_id": args.user_id}
+    """The retriever request for ``twotower query``'s options."""
+    request = ({"query": args.text} if args.text is not None
+               else {"user_id": args.user_id} if args.user_id is not None else {})
+    if args.history is not None:
+        request["history"] = [item.strip() for item in args.history.split(",") if item.strip()]
+    if not request:
+        raise ConfigError("twotower query: give --text, --user-id or --history")
+    return request
 
 
 def cmd_query(args) -> int:
@@ -166,7 +173,11 @@ def cmd_query(args) -> int:
 
     retriever = Retriever.load(args.store, version=args.version)
     answer = retriever.retrieve(_request_from_args(args), k=args.k, exclude_seen=args.exclude_seen)
-    label = args.text if args.text is not None else f"user_id={args.user_id}"
+    label = (args.text if args.text is not None else f"user_id={args.user_id}" if args.user_id is not None
+             else "history only")
+    note = answer.get("history")
+    if note is not None:
+        label += f"  (history: {note['used']} items used, {note['ignored']} unknown ignored, {note['cut']} cut)"
     print(f"version {answer['version']}  query: {label}")
     for rank, (item, score) in enumerate(zip(answer["items"], answer["scores"]), start=1):
         fields = "  |  ".join(str(v) for k, v in item.items() if k != "item_id")
@@ -196,7 +207,7 @@ def cmd_retrieve(args) -> int:
     answers = retriever.retrieve_batch(requests, k=args.k, exclude_seen=args.exclude_seen)
     with open(args.out, "w") as out:
         for request, answer in zip(requests, answers):
-            key = request.get("user_id", request.get("query", request.get("features")))
+            key = request.get("user_id", request.get("query", request.get("features", request.get("history"))))
             out.write(json.dumps({"key": key, "items": [i["item_id"] for i in answer["items"]],
                                   "scores": answer["scores"], "version": answer["version"]}) + "\n")
     print(f"wrote {len(answers)} results to {args.out} (version {answers[0]['version'] if answers else '-'})")

@@ -103,7 +103,11 @@ def _stages(ops, train_op, config, config_json, data_path, store, run_id, data_d
     transform = ops.transform(config_json=config_json,
                               ingested=ingest.outputs["ingested"]).set_display_name("transform")
     transformed = transform.outputs["transformed"]
-    train = train_op(config_json=config_json, transformed=transformed).set_display_name("train")
+    train = train_op(config_json=config_json, store=store, transformed=transformed).set_display_name("train")
+    if config.train.warm_start:
+        # It reads the store's live version, which changes outside the artifact store: a
+        # cached model could have started from a version that is no longer live.
+        train.set_caching_options(False)
     if config.train.device == "gpu" and not config.train.vertex.enabled:
         # A Vertex AI custom job carries its accelerator in its worker pool spec instead.
         train.set_accelerator_type(config.train.accelerator_type)

@@ -6,6 +6,15 @@ A request is one of::
     {"user_id": "7"}                      the key looked up in the version's query table
     {"features": {"user_id": "7", "age": 33.0}}  raw query features, by name
 
+plus, for a model with a history feature, an optional ``"history": ["item", ...]`` (oldest
+first): clicks since the version's data date, appended to the key's history from the query
+table (or to the history given in ``features``). A history alone (no selector) is a user the
+table does not know: the other query features take the values a missing one takes in
+training (the manifest's ``serving.defaults``). Ids not in the catalog are ignored and
+counted; the history is cut to the feature's ``max_length`` most recent (core/history.py),
+and the answer says what was used: ``"history": {"used", "ignored", "cut"}``. With
+``exclude_seen`` the request's clicks are excluded as well as the key's seen items.
+
 How requests map to tower inputs comes from the manifest's "serving" section (query
 key name and type, query feature names and types), written by indexer.publish from
 the run config; see that module for why it is stored rather than inferred.
@@ -20,11 +29,11 @@ import math
 import os
 import tempfile
 import threading
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from core import storage
+from core import history, storage
 from core.storage import is_gcs
 from core.store import VersionStore
 from core.text import normalize_text
@@ -32,6 +41,8 @@ from core.towers import Tower
 
 MAX_K = 1000
 SELECTORS = ("query", "user_id", "features")
+#: Optional beside a selector (or alone): request-time clicks, oldest first.
+HISTORY = "history"
 #: The towers take numerics as tf.float32: a finite float64 past this is inf to them.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: An exported embedding is L2-normalised; a row whose norm strays this far from 1 is
@@ -57,6 +68,17 @@ class UnknownKeyError(RequestError):
 
 class NoLiveVersionError(LookupError):
     """The store has no CURRENT version to serve."""
+
+
+class Resolved(NamedTuple):
+    """One validated request: the tower's inputs, the query key (None = none given), what was
+    done to its history (None = the model has none) and the request-time clicks (excluded with
+    exclude_seen)."""
+
+    features: dict
+    key: Optional[str]
+    history: Optional[dict] = None
+    clicks: frozenset = frozenset()
 
 
 def _searcher_module():
@@ -105,6 +127,11 @@ class Retriever:
         self.query_key: str = serving["query_key"]
         self.query_key_type: str = serving["query_key_type"]
         self.feature_types: dict[str, str] = {f["name"]: f["type"] for f in serving["query_features"]}
+        history_spec = next((f for f in serving["query_features"] if f["type"] == "history"), None)
+        self.history_name: Optional[str] = history_spec["name"] if history_spec else None
+        self.history_length: int = int(history_spec.get("max_length", 20)) if history_spec else 0
+        #: What each query feature is when a request does not give it (history-only requests).
+        self.defaults: dict = dict(serving.get("defaults") or {})
         tree = serving.get("index_kind") == "tree_ah"
         self.reorder_k: Optional[int] = serving.get("reorder_k") if tree else None
         #: Every leaf of the tree: the fallback search when the leaves searched by default hold
@@ -167,16 +194,31 @@ class Retriever:
         return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen)
 
     # -- requests --------------------------------------------------------------------------
-    def _features_for(self, request: dict) -> tuple[dict, Optional[str]]:
-        """Validate one request -> (tower input name -> raw value, query key or None)."""
+    def _features_for(self, request: dict) -> Resolved:
+        """Validate one request -> :class:`Resolved`."""
         if not isinstance(request, dict):
             raise RequestError(f"a request must be a JSON object, got {type(request).__name__}")
         chosen = [s for s in SELECTORS if s in request]
-        unknown = sorted(set(request) - set(SELECTORS))
+        unknown = sorted(set(request) - set(SELECTORS) - {HISTORY})
         if unknown:
-            raise RequestError(f"unknown request field(s) {unknown}; use exactly one of {list(SELECTORS)}")
-        if len(chosen) != 1:
-            raise RequestError(f"a request needs exactly one of {list(SELECTORS)}, got {chosen or 'none'}")
+            raise RequestError(f"unknown request field(s) {unknown}; use exactly one of {list(SELECTORS)}"
+                               + (f" and optionally {HISTORY!r}" if self.history_name else ""))
+        clicks = None
+        if HISTORY in request:
+            if self.history_name is None:
+                raise RequestError(f"this model has no history feature; a request takes exactly one of "
+                                   f"{list(SELECTORS)}")
+            clicks = self._history_list(f"{HISTORY!r}", request[HISTORY])
+        if len(chosen) > 1 or (not chosen and clicks is None):
+            alone = f", or a {HISTORY!r} alone" if self.history_name else ""
+            raise RequestError(f"a request needs exactly one of {list(SELECTORS)}{alone}, got {chosen or 'none'}")
+        if not chosen:
+            missing = [n for n in self.tower.input_names if n != self.history_name and n not in self.defaults]
+            if missing:
+                raise ValueError(f"version {self.version}: the manifest has no serving default for {missing}")
+            features = {n: self.defaults[n] for n in self.tower.input_names if n != self.history_name}
+            features[self.history_name] = []
+            return self._with_clicks(self._check_features(features, clicks), None, clicks)
         selector = chosen[0]
         value = request[selector]
         if selector == "query":
@@ -186,7 +228,10 @@ class Retriever:
             if not isinstance(value, str):
                 raise RequestError(f"'query' must be a string, got {type(value).__name__}")
             _check_unicode("'query'", value)
-            return self._check_features({self.query_key: value}), value
+            features = {self.query_key: value}
+            if self.history_name:
+                features[self.history_name] = []
+            return self._with_clicks(self._check_features(features, clicks), value, clicks)
         if selector == "user_id":
             if self.query_key != "user_id":
                 raise RequestError(f"this model's query key is {self.query_key!r}, not 'user_id'")
@@ -201,14 +246,47 @@ class Retriever:
                 # A data problem in the published version, not the caller's fault: not a RequestError.
                 raise ValueError(f"version {self.version}: query table row for user_id {key!r} lacks "
                                  f"feature(s) {incomplete}")
-            return self._check_features({n: row[n] for n in self.tower.input_names}), key
+            features = {n: row[n] for n in self.tower.input_names}
+            return self._with_clicks(self._check_features(features, clicks), key, clicks)
         if not isinstance(value, dict):
             raise RequestError(f"'features' must be an object of feature name -> value, got {type(value).__name__}")
         key = value.get(self.query_key)
-        return self._check_features(dict(value)), (None if key is None else str(key))
+        given = dict(value)
+        if self.history_name:
+            given.setdefault(self.history_name, [])  # features without a history: none known
+        return self._with_clicks(self._check_features(given, clicks), None if key is None else str(key), clicks)
 
-    def _check_features(self, features: dict) -> dict:
-        """Exactly the tower's inputs, each of the right kind; strings for ids/categoricals/text."""
+    def _with_clicks(self, checked: tuple[dict, Optional[dict], frozenset], key: Optional[str],
+                     clicks: Optional[list]) -> Resolved:
+        features, note, history_items = checked
+        return Resolved(features, key, note, history_items | frozenset(clicks or ()))
+
+    def _history_list(self, where: str, value) -> list[str]:
+        """A history as given (a JSON list of ids; the query table's list) -> list of str."""
+        if not isinstance(value, list):
+            raise RequestError(f"{where} must be a list of item ids (oldest first), got {type(value).__name__}")
+        out = []
+        for pos, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise RequestError(f"{where}[{pos}] must be an item id (string or integer), got "
+                                   f"{type(item).__name__}")
+            out.append(_check_unicode(f"{where}[{pos}]", str(item)))
+        return out
+
+    def _history_input(self, base: list[str], clicks: Optional[list[str]]) -> tuple[str, dict, frozenset]:
+        """(the tower's history string, {"used", "ignored", "cut"}): ``base`` then ``clicks``,
+        ids outside the catalog dropped (counted), the rest cut to the most recent max_length."""
+        given = [*base, *(clicks or [])]
+        known = [item for item in given if item in self.items]
+        kept = history.extend(known, [], self.history_length)
+        return history.join(kept), {"used": len(kept), "ignored": len(given) - len(known),
+                                    "cut": len(known) - len(kept)}, frozenset(given)
+
+    def _check_features(self, features: dict, clicks: Optional[list[str]] = None
+                        ) -> tuple[dict, Optional[dict], frozenset]:
+        """(exactly the tower's inputs, each of the right kind: strings for ids / categoricals /
+        text, the history joined with ``clicks`` appended; the history note or None; the
+        history's ids as given, which exclude_seen excludes)."""
         needed = self.tower.input_names
         missing = [n for n in needed if n not in features]
         if missing:
@@ -216,11 +294,14 @@ class Retriever:
         extra = sorted(set(features) - set(needed))
         if extra:
             raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {needed}")
-        out = {}
+        out, note, history_items = {}, None, frozenset()
         for name in needed:
             value = features[name]
             numeric = self.feature_types.get(name) == "numeric"
-            if numeric:
+            if name == self.history_name:
+                out[name], note, history_items = self._history_input(
+                    self._history_list(f"feature {name!r}", value), clicks)
+            elif numeric:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise RequestError(f"feature {name!r} must be a finite number, got {value!r}")
                 try:
@@ -237,7 +318,7 @@ class Retriever:
                 if isinstance(value, bool) or not isinstance(value, (str, int)):
                     raise RequestError(f"feature {name!r} must be a string, got {type(value).__name__}")
                 out[name] = _check_unicode(f"feature {name!r}", str(value))
-        return out
+        return out, note, history_items
 
     def _search(self, vectors: np.ndarray, fetch: int, pre: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
         """(positions int [B, fetch], scores float32 [B, fetch]), best first.
@@ -285,8 +366,8 @@ class Retriever:
         """Top-k items for one request: {"items": [{"item_id", display...}], "scores", "version"}."""
         return self.retrieve_batch([request], k=k, exclude_seen=exclude_seen)[0]
 
-    def resolve(self, request: dict) -> tuple[dict, Optional[str]]:
-        """Validate one request -> (tower input name -> raw value, query key or None).
+    def resolve(self, request: dict) -> Resolved:
+        """Validate one request -> :class:`Resolved` (tower inputs, query key or None, ...).
 
         Raises:
             RequestError: the request is malformed (UnknownKeyError: its key is unknown).
@@ -322,7 +403,7 @@ class Retriever:
                 raise RequestError(f"request {pos}: {answer}") from answer
         return answers
 
-    def answer_resolved(self, resolved: Sequence[tuple[dict, Optional[str]]], ks: Sequence[int],
+    def answer_resolved(self, resolved: Sequence[Resolved], ks: Sequence[int],
                         exclude_seen: Sequence[bool]) -> list:
         """One query-tower call and one batched search for already-resolved requests.
 
@@ -333,15 +414,17 @@ class Retriever:
         comes out NaN or all zeros, whose "scores" would be NaN (invalid JSON) or -0.0 for
         every item. Such rows are never searched.
         """
-        columns = {name: [feats[name] for feats, _ in resolved] for name in self.tower.input_names}
+        resolved = [r if isinstance(r, Resolved) else Resolved(*r) for r in resolved]
+        columns = {name: [r.features[name] for r in resolved] for name in self.tower.input_names}
         vectors = self.tower.embed(columns)
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
         good = np.isfinite(norms) & (np.abs(norms - 1.0) <= _NORM_TOLERANCE)
-        out: list = [None if ok else self._embedding_error(feats) for ok, (feats, _) in zip(good, resolved)]
+        out: list = [None if ok else self._embedding_error(r.features) for ok, r in zip(good, resolved)]
         rows = np.flatnonzero(good)
         if not len(rows):
             return out
-        seen_sets = [self._seen_for(resolved[r][1]) if exclude_seen[r] else set() for r in rows]
+        seen_sets = [self._seen_for(resolved[r].key) | resolved[r].clicks if exclude_seen[r] else set()
+                     for r in rows]
         n_items = len(self.item_ids)
         fetch = min(n_items, max(ks[r] + len(seen) for r, seen in zip(rows, seen_sets)))
         pre = max(fetch, self.reorder_k) if self.reorder_k else None
@@ -359,6 +442,8 @@ class Retriever:
                 if len(items) == ks[r]:
                     break
             out[r] = {"items": items, "scores": kept, "version": self.version}
+            if resolved[r].history is not None:
+                out[r]["history"] = dict(resolved[r].history)
         return out
 
 def check_counts(version: str, searcher, item_ids: list[str], items: dict, tower: Tower, serving: dict) -> None:

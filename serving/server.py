@@ -51,13 +51,13 @@ from core import storage
 from core.store import MANIFEST, VersionStore
 from serving.http import Handler, HostPolicy, HttpError, Server, bounded, parse_json_object, run_until_stopped
 from serving.batching import Coalescer
-from serving.retriever import MAX_K, SELECTORS, RequestError, Retriever, UnknownKeyError
+from serving.retriever import HISTORY, MAX_K, SELECTORS, RequestError, Retriever, UnknownKeyError
 
 log = logging.getLogger("twotower.serve")
 
 DEFAULT_K = 10
 MAX_BODY_BYTES = 64 * 1024
-REQUEST_FIELDS = SELECTORS + ("k", "exclude_seen")
+REQUEST_FIELDS = SELECTORS + (HISTORY, "k", "exclude_seen")
 RETRIEVE_PATH = "/v1/retrieve"
 GET_PATHS = ("/healthz", "/readyz", "/v1/version")
 
@@ -79,8 +79,9 @@ def parse_retrieve_body(raw: bytes, max_k: int) -> tuple[dict, int, bool]:
     if not isinstance(exclude_seen, bool):
         raise HttpError(400, f"exclude_seen must be true or false, got {exclude_seen!r}")
     chosen = [s for s in SELECTORS if s in body]
-    if len(chosen) != 1:
-        raise HttpError(400, f"a request needs exactly one of {list(SELECTORS)}, got {chosen or 'none'}")
+    if len(chosen) > 1 or (not chosen and HISTORY not in body):
+        raise HttpError(400, f"a request needs exactly one of {list(SELECTORS)} (or a {HISTORY!r} alone, "
+                             f"for a model with a history feature), got {chosen or 'none'}")
     return body, k, exclude_seen
 
 
@@ -94,6 +95,9 @@ def warm(retriever: Retriever) -> dict:
     features = {}
     for name in retriever.tower.input_names:
         value = row.get(name)
+        if name == retriever.history_name:
+            features[name] = value if isinstance(value, list) else []
+            continue
         numeric = retriever.feature_types.get(name) == "numeric"
         if value is None or (numeric and (isinstance(value, bool) or not isinstance(value, (int, float))
                                           or not math.isfinite(value))):

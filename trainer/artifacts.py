@@ -12,6 +12,17 @@ import json
 from typing import Iterable
 
 SPLITS = ("train", "valid", "test", "train_negatives", "items")
+#: Inside a train stage's model folder: with train.refit, the early-stopped towers (train split
+#: only), which evaluate scores; the folder's own query_tower/ item_tower/ are the refit ones.
+HELDOUT_DIR = "heldout"
+
+
+def evaluated_model_dir(model_dir: str) -> str:
+    """The towers evaluation scores: ``<model_dir>/heldout`` when the model was refit on every
+    split (scoring the refit one on the test split would score what it trained on), else
+    ``model_dir`` itself."""
+    heldout = _join(model_dir, HELDOUT_DIR)
+    return heldout if _gfile().exists(_join(heldout, "query_tower")) else model_dir
 
 
 def _gfile():

@@ -271,6 +271,7 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     from core import storage
     from core.records import ITEM_KEY
     from core.towers import Tower
+    from trainer import artifacts
     from trainer.evalset import catalog_popularity, load_catalog, load_queries, local_transformed
     from trainer.metrics import embedding_rank_relevant, estimates, popularity_scores, query_contributions
 
@@ -294,9 +295,11 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     if not len(queries):
         raise ValueError(f"{transformed_dir}: the test split has no query with a catalog item")
 
-    # Tower downloads a gs:// SavedModel through core.storage before TF loads it.
-    query_tower = Tower(storage.join(model_dir, "query_tower"))
-    item_tower = Tower(storage.join(model_dir, "item_tower"))
+    # Tower downloads a gs:// SavedModel through core.storage before TF loads it. A refit
+    # model is scored by its early-stopped twin: the refit one trained on the test split.
+    scored_dir = artifacts.evaluated_model_dir(model_dir)
+    query_tower = Tower(storage.join(scored_dir, "query_tower"))
+    item_tower = Tower(storage.join(scored_dir, "item_tower"))
     item_emb = _embed(item_tower, catalog.features)
     query_emb = _embed(query_tower, queries.features)
     model_ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, queries.masked, depth)

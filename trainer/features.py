@@ -18,6 +18,11 @@ dense float32 [B, F] encoding:
   lookup -> mean of embeddings (no tokens -> zeros); with train.text_hash_buckets > 0 the
   hashed word bigrams are pooled in the same mean
 - numeric: (x - mean) / std from stats.json -> [B, 1]
+- history (the query key's latest item ids, one string joined by core.history.SEPARATOR,
+  oldest first): :class:`HistoryEncoder`, the last ``max_length`` ids looked up among the
+  items with train positives (unknown ids are ignored), embedded with the item tower's
+  item-id table (``item_embedding: shared``) or a table of its own, then pooled: mean ->
+  [B, F], recency -> [B, F], attention -> [B, 2F] (no known item -> zeros)
 
 A tower concatenates its encodings, applies Dense(hidden_dims, activation) + Dropout,
 projects to Dense(embedding_dims) and L2-normalises, so dot products are cosines.
@@ -32,6 +37,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core import history
 from core.config import MULTI_VALUE_SEPARATOR, Config, FeatureSpec
 from core.records import ITEM_KEY
 from core.text import tf_normalize_text
@@ -171,6 +177,74 @@ class TextEncoder(tf.keras.layers.Layer):
         return _mean_pool(embedded, tf.ragged.map_flat_values(self.bigram_embedding, buckets))
 
 
+class HistoryEncoder(tf.keras.layers.Layer):
+    """history: [B] string (item ids joined by core.history.SEPARATOR, oldest first) -> [B, F]
+    (``mean``, ``recency``) or [B, 2F] (``attention``).
+
+    The last ``max_length`` ids are kept, then ids without a row (index 0: unknown, cold, never
+    trained) are dropped, so they neither count nor take a position. With ``shared`` (the item
+    tower's :class:`ItemIdEncoder`) the history reads and trains the item tower's id table;
+    otherwise it has a table of its own over ``vocabulary``.
+
+    Poolings over the L known items e_1..e_L (e_L the most recent):
+
+    - mean: (1/L) sum e_j;
+    - recency: sum softmax(w)_j e_j, w_j a learned weight of e_j's rank from the most recent
+      (0 = e_L), so the model learns how fast older clicks fade;
+    - attention: [e_L, sum a_j e_j] with a = softmax((W_q e_L) . (W_k e_j) / sqrt(F)): the most
+      recent item picks which earlier ones matter (the item-to-item transition signal).
+
+    An empty history (L = 0) encodes as zeros.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], dims: int, max_length: int, pooling: str,
+                 shared: "ItemIdEncoder | None" = None, **kwargs):
+        super().__init__(**kwargs)
+        if pooling not in ("mean", "recency", "attention"):
+            raise ValueError(f"{self.name}: unknown pooling {pooling!r}")
+        self.max_length, self.pooling, self.dims = int(max_length), pooling, int(dims)
+        if shared is not None:
+            self.lookup, self.embedding = shared.lookup, shared.embedding
+        else:
+            self.lookup = _lookup(vocabulary, self.name)
+            self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), dims,
+                                                       name=f"{self.name}_embedding")
+        if pooling == "recency":
+            self.rank_logits = self.add_weight(name="rank_logits", shape=[self.max_length],
+                                               initializer="zeros", trainable=True)
+        if pooling == "attention":
+            self.query_projection = tf.keras.layers.Dense(dims, use_bias=False, name=f"{self.name}_query")
+            self.key_projection = tf.keras.layers.Dense(dims, use_bias=False, name=f"{self.name}_key")
+
+    def known_items(self, values):
+        """[B] joined strings -> (ids int64 [B, max_length] left-aligned, oldest first, 0-padded;
+        lengths int32 [B]): the last ``max_length`` ids, unknown ones dropped."""
+        items = tf.strings.split(values, sep=history.SEPARATOR)[:, -self.max_length:]
+        ids = tf.ragged.map_flat_values(self.lookup, items)
+        ids = tf.ragged.boolean_mask(ids, ids > 0)
+        return ids.to_tensor(default_value=0, shape=[None, self.max_length]), tf.cast(ids.row_lengths(), tf.int32)
+
+    def call(self, values):
+        ids, lengths = self.known_items(values)
+        embedded = self.embedding(ids)  # [B, N, F]
+        present = tf.sequence_mask(lengths, self.max_length)  # [B, N]
+        weights = tf.cast(present, tf.float32)
+        if self.pooling == "mean":
+            return tf.reduce_sum(embedded * weights[:, :, None], axis=1) / tf.maximum(
+                tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
+        if self.pooling == "recency":
+            rank = tf.clip_by_value(lengths[:, None] - 1 - tf.range(self.max_length)[None, :], 0,
+                                    self.max_length - 1)
+            logits = tf.where(present, tf.gather(self.rank_logits, rank), -1e9)
+            return tf.reduce_sum((tf.nn.softmax(logits, axis=1) * weights)[:, :, None] * embedded, axis=1)
+        last = tf.gather(embedded, tf.maximum(lengths - 1, 0), batch_dims=1)
+        last *= tf.cast(lengths > 0, tf.float32)[:, None]  # [B, F]
+        scores = tf.reduce_sum(self.query_projection(last)[:, None, :] * self.key_projection(embedded),
+                               axis=2) / float(np.sqrt(self.dims))
+        attention = tf.nn.softmax(tf.where(present, scores, -1e9), axis=1) * weights
+        return tf.concat([last, tf.reduce_sum(attention[:, :, None] * embedded, axis=1)], axis=1)
+
+
 class NumericEncoder(tf.keras.layers.Layer):
     """numeric: [B] float32 -> standardised [B, 1] with the train-split mean/std."""
 
@@ -236,8 +310,10 @@ def unit_rows(x):
     return y, gradient
 
 
-def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats: dict):
-    """One encoder layer for ``spec`` (vocabularies / stats read from ``transformed_dir``)."""
+def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats: dict,
+                  item_ids: "ItemIdEncoder | None" = None):
+    """One encoder layer for ``spec`` (vocabularies / stats read from ``transformed_dir``);
+    ``item_ids``: the item tower's id encoder, for a history that shares its table."""
     dims = config.train.feature_dims
     name = f"{spec.name}_encoder"
     # The transform decided each id vocabulary's cut (stats.json vocab_coverage); older
@@ -247,6 +323,15 @@ def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats
         limit = coverage.get("kept") if coverage.get("max_size") is not None else None
         return ItemIdEncoder(trained_item_ids(transformed_dir, limit), dims, config.train.item_id_dropout,
                              name=name)
+    if spec.type == "history":
+        item_coverage = (stats.get("vocab_coverage") or {}).get(ITEM_KEY) or {}
+        limit = item_coverage.get("kept") if item_coverage.get("max_size") is not None else None
+        shared = item_ids if spec.item_embedding == "shared" else None
+        if spec.item_embedding == "shared" and shared is None:
+            raise ValueError(f"feature {spec.name!r}: item_embedding shared needs the item tower's item-id "
+                             f"encoder (train.use_item_ids_as_features)")
+        vocabulary = [] if shared is not None else trained_item_ids(transformed_dir, limit)
+        return HistoryEncoder(vocabulary, dims, spec.max_length, spec.pooling, shared=shared, name=name)
     if spec.type == "numeric":
         mean, std = artifacts.numeric_stats(stats, spec.name)
         return NumericEncoder(mean, std, name=name)
@@ -284,8 +369,7 @@ def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, Towe
     stats = artifacts.read_stats(transformed_dir)
     t = config.train
 
-    def tower(specs: list[FeatureSpec], encoded: list[FeatureSpec], name: str) -> TowerModel:
-        encoders = {s.name: build_encoder(s, config, transformed_dir, stats) for s in encoded}
+    def tower(specs: list[FeatureSpec], encoders: dict, name: str) -> TowerModel:
         return TowerModel(encoders, specs, t.hidden_dims, t.activation_fn, t.dropout, t.embedding_dims,
                           name=name)
 
@@ -295,4 +379,8 @@ def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, Towe
     if not i_encoded:
         raise ValueError("schema.item_features is empty and train.use_item_ids_as_features is false: "
                          "the item tower would have no input to encode")
-    return tower(q_specs, q_specs, "query_tower"), tower(i_specs, i_encoded, "item_tower")
+    # Item side first: a history may share its item-id table.
+    item_encoders = {s.name: build_encoder(s, config, transformed_dir, stats) for s in i_encoded}
+    query_encoders = {s.name: build_encoder(s, config, transformed_dir, stats, item_encoders.get(ITEM_KEY))
+                      for s in q_specs}
+    return tower(q_specs, query_encoders, "query_tower"), tower(i_specs, item_encoders, "item_tower")

@@ -9,7 +9,7 @@ import math
 from typing import Optional, Sequence
 
 from core.config import Config
-from core.records import ITEM_KEY
+from core.records import ITEM_KEY, WEIGHT_KEY
 from trainer.data import LABELLED_NEGATIVES, POSITIVES
 from trainer.features import TowerModel
 from trainer.tfenv import import_tf
@@ -29,7 +29,7 @@ def hash_item_ids(ids):
 
 
 def deduplicated_softmax_loss(query, candidates, candidate_ids, temperature: float,
-                              candidate_sampling_probability=None, positives=None):
+                              candidate_sampling_probability=None, positives=None, row_weights=None):
     """TFRS's in-batch softmax with accidental-hit removal, over the batch's distinct candidates.
 
     Same value as ``tfrs.tasks.Retrieval(temperature, remove_accidental_hits=True)`` (summed
@@ -53,6 +53,10 @@ def deduplicated_softmax_loss(query, candidates, candidate_ids, temperature: flo
         positives: [B, D], the same tensor as ``candidates[:B]`` when the caller has it on its own
             (the item tower's output before sampled negatives are appended): saves the slice's
             [C, D] gradient.
+        row_weights: [B] float32 weight of each row's term (graded actions, ``core.records.WEIGHT_KEY``),
+            or None (every row 1): the loss is ``sum_i w_i * (lse_i - positive_logit_i)``, as TFRS's
+            with ``sample_weight=row_weights``. The candidates are not weighted: a row's weight
+            scales its own term only.
     Returns:
         Scalar float32 loss (summed over rows, like TFRS).
     """
@@ -81,7 +85,9 @@ def deduplicated_softmax_loss(query, candidates, candidate_ids, temperature: flo
     full = _row_logsumexp(scores)
     extra_copies = tf.gather(count, column[:n_rows]) - 1.0
     lse = full + tf.math.log1p(-extra_copies * tf.exp(positive_logit - full))
-    return tf.reduce_sum(lse - positive_logit)
+    if row_weights is None:
+        return tf.reduce_sum(lse - positive_logit)
+    return tf.reduce_sum(tf.cast(row_weights, tf.float32) * (lse - positive_logit))
 
 
 @tf.custom_gradient
@@ -126,6 +132,11 @@ class TwoTowerModel(tfrs.Model):
       sigmoid(query . item / temperature) with label 1 for the positive pairs and 0 for
       the explicit label-0 pairs (summed like TFRS's softmax loss, so w is relative to
       one row's softmax term).
+
+    Graded actions: a batch carrying ``core.records.WEIGHT_KEY`` ([B] float32 >= 0, a weighted
+    schema's TFRecords) scales each row's softmax term by its weight (TFRS's ``sample_weight``,
+    or ``row_weights`` of :func:`deduplicated_softmax_loss`) and its positive pair's
+    labelled-negative BCE term too; the label-0 pairs' BCE terms keep weight 1.
 
     ``dedupe_candidates``: compute the softmax over the batch's distinct candidates
     (:func:`deduplicated_softmax_loss`, the same loss, [B, U] instead of [B, B + N]).
@@ -191,19 +202,24 @@ class TwoTowerModel(tfrs.Model):
                                             tf.shape(item_embeddings)[0], self.negative_samples_count)
         return embeddings, hash_item_ids(ids), q
 
-    def labelled_negative_loss(self, query, item, negatives, training=False):
+    def labelled_negative_loss(self, query, item, negatives, training=False, positive_weights=None):
         """Summed sigmoid cross-entropy: positive pairs (query [B, D], item [B, D]) labelled 1,
-        the ``negatives`` batch's M (query, item) pairs labelled 0. Scalar float32."""
+        the ``negatives`` batch's M (query, item) pairs labelled 0. ``positive_weights`` ([B]
+        float32, graded actions) scales the positive pairs' terms. Scalar float32."""
         neg_query = self.query_tower(negatives, training=training)
         neg_item = self.item_tower(negatives, training=training)
         logits = tf.concat([tf.reduce_sum(query * item, axis=1), tf.reduce_sum(neg_query * neg_item, axis=1)],
                            axis=0) / self.temperature
         labels = tf.concat([tf.ones_like(query[:, 0]), tf.zeros_like(neg_query[:, 0])], axis=0)
-        return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+        terms = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+        if positive_weights is not None:
+            terms *= tf.concat([tf.cast(positive_weights, tf.float32), tf.ones_like(neg_query[:, 0])], axis=0)
+        return tf.reduce_sum(terms)
 
     def compute_loss(self, inputs, training=False):
         """Summed softmax cross-entropy of one batch (TFRS's default reduction), plus the
-        weighted labelled-negative term when ``inputs`` carries labelled negatives."""
+        weighted labelled-negative term when ``inputs`` carries labelled negatives; each row's
+        terms scaled by its ``core.records.WEIGHT_KEY`` when the batch carries one."""
         if LABELLED_NEGATIVES in inputs:
             features, negatives = inputs[POSITIVES], inputs[LABELLED_NEGATIVES]
         else:
@@ -211,16 +227,19 @@ class TwoTowerModel(tfrs.Model):
         query = self.query_tower(features, training=training)
         item = self.item_tower(features, training=training)
         candidates, hashed_ids, q = self.candidates(features, item, training=training)
+        weights = features[WEIGHT_KEY] if WEIGHT_KEY in features else None
         if self.dedupe_candidates:
-            loss = deduplicated_softmax_loss(query, candidates, hashed_ids, self.temperature, q, positives=item)
+            loss = deduplicated_softmax_loss(query, candidates, hashed_ids, self.temperature, q, positives=item,
+                                             row_weights=weights)
         else:
             # Training metrics stay off the hot path: full-catalog recall is computed once
             # per epoch on the validation split instead.
-            loss = self.task(query, candidates, candidate_ids=hashed_ids, candidate_sampling_probability=q,
-                             compute_metrics=False, compute_batch_metrics=False)
+            loss = self.task(query, candidates, sample_weight=weights, candidate_ids=hashed_ids,
+                             candidate_sampling_probability=q, compute_metrics=False, compute_batch_metrics=False)
         if negatives is not None and self.labelled_negative_weight > 0.0:
             loss += self.labelled_negative_weight * self.labelled_negative_loss(query, item, negatives,
-                                                                                training=training)
+                                                                                training=training,
+                                                                                positive_weights=weights)
         return loss
 
 

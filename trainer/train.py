@@ -199,6 +199,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     tf = import_tf()
     from core.records import interaction_specs
     from trainer import artifacts
+    from trainer.artifacts import HELDOUT_DIR
     from trainer.checkpoint import TrainingCheckpoint
     from trainer.data import (InMemoryExamples, StreamedExamples, block_rows_for, count_records, files_size,
                               labelled_negatives_dataset, make_dataset, with_labelled_negatives)
@@ -301,7 +302,16 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         positives = positives_for(epoch)
         return positives if negatives is None else with_labelled_negatives(positives, negatives)
 
-    total_steps = t.n_epochs * steps_per_epoch
+    # A warm start (the live version's weights) trains fewer epochs; no live version = cold.
+    warm_source = None
+    if t.warm_start:
+        from trainer.warm_start import live_weights
+
+        warm_cache = tempfile.mkdtemp(prefix="twotower-warm-")
+        atexit.register(shutil.rmtree, warm_cache, True)
+        warm_source = live_weights(config.publish.store, warm_cache)
+    n_epochs = t.warm_start_epochs if warm_source is not None else t.n_epochs
+    total_steps = n_epochs * steps_per_epoch
 
     catalog = load_catalog(config, transformed_dir)
     # Validation costs keys x items per epoch: a fixed seeded sample of the keys (0 = all).
@@ -311,17 +321,22 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         print(f"[train] validation on {len(valid):,} of {valid.n_total:,} valid keys "
               f"(train.max_eval_queries, seed {t.seed})", flush=True)
 
+    logq = SamplingProbability.from_vocab(transformed_dir) if t.logq_correction else None
+    sampler = (CatalogSampler.from_catalog(config, transformed_dir, catalog)
+               if t.negative_samples_count > 0 else None)
+
+    def new_model(planned_steps: int):
+        """Fresh towers, model and optimizer (call under the strategy's scope)."""
+        towers_ = build_towers(config, transformed_dir)
+        model_ = TwoTowerModel(*towers_, t.temperature, sampling_probability=logq,
+                               negative_sampler=sampler, negative_samples_count=t.negative_samples_count,
+                               num_hard_negatives=t.hard_negatives,
+                               labelled_negative_weight=t.labelled_negative_weight,
+                               dedupe_candidates=_item_tower_is_deterministic(config))
+        return towers_, model_, make_optimizer(config, planned_steps)
+
     with strategy.scope(), device_scope(t.distribute, t.device):
-        query_tower, item_tower = build_towers(config, transformed_dir)
-        logq = SamplingProbability.from_vocab(transformed_dir) if t.logq_correction else None
-        sampler = (CatalogSampler.from_catalog(config, transformed_dir, catalog)
-                   if t.negative_samples_count > 0 else None)
-        model = TwoTowerModel(query_tower, item_tower, t.temperature, sampling_probability=logq,
-                              negative_sampler=sampler, negative_samples_count=t.negative_samples_count,
-                              num_hard_negatives=t.hard_negatives,
-                              labelled_negative_weight=t.labelled_negative_weight,
-                              dedupe_candidates=_item_tower_is_deterministic(config))
-        optimizer = make_optimizer(config, total_steps)
+        (query_tower, item_tower), model, optimizer = new_model(total_steps)
         plan = compiled_step_plan(config, (query_tower, item_tower), in_memory=in_memory, multi_worker=multi_worker)
         towers = (query_tower, item_tower)
         if plan.looked_up and examples is not None:  # the split's ids become table rows once (step_input.py)
@@ -358,6 +373,18 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         state = checkpoint.restore(snapshot=model.get_weights)
         print(f"[train] resuming from {checkpoint.latest}: {len(state.history)} epoch(s) done"
               f"{', early stopping already ended training' if state.stopped else ''}", flush=True)
+    warm_report = {"from": None, "epochs": n_epochs}
+    if warm_source is not None and state is None:  # a resumed run has its own weights already
+        from trainer.warm_start import warm_start
+
+        with strategy.scope(), device_scope(t.distribute, t.device):
+            _build_variables(model, next(iter(positives_for(1))))
+            loaded = warm_start((query_tower, item_tower), warm_source[1])
+        warm_report.update({"from": warm_source[0], "copied": len(loaded["copied"]), "fresh": loaded["fresh"],
+                            "remapped": loaded["remapped"]})
+        print(f"[train] warm start from live version {warm_source[0]}: {len(loaded['copied'])} variables copied, "
+              f"{len(loaded['remapped'])} tables remapped by token, {len(loaded['fresh'])} fresh; "
+              f"{n_epochs} epoch(s)", flush=True)
 
     with device_scope(t.distribute, t.device):
         query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
@@ -388,7 +415,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         def on_epoch(result: EpochResult, best: bool) -> None:
             rate = n_train / max(result.seconds, 1e-9)
             val = "n/a" if result.val_recall_at_10 is None else f"{result.val_recall_at_10:.4f}"
-            print(f"[train] epoch {result.epoch}/{t.n_epochs} loss={result.loss:.4f} "
+            print(f"[train] epoch {result.epoch}/{n_epochs} loss={result.loss:.4f} "
                   f"val_recall@10={val}{' *' if best else ''} {result.seconds:.1f}s {rate:,.0f} ex/s",
                   flush=True)
             with writer.as_default(step=result.epoch):
@@ -399,15 +426,62 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
             writer.flush()
 
         history, best_epoch = fit_with_early_stopping(
-            t.n_epochs, t.patience, train_epoch, validate,
+            n_epochs, t.patience, train_epoch, validate,
             snapshot=model.get_weights, restore=model.set_weights, on_epoch=on_epoch,
             state=state, save_state=checkpoint.save)
         writer.close()
+
+    refit = None
+    if t.refit != "none":
+        # The early-stopped model is what evaluate scores and the gate judges; the model
+        # published (query_tower/, item_tower/) has also seen the held-out splits.
+        export_tower(query_tower, f"{work_dir}/{HELDOUT_DIR}/query_tower")
+        export_tower(item_tower, f"{work_dir}/{HELDOUT_DIR}/item_tower")
+        everything = InMemoryExamples.from_files(
+            [*train_files, *artifacts.split_files(transformed_dir, "valid"),
+             *artifacts.split_files(transformed_dir, "test")], specs, num_parallel_calls=t.num_workers)
+        epochs = best_epoch if t.refit == "full" else t.refit_epochs
+        started = time.perf_counter()
+        if t.refit == "full":  # from scratch, as many epochs as early stopping chose
+            tf.keras.utils.set_random_seed(t.seed)
+            with strategy.scope(), device_scope(t.distribute, t.device):
+                (query_tower, item_tower), model, optimizer = new_model(
+                    epochs * _steps_per_epoch(everything.size, t.batch_size))
+                model.compile(optimizer=optimizer, steps_per_execution=STEPS_PER_EXECUTION)
+                if warm_report.get("from") is not None:  # the refit starts where this run started
+                    from trainer.warm_start import warm_start
+
+                    _build_variables(model, next(iter(everything.epoch_dataset(t.batch_size))))
+                    warm_start((query_tower, item_tower), warm_source[1])
+        if plan.looked_up:
+            everything = InMemoryExamples(look_up_columns(everything.columns, (query_tower, item_tower), logq))
+        with device_scope(t.distribute, t.device):
+            refit_loop = ChunkedTrainLoop(model) if chunked is not None else None
+            losses = []
+            for epoch in range(1, epochs + 1):
+                seed_epoch = epoch + (0 if t.refit == "full" else best_epoch)
+                if refit_loop is not None:
+                    losses.append(refit_loop.run_epoch(everything.epoch_chunks(t.batch_size, seed=t.seed,
+                                                                               epoch=seed_epoch)))
+                else:
+                    data = everything.epoch_dataset(t.batch_size, seed=t.seed, epoch=seed_epoch)
+                    if negatives is not None:
+                        data = with_labelled_negatives(data, negatives)
+                    losses.append(model.fit(data, epochs=1, verbose=0).history["loss"][-1])
+                print(f"[train] refit ({t.refit}) epoch {epoch}/{epochs} on train+valid+test "
+                      f"({everything.size:,} examples) loss={losses[-1]:.4f}", flush=True)
+        refit = {"mode": t.refit, "epochs": epochs, "examples": everything.size,
+                 "splits": ["train", "valid", "test"], "losses": [float(x) for x in losses],
+                 "seconds": round(time.perf_counter() - started, 3)}
 
     # Exported outside the device scope so the SavedModel graphs carry no device pins
     # (they are served on CPU machines).
     export_tower(query_tower, f"{work_dir}/query_tower")
     export_tower(item_tower, f"{work_dir}/item_tower")
+    if t.warm_start:  # what the next warm-started run starts from, once this one is published
+        from trainer.warm_start import WARM_DIR, save_weights
+
+        save_weights((query_tower, item_tower), f"{work_dir}/{WARM_DIR}")
 
     best = history[best_epoch - 1]
     summary = {
@@ -417,6 +491,10 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "examples_per_second": _median_rate(n_train, [r.seconds for r in history]),
         "cpu_examples_per_second": _median_rate(n_train, [r.cpu_seconds for r in history]),
         "n_train": n_train,
+        # Which data the exported (published) weights saw: the early-stopped model (train
+        # only; evaluate scores it) or, with train.refit, a refit over every split.
+        "published_weights": (refit or {"mode": "none", "splits": ["train"], "epochs": best_epoch,
+                                        "examples": n_train}),
         # How the train passes ran (what examples_per_second measured).
         "input": "in_memory" if in_memory else "streamed",
         "stream_block_rows": streamed.block_rows if streamed is not None else None,
@@ -426,10 +504,12 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         **plan.as_dict(),
         "n_valid_queries": len(valid),
         "n_valid_queries_total": valid.n_total,
-        "stopped_early": len(history) < t.n_epochs,
+        "stopped_early": len(history) < n_epochs,
+        # Where the weights started: the live version's (warm) or random (cold, "from": null).
+        "warm_start": warm_report if t.warm_start else None,
         # What shaped the curves above, so the report can show them beside the curves.
         "optimizer": t.optimizer, "lr": t.lr, "lr_schedule": t.lr_schedule, "warmup_steps": t.warmup_steps,
-        "weight_decay": t.weight_decay, "batch_size": t.batch_size, "n_epochs": t.n_epochs,
+        "weight_decay": t.weight_decay, "batch_size": t.batch_size, "n_epochs": n_epochs,
         "temperature": t.temperature,
         # Replicas that trained together (2 for two single-device workers), and how.
         "distribute": t.distribute, "num_replicas": int(strategy.num_replicas_in_sync),

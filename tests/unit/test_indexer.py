@@ -108,6 +108,10 @@ def write_transformed(config: Config, folder: str, n_items: int = N_ITEMS, shard
         for u in range(N_USERS):
             fh.write(json.dumps({"key": str(u), "train": ids[u:u + 3], "valid": [ids[u + 3]],
                                  "test": [ids[u + 4]]}) + "\n")
+    ages = [20.0 + u for u in range(N_USERS)]
+    with open(os.path.join(folder, "stats.json"), "w") as fh:  # the numeric stats publish's defaults read
+        fh.write(json.dumps({"numeric": {"age": {"mean": float(np.mean(ages)), "std": float(np.std(ages)),
+                                                 "min": min(ages), "max": max(ages), "count": len(ages)}}}))
     return folder
 
 
