@@ -9,6 +9,10 @@
 
 Protocols (each transformed ONCE; ours and the reference train on that same split, per seed):
 
+Part ``next_item`` (not in the default run; ~2 min per run): bench/next_item.py's protocols, each
+user's last interaction held out (ours as published vs popularity, EASE, item transitions)
+and users left out of training served from their first 5 items.
+
 - A  MovieLens-100K, TFRS tutorial protocol: hashed 80/20 split (seed 42; 5 % valid for our
      early stopping), hit rate at K over all items, seen items NOT masked, averaged per test
      interaction (``evaluate.per=interaction``, ``evaluate.mask_seen=false``).
@@ -566,12 +570,28 @@ def _json_default(obj):
     return str(obj)
 
 
+def part_next_item(work: Path, args) -> dict:
+    """Next-item protocols (bench/next_item.py): each user's last interaction held out, and users
+    left out of training served from their first 5 items; ours as published (refit, query table
+    or request-time history) beside popularity, EASE and the item-transition baseline, on the
+    same split with the same scoring code."""
+    from bench import next_item
+
+    out = {}
+    for protocol in ("last_item", "cold_users"):
+        variants = list(next_item.VARIANTS) if protocol == "last_item" else ["history", "no_history"]
+        result = next_item.run(protocol, variants, args.seed_list, work / "next_item")
+        result["table"] = next_item.table(protocol, result)
+        out[protocol] = result
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocols", default=None, help="comma list of A,B,C (default all; --quick: B,C)")
     parser.add_argument("--seeds", default=None, help="comma list of seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--only", default="compare,throughput,ablation,cold",
-                        help="comma list of parts: compare, throughput, ablation, cold, sweep")
+                        help="comma list of parts: compare, throughput, ablation, cold, sweep, next_item")
     parser.add_argument("--variant", action="append", default=None,
                         help="sweep part: 'name:key=value;key=value' (repeatable; default: the config as is)")
     parser.add_argument("--cold", action="store_true",
@@ -644,6 +664,8 @@ def main(argv=None) -> int:
                 results["cold"][p] = part_cold(p, stages, data, work, args)
             if "sweep" in parts:
                 results["sweep"][p] = part_sweep(p, stages, data, work, args)
+        if "next_item" in parts and datasets.get("movielens") is not None:
+            results["next_item"] = part_next_item(work, args)
     finally:
         results["seconds"] = time.perf_counter() - started
         results["machine"]["loadavg_at_end"] = os.getloadavg()
@@ -656,6 +678,7 @@ def main(argv=None) -> int:
         tables += [results["cold"][p].get("table") or f"Cold items {p}: {results['cold'][p].get('skipped')}"
                    for p in results["cold"]]
         tables += [results["sweep"][p]["table"] for p in results["sweep"]]
+        tables += [r["table"] for r in (results.get("next_item") or {}).values()]
         header = (f"Command: `{results['command']}`  \nDate (UTC): {stamp}; machine: {os.cpu_count()} CPU cores "
                   f"({platform.platform()}); wall time {results['seconds'] / 60:.1f} min.")
         md = "\n\n".join([header, *[t for t in tables if t]])
