@@ -17,3 +17,21 @@ MOVIELENS_RAW = REPO.parent / "shared" / "data" / "movielens-100k"
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
                      help="rewrite tests/golden/* from the current code instead of comparing")
+
+
+def fixed_tower(tf, key: str, vectors: dict):
+    """A Keras layer: features[key] ([B] string) -> the given vectors [B, D] (no variables), for
+    loss tests whose embeddings are worked out by hand."""
+
+    class Fixed(tf.keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            names = list(vectors)
+            self.table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.range(len(names), dtype=tf.int64)), -1)
+            self.vectors = tf.constant([vectors[n] for n in names], tf.float32)
+
+        def call(self, features, training=False):
+            return tf.gather(self.vectors, self.table.lookup(features[key]))
+
+    return Fixed()

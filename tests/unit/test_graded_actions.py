@@ -23,6 +23,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from core.config import Config, ConfigError  # noqa: E402
 from core.records import WEIGHT_KEY, decode_example, interaction_specs  # noqa: E402
+from tests.conftest import fixed_tower  # noqa: E402
 
 E = math.e
 ACTIONS = {"view": 0.0, "click": 1.0, "purchase": 5.0}
@@ -39,23 +40,6 @@ def tf():
 
 QUERIES = {"q0": [1.0, 0.0], "q1": [0.0, 1.0], "q2": [1.0, 1.0]}
 ITEMS = {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [0.0, 0.0]}
-
-
-def _fixed_tower(tf, key: str, vectors: dict):
-    """features[key] ([B] string) -> the given vectors [B, D] (no variables)."""
-
-    class Fixed(tf.keras.layers.Layer):
-        def __init__(self):
-            super().__init__()
-            names = list(vectors)
-            self.table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.range(len(names), dtype=tf.int64)), -1)
-            self.vectors = tf.constant([vectors[n] for n in names], tf.float32)
-
-        def call(self, features, training=False):
-            return tf.gather(self.vectors, self.table.lookup(features[key]))
-
-    return Fixed()
 
 
 def _numpy_ce(queries: list[str], items: list[str]) -> np.ndarray:
@@ -124,7 +108,7 @@ def test_weighted_loss_is_the_weighted_sum_of_row_cross_entropies(tf, batch, by_
 def _model(tf, **kwargs):
     from trainer.model import TwoTowerModel
 
-    return TwoTowerModel(_fixed_tower(tf, "query", QUERIES), _fixed_tower(tf, "item_id", ITEMS), 1.0, **kwargs)
+    return TwoTowerModel(fixed_tower(tf, "query", QUERIES), fixed_tower(tf, "item_id", ITEMS), 1.0, **kwargs)
 
 
 @pytest.mark.parametrize("dedupe", [True, False], ids=["dedup", "tfrs"])

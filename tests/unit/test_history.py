@@ -286,3 +286,16 @@ def test_a_model_without_history_refuses_a_history_request(tmp_path):
     retriever = Retriever.load(config.publish.store)
     with pytest.raises(RequestError, match="no history feature"):
         retriever.resolve({"user_id": "3", "history": ["item0001"]})
+
+
+def test_cli_query_takes_a_history(published_ring, capsys):
+    from pipelines.cli import main
+
+    retriever, config, _, _ = published_ring
+    assert main(["query", "--store", str(config.publish.store), "--history", "i20, i21,nope", "-k", "2",
+                 "--exclude-seen"]) == 0
+    out = capsys.readouterr().out
+    assert "history only  (history: 2 items used, 1 unknown ignored, 0 cut)" in out
+    assert "  1. " in out and " i22 " in out.splitlines()[1]
+    assert main(["query", "--store", str(config.publish.store)]) == 2
+    assert "give --text, --user-id or --history" in capsys.readouterr().err

@@ -14,6 +14,8 @@ import os
 import numpy as np
 import pytest
 
+from tests.conftest import fixed_tower
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 E = math.e
@@ -26,23 +28,6 @@ def tf():
     return import_tf()
 
 
-def _fixed_tower(tf, key: str, vectors: dict):
-    """features[key] ([B] string) -> the given vectors [B, D] (no variables)."""
-
-    class Fixed(tf.keras.layers.Layer):
-        def __init__(self):
-            super().__init__()
-            names = list(vectors)
-            self.table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.range(len(names), dtype=tf.int64)), -1)
-            self.vectors = tf.constant([vectors[n] for n in names], tf.float32)
-
-        def call(self, features, training=False):
-            return tf.gather(self.vectors, self.table.lookup(features[key]))
-
-    return Fixed()
-
-
 QUERIES = {"q0": [1.0, 0.0], "q1": [0.0, 1.0]}
 ITEMS = {"a": [1.0, 0.0], "b": [0.0, 1.0], "x": [1.0, 0.0]}
 BATCH = {"query": ["q0", "q1"], "item_id": ["a", "b"]}
@@ -51,7 +36,7 @@ BATCH = {"query": ["q0", "q1"], "item_id": ["a", "b"]}
 def _model(tf, sampler=None, n=0, **kwargs):
     from trainer.model import TwoTowerModel
 
-    return TwoTowerModel(_fixed_tower(tf, "query", QUERIES), _fixed_tower(tf, "item_id", ITEMS), 1.0,
+    return TwoTowerModel(fixed_tower(tf, "query", QUERIES), fixed_tower(tf, "item_id", ITEMS), 1.0,
                          negative_sampler=sampler, negative_samples_count=n, **kwargs)
 
 
@@ -238,7 +223,7 @@ def test_hard_negatives_are_wired_and_keep_the_top_negative(tf):
     batch = {"query": tf.constant(["a", "b", "c"]), "item_id": tf.constant(["a", "b", "c"])}
 
     def model(k):
-        return TwoTowerModel(_fixed_tower(tf, "query", vecs), _fixed_tower(tf, "item_id", vecs), 1.0,
+        return TwoTowerModel(fixed_tower(tf, "query", vecs), fixed_tower(tf, "item_id", vecs), 1.0,
                              num_hard_negatives=k)
 
     assert model(0).task._num_hard_negatives is None  # TFRS: None = every negative
