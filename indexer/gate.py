@@ -13,6 +13,10 @@ of the live version, which evaluate scored on the same test split and protocol
   publishes silently.
 - no ``live`` key: evaluate ran without a store (no comparison asked for; the pipeline always
   gives it one): publish with a reason, unless ``gate.require_live_comparison`` (then refuse).
+- ``live`` has ``candidate``: the live version was refit on every split (``train.refit``), so it
+  trained on the test pairs this run's data still holds; evaluate scored both on the keys whose
+  test items the live version never saw, and the rule compares the candidate's recall@10 there
+  (``live["candidate"]``) with live's there.
 
 Sampled evaluation (``metrics["sampled"]``: evaluate scored a seeded sample of the test
 keys, the same one for the candidate, popularity and live): the numbers are estimates with
@@ -142,9 +146,14 @@ def _against_live(config: Config, metrics: dict, recall: float) -> tuple[bool, s
                       f"gate.publish_when_live_unusable is true"), baseline
     live_recall = _metric(live, "recall_at_10")
     baseline = {"version": version, "recall_at_10": live_recall}
+    if "candidate" in live:  # compared on the keys a refit live version never trained on
+        recall = _metric(live, "candidate", "recall_at_10")
+        baseline.update({"candidate_recall_at_10": recall, "compared_on": live.get("compared_on")})
     max_drop = gate.max_relative_regression
     floor = live_recall * (1.0 - max_drop)
     noise, within_noise = "", False
+    if "candidate" in live:
+        noise = f"; compared on {live.get('compared_on')}"
     if metrics.get("sampled"):
         diff = _metric(live, "diff", "recall_at_10", "mean")
         lo, hi = _interval(live, "diff", "recall_at_10", "ci95")
@@ -153,7 +162,7 @@ def _against_live(config: Config, metrics: dict, recall: float) -> tuple[bool, s
         # Refuse only a regression beyond the allowance that the sampling cannot explain:
         # the paired interval's upper end is below the allowed drop.
         within_noise = hi >= -allowed
-        noise = (f"; model - live {diff:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] on the same "
+        noise += (f"; model - live {diff:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] on the same "
                  f"{_sample_note(metrics)}")
     if recall >= live_recall:
         return True, (f"recall@10 {recall:.4f} matches or beats live version {version}'s {live_recall:.4f} "

@@ -194,6 +194,9 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
             "index": index_metrics,
             "gate": decision.to_dict(),
             "lineage": lineage,
+            # Which splits the published weights trained on (training.json): a refit version's
+            # saw the test split, so the next run's live comparison leaves those keys out.
+            "published_weights": _published_weights(model_dir),
             "serving": serving_section(config, index_metrics,
                                        json.loads(storage.read_text(storage.join(transformed_dir, "stats.json")))),
         }
@@ -201,6 +204,14 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
     deleted, gc_error = _retention(store, config.publish.keep_versions)
     result.update(published=True, version=version, deleted=deleted, gc_error=gc_error)
     return result
+
+
+def _published_weights(model_dir: str) -> dict:
+    """training.json's ``published_weights`` (train only when absent: an older trainer)."""
+    path = storage.join(model_dir, "training.json")
+    if not storage.exists(path):
+        return {"mode": "none", "splits": ["train"]}
+    return json.loads(storage.read_text(path)).get("published_weights") or {"mode": "none", "splits": ["train"]}
 
 
 def _retention(store: VersionStore, keep: int) -> tuple[list[str], str | None]:

@@ -197,6 +197,20 @@ def _live_item_embeddings(items_path: str, catalog_ids: list[str]) -> tuple[np.n
     return out, np.asarray(missing, dtype=np.int64)
 
 
+def _untrained_by(seen_path: str, queries, catalog) -> np.ndarray:
+    """bool [Q]: the queries none of whose relevant items the version's seen.jsonl lists for
+    that key (in any split: a refit version trained on all of them)."""
+    from core import storage
+
+    seen = {}
+    for line in storage.read_text(seen_path).split("\n"):
+        if line.strip():
+            row = json.loads(line)
+            seen[str(row["key"])] = {i for part in ("train", "valid", "test") for i in row.get(part, [])}
+    return np.array([not any(catalog.ids[int(p)] in seen.get(key, ()) for p in relevant)
+                     for key, relevant in zip(queries.keys, queries.relevant)], dtype=bool)
+
+
 def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, depth: int,
                   candidate_values: Mapping[str, np.ndarray] | None = None) -> dict | None:
     """Score the store's live version on this run's test queries (see the module doc).
@@ -231,15 +245,36 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
             vdir = store.fetch_version(version, tmp)
             item_emb, missing = _live_item_embeddings(f"{vdir.rstrip('/')}/items.parquet", catalog.ids)
             query_emb = _embed(Tower(f"{vdir.rstrip('/')}/query_tower"), queries.features)
+            saw = (store.read_manifest(version).get("published_weights") or {}).get("splits") or ["train"]
+            fresh = (_untrained_by(f"{vdir.rstrip('/')}/seen.jsonl", queries, catalog)
+                     if "test" in saw else None)
         masked = queries.masked
         if len(missing):
             masked = [np.union1d(m, missing).astype(np.int64) for m in masked]
         ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, masked, depth)
         values, weights = query_contributions(ranks, ks, ndcg_k, per)
+        n_total = queries.n_total
+        compared = {}
+        if fresh is not None:
+            # The live weights were refit on every split it had, so they trained on the test
+            # pairs this run shares with its data: compare on the keys whose test items it
+            # never saw, the candidate too (its figures on them in "candidate").
+            values = {name: v[fresh] for name, v in values.items()}
+            weights = weights[fresh]
+            n_total = max(int(round(n_total * fresh.mean())), int(fresh.sum())) if len(fresh) else 0
+            if candidate_values is not None:
+                candidate_values = {name: v[fresh] for name, v in candidate_values.items()}
+                compared["candidate"] = estimates(candidate_values, weights)
+            compared["compared_on"] = (f"{int(fresh.sum())} of {len(fresh)} keys whose test items the live "
+                                       f"version never trained on (its weights saw {'+'.join(saw)})")
+            if not fresh.any():
+                raise ValueError("every test key's items were in the live version's training data "
+                                 "(it was refit on every split): nothing to compare on")
         live = estimates(values, weights)
-        live["ci95"] = intervals(values, weights, queries.n_total)
+        live["ci95"] = intervals(values, weights, n_total)
+        live.update(compared)
         if candidate_values is not None:
-            live["diff"] = paired_differences(candidate_values, values, weights, queries.n_total)
+            live["diff"] = paired_differences(candidate_values, values, weights, n_total)
     except Exception as exc:  # noqa: BLE001 - recorded, logged in full, and the gate refuses on it
         # A live version that exists but cannot be compared is never "no baseline": the error
         # goes into metrics["live"], where the gate refuses to publish on it by default

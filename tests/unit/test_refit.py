@@ -67,3 +67,33 @@ def test_refit_options_that_do_nothing_are_refused(ring):
         config.with_overrides({"train.warm_start_epochs": 3})
     with pytest.raises(ConfigError, match="not implemented under train.distribute=multi_worker"):
         config.with_overrides({"train.refit": "full", "train.distribute": "multi_worker"})
+
+
+def test_a_refit_live_version_is_compared_on_keys_it_never_trained_on(tmp_path):
+    import pandas as pd
+
+    from indexer.gate import decide
+    from tests.ring_data import publish_run
+    from trainer.evaluate import evaluate_model
+
+    store = tmp_path / "store"
+    day1 = ring_tables(seed=6, n_items=40, n_users=120)
+    cfg1, out1 = transform(tmp_path / "day1", day1, store=store, **{"train.n_epochs": 3, "train.refit": "full"})
+    _, _, published = publish_run(cfg1, out1, tmp_path / "day1")
+    assert published["published"]
+    more = ring_tables(seed=7, n_items=40, n_users=30, user_prefix="new")
+    cfg2, out2 = transform(tmp_path / "day2", {"items": day1["items"],
+                                               "interactions": pd.concat([day1["interactions"], more["interactions"]])},
+                           store=store, **{"train.n_epochs": 3, "train.refit": "full"})
+    from trainer.train import train_model
+
+    train_model(cfg2, str(out2), str(tmp_path / "day2" / "model"))
+    metrics = evaluate_model(cfg2, str(out2), str(tmp_path / "day2" / "model"), str(tmp_path / "day2" / "eval"),
+                             live_store=str(store))
+    live = metrics["live"]
+    # Day 1's refit weights saw every day-1 user's test item: only the 30 new users are fresh.
+    assert live["compared_on"].startswith(f"30 of {metrics['n_queries']} keys"), live
+    assert set(live["candidate"]) >= {"recall_at_10", "ndcg_at_10"}
+    decision = decide(cfg2, metrics)
+    assert decision.baseline["candidate_recall_at_10"] == live["candidate"]["recall_at_10"]
+    assert any("compared on 30 of" in r for r in decision.reasons), decision.reasons
