@@ -30,7 +30,6 @@ import shutil
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench import baselines  # noqa: E402
-from bench.next_item import MOVIELENS_RAW, RESULTS_DIR, _published_embeddings  # noqa: E402
+from bench.next_item import MOVIELENS_RAW, _published_embeddings, write_results  # noqa: E402
 
 K = 10
 
@@ -177,10 +176,7 @@ def main(argv=None) -> int:
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["command"] = "bench/daily_replay.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(text)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS_DIR / f"daily_replay-{stamp}.json").write_text(json.dumps(result, indent=2, default=str))
-    (RESULTS_DIR / f"daily_replay-{stamp}.md").write_text(text + "\n")
+    write_results("daily_replay", result, text)
     return 0
 
 

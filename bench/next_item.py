@@ -235,11 +235,16 @@ def main(argv=None) -> int:
     result["command"] = "bench/next_item.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = table(args.protocol, result)
     print(text)
+    write_results(f"next_item-{args.protocol}", result, text)
+    return 0
+
+
+def write_results(name: str, result: dict, text: str) -> None:
+    """``bench/results/<name>-<UTC timestamp>.json`` (the result) and ``.md`` (the table)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS_DIR / f"next_item-{args.protocol}-{stamp}.json").write_text(json.dumps(result, indent=2, default=str))
-    (RESULTS_DIR / f"next_item-{args.protocol}-{stamp}.md").write_text(text + "\n")
-    return 0
+    (RESULTS_DIR / f"{name}-{stamp}.json").write_text(json.dumps(result, indent=2, default=str))
+    (RESULTS_DIR / f"{name}-{stamp}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
