@@ -77,6 +77,7 @@ VARIANTS = {
     "history_no_item_ids": _variant(_history("attention"), ids=False),
     "history_50": _variant(_history("attention", max_length=50, item_embedding="shared")),
     "no_history": _variant(None),
+    "history_key_dropout": {**_variant(_SHARED), "train.query_key_dropout": 0.3},
 }
 
 

@@ -326,6 +326,10 @@ class TrainConfig(_Strict):
         "Evaluation and the gate score the early-stopped model (model folder heldout/), the refit one is "
         "embedded, indexed and published; training.json published_weights says which data it saw"))
     refit_epochs: int = Field(1, ge=1, description="epochs over every split for train.refit=continue")
+    query_key_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "share of training examples whose query key (an id-typed key: user_id) is looked up as an "
+        "unknown id, so the query tower learns to place a user it has never seen from their other "
+        "features and history (request-time history for new users); 0 = off"))
     warm_start: bool = Field(False, description=(
         "start from the weights of publish.store's live version when it has them (trainer/warm_start.py: "
         "every embedding row remapped by token, so ids new since then get fresh rows and ids that left are "
@@ -550,6 +554,10 @@ def ignored_options(config: "Config") -> list[str]:
     if t.item_id_dropout > 0.0 and not t.use_item_ids_as_features:
         out.append(f"train.item_id_dropout: {t.item_id_dropout} only applies with "
                    f"train.use_item_ids_as_features=true (the item tower has no item-id embedding)")
+    key_spec = next((f for f in config.schema_.query_features if f.name == config.schema_.query_key), None)
+    if t.query_key_dropout > 0.0 and (key_spec is None or key_spec.type != "id"):
+        out.append(f"train.query_key_dropout: {t.query_key_dropout} only applies to an id-typed query key "
+                   f"(schema.query_key {config.schema_.query_key!r} is not one)")
     if _changed(t, "warm_start_epochs") and not t.warm_start:
         out.append(f"train.warm_start_epochs: {t.warm_start_epochs} only applies with train.warm_start=true")
     if _changed(t, "refit_epochs") and t.refit != "continue":

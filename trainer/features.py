@@ -76,21 +76,30 @@ class IdEncoder(tf.keras.layers.Layer):
     """id / categorical: [B] string -> [B, F]. Unknown values share the OOV row, or hash into
     ``oov_buckets`` shared rows (table rows: len(vocabulary) + oov_buckets)."""
 
-    def __init__(self, vocabulary: Sequence[str], dims: int, oov_buckets: int = 1, **kwargs):
+    def __init__(self, vocabulary: Sequence[str], dims: int, oov_buckets: int = 1, unknown_rate: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         if oov_buckets < 1:
             raise ValueError(f"{self.name}: oov_buckets must be >= 1, got {oov_buckets}")
+        if not 0.0 <= unknown_rate < 1.0:
+            raise ValueError(f"{self.name}: unknown_rate must be in [0, 1), got {unknown_rate}")
         self.lookup = _lookup(vocabulary, self.name, oov_buckets)
         self.embedding = tf.keras.layers.Embedding(self.lookup.vocabulary_size(), dims,
                                                    name=f"{self.name}_embedding")
+        #: Share of training rows looked up as the unknown value (row 0), so that row learns what
+        #: an id the model has not seen (a new user at serving) should encode.
+        self.unknown_rate = float(unknown_rate)
 
     def indices(self, values):
         """[B] raw strings -> [B] int64 table rows; already looked-up int64 rows (a training
         input prepared by :func:`trainer.step_input.look_up_columns`) pass through."""
         return values if values.dtype.is_integer else self.lookup(values)
 
-    def call(self, values):
-        return self.embedding(self.indices(values))
+    def call(self, values, training=False):
+        ids = self.indices(values)
+        if training and self.unknown_rate > 0.0:
+            ids = tf.where(tf.random.uniform(tf.shape(ids)) < self.unknown_rate, tf.zeros_like(ids), ids)
+        return self.embedding(ids)
 
 
 class ItemIdEncoder(IdEncoder):
@@ -337,7 +346,9 @@ def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats
         return NumericEncoder(mean, std, name=name)
     tokens, _ = artifacts.read_vocab(transformed_dir, spec.name)
     if spec.type == "id":
-        return IdEncoder(tokens, dims, oov_buckets=max(int(coverage.get("oov_rows") or 1), 1), name=name)
+        unknown = config.train.query_key_dropout if spec.name == config.schema.query_key else 0.0
+        return IdEncoder(tokens, dims, oov_buckets=max(int(coverage.get("oov_rows") or 1), 1),
+                         unknown_rate=unknown, name=name)
     if spec.type == "categorical":
         return IdEncoder(tokens, dims, name=name)
     if spec.type == "multi_categorical":

@@ -299,3 +299,18 @@ def test_cli_query_takes_a_history(published_ring, capsys):
     assert "  1. " in out and " i22 " in out.splitlines()[1]
     assert main(["query", "--store", str(config.publish.store)]) == 2
     assert "give --text, --user-id or --history" in capsys.readouterr().err
+
+
+def test_query_key_dropout_trains_the_unknown_row_only_in_training():
+    from trainer.features import IdEncoder
+
+    enc = IdEncoder(["u1", "u2"], 4, unknown_rate=0.5, name="k")
+    values = np.array(["u1"] * 2000, dtype=object)
+    table = enc(values).numpy() is not None and enc.embedding.embeddings.numpy()
+    served = enc(values, training=False).numpy()
+    assert np.allclose(served, table[1])  # serving: always the id's own row
+    trained = enc(values, training=True).numpy()
+    unknown = np.all(np.isclose(trained, table[0]), axis=1).mean()
+    assert 0.45 < unknown < 0.55, unknown  # training: half of the rows look the id up as unknown
+    with pytest.raises(ValueError, match="unknown_rate"):
+        IdEncoder(["u1"], 4, unknown_rate=1.0, name="bad")
