@@ -122,6 +122,8 @@ def run(days: int, overrides: list[str], work: Path, config_path: Path) -> dict:
     if not (canonical / "interactions.csv").exists():
         convert_movielens(str(MOVIELENS_RAW), str(canonical))
     rows = []
+    for chain in ("cold", "warm"):  # a chain starts with no live version
+        shutil.rmtree(work / f"{chain}-store", ignore_errors=True)
     for date, folder, next_rows in day_folders(canonical, work / "days", days):
         base = [f"data.path={folder}", *overrides]
         configs = {chain: load_config(config_path,

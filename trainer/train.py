@@ -431,6 +431,16 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
             state=state, save_state=checkpoint.save)
         writer.close()
 
+    if t.warm_start:
+        # What the next warm-started run starts from, once this one is published: the
+        # early-stopped weights, trained on the train split only. A refit's weights have seen
+        # this run's valid and test pairs, which tomorrow's held-out splits mostly repeat (a
+        # user without new interactions keeps the same last one): starting there, tomorrow's
+        # evaluation and gate would score the model on pairs it trained on.
+        from trainer.warm_start import WARM_DIR, save_weights
+
+        save_weights((query_tower, item_tower), f"{work_dir}/{WARM_DIR}")
+
     refit = None
     if t.refit != "none":
         # The early-stopped model is what evaluate scores and the gate judges; the model
@@ -478,10 +488,6 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     # (they are served on CPU machines).
     export_tower(query_tower, f"{work_dir}/query_tower")
     export_tower(item_tower, f"{work_dir}/item_tower")
-    if t.warm_start:  # what the next warm-started run starts from, once this one is published
-        from trainer.warm_start import WARM_DIR, save_weights
-
-        save_weights((query_tower, item_tower), f"{work_dir}/{WARM_DIR}")
 
     best = history[best_epoch - 1]
     summary = {

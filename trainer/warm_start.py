@@ -1,6 +1,9 @@
 """Warm start: a train run begins from the live version's tower weights instead of random ones.
 
 A version published with ``train.warm_start`` on carries ``warm_start/``: every tower variable
+of its early-stopped model (trained on the train split only, also when the published towers
+were refit on every split: tomorrow's held-out pairs are mostly today's, and a warm start from
+weights that trained on them would score itself on its own training data)
 (``variables.npz``, by variable name) and the vocabulary of every embedding table
 (``vocabularies.json``: variable name -> the lookup's tokens and its OOV row count). A new run's
 vocabularies differ from the live one's (the catalog and the user base move every day), so
