@@ -71,3 +71,14 @@ def test_structure_for_cluster_runs(tmp_path, monkeypatch):
     assert deps["transform-op"] == {"ingest-op"}
     assert deps["index-op"] == {"embed-op"}
     assert {"evaluate-op", "index-op"} <= deps["publish-op"]
+
+
+def test_a_warm_started_train_step_reads_the_store_and_is_never_cached(tmp_path, monkeypatch):
+    _, text = _compile(tmp_path, monkeypatch, "train.warm_start=true")
+    spec = yaml.safe_load(text)
+    root_tasks = spec["root"]["dag"]["tasks"]
+    tasks = spec["components"][root_tasks["exit-handler-1"]["componentRef"]["name"]]["dag"]["tasks"]
+    train = tasks["train-op"]
+    # The live version it starts from changes outside the artifact store.
+    assert train["cachingOptions"].get("enableCache", False) is False
+    assert train["inputs"]["parameters"]["store"]["componentInputParameter"] == "pipelinechannel--store"
