@@ -147,13 +147,18 @@ def table(result: dict) -> str:
         lines.append(f"| {r['date']} | {r['chain']} | {r['warm_from'] or 'random'} | {r['epochs']} | "
                      f"{r['train_seconds']:.1f} | {r['test_recall_at_10']:.4f} | "
                      f"{r.get('next_day_recall_at_10', float('nan')):.4f} ({r.get('next_day_users', 0)}) |")
+    # Only the days the warm chain did start warm (its first day has no live version yet).
+    warm_days = {r["date"] for r in rows if r["chain"] == "warm" and r["warm_from"]}
     summary = {}
     for chain in ("cold", "warm"):
-        mine = [r for r in rows if r["chain"] == chain]
+        mine = [r for r in rows if r["chain"] == chain and r["date"] in warm_days]
+        if not mine:
+            return "\n".join(lines + ["", "no warm-started day (needs --days >= 2)"])
         summary[chain] = {"train_seconds": statistics.median(r["train_seconds"] for r in mine),
                           "test": statistics.fmean(r["test_recall_at_10"] for r in mine),
                           "next_day": statistics.fmean(r.get("next_day_recall_at_10", 0.0) for r in mine)}
-    lines += ["", "| chain | median train s | mean test recall@10 | mean next-day recall@10 |", "|---|---|---|---|"]
+    lines += ["", f"Over the {len(warm_days)} warm-started day(s):", "",
+              "| chain | median train s | mean test recall@10 | mean next-day recall@10 |", "|---|---|---|---|"]
     for chain, s in summary.items():
         lines.append(f"| {chain} | {s['train_seconds']:.1f} | {s['test']:.4f} | {s['next_day']:.4f} |")
     ratio = summary["warm"]["train_seconds"] / summary["cold"]["train_seconds"]
