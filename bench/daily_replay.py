@@ -42,7 +42,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench import baselines  # noqa: E402
-from bench.next_item import MOVIELENS_RAW, _published_embeddings, write_results  # noqa: E402
+from bench.next_item import MOVIELENS_RAW, _published_embeddings, train_to_publish, write_results  # noqa: E402
 
 K = 10
 
@@ -86,23 +86,10 @@ def next_day_recall(store: str, next_rows: pd.DataFrame) -> dict:
 
 
 def run_day(chain: str, date: str, transformed: Path, config, work: Path, next_rows: pd.DataFrame) -> dict:
-    from indexer.build import build_index_stage
-    from indexer.embed import embed_items
-    from indexer.publish import gate_and_publish
-    from trainer.evaluate import evaluate_model
-    from trainer.train import train_model
-
     run = work / f"{chain}-{date}"
     shutil.rmtree(run, ignore_errors=True)
-    started = time.perf_counter()
-    training = train_model(config, str(transformed), str(run / "model"))
-    train_s = time.perf_counter() - started
-    metrics = evaluate_model(config, str(transformed), str(run / "model"), str(run / "eval"))
-    embed_items(config, str(transformed), str(run / "model"), str(run / "emb"))
-    build_index_stage(config, str(run / "emb"), str(run / "index"))
     # The gate's live comparison is left out: this replay compares the chains, not the gate.
-    result = gate_and_publish(config, str(transformed), str(run / "model"), str(run / "emb"), str(run / "index"),
-                              metrics, run_id=run.name, lineage={"run_id": run.name})
+    training, train_s, metrics, result = train_to_publish(config, transformed, run)
     row = {"chain": chain, "date": date, "train_seconds": round(train_s, 1), "epochs": len(training["history"]),
            "warm_from": (training.get("warm_start") or {}).get("from"), "test_recall_at_10": metrics["recall_at_10"],
            "published": result["published"]}

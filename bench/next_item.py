@@ -116,12 +116,7 @@ def run_ours(overrides: dict, train_dir: Path, queries: list, items: list, work:
     from core.config import load_config
     from features.ingest import ingest
     from features.transform import run_transform
-    from indexer.build import build_index_stage
-    from indexer.embed import embed_items
-    from indexer.publish import gate_and_publish
     from serving.retriever import Retriever
-    from trainer.evaluate import evaluate_model
-    from trainer.train import train_model
 
     run = work / f"run-{seed}-{hashlib.md5(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]}"
     shutil.rmtree(run, ignore_errors=True)
@@ -138,14 +133,7 @@ def run_ours(overrides: dict, train_dir: Path, queries: list, items: list, work:
         run_transform(config, str(folder / "ingested"), str(folder / "out"))
         transformed[key] = (folder / "out", time.perf_counter() - started)
     out, transform_s = transformed[key]
-    started = time.perf_counter()
-    training = train_model(config, str(out), str(run / "model"))
-    train_s = time.perf_counter() - started
-    metrics = evaluate_model(config, str(out), str(run / "model"), str(run / "eval"))
-    embed_items(config, str(out), str(run / "model"), str(run / "emb"))
-    build_index_stage(config, str(run / "emb"), str(run / "index"))
-    result = gate_and_publish(config, str(out), str(run / "model"), str(run / "emb"), str(run / "index"),
-                              metrics, run_id=run.name, lineage={"run_id": run.name})
+    training, train_s, metrics, result = train_to_publish(config, out, run)
     if not result["published"]:
         return {"published": False, "reasons": result["reasons"]}
     retriever = Retriever.load(config.publish.store)
@@ -165,6 +153,27 @@ def run_ours(overrides: dict, train_dir: Path, queries: list, items: list, work:
             "published_weights": training["published_weights"], "train_seconds": round(train_s, 1),
             "transform_seconds": round(transform_s, 1),
             "history_unknown": sum(r.history["ignored"] for r in resolved if r.history)}
+
+
+def train_to_publish(config, transformed: Path, run: Path) -> tuple[dict, float, dict, dict]:
+    """The stages after the transform, in process, into ``run``: (training.json, train stage wall
+    seconds, metrics.json, the publish result). Evaluate gets no store: the gate's live
+    comparison is not what these benches measure."""
+    from indexer.build import build_index_stage
+    from indexer.embed import embed_items
+    from indexer.publish import gate_and_publish
+    from trainer.evaluate import evaluate_model
+    from trainer.train import train_model
+
+    started = time.perf_counter()
+    training = train_model(config, str(transformed), str(run / "model"))
+    train_s = time.perf_counter() - started
+    metrics = evaluate_model(config, str(transformed), str(run / "model"), str(run / "eval"))
+    embed_items(config, str(transformed), str(run / "model"), str(run / "emb"))
+    build_index_stage(config, str(run / "emb"), str(run / "index"))
+    result = gate_and_publish(config, str(transformed), str(run / "model"), str(run / "emb"), str(run / "index"),
+                              metrics, run_id=run.name, lineage={"run_id": run.name})
+    return training, train_s, metrics, result
 
 
 def _published_embeddings(retriever) -> dict:
