@@ -21,8 +21,10 @@ def evaluated_model_dir(model_dir: str) -> str:
     """The towers evaluation scores: ``<model_dir>/heldout`` when the model was refit on every
     split (scoring the refit one on the test split would score what it trained on), else
     ``model_dir`` itself."""
+    from core import storage  # not tf.io.gfile: TF's GCS filesystem ignores the storage emulator
+
     heldout = _join(model_dir, HELDOUT_DIR)
-    return heldout if _gfile().exists(_join(heldout, "query_tower")) else model_dir
+    return heldout if storage.exists(_join(heldout, "query_tower", "saved_model.pb")) else model_dir
 
 
 def _gfile():
