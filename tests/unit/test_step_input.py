@@ -74,9 +74,9 @@ def test_looked_up_columns_encode_exactly_like_raw_strings():
 
 
 def test_compiled_step_trains_like_the_uncompiled_step():
-    """Three Adam steps: XLA-compiled on prepared ids with TFRS's [B, B] softmax, against uncompiled on
-    raw strings with the distinct-candidate softmax (the same loss): the same weights to float32
-    rounding."""
+    """Three Adam steps: XLA-compiled on prepared ids with TFRS's [B, B] softmax, against
+    uncompiled on raw strings with the distinct-candidate softmax (the same loss): the same weights
+    to float32 rounding."""
     import tensorflow as tf
 
     from trainer.model import _can_jit_compile
@@ -84,6 +84,12 @@ def test_compiled_step_trains_like_the_uncompiled_step():
 
     if not _can_jit_compile():
         pytest.skip("XLA is not usable on this platform")
+    # A fixed init, not whatever the process's random state is after earlier tests: Adam's first
+    # update is lr * g / (|g| + 1e-7), so a gradient component that cancels to rounding noise
+    # (~1e-5 against terms of ~200 at temperature 0.05) moves its weight by up to lr either way.
+    # 1 init in 12 has such a component here (measured); the two paths then differ by 3e-4,
+    # which is the comparison's conditioning, not the step's (the losses agree to 1e-7).
+    tf.keras.utils.set_random_seed(0)
     config = _config()
     batches = _batches(tf)
     reference, _ = _model(tf, config, dedupe=True)
