@@ -78,6 +78,9 @@ VARIANTS = {
     "history_50": _variant(_history("attention", max_length=50, item_embedding="shared")),
     "no_history": _variant(None),
     "history_key_dropout": {**_variant(_SHARED), "train.query_key_dropout": 0.3},
+    "history_anonymous": {**_variant(_SHARED), "train.anonymous_query_rate": 0.3},
+    "history_anonymous_key_dropout": {**_variant(_SHARED), "train.anonymous_query_rate": 0.2,
+                                      "train.query_key_dropout": 0.3},
 }
 
 

@@ -330,6 +330,12 @@ class TrainConfig(_Strict):
         "share of training examples whose query key (an id-typed key: user_id) is looked up as an "
         "unknown id, so the query tower learns to place a user it has never seen from their other "
         "features and history (request-time history for new users); 0 = off"))
+    anonymous_query_rate: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "share of training examples whose query features other than the history take the values a "
+        "request without them gets at serving (the manifest's serving.defaults: ids and categoricals "
+        "unknown, numerics the train mean, text empty), all together per example, so a visitor served "
+        "from request-time history alone is inside the training distribution; needs a history feature; "
+        "0 = off"))
     warm_start: bool = Field(False, description=(
         "start from the weights of publish.store's live version when it has them (trainer/warm_start.py: "
         "every embedding row remapped by token, so ids new since then get fresh rows and ids that left are "
@@ -558,6 +564,9 @@ def ignored_options(config: "Config") -> list[str]:
     if t.query_key_dropout > 0.0 and (key_spec is None or key_spec.type != "id"):
         out.append(f"train.query_key_dropout: {t.query_key_dropout} only applies to an id-typed query key "
                    f"(schema.query_key {config.schema_.query_key!r} is not one)")
+    if t.anonymous_query_rate > 0.0 and config.schema_.history_feature is None:
+        out.append(f"train.anonymous_query_rate: {t.anonymous_query_rate} only applies with a history query "
+                   f"feature (a request without query features is served from its history)")
     if _changed(t, "warm_start_epochs") and not t.warm_start:
         out.append(f"train.warm_start_epochs: {t.warm_start_epochs} only applies with train.warm_start=true")
     if _changed(t, "refit_epochs") and t.refit != "continue":

@@ -36,6 +36,7 @@ from core.records import ITEM_KEY
 from indexer.build import ITEM_IDS, METRICS, SCANN_DIR
 from indexer.embeddings import load_embeddings
 from indexer.gate import decide
+from trainer.artifacts import query_feature_default
 from trainer.warm_start import WARM_DIR
 from indexer.store import StoreError, VersionStore, utc_now
 
@@ -120,21 +121,15 @@ def serving_section(config: Config, index_metrics: dict, stats: dict | None = No
     transform's stats.json, for the numeric defaults)."""
     schema = config.schema
     key_type = next(f.type for f in schema.query_features if f.name == schema.query_key)
-    numeric = (stats or {}).get("numeric") or {}
 
     def described(f):
         return {"name": f.name, "type": f.type, **({"max_length": f.max_length} if f.type == "history" else {})}
-
-    def default(f):
-        if f.type == "history":
-            return []
-        return float((numeric.get(f.name) or {}).get("mean", 0.0)) if f.type == "numeric" else ""
 
     return {
         "query_key": schema.query_key,
         "query_key_type": key_type,
         "query_features": [described(f) for f in schema.query_features],
-        "defaults": {f.name: default(f) for f in schema.query_features},
+        "defaults": {f.name: query_feature_default(f, stats or {}) for f in schema.query_features},
         "display_fields": list(schema.display_fields),
         "index_kind": index_metrics.get("kind"),
         "reorder_k": (index_metrics.get("params") or {}).get("reorder_k"),

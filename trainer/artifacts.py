@@ -98,6 +98,17 @@ def numeric_stats(stats: dict, feature: str) -> tuple[float, float]:
     return mean, (std if std > 0.0 else 1.0)
 
 
+def query_feature_default(spec, stats: dict):
+    """The raw value a query feature takes when a request does not carry it (the manifest's
+    ``serving.defaults``, and ``train.anonymous_query_rate``'s stand-in): a numeric's train mean
+    (0 after scaling), an empty history, "" for every string type (the unknown row, no tokens)."""
+    if spec.type == "history":
+        return []
+    if spec.type == "numeric":
+        return float(((stats.get("numeric") or {}).get(spec.name) or {}).get("mean", 0.0))
+    return ""
+
+
 def read_seen(transformed_dir: str) -> dict[str, dict[str, list[str]]]:
     """``seen.jsonl`` as ``{key: {"train": [...], "valid": [...], "test": [...]}}``."""
     path = _join(transformed_dir, "seen.jsonl")

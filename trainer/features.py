@@ -33,7 +33,7 @@ inside functions).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -278,10 +278,20 @@ class TowerModel(tf.keras.Model):
 
     def __init__(self, encoders: Mapping[str, tf.keras.layers.Layer], input_specs: Sequence[FeatureSpec],
                  hidden_dims: Sequence[int], activation: str, dropout: float, embedding_dims: int,
+                 anonymous_rate: float = 0.0, anonymous_defaults: Optional[Mapping[str, object]] = None,
                  **kwargs):
         super().__init__(**kwargs)
         if not encoders:
             raise ValueError(f"{self.name}: a tower needs at least one encoded feature")
+        if not 0.0 <= anonymous_rate < 1.0:
+            raise ValueError(f"{self.name}: anonymous_rate must be in [0, 1), got {anonymous_rate}")
+        #: train.anonymous_query_rate: the share of training rows whose ``anonymous_defaults``
+        #: features ({name: raw default}, artifacts.query_feature_default) all take their default.
+        self.anonymous_rate = float(anonymous_rate)
+        self.anonymous_defaults = dict(anonymous_defaults or {})
+        unknown = sorted(set(self.anonymous_defaults) - set(encoders))
+        if unknown:
+            raise ValueError(f"{self.name}: anonymous_defaults for features it does not encode: {unknown}")
         self.input_specs = list(input_specs)
         # Sorted so the concat order never depends on dict insertion order.
         self.encoded_names = sorted(encoders)
@@ -297,7 +307,27 @@ class TowerModel(tf.keras.Model):
     def raw_input_names(self) -> list[str]:
         return [s.name for s in self.input_specs]
 
+    def _anonymised(self, features):
+        """``features`` with every ``anonymous_defaults`` column replaced by its default on a random
+        ``anonymous_rate`` share of the rows (the same rows for every column). A column the train
+        step prepared as int64 table rows takes the row its encoder looks the default up at."""
+        first = features[self.encoded_names[0]]
+        rows = tf.random.uniform(tf.shape(first)[:1]) < self.anonymous_rate
+        out = dict(features)
+        for name, default in self.anonymous_defaults.items():
+            column = features[name]
+            if column.dtype == tf.string:
+                fill = tf.constant(str(default))
+            elif column.dtype.is_integer:  # prepared rows (trainer.step_input.look_up_columns)
+                fill = tf.cast(self.encoders[name].lookup(tf.constant([str(default)]))[0], column.dtype)
+            else:
+                fill = tf.constant(default, dtype=column.dtype)
+            out[name] = tf.where(rows, tf.fill(tf.shape(column), fill), column)
+        return out
+
     def call(self, features, training=False):
+        if training and self.anonymous_rate > 0.0 and self.anonymous_defaults:
+            features = self._anonymised(features)
         x = tf.concat([self.encoders[name](features[name]) for name in self.encoded_names], axis=1)
         for layer in self.hidden:
             x = layer(x, training=training)
@@ -380,9 +410,11 @@ def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, Towe
     stats = artifacts.read_stats(transformed_dir)
     t = config.train
 
-    def tower(specs: list[FeatureSpec], encoders: dict, name: str) -> TowerModel:
+    def tower(specs: list[FeatureSpec], encoders: dict, name: str,
+              anonymous: Optional[dict] = None) -> TowerModel:
         return TowerModel(encoders, specs, t.hidden_dims, t.activation_fn, t.dropout, t.embedding_dims,
-                          name=name)
+                          anonymous_rate=t.anonymous_query_rate if anonymous else 0.0,
+                          anonymous_defaults=anonymous, name=name)
 
     q_specs = query_input_specs(config)
     i_specs = item_input_specs(config)
@@ -394,4 +426,7 @@ def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, Towe
     item_encoders = {s.name: build_encoder(s, config, transformed_dir, stats) for s in i_encoded}
     query_encoders = {s.name: build_encoder(s, config, transformed_dir, stats, item_encoders.get(ITEM_KEY))
                       for s in q_specs}
-    return tower(q_specs, query_encoders, "query_tower"), tower(i_specs, item_encoders, "item_tower")
+    # What a history-only request's other features are at serving (indexer/publish.py's defaults).
+    anonymous = {s.name: artifacts.query_feature_default(s, stats) for s in q_specs if s.type != "history"}
+    return (tower(q_specs, query_encoders, "query_tower", anonymous if t.anonymous_query_rate > 0.0 else None),
+            tower(i_specs, item_encoders, "item_tower"))

@@ -314,3 +314,60 @@ def test_query_key_dropout_trains_the_unknown_row_only_in_training():
     assert 0.45 < unknown < 0.55, unknown  # training: half of the rows look the id up as unknown
     with pytest.raises(ValueError, match="unknown_rate"):
         IdEncoder(["u1"], 4, unknown_rate=1.0, name="bad")
+
+
+def test_anonymous_rows_take_every_serving_default_together_and_keep_their_history():
+    """train.anonymous_query_rate: a row is anonymised as a whole (key unknown, categorical unknown,
+    numeric at its mean), its history untouched; prepared int64 rows take the default's row;
+    serving (training=False) never anonymises."""
+    import tensorflow as tf
+
+    from core.config import FeatureSpec
+    from trainer.features import HistoryEncoder, IdEncoder, NumericEncoder, TowerModel
+
+    specs = [FeatureSpec(name="user_id", type="id"), FeatureSpec(name="gender", type="categorical"),
+             FeatureSpec(name="age", type="numeric"), FeatureSpec(name="history", type="history")]
+    encoders = {"user_id": IdEncoder(["u1", "u2"], 3, name="user_id_encoder"),
+                "gender": IdEncoder(["F", "M"], 3, name="gender_encoder"),
+                "age": NumericEncoder(30.0, 10.0, name="age_encoder"),
+                "history": HistoryEncoder(["i1", "i2"], 3, 5, "mean", name="history_encoder")}
+    defaults = {"user_id": "", "gender": "", "age": 30.0}
+    tower = TowerModel(encoders, specs, [], "relu", 0.0, 4, anonymous_rate=0.5, anonymous_defaults=defaults,
+                       name="query_tower")
+    n = 4000
+    raw = {"user_id": tf.constant(["u1"] * n), "gender": tf.constant(["M"] * n),
+           "age": tf.constant([50.0] * n), "history": tf.constant(["i1\x1fi2"] * n)}
+    tf.random.set_seed(0)
+    out = tower._anonymised(raw)
+    anonymous = out["user_id"].numpy() == b""
+    assert 0.45 < anonymous.mean() < 0.55
+    np.testing.assert_array_equal(out["gender"].numpy() == b"", anonymous)  # the same rows, together
+    np.testing.assert_array_equal(out["age"].numpy() == 30.0, anonymous)
+    np.testing.assert_array_equal(out["history"].numpy(), raw["history"].numpy())
+    prepared = {**raw, "user_id": encoders["user_id"].lookup(raw["user_id"]),
+                "gender": encoders["gender"].lookup(raw["gender"])}
+    rows = tower._anonymised(prepared)
+    np.testing.assert_array_equal(rows["user_id"].numpy() == 0, rows["age"].numpy() == 30.0)  # OOV row 0
+    served = tower(raw, training=False).numpy()
+    assert np.allclose(served, served[0])  # identical rows: nothing was anonymised at serving
+    trained = tower(raw, training=True).numpy()
+    assert 0.4 < np.mean(~np.all(np.isclose(trained, served[0], atol=1e-6), axis=1)) < 0.6
+    with pytest.raises(ValueError, match="anonymous_rate"):
+        TowerModel(encoders, specs, [], "relu", 0.0, 4, anonymous_rate=1.0, name="bad")
+    with pytest.raises(ValueError, match="does not encode"):
+        TowerModel(encoders, specs, [], "relu", 0.0, 4, anonymous_defaults={"city": ""}, name="bad")
+
+
+def test_anonymous_defaults_are_the_manifests_serving_defaults(published_ring, ring):
+    """The stand-in values train.anonymous_query_rate trains with are what a history-only request
+    gets at serving: one definition (trainer.artifacts.query_feature_default)."""
+    from trainer.features import build_towers
+
+    retriever, _, _, _ = published_ring
+    config, out, _, _ = ring
+    query, _ = build_towers(config.with_overrides({"train.anonymous_query_rate": 0.2}), str(out))
+    assert query.anonymous_rate == 0.2
+    history_name = config.schema.history_feature.name
+    assert set(query.anonymous_defaults) == {n for n in retriever.defaults if n != history_name} != set()
+    assert query.anonymous_defaults == {n: v for n, v in retriever.defaults.items() if n != history_name}
+    assert build_towers(config, str(out))[0].anonymous_defaults == {}
