@@ -8,6 +8,7 @@ The data (tests/ring_data.py) has a planted sequence: the next item is the last 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -371,3 +372,56 @@ def test_anonymous_defaults_are_the_manifests_serving_defaults(published_ring, r
     assert set(query.anonymous_defaults) == {n for n in retriever.defaults if n != history_name} != set()
     assert query.anonymous_defaults == {n: v for n, v in retriever.defaults.items() if n != history_name}
     assert build_towers(config, str(out))[0].anonymous_defaults == {}
+
+
+def test_hostile_history_requests_get_a_4xx_with_the_reason_and_never_move_the_service(published_ring):
+    """POST /v1/retrieve with histories a hostile or careless client sends: each is a 400 naming
+    the field (or, where the ids are merely unknown, a 200 that says how many were ignored); no
+    500, and the service answers a good request after all of them."""
+    from serving.server import QueryService
+    from tests.unit.test_server import call
+
+    retriever, config, _, _ = published_ring
+    known = sorted(retriever.items)[:3]
+    bad = [
+        ({"history": None}, "must be a list"),
+        ({"history": {"i1": 1}}, "must be a list"),
+        ({"history": "i1,i2"}, "must be a list"),
+        ({"history": [None]}, r"history'\[0\] must be an item id"),
+        ({"history": [known[0], 1.5]}, r"\[1\] must be an item id"),
+        ({"history": [[known[0]]]}, r"\[0\] must be an item id"),
+        ({"history": [False]}, r"\[0\] must be an item id"),
+        ({"history": [known[0], "\ud800"]}, r"\[1\]"),
+        ({"history": ["x" * 10]}, None),  # fine: an unknown id
+        ({"user_id": "u1", "features": {"user_id": "u1"}, "history": []}, "exactly one of"),
+        ({"features": {"user_id": "u1", "recent": known[:1]}, "history": ["i1"], "k": "3"}, "k"),
+    ]
+    service = QueryService(str(config.publish.store), port=0, poll_seconds=0.05)
+    service.start()
+    try:
+        service.wait_ready(timeout=30)
+        for request, reason in bad:
+            status, body, _ = call(service.port, "POST", "/v1/retrieve", json.dumps(request).encode())
+            if reason is None:
+                assert status == 200 and body["history"] == {"used": 0, "ignored": 1, "cut": 0}, body
+                continue
+            assert status == 400, (request, status, body)
+            assert re.search(reason, body["error"]), (request, body)
+        raw = [b'{"history": [' + b"9" * 5000 + b']}',  # an integer past Python's 4300-digit str limit
+               b'{"history": [' + b"[" * 3000 + b"]" * 3000 + b']}',  # nesting past the parser's stack
+               b'{"history": ["' + b"\xff\xfe" + b'"]}',  # not UTF-8
+               b'{"history": [1e999]}',  # inf
+               ("{\"history\": [" + ",".join(['"' + known[0] + '"'] * 14000) + "]}").encode()]  # > 64 KiB
+        for data in raw:
+            status, body, _ = call(service.port, "POST", "/v1/retrieve", data)
+            assert 400 <= status < 500, (data[:40], status, body)
+            assert body and body.get("error"), body
+        # Separators and control characters inside an id: the id is not in the catalog, so it is ignored
+        # and cannot smuggle two items into the tower's joined history string.
+        status, body, _ = call(service.port, "POST", "/v1/retrieve",
+                               {"history": [f"{known[0]}\x1f{known[1]}", known[2]], "exclude_seen": True})
+        assert status == 200 and body["history"] == {"used": 1, "ignored": 1, "cut": 0}, body
+        status, body, _ = call(service.port, "POST", "/v1/retrieve", {"history": known, "k": 3})
+        assert status == 200 and len(body["items"]) == 3 and body["history"]["used"] == 3
+    finally:
+        service.stop()
