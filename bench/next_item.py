@@ -79,6 +79,10 @@ VARIANTS = {
     "no_history": _variant(None),
     "history_key_dropout": {**_variant(_SHARED), "train.query_key_dropout": 0.3},
     "history_anonymous": {**_variant(_SHARED), "train.anonymous_query_rate": 0.3},
+    "history_recency_anonymous": {**_variant(_history("recency", item_embedding="shared")),
+                                  "train.anonymous_query_rate": 0.3},
+    "history_mean_anonymous": {**_variant(_history("mean", item_embedding="shared")),
+                               "train.anonymous_query_rate": 0.3},
     "history_anonymous_key_dropout": {**_variant(_SHARED), "train.anonymous_query_rate": 0.2,
                                       "train.query_key_dropout": 0.3},
 }
