@@ -62,29 +62,23 @@ def _variant(history: dict | None = None, refit: str = "full", ids: bool = True)
     return {"schema.query_features": features, "train.refit": refit, "train.use_item_ids_as_features": ids}
 
 
-_SHARED = _history("attention", item_embedding="shared")
+_SHIPPED = _history("recency", item_embedding="shared")
 
-#: name -> config overrides on configs/movielens-history.yaml. ``history`` is
-#: configs/movielens-history.yaml's choice (attention pooling over the item tower's id table,
-#: refit on every split); the others change one thing each.
+#: name -> config overrides on configs/movielens-history.yaml. ``history`` is that config's
+#: choice (recency-weighted mean over the item tower's id table, refit on every split,
+#: ``train.anonymous_query_rate`` 0.3 from the config); the others change one thing each.
 VARIANTS = {
-    "history": _variant(_SHARED),
+    "history": _variant(_SHIPPED),
+    "history_attention": _variant(_history("attention", item_embedding="shared")),
     "history_mean": _variant(_history("mean", item_embedding="shared")),
-    "history_recency": _variant(_history("recency", item_embedding="shared")),
-    "history_no_refit": _variant(_SHARED, refit="none"),
-    "history_refit_continue": _variant(_SHARED, refit="continue"),
-    "history_separate_table": _variant(_history("attention")),
-    "history_no_item_ids": _variant(_history("attention"), ids=False),
-    "history_50": _variant(_history("attention", max_length=50, item_embedding="shared")),
+    "history_no_anonymous": {**_variant(_SHIPPED), "train.anonymous_query_rate": 0.0},
+    "history_no_refit": _variant(_SHIPPED, refit="none"),
+    "history_refit_continue": _variant(_SHIPPED, refit="continue"),
+    "history_separate_table": _variant(_history("recency")),
+    "history_no_item_ids": _variant(_history("recency"), ids=False),
+    "history_50": _variant(_history("recency", max_length=50, item_embedding="shared")),
+    "history_key_dropout": {**_variant(_SHIPPED), "train.query_key_dropout": 0.3},
     "no_history": _variant(None),
-    "history_key_dropout": {**_variant(_SHARED), "train.query_key_dropout": 0.3},
-    "history_anonymous": {**_variant(_SHARED), "train.anonymous_query_rate": 0.3},
-    "history_recency_anonymous": {**_variant(_history("recency", item_embedding="shared")),
-                                  "train.anonymous_query_rate": 0.3},
-    "history_mean_anonymous": {**_variant(_history("mean", item_embedding="shared")),
-                               "train.anonymous_query_rate": 0.3},
-    "history_anonymous_key_dropout": {**_variant(_SHARED), "train.anonymous_query_rate": 0.2,
-                                      "train.query_key_dropout": 0.3},
 }
 
 
