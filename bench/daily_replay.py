@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -38,8 +37,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import core  # noqa: E402,F401 (sets the TF environment before anything imports TensorFlow)
 
 from bench import baselines  # noqa: E402
 from bench.next_item import MOVIELENS_RAW, _published_embeddings, train_to_publish, write_results  # noqa: E402

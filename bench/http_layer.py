@@ -66,6 +66,7 @@ from datetime import datetime, timezone
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+import core  # noqa: E402,F401 (sets the TF environment before anything imports TensorFlow)
 
 from bench import serve as bench_serve  # noqa: E402  (bench/ is a namespace package; spawned clients import it too)
 
@@ -157,8 +158,6 @@ def serve_aiohttp(store: str) -> int:
     import logging
     import signal
 
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from aiohttp import web
 

@@ -11,7 +11,6 @@ for docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -20,8 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import core  # noqa: E402,F401 (sets the TF environment before anything imports TensorFlow)
 
 MOVIELENS_RAW = REPO.parent / "shared" / "data" / "movielens-100k"
 CONFIGS = {"shop": REPO / "configs" / "shop.yaml", "movielens": REPO / "configs" / "movielens.yaml"}

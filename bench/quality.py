@@ -52,8 +52,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import core  # noqa: E402,F401 (sets the TF environment before anything imports TensorFlow)
 
 MOVIELENS_RAW = REPO.parent / "shared" / "data" / "movielens-100k"
 RESULTS_DIR = REPO / "bench" / "results"

@@ -31,10 +31,11 @@ Writes ``query_tower/``, ``item_tower/`` and ``training.json`` (``history`` with
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass
+
+import core  # noqa: F401 (sets the TF environment before anything imports TensorFlow)
 
 #: Tutorial settings (basic_retrieval.ipynb).
 EMBEDDING_DIMS = 32
@@ -56,7 +57,6 @@ class ReferenceSettings:
 
 
 def _tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
 
     return tf

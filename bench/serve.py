@@ -60,6 +60,7 @@ from datetime import datetime, timezone
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+import core  # noqa: E402,F401 (sets the TF environment before anything imports TensorFlow)
 
 HOST = "127.0.0.1"
 DIMS = 64
@@ -93,8 +94,6 @@ def index_params(n: int):
 
 def build_query_tower(path: str, query_vectors) -> None:
     """Export the query tower: user_id -> table[hash(user_id) mod users], L2-normalised."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     buckets = int(query_vectors.shape[0])

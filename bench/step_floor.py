@@ -122,9 +122,8 @@ def main(argv=None) -> int:
     if args.threads > 0:
         os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # oneDNN kernels too (trainer.strategy.set_threads)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import core  # noqa: F401 (sets the TF environment before TensorFlow's import below)
     import numpy as np
     import tensorflow as tf
 

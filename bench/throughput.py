@@ -83,13 +83,12 @@ RESULTS = REPO / "bench" / "results" / "throughput.json"
 
 
 def _setup_paths(trainer_root: Path | None) -> None:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     roots = [REPO] if trainer_root is None else [trainer_root, REPO]
     for root in reversed(roots):
         if str(root) in sys.path:
             sys.path.remove(str(root))
         sys.path.insert(0, str(root))
+    import core  # noqa: F401 (the first tree's core: sets the TF environment before TensorFlow's import)
 
 
 def ids_only_overrides(config) -> dict:

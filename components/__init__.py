@@ -4,6 +4,8 @@
 ``@dsl.component`` objects running on the one component image.
 """
 
+import core  # noqa: F401 (sets the TF environment before anything imports TensorFlow)
+
 from components.factory import Components, build_components
 
 __all__ = ["Components", "build_components"]

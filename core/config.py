@@ -19,13 +19,12 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
+from core.cleaning import MULTI_VALUE_SEPARATOR  # noqa: F401 (defined with the cleaning rules)
+
 FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric", "history"]
 HistoryPooling = Literal["mean", "recency", "attention"]
 #: FeatureSpec fields that only a ``type: history`` feature takes.
 HISTORY_OPTIONS = ("max_length", "pooling", "item_embedding")
-
-#: Separator used by multi-categorical features ("Action|Comedy").
-MULTI_VALUE_SEPARATOR = "|"
 
 
 class ConfigError(ValueError):

@@ -26,9 +26,6 @@ PARSE_BATCH = 4096
 
 
 def _tf():
-    import os
-
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
 
     return tf

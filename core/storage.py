@@ -82,17 +82,17 @@ _client = None
 
 
 def gcs_client():
-    """A process-wide google.cloud.storage Client (created on first use, never at import)."""
+    """A process-wide google.cloud.storage Client (created on first use, never at import).
+
+    Plain ``storage.Client()`` everywhere: with ``STORAGE_EMULATOR_HOST`` set the library
+    itself talks to that host with anonymous credentials and no project, so no test
+    credentials live here.
+    """
     global _client
     if _client is None:
         from google.cloud import storage
 
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            from google.auth.credentials import AnonymousCredentials
-
-            _client = storage.Client(project="twotower-test", credentials=AnonymousCredentials())
-        else:
-            _client = storage.Client()
+        _client = storage.Client()
     return _client
 
 

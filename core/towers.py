@@ -13,7 +13,6 @@ through the one storage interface is what works on a cluster and against a test 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import weakref
@@ -29,7 +28,6 @@ class Tower:
     """A loaded tower: ``embed(features) -> float32 [B, D]``."""
 
     def __init__(self, path: str):
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         import tensorflow as tf
 
         self._tf = tf

@@ -5,3 +5,5 @@
 
 Pure Python + numpy/pandas; nothing here imports TensorFlow.
 """
+
+import core  # noqa: F401 (sets the TF environment before anything imports TensorFlow)

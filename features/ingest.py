@@ -87,7 +87,7 @@ import pandas as pd
 import pyarrow as pa  # pandas' parquet engine, a dependency already
 import pyarrow.compute as pc
 
-from core import history, storage
+from core import cleaning, history, storage
 from core.config import Config, FeatureSpec
 from core.records import ITEM_KEY, WEIGHT_KEY
 
@@ -804,33 +804,19 @@ class _Checker:
                 for i, raw in zip(idx, raws)]
 
 
-def _as_text(s: pd.Series) -> pd.Series:
-    """Cells as nullable strings; integral floats (ids read from parquet/jsonl) lose the '.0'.
-
-    Only a column of finite floats that are exact integers (|x| <= 2**53) is read that way;
-    any other float column (1e20, inf) keeps its float spelling rather than fail the cast.
-    """
-    if pd.api.types.is_float_dtype(s.dtype):
-        finite = s.dropna().to_numpy(dtype=np.float64)
-        if (len(finite) and np.isfinite(finite).all() and (np.abs(finite) <= 2.0**53).all()
-                and (np.mod(finite, 1) == 0).all()):
-            return s.astype("Int64").astype("string")
-    elif pd.api.types.is_bool_dtype(s.dtype):
-        return s.astype("Int64").astype("string")
-    return s.astype("string")
+_as_text = cleaning.as_text
 
 
 def _missing(text: pd.Series) -> np.ndarray:
-    return (text.isna() | text.str.strip().eq("")).fillna(True).to_numpy(dtype=bool)
+    """Cells that are missing (None, NaN) or empty after cleaning (core/cleaning.py)."""
+    return cleaning.clean_strings(text).isna().to_numpy(dtype=bool)
 
 
-def _parse_numeric(text: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values float64 with NaN for missing, missing mask, unparseable-or-infinite mask)."""
-    missing = _missing(text)
-    values = pd.to_numeric(text.str.strip(), errors="coerce").astype("float64").to_numpy()
-    bad = ~missing & ~np.isfinite(values)
-    values = np.where(missing | bad, np.nan, values)
-    return values, missing, bad
+def _parse_numeric(column: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values float64 with NaN for missing, missing mask, not-a-finite-number mask), by
+    core.cleaning.clean_number's rule (the one the query service applies to a request)."""
+    values, bad = cleaning.clean_numbers(column)
+    return values, np.isnan(values) & ~bad, bad
 
 
 def _reasons(mask: np.ndarray, text: pd.Series, template: str) -> np.ndarray:
@@ -847,8 +833,8 @@ def _reasons(mask: np.ndarray, text: pd.Series, template: str) -> np.ndarray:
 
 
 def _check_id(chk: _Checker, name: str) -> pd.Series:
-    text = _as_text(chk.frame[name]).str.strip()
-    chk.flag(_missing(text), name, f"empty {name}")
+    text = cleaning.clean_strings(chk.frame[name])
+    chk.flag(text.isna().to_numpy(dtype=bool), name, f"empty {name}")
     if name == ITEM_KEY:
         # A history joins item ids with this character (core/history.py): one inside an id
         # would split it in two.
@@ -864,13 +850,13 @@ def _check_feature(chk: _Checker, spec: FeatureSpec) -> pd.Series:
     """
     text = _as_text(chk.frame[spec.name])
     if spec.type == "numeric":
-        values, _, bad = _parse_numeric(text)
+        values, _, bad = _parse_numeric(chk.frame[spec.name])
         chk.flag(bad, spec.name, _reasons(bad, text, "not a number: {!r}"))
         return pd.Series(values, dtype="float64")
-    if spec.type == "id":
-        # An id-typed feature is not a key: a missing value is allowed (transform fills "").
-        return text.str.strip().fillna("")
-    return text.fillna("")
+    if spec.type in ("id", "categorical"):
+        # Not a key: a missing value is allowed (the transform fills "").
+        return cleaning.clean_strings(chk.frame[spec.name]).fillna("")
+    return text.fillna("")  # text and multi-categorical: the transform cleans them whole
 
 
 def _require_columns(frame: pd.DataFrame, required: list[str], shown: str) -> None:
@@ -1022,7 +1008,8 @@ def _check_interactions(frame: pd.DataFrame, rows: list[int], dead: list[dict], 
     if key_spec.type == "numeric":
         raise IngestError(f"{shown}: query_key {schema.query_key!r} cannot be numeric")
     chk.flag(_missing(key_text), schema.query_key, f"empty {schema.query_key}")
-    out = {schema.query_key: key_text.str.strip().fillna("") if key_spec.type == "id" else key_text.fillna("")}
+    out = {schema.query_key: (cleaning.clean_strings(key_text).fillna("") if key_spec.type in ("id", "categorical")
+                              else key_text.fillna(""))}
     item_ids = _check_id(chk, ITEM_KEY)
     out[ITEM_KEY] = item_ids
     out[LABEL] = _check_label(chk, frame)
@@ -1032,7 +1019,7 @@ def _check_interactions(frame: pd.DataFrame, rows: list[int], dead: list[dict], 
         out[LABEL] = pd.Series(np.where(out[WEIGHT_KEY].to_numpy() == 0.0, 0, out[LABEL].to_numpy()),
                                dtype=np.int64)
     if RATING in frame.columns:
-        values, _, bad = _parse_numeric(_as_text(frame[RATING]))
+        values, _, bad = _parse_numeric(frame[RATING])
         chk.flag(bad, RATING, "rating is not a number")
         out[RATING] = pd.Series(values, dtype="float64")
     if TIMESTAMP in frame.columns:
@@ -1070,14 +1057,14 @@ def _check_weight(chk: _Checker, config: Config) -> pd.Series:
     name = _weight_source(config)
     if schema.weight_column is not None:
         text = _as_text(chk.frame[name])
-        values, missing, bad = _parse_numeric(text)
+        values, missing, bad = _parse_numeric(chk.frame[name])
         chk.flag(missing, name, f"empty {name} (schema.weight_column)")
         chk.flag(bad, name, _reasons(bad, text, "weight is not a finite number: {!r}"))
         negative = ~missing & ~bad & (values < 0.0)
         chk.flag(negative, name, _reasons(negative, text, "weight is negative: {!r}"))
         return pd.Series(np.where(missing | bad | negative, 0.0, values), dtype="float64")
-    text = _as_text(chk.frame[name]).str.strip()
-    missing = _missing(text)
+    text = cleaning.clean_strings(chk.frame[name])
+    missing = text.isna().to_numpy(dtype=bool)
     chk.flag(missing, name, f"empty {name} (schema.action_column)")
     weights = schema.action_weights
     unknown = ~missing & ~text.isin(list(weights)).fillna(False).to_numpy(dtype=bool)
@@ -1091,7 +1078,7 @@ def _check_label(chk: _Checker, frame: pd.DataFrame) -> pd.Series:
     """label column -> int64 0/1 (all 1 when the column is absent: every row is a positive)."""
     if LABEL not in frame.columns:
         return pd.Series(np.ones(len(frame), dtype=np.int64))
-    values, missing, bad = _parse_numeric(_as_text(frame[LABEL]))
+    values, missing, bad = _parse_numeric(frame[LABEL])
     ok = np.isin(values, (0.0, 1.0))
     chk.flag(missing | bad | ~ok, LABEL, "label must be 0 or 1")
     # Cast only the 0/1 values: a flagged 1e30 would overflow int64 (with a numpy warning).
@@ -1108,7 +1095,7 @@ def _check_timestamp(chk: _Checker, column: pd.Series, unit: Optional[dict] = No
     later chunks of the file are not asked again; None: a whole file, decided on it).
     """
     text = _as_text(column)
-    values, missing, bad = _parse_numeric(text)
+    values, missing, bad = _parse_numeric(column)
     chk.flag(missing, TIMESTAMP, "missing timestamp")
     fractional = ~missing & ~bad & (np.mod(np.nan_to_num(values), 1) != 0)
     chk.flag(bad | fractional, TIMESTAMP, "timestamp is not an integer")

@@ -23,10 +23,11 @@ Graph (I/O only at the edges)::
          ─ ComputeNumericStats(train rows) ─ FillNumerics ─ EncodeBySplit ─ split TFRecords
     BuildVocabulary + seen + query table + stats ─ WriteTextFiles (one sink, one element per file)
 
-Feature cleaning (shared with the towers through ``core``): text -> ``normalize_text``;
-id / categorical -> stripped string ("" when missing); multi-categorical -> values split on
-``|``, stripped, empties dropped, re-joined with ``|``; numeric -> float, missing filled
-with the mean of the train split (query side) or of the catalog (item side).
+Feature cleaning is core/cleaning.py's, the rules the query service applies to requests:
+text -> ``normalize_text``; id / categorical -> NFC, trimmed string ("" when missing);
+multi-categorical -> values split on ``|``, each cleaned, empties dropped, re-joined; numeric
+-> float, missing filled with the mean of the train split (query side) or of the catalog
+(item side).
 
 Vocabularies (token<TAB>count, count desc then token asc): query features counted over
 train-split rows, item features over the catalog (one count per item), ``item_id`` =
@@ -66,10 +67,11 @@ import time
 import uuid
 from typing import Iterable, Optional
 
-from core import history, storage
-from core.config import MULTI_VALUE_SEPARATOR, Config, FeatureSpec, SchemaConfig
+from core import cleaning, history, storage
+from core.config import Config, FeatureSpec, SchemaConfig
 from core.records import ITEM_KEY, WEIGHT_KEY, encode_example, interaction_specs, item_specs
-from core.text import normalize_text, tokenize
+from core.text import tokenize
+from features.errors import TransformError
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -90,10 +92,6 @@ COLD_ITEMS_FILE = "cold_items.txt"
 #: Raw (un-normalised) display fields per item, for people reading query results.
 ITEMS_DISPLAY_FILE = "items_display.jsonl"
 _NUMERIC_EMPTY = {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "count": 0}
-
-
-class TransformError(ValueError):
-    """The ingested data or the config cannot be transformed; the message says why."""
 
 
 # --------------------------------------------------------------------------- entry point
@@ -225,22 +223,10 @@ def _parquet_columns(path: str) -> list[str]:
 # --------------------------------------------------------------------------- feature cleaning
 
 
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def clean_value(spec: FeatureSpec, value: object):
-    """One raw cell -> its cleaned form (str, or float with NaN for a missing numeric)."""
-    if spec.type == "numeric":
-        return float("nan") if _missing(value) else float(value)
-    if _missing(value):
-        return ""
-    if spec.type == "text":
-        return normalize_text(value)
-    if spec.type == "multi_categorical":
-        parts = (p.strip() for p in str(value).split(MULTI_VALUE_SEPARATOR))
-        return MULTI_VALUE_SEPARATOR.join(p for p in parts if p)
-    return str(value).strip()
+    """One raw cell -> its cleaned form (core/cleaning.py: str, or float with NaN for a
+    missing numeric)."""
+    return cleaning.clean_value(spec.type, value)
 
 
 def feature_tokens(spec: FeatureSpec, value: object, max_tokens: int) -> list[str]:
@@ -250,7 +236,7 @@ def feature_tokens(spec: FeatureSpec, value: object, max_tokens: int) -> list[st
     if spec.type == "text":
         return tokenize(value, max_tokens)
     if spec.type == "multi_categorical":
-        return [v for v in str(value).split(MULTI_VALUE_SEPARATOR) if v]
+        return cleaning.multi_values(str(value))
     return [str(value)]
 
 
@@ -297,7 +283,7 @@ class NumericStatsFn(beam.CombineFn):
     def add_input(self, acc, row):
         for name in self._names:
             value = row.get(name)
-            if _missing(value):
+            if cleaning.is_missing(value):
                 continue
             a = acc[name]
             a[0] += 1
@@ -351,7 +337,7 @@ class FillNumericsFn(beam.DoFn):
     def process(self, row: dict, stats: dict):
         out = dict(row)
         for name in self._names:
-            if _missing(out.get(name)):
+            if cleaning.is_missing(out.get(name)):
                 out[name] = stats[name]["mean"]
         yield out
 
@@ -412,7 +398,7 @@ class ClassifyLabelsFn(beam.DoFn):
             yield {**row, SPLIT: NEGATIVES}
             return
         rating = row.get("rating")
-        if self._min_rating is not None and (_missing(rating) or rating < self._min_rating):
+        if self._min_rating is not None and (cleaning.is_missing(rating) or rating < self._min_rating):
             self._below.inc()
             return
         yield row

@@ -17,7 +17,6 @@ in-process pass, no Beam.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Iterable, Iterator
 
@@ -72,7 +71,6 @@ class EmbedItemBatch(beam.DoFn):
 
     def setup(self) -> None:
         # Once per worker, not per bundle: loading a SavedModel takes seconds.
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         from core.towers import Tower
 
         self._tower = Tower(self._tower_path)
@@ -159,7 +157,6 @@ def embed_queries(config: Config, transformed_dir: str, model_dir: str, out_dir:
     tune_rows, eval_rows = np.sort(order[:n_tune]), np.sort(order[n_tune:n_tune + n_eval])
     rows = np.concatenate([tune_rows, eval_rows])
 
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from core.towers import Tower
 
     tower = Tower(query_tower_path(model_dir))

@@ -26,8 +26,6 @@ DEFAULT_LEAVES_SEARCHED_FRACTION = 0.1
 
 
 def _pybind():
-    # Importing the scann package imports TensorFlow when present; keep Keras 2 for TFRS.
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from scann import scann_ops_pybind
 
     return scann_ops_pybind

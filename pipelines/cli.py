@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 DEFAULT_CONFIG = "configs/shop.yaml"
@@ -165,8 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFRS needs Keras 2; before any TF import
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter is not for users
     from pipelines import commands, remote_cli
     from ui.cli import cmd_ui
 

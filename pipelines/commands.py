@@ -14,23 +14,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     Imported here, not at module top, because the stage packages pull in heavy deps.
     """
-    import logging
-
     from core.cron import CronError
     from core.partitions import PartitionError
     from core.store import StoreError
     from datasets.movielens import ChecksumMismatchError, MovieLensFormatError
+    from features.errors import TransformError
     from features.ingest import IngestError
     from pipelines.scheduler import SchedulerBusyError
     from serving.retriever import NoLiveVersionError, RequestError
-
-    # Importing Beam logs an apitools warning on the root logger; it is not the user's concern
-    # and would sit right above their one-line error.
-    logging.disable(logging.WARNING)
-    try:
-        from features.transform import TransformError
-    finally:
-        logging.disable(logging.NOTSET)
 
     return (ConfigError, FileNotFoundError, IngestError, TransformError, MovieLensFormatError, ChecksumMismatchError,
             RequestError, NoLiveVersionError, StoreError, PartitionError, CronError, SchedulerBusyError)

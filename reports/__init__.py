@@ -14,6 +14,8 @@ reported, so reporting one stage never loads another stage's heavy dependencies.
 
 from __future__ import annotations
 
+import core  # noqa: F401 (sets the TF environment before anything imports TensorFlow)
+
 import importlib
 
 from core.summary import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE

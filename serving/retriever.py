@@ -38,13 +38,13 @@ from core.storage import is_gcs
 from core.store import VersionStore
 from core.text import normalize_text
 from core.towers import Tower
+from serving import query_inputs
+from serving.query_inputs import FLOAT32_MAX, RequestError  # noqa: F401 (this module's API)
 
 MAX_K = 1000
 SELECTORS = ("query", "user_id", "features")
 #: Optional beside a selector (or alone): request-time clicks, oldest first.
 HISTORY = "history"
-#: The towers take numerics as tf.float32: a finite float64 past this is inf to them.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: An exported embedding is L2-normalised; a row whose norm strays this far from 1 is
 #: what features far outside the training range produce (overflow to 0 or NaN).
 _NORM_TOLERANCE = 1e-3
@@ -56,10 +56,6 @@ ITEM_IDS = os.path.join("index", "item_ids.txt")
 ITEMS = "items.parquet"
 QUERY_TABLE = "query_table.jsonl"
 SEEN = "seen.jsonl"
-
-
-class RequestError(ValueError):
-    """The request is malformed; the message says why (an HTTP 400)."""
 
 
 class UnknownKeyError(RequestError):
@@ -82,7 +78,6 @@ class Resolved(NamedTuple):
 
 
 def _searcher_module():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from scann import scann_ops_pybind
 
     return scann_ops_pybind
@@ -96,16 +91,6 @@ def _lines(path: str) -> list[str]:
 
 def _read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in _lines(path)]
-
-
-def _check_unicode(name: str, value: str) -> str:
-    """``value`` if it encodes as UTF-8; RequestError naming ``name`` (a lone surrogate, say) else."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise RequestError(f"{name} is not valid Unicode: {exc.reason} at position {exc.start} "
-                           f"({value[exc.start:exc.end]!r})") from None
-    return value
 
 
 class Retriever:
@@ -208,7 +193,7 @@ class Retriever:
             if self.history_name is None:
                 raise RequestError(f"this model has no history feature; a request takes exactly one of "
                                    f"{list(SELECTORS)}")
-            clicks = self._history_list(f"{HISTORY!r}", request[HISTORY])
+            clicks = query_inputs.history_items(f"{HISTORY!r}", request[HISTORY])
         if len(chosen) > 1 or (not chosen and clicks is None):
             alone = f", or a {HISTORY!r} alone" if self.history_name else ""
             raise RequestError(f"a request needs exactly one of {list(SELECTORS)}{alone}, got {chosen or 'none'}")
@@ -227,7 +212,7 @@ class Retriever:
                                    f"{self.query_key!r} ({self.query_key_type}); send 'user_id' or 'features'")
             if not isinstance(value, str):
                 raise RequestError(f"'query' must be a string, got {type(value).__name__}")
-            _check_unicode("'query'", value)
+            query_inputs.check_unicode("'query'", value)
             features = {self.query_key: value}
             if self.history_name:
                 features[self.history_name] = []
@@ -235,9 +220,7 @@ class Retriever:
         if selector == "user_id":
             if self.query_key != "user_id":
                 raise RequestError(f"this model's query key is {self.query_key!r}, not 'user_id'")
-            if isinstance(value, bool) or not isinstance(value, (str, int)):
-                raise RequestError(f"'user_id' must be a string or integer, got {type(value).__name__}")
-            key = _check_unicode("'user_id'", str(value))
+            key = query_inputs.clean_id("'user_id'", value)
             if key not in self.query_table:
                 raise UnknownKeyError(f"unknown user_id {key[:200]!r}: not in version {self.version}'s query table")
             row = self.query_table[key]
@@ -250,28 +233,17 @@ class Retriever:
             return self._with_clicks(self._check_features(features, clicks), key, clicks)
         if not isinstance(value, dict):
             raise RequestError(f"'features' must be an object of feature name -> value, got {type(value).__name__}")
-        key = value.get(self.query_key)
         given = dict(value)
         if self.history_name:
             given.setdefault(self.history_name, [])  # features without a history: none known
-        return self._with_clicks(self._check_features(given, clicks), None if key is None else str(key), clicks)
+        checked = self._check_features(given, clicks)
+        key = checked[0][self.query_key] if self.query_key in checked[0] else None
+        return self._with_clicks(checked, key or None, clicks)
 
     def _with_clicks(self, checked: tuple[dict, Optional[dict], frozenset], key: Optional[str],
                      clicks: Optional[list]) -> Resolved:
         features, note, history_items = checked
         return Resolved(features, key, note, history_items | frozenset(clicks or ()))
-
-    def _history_list(self, where: str, value) -> list[str]:
-        """A history as given (a JSON list of ids; the query table's list) -> list of str."""
-        if not isinstance(value, list):
-            raise RequestError(f"{where} must be a list of item ids (oldest first), got {type(value).__name__}")
-        out = []
-        for pos, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, (str, int)):
-                raise RequestError(f"{where}[{pos}] must be an item id (string or integer), got "
-                                   f"{type(item).__name__}")
-            out.append(_check_unicode(f"{where}[{pos}]", str(item)))
-        return out
 
     def _history_input(self, base: list[str], clicks: Optional[list[str]]) -> tuple[str, dict, frozenset]:
         """(the tower's history string, {"used", "ignored", "cut"}): ``base`` then ``clicks``,
@@ -296,28 +268,12 @@ class Retriever:
             raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {needed}")
         out, note, history_items = {}, None, frozenset()
         for name in needed:
-            value = features[name]
-            numeric = self.feature_types.get(name) == "numeric"
+            value, feature_type = features[name], self.feature_types.get(name)
             if name == self.history_name:
                 out[name], note, history_items = self._history_input(
-                    self._history_list(f"feature {name!r}", value), clicks)
-            elif numeric:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise RequestError(f"feature {name!r} must be a finite number, got {value!r}")
-                try:
-                    number = float(value)  # a huge JSON integer overflows here
-                except OverflowError:
-                    number = math.inf
-                if not math.isfinite(number):
-                    raise RequestError(f"feature {name!r} must be a finite number, got {value!r}")
-                if abs(number) > FLOAT32_MAX:
-                    raise RequestError(f"feature {name!r} = {number!r} is outside the query tower's float32 "
-                                       f"range (|x| <= {FLOAT32_MAX:.4g})")
-                out[name] = number
+                    query_inputs.history_items(f"feature {name!r}", value), clicks)
             else:
-                if isinstance(value, bool) or not isinstance(value, (str, int)):
-                    raise RequestError(f"feature {name!r} must be a string, got {type(value).__name__}")
-                out[name] = _check_unicode(f"feature {name!r}", str(value))
+                out[name] = query_inputs.feature_input(name, feature_type or "id", value, self.defaults.get(name))
         return out, note, history_items
 
     def _search(self, vectors: np.ndarray, fetch: int, pre: Optional[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,3 +8,5 @@ Entry points (import TensorFlow lazily, so importing them is cheap):
 
 :mod:`trainer.metrics` is pure numpy.
 """
+
+import core  # noqa: F401 (sets the TF environment before anything imports TensorFlow)

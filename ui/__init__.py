@@ -4,3 +4,5 @@ Modules, one job each: :mod:`ui.runs` reads run folders, :mod:`ui.versions` read
 rolls back the version store, :mod:`ui.query` caches loaded retrievers, :mod:`ui.page`
 renders HTML, :mod:`ui.server` is the stdlib HTTP server, :mod:`ui.cli` the command.
 """
+
+import core  # noqa: F401 (sets the TF environment before anything imports TensorFlow)

@@ -46,9 +46,6 @@ def cmd_ui(args) -> int:
         return _error(f"--runs {args.runs} is not a folder")
     if not 0 <= args.port <= 65535:
         return _error(f"--port must be in 0..65535, got {args.port}")
-    # TFRS-era towers need Keras 2, chosen before TensorFlow is first imported (at the first query).
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.token is not None and len(args.token) < 16:

@@ -50,6 +50,18 @@ def _expected(retriever, ids, matrix, features, k, exclude=()):
     return [ids[i] for i in order[0] if ids[i] not in exclude][:k]
 
 
+def test_a_request_is_cleaned_as_the_training_data_was(published):
+    """A padded id and a number sent as a string are the values the model learned (core/cleaning.py),
+    not the out-of-vocabulary row: the answer equals the clean request's."""
+    retriever, *_ = published
+    clean = retriever.retrieve({"features": {"user_id": "1", "age": 41.0}}, k=5)
+    padded = retriever.retrieve({"features": {"user_id": " 1\t", "age": " 41 "}}, k=5)
+    assert padded["items"] == clean["items"] and padded["scores"] == clean["scores"]
+    assert retriever.retrieve({"user_id": " 1 "}, k=5)["items"] == retriever.retrieve({"user_id": 1}, k=5)["items"]
+    other = retriever.retrieve({"features": {"user_id": "no-such-user", "age": 41.0}}, k=5)
+    assert other["scores"] != clean["scores"]  # the id matters, so the equality above is not vacuous
+
+
 def test_load_without_live_version_is_a_clear_error(tmp_path):
     with pytest.raises(NoLiveVersionError, match="no live version"):
         Retriever.load(str(tmp_path / "empty-store"))
@@ -124,7 +136,10 @@ def test_retrieve_batch_equals_single_requests(published):
     ({"features": {"user_id": "1"}}, 5, r"missing query feature\(s\) \['age'\]"),
     ({"features": {"user_id": "1", "age": 3.0, "zip": "x"}}, 5, r"unknown query feature\(s\) \['zip'\]"),
     ({"features": {"user_id": "1", "age": "old"}}, 5, "feature 'age' must be a finite number"),
-    ({"features": {"user_id": "1", "age": float("nan")}}, 5, "finite number"),
+    ({"features": {"user_id": "1", "age": float("inf")}}, 5, "finite number"),
+    ({"features": {"user_id": "1", "age": "inf"}}, 5, "finite number"),
+    ({"features": {"user_id": "1", "age": True}}, 5, "finite number"),
+    ({"features": {"user_id": 1.0, "age": 3.0}}, 5, "feature 'user_id' must be a string"),
     ({"features": ["user_id"]}, 5, "'features' must be an object"),
 ])
 def test_bad_requests_raise_request_error_with_a_reason(published, request_, k, message):

@@ -1,0 +1,180 @@
+"""Cleaning rules for raw feature values: one definition, called by ingest and the Beam
+transform (training) and by the query service (serving), so a value means the same thing on
+both sides. ``tests/unit/test_cleaning.py`` feeds adversarial values through both paths.
+
+Per feature type (core.config.FeatureType):
+
+- id, categorical: :func:`clean_string`: Unicode NFC, surrounding whitespace trimmed, case
+  kept ("F " and "F" are one value; "f" is another); an integral number is spelled as an
+  integer (7, 7.0 and "7" are one id, as a parquet float column of ids reads them).
+- multi_categorical: :func:`clean_multi`: split on :data:`MULTI_VALUE_SEPARATOR`, each part
+  cleaned as a string, empty parts dropped.
+- text: core.text.normalize_text (NFKC, lower case, non-alphanumerics to spaces).
+- numeric: :func:`clean_number`: a float; a number may arrive as a string (" 33 ", "1e3");
+  anything else (words, "inf", "nan") raises :class:`NotANumber`.
+- history: a list of item ids, each cleaned as an id (:func:`clean_history`).
+
+Missing (None, NaN, or a string that is empty after trimming) is not an error: strings become
+"" (the vocabulary's unknown row, no tokens) and numerics NaN, which the transform fills with
+the train mean and the query service with the same mean (the manifest's serving defaults).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from core.text import normalize_text
+
+#: Separator used by multi-categorical features ("Action|Comedy").
+MULTI_VALUE_SEPARATOR = "|"
+#: What counts as a number written as a string: ASCII digits, optional sign, point and
+#: exponent, nothing else (Python's float() would also take "inf", "nan", "1_000", "١٢").
+NUMBER_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_NUMBER = re.compile(NUMBER_PATTERN)
+#: Floats whose integer spelling is exact (ids read from a float column).
+_EXACT_INTEGER = 2.0 ** 53
+
+
+class NotANumber(ValueError):
+    """A numeric feature's value is not a finite number (the message shows the value)."""
+
+
+def is_missing(value: object) -> bool:
+    """None, a float NaN (pandas' missing cell) or pandas' NA."""
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _integral_spelling(value: float) -> str:
+    if math.isfinite(value) and abs(value) <= _EXACT_INTEGER and value == int(value):
+        return str(int(value))
+    return str(value)
+
+
+def clean_string(value: object) -> str:
+    """An id or categorical value -> its canonical string ("" when missing)."""
+    if is_missing(value):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "1" if value else "0"  # as pandas reads a boolean column (ingest)
+    if isinstance(value, (float, np.floating)):
+        return _integral_spelling(float(value))
+    return unicodedata.normalize("NFC", str(value)).strip()
+
+
+def clean_multi(value: object) -> str:
+    """A multi-categorical value ("Action | Comedy||") -> "Action|Comedy" ("" when missing)."""
+    if is_missing(value):
+        return ""
+    parts = (clean_string(part) for part in str(value).split(MULTI_VALUE_SEPARATOR))
+    return MULTI_VALUE_SEPARATOR.join(part for part in parts if part)
+
+
+def multi_values(cleaned: str) -> list[str]:
+    """The parts of a value :func:`clean_multi` returned ([] for "")."""
+    return cleaned.split(MULTI_VALUE_SEPARATOR) if cleaned else []
+
+
+def clean_number(value: object) -> float:
+    """A numeric value -> float (NaN when missing).
+
+    Raises:
+        NotANumber: a string that is not a number, a non-finite number, or a non-numeric type.
+    """
+    if is_missing(value):
+        return math.nan
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)  # as pandas reads a boolean column (ingest)
+    if isinstance(value, str):
+        text = unicodedata.normalize("NFC", value).strip()
+        if not text:
+            return math.nan
+        if not _NUMBER.fullmatch(text):
+            raise NotANumber(f"not a number: {value!r}")
+        number = float(text)
+    elif isinstance(value, (int, float, np.integer, np.floating)):
+        try:
+            number = float(value)
+        except OverflowError:  # a huge Python int
+            number = math.inf
+    else:
+        raise NotANumber(f"not a number: {value!r} ({type(value).__name__})")
+    if not math.isfinite(number):
+        raise NotANumber(f"not a finite number: {value!r}")
+    return number
+
+
+def clean_history(items: Iterable[object]) -> list[str]:
+    """A history's item ids, each cleaned as an id (empties kept: callers count them unknown)."""
+    return [clean_string(item) for item in items]
+
+
+def clean_value(feature_type: str, value: object):
+    """One raw value of a ``feature_type`` feature -> its cleaned form (see the module doc)."""
+    if feature_type == "numeric":
+        return clean_number(value)
+    if feature_type == "text":
+        return "" if is_missing(value) else normalize_text(value)
+    if feature_type == "multi_categorical":
+        return clean_multi(value)
+    if feature_type == "history":
+        return clean_history(value)
+    return clean_string(value)
+
+
+# --------------------------------------------------------------------------- pandas twins
+# Ingest cleans whole columns at a time; these apply the rules above to a Series and are
+# checked against the scalar functions in tests/unit/test_cleaning.py.
+
+
+def as_text(column: pd.Series) -> pd.Series:
+    """Cells as nullable strings, numbers and booleans spelled as :func:`clean_string` does.
+
+    In a float column (ids from parquet or JSON lines come as floats when one is missing) each
+    exact integer loses its ".0"; other floats keep their float spelling.
+    """
+    if pd.api.types.is_float_dtype(column.dtype):
+        values = column.to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            integral = np.isfinite(values) & (np.abs(values) <= _EXACT_INTEGER) & (np.mod(values, 1) == 0)
+        text = column.astype("string")
+        if integral.any():
+            text[integral] = column[integral].astype("int64").astype("string")
+        return text
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return column.astype("Int64").astype("string")
+    return column.astype("string")
+
+
+def clean_strings(column: pd.Series) -> pd.Series:
+    """:func:`clean_string` over a column: nullable strings, <NA> where missing or empty."""
+    if (pd.api.types.is_object_dtype(column.dtype)
+            and pd.api.types.infer_dtype(column, skipna=True) not in ("string", "empty")):
+        cleaned = column.map(clean_string).astype("string")  # mixed cell types: the scalar rule
+    else:
+        cleaned = as_text(column).str.normalize("NFC").str.strip()
+    return cleaned.mask(cleaned.eq("").fillna(False))
+
+
+def clean_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clean_number` over a column: (float64 values, NaN where missing or bad; bad mask).
+
+    Bad: present but not a finite number (a NotANumber for the scalar rule).
+    """
+    if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
+        values = column.astype("float64").to_numpy()
+        bad = np.isinf(values)
+        return np.where(bad, np.nan, values), bad
+    text = clean_strings(column)
+    missing = text.isna().to_numpy(dtype=bool)
+    shaped = text.str.fullmatch(NUMBER_PATTERN).fillna(False).to_numpy(dtype=bool)
+    values = pd.to_numeric(text.where(shaped), errors="coerce").astype("float64").to_numpy()
+    bad = ~missing & (~shaped | ~np.isfinite(values))
+    return np.where(missing | bad, np.nan, values), bad

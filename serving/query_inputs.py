@@ -1,0 +1,107 @@
+"""Request values -> the query tower's inputs, cleaned by the rules training used.
+
+Every value a request carries (a key, a feature, a history's ids) is checked for its JSON
+type here (a wrong type is a :class:`RequestError`, an HTTP 400 naming the field) and then
+cleaned by core/cleaning.py, the module the ingest and transform stages call: ``"F "`` is the
+``"F"`` the model learned, ``"33"`` is 33.0, a text is normalised as the training text was.
+A value that is null (or NaN, or "" for a numeric) is missing, and becomes what a missing value
+became in training: "" for strings, the train mean for a numeric (the manifest's serving
+default). ``tests/unit/test_cleaning.py`` checks that both paths give identical inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from core import cleaning
+
+#: The towers take numerics as tf.float32: a finite float64 past this is inf to them.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class RequestError(ValueError):
+    """The request is malformed; the message says why (an HTTP 400)."""
+
+
+def check_unicode(name: str, value: str) -> str:
+    """``value`` if it encodes as UTF-8; RequestError naming ``name`` (a lone surrogate, say) else."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"{name} is not valid Unicode: {exc.reason} at position {exc.start} "
+                           f"({value[exc.start:exc.end]!r})") from None
+    return value
+
+
+def _is_id(value) -> bool:
+    """A JSON string or integer (ids are never floats or booleans on the wire)."""
+    return not isinstance(value, bool) and isinstance(value, (str, int))
+
+
+def clean_id(name: str, value, expected: str = "a string or integer") -> str:
+    """An id (a query key, a history's item) -> its cleaned string (core.cleaning.clean_string).
+
+    Raises:
+        RequestError: not a JSON string or integer, or invalid Unicode.
+    """
+    if not _is_id(value):
+        raise RequestError(f"{name} must be {expected}, got {type(value).__name__}")
+    if isinstance(value, str):
+        check_unicode(name, value)
+    return cleaning.clean_string(value)
+
+
+def history_items(name: str, value) -> list[str]:
+    """A history as given (a JSON list of ids, oldest first) -> cleaned ids.
+
+    An id that is empty after cleaning stays in the list: the caller counts it as unknown.
+    """
+    if not isinstance(value, list):
+        raise RequestError(f"{name} must be a list of item ids (oldest first), got {type(value).__name__}")
+    return [clean_id(f"{name}[{pos}]", item, "an item id (string or integer)") for pos, item in enumerate(value)]
+
+
+def number(name: str, value, default: Optional[float]) -> float:
+    """A numeric feature -> float; a missing one (null, NaN, "") -> ``default``.
+
+    Raises:
+        RequestError: not a number (words, "inf", a boolean), non-finite, beyond float32, or
+            missing where ``default`` is None (no serving default published).
+    """
+    if isinstance(value, bool) or not (value is None or isinstance(value, (int, float, str))):
+        raise RequestError(f"feature {name!r} must be a finite number, got {value!r}")
+    try:
+        cleaned = cleaning.clean_number(value)
+    except cleaning.NotANumber:
+        raise RequestError(f"feature {name!r} must be a finite number, got {value!r}") from None
+    if math.isnan(cleaned):
+        if default is None:
+            raise RequestError(f"feature {name!r} is missing and has no serving default")
+        return float(default)
+    if abs(cleaned) > FLOAT32_MAX:
+        raise RequestError(f"feature {name!r} = {cleaned!r} is outside the query tower's float32 "
+                           f"range (|x| <= {FLOAT32_MAX:.4g})")
+    return cleaned
+
+
+def string(name: str, feature_type: str, value) -> str:
+    """An id, categorical, multi-categorical or text feature -> its cleaned string ("" when
+    null or NaN, as in training)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if not _is_id(value):
+        raise RequestError(f"feature {name!r} must be a string, got {type(value).__name__}")
+    if isinstance(value, str):
+        check_unicode(f"feature {name!r}", value)
+    return cleaning.clean_value(feature_type, value)
+
+
+def feature_input(name: str, feature_type: str, value, default=None):
+    """One non-history query feature as a request gives it -> the tower's input: a float for a
+    numeric (``default`` when missing), else a cleaned string."""
+    if feature_type == "numeric":
+        return number(name, value, default)
+    return string(name, feature_type, value)
