@@ -18,11 +18,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from core.config import FeatureSpec, SchemaConfig
-
-ITEM_KEY = "item_id"
-#: The row weight of a weighted schema: the ingested interactions column and the TFRecord feature.
-WEIGHT_KEY = "weight"
+from core.config import ITEM_KEY, WEIGHT_KEY, FeatureSpec, SchemaConfig  # noqa: F401 (re-exported)
 
 
 def is_numeric(spec: FeatureSpec) -> bool:

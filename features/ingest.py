@@ -88,14 +88,13 @@ import pyarrow as pa  # pandas' parquet engine, a dependency already
 import pyarrow.compute as pc
 
 from core import cleaning, history, storage
-from core.config import Config, FeatureSpec
+from core.config import USER_KEY, Config, FeatureSpec
 from core.records import ITEM_KEY, WEIGHT_KEY
 
 #: Table names of the canonical dataset folder, in the order they are validated
 #: (items before interactions, because interactions must reference known items).
 TABLES = ("items", "users", "interactions")
 FORMATS = ("csv", "parquet", "jsonl")
-USER_KEY = "user_id"
 LABEL, RATING, TIMESTAMP = "label", "rating", "timestamp"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 STATS_FILE = "ingest_stats.json"

@@ -68,7 +68,7 @@ import uuid
 from typing import Iterable, Optional
 
 from core import cleaning, history, storage
-from core.config import Config, FeatureSpec, SchemaConfig
+from core.config import USER_KEY, Config, FeatureSpec, SchemaConfig
 from core.records import ITEM_KEY, WEIGHT_KEY, encode_example, interaction_specs, item_specs
 from core.text import tokenize
 from features.errors import TransformError
@@ -80,7 +80,6 @@ from apache_beam.options.value_provider import StaticValueProvider
 
 log = logging.getLogger(__name__)
 
-USER_KEY = "user_id"
 KEY = "_key"  # cleaned query key carried on every interaction row
 SPLIT = "_split"  # split name carried on every interaction row
 SPLITS = ("train", "valid", "test")

@@ -23,7 +23,7 @@ import json
 from typing import Optional
 
 from trainer.tfenv import import_tf
-from trainer.train import EarlyStopping, EpochResult, LoopState
+from trainer.epochs import EarlyStopping, EpochResult, LoopState
 
 tf = import_tf()
 
@@ -32,7 +32,7 @@ SUBDIR = "checkpoints"
 
 
 class TrainingCheckpoint:
-    """Saves / restores a :class:`trainer.train.LoopState` together with the model and optimizer.
+    """Saves / restores a :class:`trainer.epochs.LoopState` together with the model and optimizer.
 
     The model's and optimizer's variables must exist before :meth:`restore` (build the
     towers and call ``optimizer.build``), so the restore is checked to match exactly.

@@ -17,6 +17,11 @@ from trainer.tfenv import import_tf
 tf = import_tf()
 import tensorflow_recommenders as tfrs  # noqa: E402  (after the legacy-Keras switch)
 
+#: Extra training-input columns the loss reads when present, computed once per row ahead by
+#: trainer/step_input.py (never features: the towers ignore unknown keys).
+ITEM_HASH = "__item_hash"  # int64 [N]: hash_item_ids(item_id)
+SAMPLING_PROBABILITY = "__sampling_probability"  # float32 [N]: logQ's q(item_id)
+
 #: TFRS clips candidate sampling probabilities to [1e-6, 1] before taking log q.
 _MIN_SAMPLING_PROBABILITY = 1e-6
 
@@ -182,8 +187,6 @@ class TwoTowerModel(tfrs.Model):
             float32 or None), N = ``negative_samples_count`` (0 when off); q is the logQ
             probability.
         """
-        from trainer.step_input import ITEM_HASH, SAMPLING_PROBABILITY
-
         if self.negative_samples_count == 0 and ITEM_HASH in features:
             q = None if self.sampling_probability is None else features[SAMPLING_PROBABILITY]
             return item_embeddings, features[ITEM_HASH], q

@@ -33,9 +33,7 @@ from trainer.tfenv import import_tf
 
 tf = import_tf()
 
-#: Extra training-input columns (never features: the towers ignore unknown keys).
-ITEM_HASH = "__item_hash"  # int64 [N]: trainer.model.hash_item_ids(item_id)
-SAMPLING_PROBABILITY = "__sampling_probability"  # float32 [N]: logQ's q(item_id)
+from trainer.model import ITEM_HASH, SAMPLING_PROBABILITY  # noqa: E402,F401 (the columns added here)
 
 #: Largest batch the compiled step is used for: it scores [B, B] candidates where the
 #: uncompiled step scores [B, U] distinct ones (U ~ 1,400 of 8,192 on MovieLens).

@@ -213,7 +213,7 @@ def test_early_stopping_stops_and_restores_best(early_stopped, data):
 
 
 def test_fit_loop_restores_best_weights_with_fakes():
-    from trainer.train import fit_with_early_stopping
+    from trainer.epochs import fit_with_early_stopping
 
     state = {"w": 0}
     scripted = {1: 0.1, 2: 0.5, 3: 0.3, 4: 0.5, 5: 0.9}

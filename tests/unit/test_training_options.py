@@ -180,7 +180,7 @@ def test_crash_then_rerun_resumes_and_mirrored_strategy_exports(root, twin_runs,
 
 
 def test_fit_loop_continues_from_a_loop_state():
-    from trainer.train import EarlyStopping, EpochResult, LoopState, fit_with_early_stopping
+    from trainer.epochs import EarlyStopping, EpochResult, LoopState, fit_with_early_stopping
 
     trained = []
     saved = []
