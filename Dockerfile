@@ -30,7 +30,7 @@ RUN if [ "$ACCELERATOR" = gpu ]; then python -m pip install --no-cache-dir -r re
 
 COPY setup.py README.md ./
 COPY core ./core
-COPY datasets ./datasets
+COPY datagen ./datagen
 COPY features ./features
 COPY trainer ./trainer
 COPY indexer ./indexer
@@ -39,9 +39,10 @@ COPY reports ./reports
 COPY ui ./ui
 COPY components ./components
 COPY pipelines ./pipelines
-COPY configs ./configs
+# The shipped configs are package data (core/configs/*.yaml): the check loads one by name.
 RUN python -m pip install --no-cache-dir --no-deps . \
-    && python -c "import core, features, trainer, indexer, serving, reports, ui, components, pipelines"
+    && cd / && python -c "import core, datagen, features, trainer, indexer, serving, reports, ui, components, pipelines; \
+from core.config import load_config; load_config('shop')"
 
 # Dataflow starts its workers through the image's entrypoint, which must be Beam's boot program.
 # KFP and Vertex AI (pipeline steps, custom jobs) always set the command, so they never use it;

@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 # through the KFP local runner, publish an index, then answer one query from it.
 run: install
 	test -f $(SHOP_DATA)/interactions.csv || $(BIN)/twotower data synth-shop --out $(SHOP_DATA)
-	$(BIN)/twotower run --config configs/shop.yaml
+	$(BIN)/twotower run --config shop
 	$(BIN)/twotower query --store runs/store --text "nike running shoes" -k 5
 
 test: install browser
@@ -40,7 +40,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q tests/unit -m "not slow"
 
 compile: install
-	$(BIN)/twotower compile --config configs/shop.yaml --out pipeline.yaml
+	$(BIN)/twotower compile --config shop --out pipeline.yaml
 
 clean:
 	rm -rf $(VENV) runs data pipeline.yaml

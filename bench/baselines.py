@@ -5,7 +5,7 @@
 
 ``DIR`` is a canonical dataset folder (``interactions.csv`` with ``user_id,item_id,rating,
 timestamp``, ``users.csv``, ``items.csv`` with ``item_id`` first) or a raw MovieLens-100K folder
-(``u.data`` ...), which is converted first with ``datasets.movielens.convert_movielens``.
+(``u.data`` ...), which is converted first with ``datagen.movielens.convert_movielens``.
 
 Order. A user's sequence is their interactions sorted by (timestamp, item_id compared as a
 *string*): the project's tie rule, so ``"10"`` comes before ``"9"`` at equal timestamps.
@@ -646,7 +646,7 @@ def _canonical(dataset_dir: str, scratch: str) -> str:
     if os.path.isfile(os.path.join(dataset_dir, "u.data")):
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
-        from datasets.movielens import convert_movielens
+        from datagen.movielens import convert_movielens
         out = os.path.join(scratch, "canonical")
         convert_movielens(dataset_dir, out)
         return out

@@ -1,6 +1,6 @@
 """Daily replay of MovieLens-100K: warm-started retrains against cold ones, day by day.
 
-    .venv/bin/python bench/daily_replay.py --days 5            # the last 5 data dates, configs/movielens-history.yaml
+    .venv/bin/python bench/daily_replay.py --days 5            # the last 5 data dates, core/configs/movielens-history.yaml
     .venv/bin/python bench/daily_replay.py --days 5 --set train.warm_start_epochs=1
 
 The interactions are cut into day partitions by timestamp (UTC). For each of the last
@@ -99,7 +99,7 @@ def run_day(chain: str, date: str, transformed: Path, config, work: Path, next_r
 
 def run(days: int, overrides: list[str], work: Path, config_path: Path) -> dict:
     from core.config import load_config
-    from datasets.movielens import convert_movielens
+    from datagen.movielens import convert_movielens
     from features.ingest import ingest
     from features.transform import run_transform
 
@@ -155,7 +155,7 @@ def table(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=5)
-    parser.add_argument("--config", default=str(REPO / "configs" / "movielens-history.yaml"))
+    parser.add_argument("--config", default=str(REPO / "core" / "configs" / "movielens-history.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--work-dir", default="/tmp/twotower-replay")
     args = parser.parse_args(argv)

@@ -3,7 +3,7 @@
     .venv/bin/twotower data synth-interactions --out /tmp/ingest10m --items 1000000 --users 500000 --interactions 10000000
     /usr/bin/time -v .venv/bin/python bench/ingest.py /tmp/ingest10m /tmp/ingest10m-out
 
-Runs ``features.ingest.ingest`` with ``configs/synth-interactions.yaml`` (``data.path`` = the
+Runs ``features.ingest.ingest`` with ``core/configs/synth-interactions.yaml`` (``data.path`` = the
 folder; parquet, csv or jsonl tables) into the output folder and prints its stats as JSON.
 ``/usr/bin/time -v`` gives wall ("Elapsed"), CPU ("User" + "System") and peak RSS ("Maximum
 resident set size"): the process does nothing else.
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from features.ingest import ingest
 
     data, out = args
-    config = load_config(REPO / "configs" / "synth-interactions.yaml", [f"data.path={data}"])
+    config = load_config(REPO / "core" / "configs" / "synth-interactions.yaml", [f"data.path={data}"])
     started = time.perf_counter()
     stats = ingest(config, out)
     print(json.dumps({"seconds": round(time.perf_counter() - started, 1), **stats}, indent=2))

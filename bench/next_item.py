@@ -63,7 +63,7 @@ def _variant(history: dict | None = None, refit: str = "full", ids: bool = True)
 
 _SHIPPED = _history("recency", item_embedding="shared")
 
-#: name -> config overrides on configs/movielens-history.yaml. ``history`` is that config's
+#: name -> config overrides on core/configs/movielens-history.yaml. ``history`` is that config's
 #: choice (recency-weighted mean over the item tower's id table, refit on every split,
 #: ``train.anonymous_query_rate`` 0.3 from the config); the others change one thing each.
 VARIANTS = {
@@ -83,7 +83,7 @@ VARIANTS = {
 
 def split(protocol: str, work: Path) -> tuple[Path, list, list, dict]:
     """(training folder, queries [(request, targets, seen)], items, counts) of ``protocol``."""
-    from datasets.movielens import convert_movielens
+    from datagen.movielens import convert_movielens
 
     canonical = work / "movielens"
     if not (canonical / "interactions.csv").exists():
@@ -120,7 +120,7 @@ def run_ours(overrides: dict, train_dir: Path, queries: list, items: list, work:
 
     run = work / f"run-{seed}-{hashlib.md5(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]}"
     shutil.rmtree(run, ignore_errors=True)
-    config = load_config(REPO / "configs" / "movielens-history.yaml",
+    config = load_config(REPO / "core" / "configs" / "movielens-history.yaml",
                          [f"data.path={train_dir}", f"publish.store={run}/store"]).with_overrides(
         {**overrides, "train.seed": seed})
     # The transform depends on the schema only: shared by variants that differ in training.

@@ -22,18 +22,18 @@ sys.path.insert(0, str(REPO))
 import core  # noqa: E402,F401 (sets the TF environment before anything imports TensorFlow)
 
 MOVIELENS_RAW = REPO.parent / "shared" / "data" / "movielens-100k"
-CONFIGS = {"shop": REPO / "configs" / "shop.yaml", "movielens": REPO / "configs" / "movielens.yaml"}
+CONFIGS = {"shop": REPO / "core" / "configs" / "shop.yaml", "movielens": REPO / "core" / "configs" / "movielens.yaml"}
 QUALITY = ["recall_at_10", "recall_at_50", "recall_at_100", "ndcg_at_10", "popularity_recall_at_10"]
 
 
 def prepare_data(dataset: str, folder: Path) -> Path:
     """Write the dataset in the canonical format into ``folder``; returns its path."""
     if dataset == "shop":
-        from datasets.synth_shop import generate_shop
+        from datagen.synth_shop import generate_shop
 
         generate_shop(str(folder))
     else:
-        from datasets.movielens import convert_movielens
+        from datagen.movielens import convert_movielens
 
         if not MOVIELENS_RAW.exists():
             raise SystemExit(f"{MOVIELENS_RAW} is absent; MovieLens benchmark skipped")

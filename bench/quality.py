@@ -16,8 +16,8 @@ and users left out of training served from their first 5 items.
 - A  MovieLens-100K, TFRS tutorial protocol: hashed 80/20 split (seed 42; 5 % valid for our
      early stopping), hit rate at K over all items, seen items NOT masked, averaged per test
      interaction (``evaluate.per=interaction``, ``evaluate.mask_seen=false``).
-- B  MovieLens-100K, leave-last-out per user, seen items masked (configs/movielens.yaml as is).
-- C  synth-shop (``twotower data synth-shop`` defaults, configs/shop.yaml as is).
+- B  MovieLens-100K, leave-last-out per user, seen items masked (core/configs/movielens.yaml as is).
+- C  synth-shop (``twotower data synth-shop`` defaults, core/configs/shop.yaml as is).
 
 Parts (``--only``): ``compare`` (ours vs reference, mean ± sd over seeds), ``throughput``
 (ids-only ours vs the reference at equal batch sizes, MovieLens), ``ablation`` (one seed: each
@@ -58,17 +58,17 @@ MOVIELENS_RAW = REPO.parent / "shared" / "data" / "movielens-100k"
 RESULTS_DIR = REPO / "bench" / "results"
 
 PROTOCOLS = {
-    "A": {"dataset": "movielens", "config": "configs/movielens.yaml",
+    "A": {"dataset": "movielens", "config": "core/configs/movielens.yaml",
           "title": "A. MovieLens-100K, TFRS tutorial protocol (random 80/20, seed 42, "
                    "per-interaction hit rate, seen not masked)",
           "overrides": {"transform.split": "hashed", "transform.test_fraction": 0.2,
                         "transform.valid_fraction": 0.05, "transform.seed": 42,
                         "evaluate.per": "interaction", "evaluate.mask_seen": False},
           "needs": ["evaluate_per"]},
-    "B": {"dataset": "movielens", "config": "configs/movielens.yaml",
+    "B": {"dataset": "movielens", "config": "core/configs/movielens.yaml",
           "title": "B. MovieLens-100K, leave-last-out per user, seen items masked",
           "overrides": {}, "needs": []},
-    "C": {"dataset": "shop", "config": "configs/shop.yaml",
+    "C": {"dataset": "shop", "config": "core/configs/shop.yaml",
           "title": "C. synth-shop (defaults), hashed split, seen items masked",
           "overrides": {}, "needs": []},
 }
@@ -112,14 +112,14 @@ def prepare_dataset(dataset: str, work: Path) -> Path | None:
     if (folder / "interactions.csv").exists():
         return folder
     if dataset == "shop":
-        from datasets.synth_shop import generate_shop
+        from datagen.synth_shop import generate_shop
 
         generate_shop(str(folder))  # the `twotower data synth-shop` defaults
         return folder
     if not (MOVIELENS_RAW / "u.data").exists():
         print(f"[quality] {MOVIELENS_RAW} is absent: MovieLens protocols skipped", flush=True)
         return None
-    from datasets.movielens import convert_movielens
+    from datagen.movielens import convert_movielens
 
     convert_movielens(str(MOVIELENS_RAW), str(folder))
     return folder
@@ -273,7 +273,7 @@ def part_compare(protocol: str, stages: Stages, data: Path, work: Path, seeds: l
 
 
 def ids_config_towers() -> dict:
-    """The tower sizes of configs/movielens-ids.yaml, the shipped ids-only configuration."""
+    """The tower sizes of core/configs/movielens-ids.yaml, the shipped ids-only configuration."""
     from bench.throughput import IDS_CONFIG
     from core.config import load_config
 

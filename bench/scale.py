@@ -7,7 +7,7 @@
 For each catalog size N (``--items``): ``twotower data synth-interactions`` writes N items, N x
 ``--users-per-item`` users and N x ``--interactions-per-item`` interactions (defaults 0.5 and 10:
 1M items -> 500k users, 10M interactions; seed 0), then ``twotower run --config
-configs/synth-interactions.yaml`` runs the whole local pipeline on it as a user would (a separate
+core/configs/synth-interactions.yaml`` runs the whole local pipeline on it as a user would (a separate
 process; the KFP local runner starts every step in its own process), with ``data.path``,
 ``publish.store`` and ``pipeline.runs_dir`` pointed into a scratch folder and ``train.n_epochs`` =
 ``--epochs`` (default: the config's, early stopping on). The sizes run one after another, smallest
@@ -50,13 +50,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CONFIG = REPO / "configs" / "synth-interactions.yaml"
+CONFIG = REPO / "core" / "configs" / "synth-interactions.yaml"
 STAGES = ("ingest", "transform", "train", "evaluate", "embed", "index", "publish")
 
 
 def generate(folder: Path, items: int, users: int, interactions: int) -> float:
     """Write the dataset; returns wall seconds."""
-    from datasets.synth_interactions import generate_interactions
+    from datagen.synth_interactions import generate_interactions
 
     started = time.perf_counter()
     generate_interactions(str(folder), items=items, users=users, interactions=interactions, seed=0)

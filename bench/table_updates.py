@@ -3,7 +3,7 @@
     .venv/bin/python bench/table_updates.py                                  # 10k, 100k, 1M rows, 3 repeats
     .venv/bin/python bench/table_updates.py --rows 10000,1000000 --steps 160 --repeats 5
 
-The model is the ids-only configuration's (``configs/synth-interactions.yaml``: user-id and item-id
+The model is the ids-only configuration's (``core/configs/synth-interactions.yaml``: user-id and item-id
 embeddings of ``train.feature_dims`` = 32, a 32-dim projection, L2-normalised, in-batch softmax with
 accidental-hit removal over the batch's distinct items, Adam, ``STEPS_PER_EXECUTION`` steps per call,
 as ``trainer.train`` compiles it), built from :mod:`trainer.features` / :mod:`trainer.model` with
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
     from core.config import load_config
 
-    base = load_config(REPO / "configs" / "synth-interactions.yaml", [f"train.batch_size={args.batch_size}"])
+    base = load_config(REPO / "core" / "configs" / "synth-interactions.yaml", [f"train.batch_size={args.batch_size}"])
     configs = {rule: base.with_overrides({"train.row_wise_updates": rule == "row_wise"}) for rule in RULES}
     sizes = [int(x) for x in args.rows.split(",")]
     runs = []

@@ -5,13 +5,13 @@
     .venv/bin/python bench/throughput.py --trainer-root /tmp/old-checkout   # "before": another tree's trainer
 
 Data: MovieLens-100K from ``../shared/data/movielens-100k`` (override with ``--source``), converted
-like ``twotower data movielens``, ingested and transformed ONCE with ``configs/movielens.yaml``
+like ``twotower data movielens``, ingested and transformed ONCE with ``core/configs/movielens.yaml``
 (leave-last-out split: 98,114 train examples). Without the raw files the script prints a message
 and exits 0.
 
 Models, all trained on that same train split, at the same batch size, for ``--epochs`` epochs:
 
-- ``ours_ids``: ``trainer.train.train_model`` with ``configs/movielens-ids.yaml``, the shipped
+- ``ours_ids``: ``trainer.train.train_model`` with ``core/configs/movielens-ids.yaml``, the shipped
   ids-only configuration: user-id and item-id embeddings only, 32-dim L2-normalised output
   (a 32x32 projection, no hidden layer), temperature, logQ correction, accidental-hit removal,
   Adam. Its validation recall@10 equals that of the wider towers below (see the config's
@@ -21,7 +21,7 @@ Models, all trained on that same train split, at the same batch size, for ``--ep
   split too large to hold in memory.
 - ``ours_ids_compiled``: ``ours_ids`` with ``train.compiled_step=true``: the whole step under XLA
   (TFRS's [B, B] softmax, static shapes) instead of the default uncompiled distinct-candidate step.
-- ``ours_wide``: ``configs/movielens.yaml`` made ids-only (``schema.query_features=[user_id]``,
+- ``ours_wide``: ``core/configs/movielens.yaml`` made ids-only (``schema.query_features=[user_id]``,
   ``schema.item_features=[]``, ``train.use_item_ids_as_features=true``,
   ``train.item_id_dropout=0``), keeping its 128-unit hidden layer and 64-dim output: about
   twice the reference's arithmetic per example, for no gain in quality on ids alone. Shown
@@ -103,17 +103,19 @@ def ids_only_overrides(config) -> dict:
 
 def prepare(source: Path, work: Path, root: Path = REPO):
     """(configs, transformed_dir): MovieLens converted, ingested and transformed once with
-    ``root``/configs/movielens.yaml (the config of the tree whose code runs); ``configs`` maps
+    ``root``/core/configs/movielens.yaml (the config of the tree whose code runs; trees older than
+    the move into the package keep it in ``root``/configs/); ``configs`` maps
     each of our models in :data:`MODELS` to its config (see :func:`model_configs`)."""
     from core.config import load_config
-    from datasets.movielens import convert_movielens
+    from datagen.movielens import convert_movielens
     from features.ingest import ingest
     from features.transform import run_transform
 
     data = work / "data" / "movielens"
     convert_movielens(str(source), str(data))
     overrides = [f"data.path={data}", f"publish.store={work}/store", f"pipeline.runs_dir={work}/runs"]
-    config = load_config(root / "configs" / "movielens.yaml", overrides)
+    shipped = root / "core" / "configs"
+    config = load_config((shipped if shipped.is_dir() else root / "configs") / "movielens.yaml", overrides)
     ingested, transformed = work / "ingested", work / "transformed"
     ingest(config, str(ingested))
     started = time.perf_counter()
@@ -128,7 +130,7 @@ def prepare(source: Path, work: Path, root: Path = REPO):
 MODELS = ("ours_ids", "ours_ids_streamed", "ours_ids_compiled", "ours_wide", "step_floor", "reference")
 
 #: ``ours_ids``: the shipped ids-only configuration (always this tree's file).
-IDS_CONFIG = REPO / "configs" / "movielens-ids.yaml"
+IDS_CONFIG = REPO / "core" / "configs" / "movielens-ids.yaml"
 
 
 def _config_threads() -> int:
@@ -139,7 +141,7 @@ def _config_threads() -> int:
 
 
 def model_configs(movielens, ids) -> dict:
-    """``{"ours_ids": configs/movielens-ids.yaml, "ours_wide": configs/movielens.yaml made
+    """``{"ours_ids": core/configs/movielens-ids.yaml, "ours_wide": core/configs/movielens.yaml made
     ids-only}`` (the second keeps movielens.yaml's 128-unit hidden layer and 64-dim output)."""
     out = {"ours_ids": ids, "ours_wide": movielens.with_overrides(ids_only_overrides(movielens)), "step_floor": ids}
     if "in_memory_max_mb" in type(ids.train).model_fields:  # an older --trainer-root has no such option

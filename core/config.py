@@ -20,6 +20,13 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from core.cleaning import MULTI_VALUE_SEPARATOR  # noqa: F401 (defined with the cleaning rules)
+from core.configs import shipped_config, shipped_names
+
+#: Column names with a fixed meaning in every dataset folder and TFRecord (core/records.py):
+#: the item key, the users table's key, and a weighted schema's row weight.
+ITEM_KEY = "item_id"
+USER_KEY = "user_id"
+WEIGHT_KEY = "weight"
 
 FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric", "history"]
 HistoryPooling = Literal["mean", "recency", "attention"]
@@ -125,8 +132,6 @@ class SchemaConfig(_Strict):
             raise ValueError(f"set at most one of weight_column ({self.weight_column!r}) and action_weights "
                              f"(both give each row its weight)")
         if self.weighted:
-            from core.records import WEIGHT_KEY  # core.records imports this module
-
             declared = [f.name for f in (*self.query_features, *self.item_features)]
             if WEIGHT_KEY in declared:
                 raise ValueError(f"feature {WEIGHT_KEY!r}: the name is reserved for the row weight of "
@@ -632,10 +637,13 @@ def config_from_json(text: str) -> Config:
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML config and apply ``key=value`` overrides (values parsed as YAML).
 
+    ``path`` is a YAML file or, when no such file exists, the name of a config shipped in
+    the package (``shop``, ``movielens-history.yaml``: see :mod:`core.configs`).
+
     Raises:
         ConfigError: naming the file and the dotted field that is wrong.
     """
-    path = Path(path)
+    path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -648,6 +656,22 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
     return _validate(raw, source=str(path))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """An existing file as given, else the shipped config of that name.
+
+    Raises:
+        ConfigError: neither exists; the message lists the shipped names.
+    """
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = shipped_config(str(path))
+    if shipped is None:
+        raise ConfigError(f"config file not found: {path} (nor a shipped config of that name; shipped: "
+                          f"{', '.join(shipped_names())})")
+    return shipped
 
 
 def parse_override(item: str) -> tuple[str, Any]:

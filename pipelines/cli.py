@@ -22,6 +22,9 @@
     twotower serve --store DIR [--host 127.0.0.1 --port 8080] [--poll-seconds 5] [--max-k 1000]
                    [--allow-host NAME ...] [--max-connections 256] [--max-batch 64]
 
+``--config`` takes a YAML file or the name of a config shipped in the package (``shop``, the
+default; ``movielens``, ...: core/configs/), so the installed command works from any folder.
+
 Every command exits 2 with a one-line message on bad input (config, data, request);
 tracebacks are kept for genuine bugs.
 """
@@ -32,13 +35,8 @@ import argparse
 import json
 import sys
 
-DEFAULT_CONFIG = "configs/shop.yaml"
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.n_epochs=3 (repeatable)")
+from pipelines import remote_cli  # argparse + core.config only: cheap at parse time
+from pipelines.remote_cli import add_config_args
 
 
 def _positive_int(text: str) -> int:
@@ -54,7 +52,7 @@ def _positive_int(text: str) -> int:
 def add_schedule_run_parser(schedule_sub) -> None:
     """``schedule run``: the long-running local scheduler."""
     run = schedule_sub.add_parser("run", help="local scheduler: run the pipeline on each day's partition")
-    _add_config_args(run)
+    add_config_args(run)
     run.add_argument("--cron", required=True, help='5-field cron, UTC, e.g. "0 3 * * *"')
     run.add_argument("--missed", choices=["latest", "all", "skip"], default="latest",
                      help="fire times missed while down: run the newest only (default), all in order, "
@@ -92,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--seed", type=int, default=0)
 
     run = sub.add_parser("run", help="run the whole pipeline locally (KFP SubprocessRunner)")
-    _add_config_args(run)
+    add_config_args(run)
     run.add_argument("--verbose", action="store_true", help="show the KFP runner's full output")
     run.add_argument("--data-date", metavar="YYYY-MM-DD",
                      help="the day's partition to read (datasets with data.partitioned=true)")
 
     comp = sub.add_parser("compile", help="write the KFP IR YAML for KFP / Vertex AI")
-    _add_config_args(comp)
+    add_config_args(comp)
     comp.add_argument("--out", default="pipeline.yaml")
 
     query = sub.add_parser("query", help="retrieve items for one query from the live index")
@@ -136,8 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--store", required=True)
     gc.add_argument("--keep", type=_positive_int, default=5, help="newest complete versions to keep (default 5)")
 
-    from pipelines import remote_cli  # argparse + core.config only: cheap at parse time
-
     remote_cli.add_submit_parser(sub)
     add_schedule_run_parser(remote_cli.add_schedule_parsers(sub))
 
@@ -164,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pipelines import commands, remote_cli
+    from pipelines import commands
     from ui.cli import cmd_ui
 
     handler = {

@@ -17,7 +17,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from core.cron import CronError
     from core.partitions import PartitionError
     from core.store import StoreError
-    from datasets.movielens import ChecksumMismatchError, MovieLensFormatError
+    from datagen.movielens import ChecksumMismatchError, MovieLensFormatError
     from features.errors import TransformError
     from features.ingest import IngestError
     from pipelines.scheduler import SchedulerBusyError
@@ -29,13 +29,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_data(args) -> int:
     if args.data_command == "synth-shop":
-        from datasets.synth_shop import generate_shop
+        from datagen.synth_shop import generate_shop
 
         counts = generate_shop(args.out, products=args.products, queries=args.queries, seed=args.seed)
         print(f"wrote synthetic shop dataset to {args.out}: {json.dumps(counts, sort_keys=True)}")
         return 0
     if args.data_command == "synth-interactions":
-        from datasets.synth_interactions import SynthInteractionsError, generate_interactions
+        from datagen.synth_interactions import SynthInteractionsError, generate_interactions
 
         try:
             counts = generate_interactions(args.out, items=args.items, users=args.users,
@@ -47,7 +47,7 @@ def cmd_data(args) -> int:
             return 2
         print(f"wrote synthetic interactions dataset to {args.out}: {json.dumps(counts, sort_keys=True)}")
         return 0
-    from datasets.movielens import convert_movielens, download_movielens
+    from datagen.movielens import convert_movielens, download_movielens
 
     if bool(args.source) == bool(args.download):
         raise ConfigError("give exactly one of --source DIR or --download")

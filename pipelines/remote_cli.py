@@ -16,7 +16,7 @@ beside it. Cron expressions are the standard 5 fields (minute hour day-of-month 
 day-of-week), converted to KFP's 6-field form where needed.
 
 The main CLI owns the top-level parser: it calls :func:`add_submit_parser` and
-:func:`add_schedule_parsers`, dispatches to :func:`cmd_submit` / :func:`cmd_schedule`, and
+:func:`add_schedule_parsers` (and :func:`add_config_args` for its own local commands), dispatches to :func:`cmd_submit` / :func:`cmd_schedule`, and
 prints :data:`REMOTE_USER_ERRORS` as one line.
 """
 
@@ -30,15 +30,15 @@ from datetime import datetime
 from typing import Any
 
 from core.config import Config, ConfigError, load_config
+from core.configs import DEFAULT_CONFIG, shipped_names
 from pipelines.remote_common import CronError, RemoteError, ScheduleInfo, default_run_name
 
-__all__ = ["RemoteError", "CronError", "REMOTE_USER_ERRORS", "add_submit_parser", "add_schedule_parsers",
-           "cmd_submit", "cmd_schedule", "pipeline_arguments"]
+__all__ = ["RemoteError", "CronError", "REMOTE_USER_ERRORS", "add_config_args", "add_submit_parser",
+           "add_schedule_parsers", "cmd_submit", "cmd_schedule", "pipeline_arguments"]
 
 #: Errors caused by the user's input or the remote server's refusal: one line, exit code 2.
 REMOTE_USER_ERRORS: tuple[type[BaseException], ...] = (RemoteError, ConfigError)
 
-DEFAULT_CONFIG = "configs/shop.yaml"
 DEFAULT_EXPERIMENT = "twotower"
 REMOTE_SCHEDULE_COMMANDS = ("create", "list", "pause", "resume", "delete")
 
@@ -48,7 +48,7 @@ REMOTE_SCHEDULE_COMMANDS = ("create", "list", "pause", "resume", "delete")
 def add_submit_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``submit`` to the main CLI's subparsers; returns the new parser."""
     parser = subparsers.add_parser("submit", help="submit one run to a KFP or Vertex AI Pipelines server")
-    _add_config_args(parser)
+    add_config_args(parser)
     _add_target_args(parser, with_pipeline_root=True)
     parser.add_argument("--data-date", metavar="YYYY-MM-DD", help="the data partition this run reads")
     parser.add_argument("--experiment", help=f"KFP experiment (default {DEFAULT_EXPERIMENT}; KFP only)")
@@ -68,7 +68,7 @@ def add_schedule_parsers(subparsers):
     create.add_argument("--cron", required=True,
                         help='standard 5-field cron, minute hour day-of-month month day-of-week, e.g. "0 3 * * *"')
     create.add_argument("--name", help="schedule display name (default: the pipeline name)")
-    _add_config_args(create)
+    add_config_args(create)
     _add_target_args(create, with_pipeline_root=True)
     create.add_argument("--experiment", help=f"KFP experiment (default {DEFAULT_EXPERIMENT}; KFP only)")
 
@@ -82,8 +82,11 @@ def add_schedule_parsers(subparsers):
     return schedule_sub
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--set``, the same on every command that loads a config."""
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=(
+        f"YAML file, or the name of a config shipped with the package ({', '.join(shipped_names())}); "
+        f"default {DEFAULT_CONFIG}"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.n_epochs=3 (repeatable)")
 

@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+#: The raw MovieLens-100K files, kept beside the repo (the licence forbids bundling them); tests
+#: that need them skip without them. The one place the tests spell this path.
 MOVIELENS_RAW = REPO.parent / "shared" / "data" / "movielens-100k"
 
 

@@ -1,15 +1,15 @@
 """MovieLens-100K end to end: converted, run through kfp.local, published only because the
 model's leave-last-out recall@10 beats popularity; then a user-id query with seen items
-excluded. Both shipped MovieLens configs: with content features (configs/movielens.yaml) and
-ids only (configs/movielens-ids.yaml, the tutorial's inputs). Skipped when
-../shared/data/movielens-100k is absent (the files are never bundled)."""
+excluded. Both shipped MovieLens configs: with content features (core/configs/movielens.yaml)
+and ids only (core/configs/movielens-ids.yaml, the tutorial's inputs). Skipped when the raw
+files are absent from MOVIELENS_RAW (tests/conftest.py; the files are never bundled)."""
 
 import json
 
 import pytest
 
 from core.config import load_config
-from tests.conftest import MOVIELENS_RAW, REPO
+from tests.conftest import MOVIELENS_RAW
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(not (MOVIELENS_RAW / "u.data").exists(), reason="MovieLens-100K absent")]
@@ -17,12 +17,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow,
 
 @pytest.fixture(scope="module", params=["movielens.yaml", "movielens-ids.yaml"])
 def movielens_run(request, tmp_path_factory):
-    from datasets.movielens import convert_movielens
+    from datagen.movielens import convert_movielens
     from pipelines.local_run import run_local
 
     root = tmp_path_factory.mktemp("ml")
     convert_movielens(str(MOVIELENS_RAW), str(root / "data"))
-    config = load_config(REPO / "configs" / request.param, [
+    config = load_config(request.param, [
         f"data.path={root / 'data'}", f"publish.store={root / 'store'}", f"pipeline.runs_dir={root / 'runs'}"])
     return root, run_local(config)
 

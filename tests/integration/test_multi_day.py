@@ -25,7 +25,6 @@ from pipelines.local_run import run_local
 from pipelines.scheduler import LocalScheduler
 from serving.server import QueryService
 from tests.clocks import ManualClock
-from tests.conftest import REPO
 from tests.unit.test_server import call
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -50,7 +49,7 @@ def _write(path, rows, fields):
 
 def _make_partitions(root):
     """date=DAY1 (catalog without the new products), date=DAY2 (all), date=DAY3 (corrupt)."""
-    from datasets.synth_shop import generate_shop
+    from datagen.synth_shop import generate_shop
 
     full = root / "full"
     generate_shop(str(full), products=400, queries=600)
@@ -97,7 +96,7 @@ class Client(threading.Thread):
 def three_days(tmp_path_factory):
     root = tmp_path_factory.mktemp("days")
     data, new_titles = _make_partitions(root)
-    config = load_config(REPO / "configs" / "shop.yaml", [
+    config = load_config("shop", [
         f"data.path={data}", "data.partitioned=true", f"publish.store={root / 'store'}",
         f"pipeline.runs_dir={root / 'runs'}", "train.n_epochs=4"])
     clock = ManualClock(T("2026-11-02T00:00"))

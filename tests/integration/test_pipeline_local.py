@@ -23,13 +23,13 @@ ACCEPTANCE_QUERIES = ["nike running shoes", "red dress for wedding", "best lapto
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    from datasets.synth_shop import generate_shop
+    from datagen.synth_shop import generate_shop
     from pipelines.local_run import run_local
 
     root = tmp_path_factory.mktemp("e2e")
     data = root / "shop"
     generate_shop(str(data))  # the same defaults `make run` uses
-    config = load_config(REPO / "configs" / "shop.yaml", [
+    config = load_config("shop", [
         f"data.path={data}", f"publish.store={root / 'store'}", f"pipeline.runs_dir={root / 'runs'}"])
     summary = run_local(config)
     return root, config, summary
@@ -86,7 +86,7 @@ def test_cli_query_in_a_fresh_process(pipeline_run):
 
 @pytest.mark.parametrize("query", ACCEPTANCE_QUERIES)
 def test_acceptance_queries_return_matching_products(pipeline_run, query):
-    from datasets.synth_shop import expected_category
+    from datagen.synth_shop import expected_category
     from serving.retriever import Retriever
 
     root, _, _ = pipeline_run

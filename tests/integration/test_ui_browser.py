@@ -47,7 +47,7 @@ WAIT_S = 120  # the first query loads TensorFlow and the version: tens of second
 @pytest.fixture(scope="module")
 def pipeline_runs(tmp_path_factory):
     """Two real runs into one store: (root, first summary, second summary)."""
-    from datasets.synth_shop import generate_shop
+    from datagen.synth_shop import generate_shop
     from pipelines.local_run import run_local
 
     root = tmp_path_factory.mktemp("ui-e2e")
@@ -55,10 +55,10 @@ def pipeline_runs(tmp_path_factory):
     generate_shop(str(data), products=400, queries=600)
     overrides = [f"data.path={data}", f"publish.store={root / 'store'}", f"pipeline.runs_dir={root / 'runs'}",
                  "train.n_epochs=3"]
-    first = run_local(load_config(REPO / "configs" / "shop.yaml", overrides))
+    first = run_local(load_config("shop", overrides))
     # Same data and seed: the second model matches the live one, and any regression is allowed,
     # so the second run publishes a second version.
-    second = run_local(load_config(REPO / "configs" / "shop.yaml",
+    second = run_local(load_config("shop",
                                    overrides + ["gate.max_relative_regression=1.0"]))
     assert first["published"] and second["published"], (first["reasons"], second["reasons"])
     return root, first, second

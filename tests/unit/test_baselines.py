@@ -15,8 +15,7 @@ from bench.baselines import (choose_ease_l2, choose_last_n, cold_user_split, eas
                              evaluate_baselines, inner_last_item_holdout, last_item_holdout,
                              markdown, popularity_scores, read_jsonl, recall_at_k, run_protocol,
                              time_ordered, transition_counts, transition_scores, user_bucket)
-
-MOVIELENS_RAW = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "movielens-100k"
+from tests.conftest import MOVIELENS_RAW
 
 # user, item, rating, timestamp, label. u1 has a timestamp tie at its end (items 9 and 10:
 # "9" > "10" as strings, so 9 is last); u3 has one interaction only.

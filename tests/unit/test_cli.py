@@ -15,12 +15,31 @@ def _repo_cwd(monkeypatch):
 def test_unknown_config_key_is_named(capsys):
     assert main(["run", "--set", "train.n_epoch=3"]) == 2
     err = capsys.readouterr().err
-    assert "train.n_epoch: unknown field" in err and "configs/shop.yaml" in err
+    assert "train.n_epoch: unknown field" in err and "core/configs/shop.yaml" in err  # the shipped default
 
 
 def test_missing_config_file(capsys, tmp_path):
     assert main(["compile", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "p.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_a_shipped_config_by_name_from_an_empty_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "--config", "movielens-ids", "--out", "p.yaml"]) == 0
+    assert yaml.safe_load((tmp_path / "p.yaml").read_text())["pipelineInfo"]["name"] == "twotower"
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--config", "shopp"]) == 2
+    err = capsys.readouterr().err
+    assert "config file not found: shopp" in err and "shipped: movielens, " in err and "shop" in err
+
+
+def test_help_names_the_shipped_configs(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "movielens-history" in capsys.readouterr().out
 
 
 def test_compile_writes_ir_yaml_with_the_configured_image(tmp_path, capsys):

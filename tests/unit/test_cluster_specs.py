@@ -39,7 +39,7 @@ VERTEX = ["train.vertex.enabled=true", "train.vertex.machine_type=g2-standard-24
 
 
 def _config(*overrides):
-    return load_config(REPO / "configs" / "shop.yaml", [f"pipeline.image={IMAGE}", *overrides])
+    return load_config("shop", [f"pipeline.image={IMAGE}", *overrides])
 
 
 def _compile(tmp_path, *overrides) -> tuple:
@@ -122,9 +122,9 @@ def test_vertex_defaults_attach_a_t4_to_an_n1_machine(tmp_path):
 
 def test_gcpc_is_imported_only_for_the_vertex_option():
     code = ("import sys; from core.config import load_config; from pipelines.pipeline import create_pipeline; "
-            "create_pipeline(load_config('configs/shop.yaml')); "
+            "create_pipeline(load_config('shop')); "
             "assert 'google_cloud_pipeline_components' not in sys.modules, 'gcpc imported'; "
-            "create_pipeline(load_config('configs/shop.yaml', ['train.vertex.enabled=true'])); "
+            "create_pipeline(load_config('shop', ['train.vertex.enabled=true'])); "
             "assert 'google_cloud_pipeline_components' in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -248,7 +248,7 @@ def test_dataflow_settings_are_checked_by_name(overrides, expected):
 
 
 def test_dataflow_needs_a_pullable_worker_image():
-    config = load_config(REPO / "configs" / "shop.yaml", DATAFLOW)  # pipeline.image: the local twotower:0.1.0
+    config = load_config("shop", DATAFLOW)  # pipeline.image: the local twotower:0.1.0
     (problem,) = remote_beam_problems(config)
     assert problem.startswith("pipeline.image: 'twotower:0.1.0' names no registry")
     with pytest.raises(ConfigError, match="pipeline.image"):

@@ -16,7 +16,7 @@ STAGES = ["ingest", "transform", "train", "evaluate", "embed", "index", "publish
 
 def _compile(tmp_path, monkeypatch, *overrides):
     monkeypatch.chdir(REPO)
-    config = load_config("configs/shop.yaml", list(overrides))
+    config = load_config("shop", list(overrides))
     out = tmp_path / "pipeline.yaml"
     compile_pipeline(config, str(out))
     return config, out.read_text()

@@ -4,7 +4,7 @@ import pytest
 
 from core.config import ConfigError, config_from_json, load_config, parse_override
 
-SHOP = "configs/shop.yaml"
+SHOP = "shop"
 
 
 @pytest.fixture(autouse=True)
@@ -18,10 +18,10 @@ def test_shipped_configs_load():
     shop = load_config(SHOP)
     assert shop.schema.query_key == "query"
     assert [f.name for f in shop.schema.query_features] == ["query"]
-    ml = load_config("configs/movielens.yaml")
+    ml = load_config("movielens")
     assert ml.schema.query_key == "user_id"
     assert [f.name for f in ml.schema.user_features] == ["age", "gender", "occupation"]
-    ids = load_config("configs/movielens-ids.yaml")
+    ids = load_config("movielens-ids")
     assert [f.name for f in ids.schema.query_features] == ["user_id"] and ids.schema.item_features == []
     assert ids.train.use_item_ids_as_features and ids.transform.split == ml.transform.split
 
@@ -46,7 +46,7 @@ def test_invalid_field_is_named_with_the_file(override, field):
     with pytest.raises(ConfigError) as err:
         load_config(SHOP, [override])
     assert field in str(err.value)
-    assert SHOP in str(err.value)
+    assert "core/configs/shop.yaml" in str(err.value)  # the shipped file it came from
 
 
 def test_schema_rules():
@@ -65,6 +65,40 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+SHIPPED = ["movielens", "movielens-history", "movielens-ids", "shop", "synth-interactions"]
+
+
+def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from core.configs import shipped_config, shipped_names
+
+    monkeypatch.chdir(tmp_path)
+    assert shipped_names() == SHIPPED
+    assert load_config("shop") == load_config("shop.yaml") == load_config(shipped_config("shop"))
+    assert load_config("movielens-history").schema.query_key == "user_id"
+
+
+def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    from core.configs import shipped_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shop.yaml").write_text(shipped_config("shop").read_text().replace("path: data/shop",
+                                                                                  "path: elsewhere"))
+    assert load_config("shop.yaml").data.path == "elsewhere"
+    assert load_config("shop").data.path == "data/shop"  # no file called shop here: the shipped one
+
+
+def test_a_missing_config_lists_the_shipped_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="config file not found: shopp") as err:
+        load_config("shopp")
+    assert f"shipped: {', '.join(SHIPPED)}" in str(err.value)
+    # A path is what the user meant: it never quietly becomes the shipped file of that name.
+    with pytest.raises(ConfigError, match="config file not found: configs/shop.yaml"):
+        load_config("configs/shop.yaml")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "shop.yaml")
 
 
 def test_override_syntax():

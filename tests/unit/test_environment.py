@@ -16,7 +16,7 @@ from core import environment
 from tests.conftest import REPO
 
 #: Every top-level production package (setup.py ships these); each must import ``core`` first.
-PACKAGES = ("core", "datasets", "features", "trainer", "indexer", "serving", "reports", "ui", "components",
+PACKAGES = ("core", "datagen", "features", "trainer", "indexer", "serving", "reports", "ui", "components",
             "pipelines")
 TF_VARIABLES = ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")
 

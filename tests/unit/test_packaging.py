@@ -14,7 +14,7 @@ from setuptools import find_packages
 
 from tests.conftest import REPO
 
-DESIGN_PINS = {  # the verified set in DESIGN.md
+DESIGN_PINS = {  # the verified set in docs/DESIGN.md
     "tensorflow": r"2\.20\.", "tf-keras": r"2\.20\.", "tensorflow-recommenders": r"0\.7\.7$",
     "scann": r"1\.4\.2$", "apache-beam": r"2\.77\.0$", "kfp": r"2\.17\.0$", "google-cloud-storage": r"3\.",
 }
@@ -55,7 +55,7 @@ def test_dockerfile_builds_the_same_environment():
     assert re.search(r"pip install .*-r requirements\.txt", docker)
     assert "TF_USE_LEGACY_KERAS=1" in docker
     top_level = {p.split(".")[0] for p in find_packages(str(REPO), include=[
-        "core*", "datasets*", "features*", "trainer*", "indexer*", "serving*", "reports*", "ui*", "components*",
+        "core*", "datagen*", "features*", "trainer*", "indexer*", "serving*", "reports*", "ui*", "components*",
         "pipelines*"])}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", docker, re.M))
     assert top_level <= copied, f"Dockerfile does not copy {sorted(top_level - copied)}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,7 @@ from pipelines.remote_common import CronError, cron_from_kfp, kfp_cron, parse_cr
 from tests.fakes.kfp_api_server import FakeKfpServer, check_kfp_cron
 from tests.fakes.vertex_api_server import FakeVertexServer
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = str(REPO / "configs" / "shop.yaml")
+CONFIG = "shop"
 TOKEN = "vertex-token"
 
 

@@ -16,7 +16,6 @@ from core.cron import parse_cron
 from pipelines.local_run import RunFailedError
 from pipelines.scheduler import LocalScheduler, SchedulerBusyError
 from tests.clocks import ManualClock
-from tests.conftest import REPO
 
 T = dt.datetime.fromisoformat
 
@@ -44,7 +43,7 @@ class RecordingRunner:
 
 @pytest.fixture
 def config(tmp_path):
-    return load_config(REPO / "configs" / "shop.yaml", [
+    return load_config("shop", [
         f"data.path={tmp_path / 'data'}", "data.partitioned=true", f"publish.store={tmp_path / 'store'}",
         f"pipeline.runs_dir={tmp_path / 'runs'}"])
 
@@ -150,6 +149,6 @@ def test_a_second_scheduler_on_the_same_runs_folder_is_refused(config, tmp_path)
 
 
 def test_unpartitioned_config_is_refused(tmp_path):
-    config = load_config(REPO / "configs" / "shop.yaml", [f"data.path={tmp_path}", f"publish.store={tmp_path}"])
+    config = load_config("shop", [f"data.path={tmp_path}", f"publish.store={tmp_path}"])
     with pytest.raises(ValueError, match="data.partitioned=true"):
         make(config, ManualClock(T("2026-11-01T00:00")), RecordingRunner())

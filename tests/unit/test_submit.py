@@ -23,8 +23,7 @@ from pipelines.vertex_remote import VertexApiError, VertexRemote, token_session
 from tests.fakes.kfp_api_server import FakeKfpServer
 from tests.fakes.vertex_api_server import FakeVertexServer
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = str(REPO / "configs" / "shop.yaml")
+CONFIG = "shop"
 VERTEX_FLAGS = ["--vertex", "--project", "proj", "--region", "us-central1"]
 
 

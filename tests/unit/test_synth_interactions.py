@@ -1,4 +1,4 @@
-"""Unit tests for datasets/synth_interactions.py and `twotower data synth-interactions`."""
+"""Unit tests for datagen/synth_interactions.py and `twotower data synth-interactions`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.config import load_config
-from datasets.synth_interactions import (
+from datagen.synth_interactions import (
     END_TIMESTAMP,
     WINDOW_SECONDS,
     SynthInteractionsError,
@@ -21,9 +21,8 @@ from datasets.synth_interactions import (
 )
 from features.ingest import ingest
 from pipelines.cli import main
-from tests.conftest import REPO
 
-CONFIG = REPO / "configs" / "synth-interactions.yaml"
+CONFIG = "synth-interactions"
 FILES = ("items.parquet", "users.parquet", "interactions.parquet")
 
 

@@ -429,17 +429,16 @@ def test_rerun_over_previous_output_is_byte_identical(user_run, tmp_path):
 
 
 def test_movielens_year_is_an_item_numeric_with_the_catalog_mean_for_unknown_dates(tmp_path):
-    """The tiny raw MovieLens folder (tests/unit/test_datasets.py) through the converter, ingest
-    and the transform with configs/movielens.yaml's schema: items 1, 2, 4 were released in
+    """The tiny raw MovieLens folder (tests/unit/test_datagen.py) through the converter, ingest
+    and the transform with the shipped movielens config's schema: items 1, 2, 4 were released in
     1995, 1995, 1996; item 3 has no release date, so its year is the catalog mean
     (1995 + 1995 + 1996) / 3 = 1995.333..., on the item records and on its interaction."""
     from core.config import load_config
-    from datasets.movielens import convert_movielens
-    from tests.unit.test_datasets import _write_raw
+    from datagen.movielens import convert_movielens
+    from tests.unit.test_datagen import _write_raw
 
     convert_movielens(str(_write_raw(tmp_path / "raw")), str(tmp_path / "data"))
-    repo = Path(__file__).resolve().parents[2]
-    cfg = load_config(repo / "configs" / "movielens.yaml",
+    cfg = load_config("movielens",
                       [f"data.path={tmp_path / 'data'}", f"publish.store={tmp_path / 'store'}"])
     assert {"name": "year", "type": "numeric"} in [f.model_dump() for f in cfg.schema.item_features]
     ingest(cfg, str(tmp_path / "ingested"))

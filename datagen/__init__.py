@@ -1,7 +1,7 @@
 """Dataset builders that write the canonical dataset folder (see docs/ARCHITECTURE.md).
 
-- :mod:`datasets.synth_shop`: a deterministic, ESCI-like synthetic query -> product search set.
-- :mod:`datasets.movielens`: MovieLens-100K converter and checksum-verified downloader.
+- :mod:`datagen.synth_shop`: a deterministic, ESCI-like synthetic query -> product search set.
+- :mod:`datagen.movielens`: MovieLens-100K converter and checksum-verified downloader.
 
 Pure Python + numpy/pandas; nothing here imports TensorFlow.
 """

@@ -1,4 +1,4 @@
-"""Unit tests for datasets/: the synth-shop generator and the MovieLens-100K converter."""
+"""Unit tests for datagen/: the synth-shop generator and the MovieLens-100K converter."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from datasets.movielens import (
+from datagen.movielens import (
     ChecksumMismatchError,
     MovieLensFormatError,
     convert_movielens,
     download_movielens,
 )
-from datasets.synth_shop import ACCEPTANCE_QUERIES, CATEGORIES, expected_category, generate_shop
+from datagen.synth_shop import ACCEPTANCE_QUERIES, CATEGORIES, expected_category, generate_shop
+from tests.conftest import MOVIELENS_RAW
 
-SHARED_ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "movielens-100k"
 
 ITEM_COLUMNS = ["item_id", "title", "description", "bullet_points", "brand", "color",
                 "category", "price"]
@@ -322,12 +322,12 @@ def test_download_with_wrong_checksum_extracts_nothing(tmp_path):
     assert os.listdir(dest) == []
 
 
-@pytest.mark.skipif(not (SHARED_ML100K / "u.data").is_file(),
+@pytest.mark.skipif(not (MOVIELENS_RAW / "u.data").is_file(),
                     reason="MovieLens-100K raw files not present beside the repo")
 def test_convert_real_movielens_100k(tmp_path):
-    counts = convert_movielens(str(SHARED_ML100K), str(tmp_path))
+    counts = convert_movielens(str(MOVIELENS_RAW), str(tmp_path))
     assert (counts["interactions"], counts["users"], counts["items"]) == (100000, 943, 1682)
-    # The copy in ../shared lacks u.item's placeholder line for movie 267 (rated 9 times);
+    # The copy at MOVIELENS_RAW lacks u.item's placeholder line for movie 267 (rated 9 times);
     # the official file has it. Either way the converter ends with 1682 items.
     assert set(counts["missing_item_ids"]) <= {"267"}
     items = pd.read_csv(tmp_path / "items.csv", keep_default_na=False)

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 OFFICIAL_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 #: sha256 of the official ml-100k.zip (4,924,029 bytes; GroupLens md5 0e33842e24a9c977be4e0107933c0723).
 #: Cross-checked against several independent published pins that also agree on u.data's
-#: sha256 (06416e59...dca490, as in ../shared/data/movielens-100k/DATA.md).
+#: sha256 (06416e59...dca490, as in the raw copy the MovieLens tests read: MOVIELENS_RAW, tests/conftest.py).
 ML100K_ZIP_SHA256 = "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"
 
 RAW_FILES = ("u.data", "u.user", "u.item", "u.genre")
