@@ -346,6 +346,9 @@ class TrainConfig(_Strict):
         "dropped) and train warm_start_epochs instead of n_epochs; versions published with it on carry the "
         "weights (warm_start/) for the next run. No live version = a cold start; training.json says which"))
     warm_start_epochs: int = Field(2, ge=1, description="epochs of a warm-started run (train.warm_start)")
+    warm_start_lr_scale: float = Field(1.0, gt=0.0, le=1.0, description=(
+        "a warm-started run's peak learning rate is train.lr times this (its optimizer state starts "
+        "fresh, so full-size first steps move trained weights as far as random ones); cold runs ignore it"))
     use_item_ids_as_features: bool = True
     item_id_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "share of training examples whose item-id embedding is zeroed, as for a cold item, so the "

@@ -282,9 +282,10 @@ class SamplingProbability:
         return self.table.lookup(item_ids)
 
 
-def make_optimizer(config: Config, total_steps: Optional[int] = None):
+def make_optimizer(config: Config, total_steps: Optional[int] = None, lr_scale: float = 1.0):
     """Optimizer per ``train.optimizer``; its learning rate follows ``train.lr_schedule``
-    (peak ``train.lr``) over ``total_steps`` optimizer steps (see :mod:`trainer.schedules`).
+    (peak ``train.lr`` x ``lr_scale``) over ``total_steps`` optimizer steps (see
+    :mod:`trainer.schedules`).
 
     ``train.weight_decay`` is decoupled weight decay for every optimizer: tf_keras's base
     optimizer applies ``w -= lr_t * weight_decay * w`` to every trainable variable before each
@@ -295,7 +296,7 @@ def make_optimizer(config: Config, total_steps: Optional[int] = None):
     t = config.train
     if t.optimizer not in _COMPILED:
         raise ValueError(f"train.optimizer: unsupported {t.optimizer!r}")
-    lr = make_learning_rate(t.lr_schedule, t.lr, total_steps, t.warmup_steps)
+    lr = make_learning_rate(t.lr_schedule, t.lr * lr_scale, total_steps, t.warmup_steps)
     # None, not 0.0: tf_keras skips the decay ops entirely then (AdamW insists on a number).
     decay = t.weight_decay if t.weight_decay > 0.0 or t.optimizer == "adamw" else None
     optimizer = _COMPILED[t.optimizer](learning_rate=lr, weight_decay=decay)

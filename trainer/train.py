@@ -212,6 +212,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         atexit.register(shutil.rmtree, warm_cache, True)
         warm_source = live_weights(config.publish.store, warm_cache)
     n_epochs = t.warm_start_epochs if warm_source is not None else t.n_epochs
+    lr_scale = t.warm_start_lr_scale if warm_source is not None else 1.0
     total_steps = n_epochs * steps_per_epoch
 
     catalog = load_catalog(config, transformed_dir)
@@ -234,7 +235,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
                                num_hard_negatives=t.hard_negatives,
                                labelled_negative_weight=t.labelled_negative_weight,
                                dedupe_candidates=_item_tower_is_deterministic(config))
-        return towers_, model_, make_optimizer(config, planned_steps)
+        return towers_, model_, make_optimizer(config, planned_steps, lr_scale)
 
     with strategy.scope(), device_scope(t.distribute, t.device):
         (query_tower, item_tower), model, optimizer = new_model(total_steps)
@@ -274,7 +275,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         state = checkpoint.restore(snapshot=model.get_weights)
         print(f"[train] resuming from {checkpoint.latest}: {len(state.history)} epoch(s) done"
               f"{', early stopping already ended training' if state.stopped else ''}", flush=True)
-    warm_report = {"from": None, "epochs": n_epochs}
+    warm_report = {"from": None, "epochs": n_epochs, "lr_scale": lr_scale}
     if warm_source is not None and state is None:  # a resumed run has its own weights already
         from trainer.warm_start import warm_start
 

@@ -2,7 +2,9 @@
 
 One pipeline run (module fixture, a few minutes on 2 cores) backs every assertion:
 the summary contract, the published store, a fresh-process CLI query, and the
-acceptance queries returning products of the matching kind.
+acceptance queries returning products of the matching kind. The acceptance queries are taken
+out of the data before the run (no split, no vocabulary count has them), so they test
+retrieval of unseen queries, judged by the catalogue's own category field, not memory.
 """
 
 import json
@@ -29,10 +31,29 @@ def pipeline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "shop"
     generate_shop(str(data))  # the same defaults `make run` uses
+    _hold_out_queries(data / "interactions.csv", ACCEPTANCE_QUERIES)
     config = load_config("shop", [
         f"data.path={data}", f"publish.store={root / 'store'}", f"pipeline.runs_dir={root / 'runs'}"])
     summary = run_local(config)
     return root, config, summary
+
+
+def _hold_out_queries(interactions_csv, queries) -> None:
+    """Drop every interaction of ``queries`` from the file (the generator always plants them)."""
+    import pandas as pd
+
+    table = pd.read_csv(interactions_csv, dtype=str, keep_default_na=False)
+    held = table["query"].isin(queries)
+    assert held.any(), "the generator planted no acceptance query: nothing would be held out"
+    table[~held].to_csv(interactions_csv, index=False)
+
+
+def test_the_acceptance_queries_were_never_trained_on(pipeline_run):
+    root, _, summary = pipeline_run
+    transformed = next((root / "runs" / summary["run_id"]).rglob("query_table.jsonl"), None)
+    assert transformed is not None
+    keys = {json.loads(line)["query"] for line in transformed.read_text().splitlines()}
+    assert len(keys) > 1000 and not keys & set(ACCEPTANCE_QUERIES)
 
 
 def test_summary_contract(pipeline_run):

@@ -38,7 +38,8 @@ def two_days(tmp_path_factory):
                    "interactions": pd.concat([day1_tables["interactions"], more["interactions"]])}
     cfg2, out2 = transform(root / "day2", day2_tables, store=store, **{"train.warm_start": True,
                                                                         "train.n_epochs": 6,
-                                                                        "train.warm_start_epochs": 1})
+                                                                        "train.warm_start_epochs": 1,
+                                                                        "train.warm_start_lr_scale": 0.25})
     training2, metrics2, result2 = publish_run(cfg2, out2, root / "day2")
     return ({"config": cfg1, "training": training1, "metrics": metrics1, "result": result1, "root": root / "day1"},
             {"config": cfg2, "training": training2, "metrics": metrics2, "result": result2, "root": root / "day2",
@@ -60,6 +61,7 @@ def test_next_run_starts_from_the_live_version_and_remaps_grown_vocabularies(two
     warm = day2["training"]["warm_start"]
     assert warm["from"] == day1["result"]["version"]
     assert len(day2["training"]["history"]) == 1 == warm["epochs"]
+    assert warm["lr_scale"] == 0.25 and day1["training"]["warm_start"]["lr_scale"] == 1.0  # cold: unscaled
     tables = warm["remapped"]
     user_table = next(v for k, v in tables.items() if "user_id" in k)
     # Day 2's train split has day 1's users plus 40 new ones; nobody left.
@@ -95,3 +97,14 @@ def test_warm_rows_are_the_live_rows_for_tokens_both_runs_know(two_days):
     new_row = int(encoder.lookup(np.array(["new3"], dtype=object)).numpy()[0])
     np.testing.assert_array_equal(encoder.embedding.embeddings.numpy()[new_row],
                                   fresh[encoder.embedding.embeddings.name][new_row])
+
+
+def test_a_warm_start_scales_the_peak_learning_rate():
+    from core.config import Config
+    from trainer.model import make_optimizer
+
+    config = Config.model_validate({"data": {"path": "d"}, "schema": {
+        "query_key": "user_id", "query_features": [{"name": "user_id", "type": "id"}], "item_features": []},
+        "train": {"lr": 0.2, "lr_schedule": "constant"}, "publish": {"store": "s"}})
+    assert float(make_optimizer(config, 10).learning_rate) == pytest.approx(0.2)
+    assert float(make_optimizer(config, 10, lr_scale=0.25).learning_rate) == pytest.approx(0.05)
