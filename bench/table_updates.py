@@ -40,7 +40,8 @@ RULES = ("row_wise", "dense")
 def build_model(config, rows: int):
     """(compiled TwoTowerModel, user vocabulary, item vocabulary) with ``rows`` users and items."""
     from trainer.features import IdEncoder, ItemIdEncoder, TowerModel
-    from trainer.model import TwoTowerModel, make_optimizer
+    from trainer.model import TwoTowerModel
+    from trainer.optimizers import make_optimizer
     from trainer.train import STEPS_PER_EXECUTION
     from core.config import FeatureSpec
 

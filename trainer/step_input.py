@@ -14,7 +14,7 @@ Two things cut that:
   signatures still take raw strings and serving is unchanged.
 - :func:`compiled_step_plan`: with no string op left in the step (every feature an id,
   categorical or numeric, nothing sampled or zipped in at step time) and every embedding table
-  small enough for a dense gradient (``trainer.model.DENSIFY_MAX_ELEMENTS``), the whole train
+  small enough for a dense gradient (``trainer.optimizers.DENSIFY_MAX_ELEMENTS``), the whole train
   step (towers, loss, gradients, optimizer update) is compiled with XLA into a handful of
   fused kernels (Keras ``jit_compile``). XLA needs static shapes, so the softmax runs over
   the batch's B candidates (TFRS's loss, [B, B]) instead of its distinct ones
@@ -78,7 +78,7 @@ def compiled_step_plan(config, towers, *, in_memory: bool, multi_worker: bool) -
     """Decide :class:`StepPlan` for ``config`` and the built towers (``in_memory``: the split is
     held in memory rather than streamed; both take the prepared input)."""
     from trainer.features import IdEncoder, MultiCategoricalEncoder, NumericEncoder
-    from trainer.model import DENSIFY_MAX_ELEMENTS, _can_jit_compile
+    from trainer.optimizers import DENSIFY_MAX_ELEMENTS, _can_jit_compile
 
     t = config.train
     if multi_worker or t.negative_samples_count > 0:

@@ -109,7 +109,8 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from trainer.features import build_towers
     from trainer.loop import ChunkedTrainLoop
     from trainer.metrics import embedding_retrieval_metrics
-    from trainer.model import SamplingProbability, TwoTowerModel, make_optimizer
+    from trainer.model import SamplingProbability, TwoTowerModel
+    from trainer.optimizers import make_optimizer
     from trainer.negatives import CatalogSampler
     from trainer.step_input import compiled_step_plan, look_up_columns
     from trainer.strategy import (MULTI_WORKER_STEPS_PER_EXECUTION, device_scope, is_chief, make_strategy,

@@ -28,7 +28,8 @@ def _config(**train) -> Config:
 
 def _model(tf, config, dedupe: bool, weights=None):
     from trainer.features import IdEncoder, ItemIdEncoder, TowerModel
-    from trainer.model import SamplingProbability, TwoTowerModel, make_optimizer
+    from trainer.model import SamplingProbability, TwoTowerModel
+    from trainer.optimizers import make_optimizer
 
     t = config.train
     query = TowerModel({"user_id": IdEncoder(USERS, 4, name="user_id_encoder")},
@@ -79,7 +80,7 @@ def test_compiled_step_trains_like_the_uncompiled_step():
     to float32 rounding."""
     import tensorflow as tf
 
-    from trainer.model import _can_jit_compile
+    from trainer.optimizers import _can_jit_compile
     from trainer.step_input import look_up_columns
 
     if not _can_jit_compile():
@@ -113,14 +114,14 @@ def test_compiled_step_trains_like_the_uncompiled_step():
 def test_plan_names_what_keeps_the_step_uncompiled():
     import tensorflow as tf
 
-    import trainer.model
+    import trainer.optimizers
     from trainer.step_input import compiled_step_plan
 
     config = _config()
     model, _ = _model(tf, config, dedupe=True)
     towers = (model.query_tower, model.item_tower)
     plan = compiled_step_plan(config, towers, in_memory=True, multi_worker=False)
-    if not trainer.model._can_jit_compile():
+    if not trainer.optimizers._can_jit_compile():
         pytest.skip("XLA is not usable on this platform")
     assert plan.compiled and plan.looked_up and plan.why_not is None
     streamed = compiled_step_plan(config, towers, in_memory=False, multi_worker=False)
@@ -132,10 +133,10 @@ def test_plan_names_what_keeps_the_step_uncompiled():
                              in_memory=True, multi_worker=False)
     assert off.looked_up and not off.compiled
     assert "compiled_step is off" in off.why_not and "4096" in off.why_not and "hard negatives" in off.why_not
-    old = trainer.model.DENSIFY_MAX_ELEMENTS
-    trainer.model.DENSIFY_MAX_ELEMENTS = 40  # the 13 x 4 user table is now "large"
+    old = trainer.optimizers.DENSIFY_MAX_ELEMENTS
+    trainer.optimizers.DENSIFY_MAX_ELEMENTS = 40  # the 13 x 4 user table is now "large"
     try:
         big = compiled_step_plan(config, towers, in_memory=True, multi_worker=False)
     finally:
-        trainer.model.DENSIFY_MAX_ELEMENTS = old
+        trainer.optimizers.DENSIFY_MAX_ELEMENTS = old
     assert not big.compiled and "user_id's table" in big.why_not

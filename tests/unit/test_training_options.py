@@ -64,7 +64,7 @@ def test_lr_schedule_values_by_hand():
 
 
 def test_optimizer_follows_the_schedule(root):
-    from trainer.model import make_optimizer
+    from trainer.optimizers import make_optimizer
 
     opt = make_optimizer(_config(root, lr=0.5, lr_schedule="cosine", optimizer="adamw", weight_decay=0.01), 100)
     lr = opt.get_config()["learning_rate"]  # the schedule, serialised
@@ -80,7 +80,7 @@ def test_weight_decay_is_decoupled_decay_for_every_optimizer(root, name):
     make_optimizer's compiled update path, rows a sparse gradient did not touch included."""
     import tensorflow as tf
 
-    from trainer.model import make_optimizer
+    from trainer.optimizers import make_optimizer
 
     lr, wd, steps = 0.1, 0.5, 3
     rng = np.random.default_rng(1)
@@ -221,8 +221,8 @@ def test_compiled_updates_equal_tf_keras_updates(root, name):
     update."""
     import tensorflow as tf
 
-    import trainer.model
-    from trainer.model import make_optimizer
+    import trainer.optimizers
+    from trainer.optimizers import make_optimizer
 
     # tf_keras's own sparse rule for the large table (row-wise updates: the tests below).
     config = _config(root, optimizer=name, lr=0.05, weight_decay=0.01, row_wise_updates=False)
@@ -231,8 +231,8 @@ def test_compiled_updates_equal_tf_keras_updates(root, name):
     x_init = rng.normal(size=(6, 4)).astype(np.float32)
 
     def run(compiled: bool, densify_max: int):
-        old = trainer.model.DENSIFY_MAX_ELEMENTS
-        trainer.model.DENSIFY_MAX_ELEMENTS = densify_max
+        old = trainer.optimizers.DENSIFY_MAX_ELEMENTS
+        trainer.optimizers.DENSIFY_MAX_ELEMENTS = densify_max
         try:
             variables = [tf.Variable(v) for v in init]
             optimizer = make_optimizer(config, 100)
@@ -251,7 +251,7 @@ def test_compiled_updates_equal_tf_keras_updates(root, name):
                 step(tf.constant([k, 1, 1, 5, 7, k + 2]), tf.constant(list(range(k + 1)) + [3]))
             return [v.numpy() for v in variables]
         finally:
-            trainer.model.DENSIFY_MAX_ELEMENTS = old
+            trainer.optimizers.DENSIFY_MAX_ELEMENTS = old
 
     if not make_optimizer(config, 100).jit_compile:
         pytest.skip("XLA is not usable on this platform")
@@ -288,14 +288,14 @@ def _train_table(root, name, row_wise, ids_per_step, weight_decay=0.01, lr=0.05,
     rows, summed gradient rows))."""
     import tensorflow as tf
 
-    import trainer.model
-    from trainer.model import make_optimizer
+    import trainer.optimizers
+    from trainer.optimizers import make_optimizer
 
     rng = np.random.default_rng(2)
     init = rng.normal(size=(40, 4)).astype(np.float32)
     weights = rng.normal(size=(6, 4)).astype(np.float32)
-    old = trainer.model.DENSIFY_MAX_ELEMENTS
-    trainer.model.DENSIFY_MAX_ELEMENTS = densify_max
+    old = trainer.optimizers.DENSIFY_MAX_ELEMENTS
+    trainer.optimizers.DENSIFY_MAX_ELEMENTS = densify_max
     try:
         table = tf.Variable(init)
         optimizer = make_optimizer(_config(root, optimizer=name, lr=lr, weight_decay=weight_decay,
@@ -315,7 +315,7 @@ def _train_table(root, name, row_wise, ids_per_step, weight_decay=0.01, lr=0.05,
             hand.append((rows, np.stack([w[[i for i, x in enumerate(ids) if x == r]].sum(0) for r in rows])))
         return init, table.numpy(), hand
     finally:
-        trainer.model.DENSIFY_MAX_ELEMENTS = old
+        trainer.optimizers.DENSIFY_MAX_ELEMENTS = old
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
@@ -393,3 +393,19 @@ def test_threads_size_the_pools_of_a_fresh_process_and_are_kept_once_started():
     assert "AFTER 1" in out.stdout and "train.threads=2" in out.stdout and "keeping them" in out.stdout
     out = subprocess.run([sys.executable, "-c", late], cwd=root, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and "LATE OMP None" in out.stdout, out.stderr[-2000:]
+
+
+def test_the_tf_keras_internals_patch_applies_only_to_the_verified_release(tmp_path, monkeypatch, capsys):
+    """Another tf_keras line gets tf_keras's own optimizer (the fused one reaches into its
+    internals); the verified line, installed here, gets the fused updates."""
+    import trainer.optimizers as optimizers
+
+    assert optimizers.internals_supported()  # the pinned tf_keras
+    assert not optimizers.internals_supported("2.21.0") and not optimizers.internals_supported("3.0.0")
+    config = _config(tmp_path, lr=0.5, optimizer="adam")
+    assert isinstance(optimizers.make_optimizer(config, 10), optimizers._CompiledUpdates)
+    monkeypatch.setattr(optimizers, "_tf_keras_version", lambda: "2.99.0")
+    plain = optimizers.make_optimizer(config, 10)
+    assert not isinstance(plain, optimizers._CompiledUpdates) and type(plain) is optimizers._PLAIN["adam"]
+    assert float(plain.learning_rate) == pytest.approx(0.5)
+    assert "not the verified" in capsys.readouterr().out

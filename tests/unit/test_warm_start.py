@@ -101,7 +101,7 @@ def test_warm_rows_are_the_live_rows_for_tokens_both_runs_know(two_days):
 
 def test_a_warm_start_scales_the_peak_learning_rate():
     from core.config import Config
-    from trainer.model import make_optimizer
+    from trainer.optimizers import make_optimizer
 
     config = Config.model_validate({"data": {"path": "d"}, "schema": {
         "query_key": "user_id", "query_features": [{"name": "user_id", "type": "id"}], "item_features": []},
