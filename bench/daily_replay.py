@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/daily_replay.py --days 5            # the last 5 data dates, core/configs/movielens-history.yaml
     .venv/bin/python bench/daily_replay.py --days 5 --set train.warm_start_epochs=1
+    .venv/bin/python bench/daily_replay.py --days 5 --chain fresh=train.warm_start_optimizer=fresh
 
 The interactions are cut into day partitions by timestamp (UTC). For each of the last
 ``--days`` data dates d, the dataset is every interaction up to the end of d (the catalog and
@@ -13,7 +14,9 @@ transform, train, evaluate, embed, index, gate, publish into their own store):
   published for day d - 1 (its first day has no live version: a cold start) and trains
   ``train.warm_start_epochs``.
 
-Both chains share each day's transform. Reported per day and chain: train seconds (wall, the
+Each ``--chain NAME=key=value[,key=value...]`` adds another warm chain with those overrides
+(on top of ``--set``), run side by side with the others on the same days. All chains share
+each day's transform. Reported per day and chain: train seconds (wall, the
 train stage alone), recall@10 on the run's own held-out test split (evaluate), and next-day
 recall@10: each user with interactions on day d + 1 who is in the published query table,
 asked by user id with seen items excluded, scored on the items they rated on day d + 1
@@ -97,7 +100,18 @@ def run_day(chain: str, date: str, transformed: Path, config, work: Path, next_r
     return row
 
 
-def run(days: int, overrides: list[str], work: Path, config_path: Path) -> dict:
+def parse_chains(specs: list[str]) -> dict[str, list[str]]:
+    """{"cold": [...], "warm": [...], NAME: [its overrides]} from ``--chain`` specs."""
+    chains = {"cold": ["train.warm_start=false"], "warm": ["train.warm_start=true"]}
+    for spec in specs:
+        name, _, overrides = spec.partition("=")
+        if not name or not overrides or name in chains:
+            raise SystemExit(f"--chain {spec!r}: expected NAME=key=value[,key=value...] with a new NAME")
+        chains[name] = ["train.warm_start=true", *overrides.split(",")]
+    return chains
+
+
+def run(days: int, overrides: list[str], work: Path, config_path: Path, chains: dict[str, list[str]]) -> dict:
     from core.config import load_config
     from datagen.movielens import convert_movielens
     from features.ingest import ingest
@@ -107,21 +121,19 @@ def run(days: int, overrides: list[str], work: Path, config_path: Path) -> dict:
     if not (canonical / "interactions.csv").exists():
         convert_movielens(str(MOVIELENS_RAW), str(canonical))
     rows = []
-    for chain in ("cold", "warm"):  # a chain starts with no live version
+    for chain in chains:  # a chain starts with no live version
         shutil.rmtree(work / f"{chain}-store", ignore_errors=True)
     for date, folder, next_rows in day_folders(canonical, work / "days", days):
         base = [f"data.path={folder}", *overrides]
-        configs = {chain: load_config(config_path,
-                                      [*base, f"publish.store={work}/{chain}-store",
-                                       f"train.warm_start={'true' if chain == 'warm' else 'false'}"])
-                   for chain in ("cold", "warm")}
+        configs = {chain: load_config(config_path, [*base, f"publish.store={work}/{chain}-store", *extra])
+                   for chain, extra in chains.items()}
         transformed = work / f"transformed-{date}"
         shutil.rmtree(transformed, ignore_errors=True)
         ingest(configs["cold"], str(transformed / "ingested"))
         run_transform(configs["cold"], str(transformed / "ingested"), str(transformed / "out"))
         for chain, config in configs.items():
             rows.append(run_day(chain, date, transformed / "out", config, work, next_rows))
-    return {"days": days, "config": str(config_path), "overrides": overrides, "rows": rows}
+    return {"days": days, "config": str(config_path), "overrides": overrides, "chains": chains, "rows": rows}
 
 
 def table(result: dict) -> str:
@@ -132,22 +144,28 @@ def table(result: dict) -> str:
         lines.append(f"| {r['date']} | {r['chain']} | {r['warm_from'] or 'random'} | {r['epochs']} | "
                      f"{r['train_seconds']:.1f} | {r['test_recall_at_10']:.4f} | "
                      f"{r.get('next_day_recall_at_10', float('nan')):.4f} ({r.get('next_day_users', 0)}) |")
-    # Only the days the warm chain did start warm (its first day has no live version yet).
+    # Only the days the warm chains did start warm (their first day has no live version yet).
     warm_days = {r["date"] for r in rows if r["chain"] == "warm" and r["warm_from"]}
+    chains = list(dict.fromkeys(r["chain"] for r in rows))
     summary = {}
-    for chain in ("cold", "warm"):
+    for chain in chains:
         mine = [r for r in rows if r["chain"] == chain and r["date"] in warm_days]
         if not mine:
             return "\n".join(lines + ["", "no warm-started day (needs --days >= 2)"])
         summary[chain] = {"train_seconds": statistics.median(r["train_seconds"] for r in mine),
                           "test": statistics.fmean(r["test_recall_at_10"] for r in mine),
                           "next_day": statistics.fmean(r.get("next_day_recall_at_10", 0.0) for r in mine)}
-    lines += ["", f"Over the {len(warm_days)} warm-started day(s):", "",
-              "| chain | median train s | mean test recall@10 | mean next-day recall@10 |", "|---|---|---|---|"]
+    lines += ["", f"Over the {len(warm_days)} warm-started day(s) (ratios against cold; per day: test recall):", "",
+              "| chain | median train s | mean test recall@10 | mean next-day recall@10 | train s | test recall "
+              "| per day |", "|---|---|---|---|---|---|---|"]
+    cold = summary["cold"]
+    by_day = {(r["chain"], r["date"]): r["test_recall_at_10"] for r in rows}
     for chain, s in summary.items():
-        lines.append(f"| {chain} | {s['train_seconds']:.1f} | {s['test']:.4f} | {s['next_day']:.4f} |")
-    ratio = summary["warm"]["train_seconds"] / summary["cold"]["train_seconds"]
-    lines.append(f"\nwarm / cold train seconds (medians): {ratio:.2f}x")
+        per_day = " ".join(f"{by_day[(chain, d)] / by_day[('cold', d)]:.2f}x" for d in sorted(warm_days))
+        s["train_seconds_ratio"] = s["train_seconds"] / cold["train_seconds"]
+        s["test_ratio"] = s["test"] / cold["test"]
+        lines.append(f"| {chain} | {s['train_seconds']:.1f} | {s['test']:.4f} | {s['next_day']:.4f} | "
+                     f"{s['train_seconds_ratio']:.2f}x | {s['test_ratio']:.3f}x | {per_day} |")
     result["summary"] = summary
     return "\n".join(lines)
 
@@ -157,13 +175,16 @@ def main(argv=None) -> int:
     parser.add_argument("--days", type=int, default=5)
     parser.add_argument("--config", default=str(REPO / "core" / "configs" / "movielens-history.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--chain", dest="chains", action="append", default=[],
+                        help="another warm chain: NAME=key=value[,key=value...] (overrides on top of --set)")
     parser.add_argument("--work-dir", default="/tmp/twotower-replay")
     args = parser.parse_args(argv)
+    chains = parse_chains(args.chains)
     if not (MOVIELENS_RAW / "u.data").exists():
         print(f"[replay] {MOVIELENS_RAW} is absent: skipped")
         return 0
     started = time.perf_counter()
-    result = run(args.days, args.overrides, Path(args.work_dir), Path(args.config))
+    result = run(args.days, args.overrides, Path(args.work_dir), Path(args.config), chains)
     text = table(result)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["command"] = "bench/daily_replay.py " + " ".join(argv if argv is not None else sys.argv[1:])

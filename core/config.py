@@ -349,6 +349,11 @@ class TrainConfig(_Strict):
     warm_start_lr_scale: float = Field(1.0, gt=0.0, le=1.0, description=(
         "a warm-started run's peak learning rate is train.lr times this (its optimizer state starts "
         "fresh, so full-size first steps move trained weights as far as random ones); cold runs ignore it"))
+    warm_start_optimizer: Literal["carry", "fresh"] = Field("carry", description=(
+        "a warm-started run's optimizer state: carry = the live version's slots (Adam's moments, Adagrad's "
+        "accumulators, remapped by token like the tables) and step count, so its first steps are as large "
+        "as its last ones were; fresh = zero slots from step 0 (Adam's first steps then move every used "
+        "weight by about the lr)"))
     use_item_ids_as_features: bool = True
     item_id_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "share of training examples whose item-id embedding is zeroed, as for a cold item, so the "
@@ -576,6 +581,9 @@ def ignored_options(config: "Config") -> list[str]:
                    f"feature (a request without query features is served from its history)")
     if _changed(t, "warm_start_epochs") and not t.warm_start:
         out.append(f"train.warm_start_epochs: {t.warm_start_epochs} only applies with train.warm_start=true")
+    for name in ("warm_start_lr_scale", "warm_start_optimizer"):
+        if _changed(t, name) and not t.warm_start:
+            out.append(f"train.{name}: {getattr(t, name)} only applies with train.warm_start=true")
     if _changed(t, "refit_epochs") and t.refit != "continue":
         out.append(f"train.refit_epochs: {t.refit_epochs} only applies with train.refit=continue")
     if t.refit != "none" and t.distribute == "multi_worker":

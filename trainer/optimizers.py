@@ -18,9 +18,11 @@ from trainer.tfenv import import_tf
 tf = import_tf()
 
 
-def make_optimizer(config: Config, total_steps: Optional[int] = None, lr_scale: float = 1.0):
+def make_optimizer(config: Config, total_steps: Optional[int] = None, lr_scale: float = 1.0,
+                   first_step: int = 0):
     """Optimizer per ``train.optimizer``; its learning rate follows ``train.lr_schedule``
-    (peak ``train.lr`` x ``lr_scale``) over ``total_steps`` optimizer steps (see
+    (peak ``train.lr`` x ``lr_scale``) over ``total_steps`` optimizer steps counted from
+    ``first_step`` (a warm start that carries the live version's step count; see
     :mod:`trainer.schedules`).
 
     ``train.weight_decay`` is decoupled weight decay for every optimizer: tf_keras's base
@@ -33,7 +35,7 @@ def make_optimizer(config: Config, total_steps: Optional[int] = None, lr_scale: 
     if t.optimizer not in _COMPILED:
         raise ValueError(f"train.optimizer: unsupported {t.optimizer!r}")
     classes = _COMPILED if internals_supported() else _PLAIN
-    lr = make_learning_rate(t.lr_schedule, t.lr * lr_scale, total_steps, t.warmup_steps)
+    lr = make_learning_rate(t.lr_schedule, t.lr * lr_scale, total_steps, t.warmup_steps, first_step=first_step)
     # None, not 0.0: tf_keras skips the decay ops entirely then (AdamW insists on a number).
     decay = t.weight_decay if t.weight_decay > 0.0 or t.optimizer == "adamw" else None
     optimizer = classes[t.optimizer](learning_rate=lr, weight_decay=decay)
@@ -235,6 +237,35 @@ def _tf_keras_version() -> str:
     import tf_keras
 
     return tf_keras.__version__
+
+
+def optimizer_class(name: str):
+    """The tf_keras optimizer class ``train.optimizer`` ``name`` stands for (Adam, AdamW, Adagrad)."""
+    return _PLAIN[name]
+
+
+#: tf_keras's per-variable optimizer state: slot name -> the optimizer attribute listing that
+#: slot's variables in the order of its ``_index_dict`` (Adam / AdamW: m, v and, with amsgrad,
+#: v-hat; Adagrad: its accumulator).
+_SLOT_LISTS = {"m": "_momentums", "v": "_velocities", "vhat": "_velocity_hats", "accumulator": "_accumulators"}
+
+
+def slot_variables(optimizer, variable) -> dict:
+    """The built ``optimizer``'s state variables for one model ``variable``: slot name -> the
+    slot's variable (same shape as ``variable``), e.g. {"m", "v"} for Adam. Empty when the
+    optimizer is not built for it, or when the installed tf_keras is not the verified line
+    (where its internals are unknown: a caller then starts that state fresh)."""
+    if not internals_supported():
+        return {}
+    index = (getattr(optimizer, "_index_dict", None) or {}).get(optimizer._var_key(variable))
+    if index is None:
+        return {}
+    out = {}
+    for slot, attribute in _SLOT_LISTS.items():
+        values = getattr(optimizer, attribute, None)
+        if values:
+            out[slot] = values[index]
+    return out
 
 
 def internals_supported(version: Optional[str] = None) -> bool:

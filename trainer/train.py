@@ -214,6 +214,14 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         warm_source = live_weights(config.publish.store, warm_cache)
     n_epochs = t.warm_start_epochs if warm_source is not None else t.n_epochs
     lr_scale = t.warm_start_lr_scale if warm_source is not None else 1.0
+    # A carried optimizer state brings its step count: the lr schedule counts from there.
+    carry_optimizer = t.warm_start and t.warm_start_optimizer == "carry"
+    first_step = 0
+    if warm_source is not None and carry_optimizer:
+        from trainer.optimizers import optimizer_class
+        from trainer.warm_start import carried_step
+
+        first_step = carried_step(warm_source[1], optimizer_class(t.optimizer).__name__)
     total_steps = n_epochs * steps_per_epoch
 
     catalog = load_catalog(config, transformed_dir)
@@ -236,7 +244,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
                                num_hard_negatives=t.hard_negatives,
                                labelled_negative_weight=t.labelled_negative_weight,
                                dedupe_candidates=_item_tower_is_deterministic(config))
-        return towers_, model_, make_optimizer(config, planned_steps, lr_scale)
+        return towers_, model_, make_optimizer(config, planned_steps, lr_scale, first_step)
 
     with strategy.scope(), device_scope(t.distribute, t.device):
         (query_tower, item_tower), model, optimizer = new_model(total_steps)
@@ -282,12 +290,18 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
         with strategy.scope(), device_scope(t.distribute, t.device):
             _build_variables(model, next(iter(positives_for(1))))
-            loaded = warm_start((query_tower, item_tower), warm_source[1])
+            loaded = warm_start((query_tower, item_tower), warm_source[1], optimizer if carry_optimizer else None)
+        optimizer_state = loaded["optimizer"] or {"state": "fresh", "why": "train.warm_start_optimizer=fresh",
+                                                  "iterations": 0}
+        # The schedule counts from the step carried_step promised: the load must have carried it.
+        assert optimizer_state.get("iterations", 0) == first_step, (optimizer_state, first_step)
         warm_report.update({"from": warm_source[0], "copied": len(loaded["copied"]), "fresh": loaded["fresh"],
-                            "remapped": loaded["remapped"]})
+                            "remapped": loaded["remapped"], "optimizer": optimizer_state})
         print(f"[train] warm start from live version {warm_source[0]}: {len(loaded['copied'])} variables copied, "
-              f"{len(loaded['remapped'])} tables remapped by token, {len(loaded['fresh'])} fresh; "
-              f"{n_epochs} epoch(s)", flush=True)
+              f"{len(loaded['remapped'])} tables remapped by token, {len(loaded['fresh'])} fresh; optimizer state "
+              f"{optimizer_state['state']}" + (f" at step {optimizer_state['iterations']}"
+                                               if optimizer_state["state"] == "carried" else
+                                               f" ({optimizer_state['why']})") + f"; {n_epochs} epoch(s)", flush=True)
 
     with device_scope(t.distribute, t.device):
         query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
@@ -342,7 +356,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         # evaluation and gate would score the model on pairs it trained on.
         from trainer.warm_start import WARM_DIR, save_weights
 
-        save_weights((query_tower, item_tower), f"{work_dir}/{WARM_DIR}")
+        save_weights((query_tower, item_tower), f"{work_dir}/{WARM_DIR}", optimizer if carry_optimizer else None)
 
     refit = None
     if t.refit != "none":
@@ -365,7 +379,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
                     from trainer.warm_start import warm_start
 
                     _build_variables(model, next(iter(everything.epoch_dataset(t.batch_size))))
-                    warm_start((query_tower, item_tower), warm_source[1])
+                    warm_start((query_tower, item_tower), warm_source[1], optimizer if carry_optimizer else None)
         if plan.looked_up:
             everything = InMemoryExamples(look_up_columns(everything.columns, (query_tower, item_tower), logq))
         with device_scope(t.distribute, t.device):

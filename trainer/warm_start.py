@@ -10,8 +10,17 @@ vocabularies differ from the live one's (the catalog and the user base move ever
 each table is remapped by token: a token both runs know keeps its trained row, a new token
 gets the new model's freshly initialised row, a token that left is dropped; the OOV rows are
 copied. Every other variable (dense layers, attention projections, recency weights) is copied
-when its shape matches and left fresh otherwise (a changed ``hidden_dims``, say). Optimizer
-slots always start fresh: the learning rate schedule starts over too.
+when its shape matches and left fresh otherwise (a changed ``hidden_dims``, say).
+
+The optimizer's state travels too (``optimizer.npz``: every slot by slot and variable name;
+``optimizer.json``: the optimizer class and its step count), unless
+``train.warm_start_optimizer`` is ``fresh``: with zero slots Adam's first updates are
+``lr * sign(gradient)`` on every weight a batch touches, a kick as large as a random start gets,
+while the carried moments keep the step sizes where yesterday's run left them. Slots are
+remapped like their variables (a new token's rows start at the optimizer's initial value); a
+different optimizer class, or a tf_keras release whose internals are not the verified ones
+(trainer/optimizers.py), starts the state fresh, and the load report says so. The saved slots
+are the optimizer's at the end of the run, beside the early-stopped weights.
 
 TensorFlow only through the towers passed in; numpy for the files.
 """
@@ -30,6 +39,8 @@ from core import storage
 WARM_DIR = "warm_start"
 VARIABLES = "variables.npz"
 VOCABULARIES = "vocabularies.json"
+OPTIMIZER_SLOTS = "optimizer.npz"
+OPTIMIZER_META = "optimizer.json"
 
 
 def _key(towers: Sequence, variable) -> str:
@@ -64,25 +75,80 @@ def _variables(towers: Sequence) -> dict:
     return out
 
 
-def save_weights(towers: Sequence, folder: str) -> None:
-    """Write ``folder``/variables.npz and vocabularies.json for a later warm start."""
-    if not storage.is_gcs(folder):
-        os.makedirs(folder, exist_ok=True)
-    arrays = {name: variable.numpy() for name, variable in _variables(towers).items()}
+def _write_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     # Names hold "/" and ":": savez keys are positional, the names are listed beside them.
     np.savez(buf, names=np.array(list(arrays), dtype=object), **{f"v{i}": a for i, a in enumerate(arrays.values())})
-    storage.write_bytes(storage.join(folder, VARIABLES), buf.getvalue())
+    storage.write_bytes(path, buf.getvalue())
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=True) as npz:
+        return {str(name): npz[f"v{i}"] for i, name in enumerate(list(npz["names"]))}
+
+
+def _slots(towers: Sequence, optimizer) -> dict[str, tuple[str, object]]:
+    """"<slot>/<variable name>" -> (variable name, slot variable) for every tower variable the
+    optimizer holds state for (see trainer.optimizers.slot_variables)."""
+    from trainer.optimizers import slot_variables
+
+    out = {}
+    for name, variable in _variables(towers).items():
+        for slot, slot_variable in slot_variables(optimizer, variable).items():
+            out[f"{slot}/{name}"] = (name, slot_variable)
+    return out
+
+
+def save_weights(towers: Sequence, folder: str, optimizer=None) -> None:
+    """Write ``folder``/variables.npz and vocabularies.json for a later warm start, and with
+    ``optimizer`` its state (optimizer.npz, optimizer.json)."""
+    if not storage.is_gcs(folder):
+        os.makedirs(folder, exist_ok=True)
+    _write_arrays(storage.join(folder, VARIABLES),
+                  {name: variable.numpy() for name, variable in _variables(towers).items()})
     tables = {name: {"tokens": tokens, "oov_rows": oov} for name, (tokens, oov) in _tables(towers).items()}
     storage.write_text(storage.join(folder, VOCABULARIES), json.dumps(tables))
+    slots = _slots(towers, optimizer) if optimizer is not None else {}
+    if slots:
+        _write_arrays(storage.join(folder, OPTIMIZER_SLOTS), {key: v.numpy() for key, (_, v) in slots.items()})
+        storage.write_text(storage.join(folder, OPTIMIZER_META), json.dumps(
+            {"optimizer": type(optimizer).__name__, "iterations": int(optimizer.iterations.numpy())}))
 
 
 def read_weights(folder: str) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """(variable name -> array, table name -> {"tokens", "oov_rows"}) from :func:`save_weights`."""
-    with np.load(io.BytesIO(storage.read_bytes(storage.join(folder, VARIABLES))), allow_pickle=True) as npz:
-        names = list(npz["names"])
-        arrays = {str(name): npz[f"v{i}"] for i, name in enumerate(names)}
-    return arrays, json.loads(storage.read_text(storage.join(folder, VOCABULARIES)))
+    return (_read_arrays(storage.join(folder, VARIABLES)),
+            json.loads(storage.read_text(storage.join(folder, VOCABULARIES))))
+
+
+def saved_optimizer(folder: str) -> Optional[dict]:
+    """{"optimizer": class name, "iterations": step count} of the state saved in ``folder``, or
+    None when it was saved without one."""
+    path = storage.join(folder, OPTIMIZER_META)
+    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+
+
+def carried_step(folder: str, optimizer_class: str) -> int:
+    """The step count a warm start from ``folder`` carries into an ``optimizer_class`` optimizer
+    (its class name, e.g. "Adam"): the saved one when :func:`warm_start` will load the state,
+    else 0 (saved without state, by another optimizer, or internals not the verified ones)."""
+    from trainer.optimizers import internals_supported
+
+    meta = saved_optimizer(folder)
+    if meta is None or meta["optimizer"] != optimizer_class or not internals_supported():
+        return 0
+    return int(meta["iterations"])
+
+
+def _remapped(name: str, old: np.ndarray, current: np.ndarray, old_tables: dict, new_tables: dict):
+    """``old`` fitted to ``current``'s shape: a table's rows remapped by token, any other
+    variable as is when the shapes match; None when it cannot be used. Returns (array, counts)."""
+    if name in new_tables and name in old_tables:
+        tokens, oov = new_tables[name]
+        return remap_rows(old, old_tables[name]["tokens"], int(old_tables[name]["oov_rows"]), current, tokens, oov)
+    if tuple(old.shape) == tuple(current.shape):
+        return old, None
+    return None, None
 
 
 def remap_rows(old: np.ndarray, old_tokens: Sequence[str], old_oov: int, fresh: np.ndarray,
@@ -103,30 +169,56 @@ def remap_rows(old: np.ndarray, old_tokens: Sequence[str], old_oov: int, fresh: 
     return table, {"kept": kept, "new": len(new_tokens) - kept, "dropped": len(old_tokens) - kept}
 
 
-def warm_start(towers: Sequence, folder: str) -> dict:
-    """Load the weights in ``folder`` into ``towers`` (built: their variables exist).
+def warm_start(towers: Sequence, folder: str, optimizer=None) -> dict:
+    """Load the weights in ``folder`` into ``towers`` (built: their variables exist) and, with
+    ``optimizer`` (built for them), its saved state and step count.
 
     Returns:
         {"copied": [names], "remapped": {name: {"kept", "new", "dropped"}}, "fresh": [names
-        with no usable old value]}.
+        with no usable old value], "optimizer": {"state": "carried" | "fresh", "why" (when
+        fresh), "iterations", "slots" (carried slot variables)} (None without ``optimizer``)}.
     """
     arrays, old_tables = read_weights(folder)
     new_tables = _tables(towers)
-    report: dict = {"copied": [], "remapped": {}, "fresh": []}
+    report: dict = {"copied": [], "remapped": {}, "fresh": [], "optimizer": None}
     for name, variable in _variables(towers).items():
         old = arrays.get(name)
-        if name in new_tables and name in old_tables and old is not None:
-            tokens, oov = new_tables[name]
-            table, counts = remap_rows(old, old_tables[name]["tokens"], int(old_tables[name]["oov_rows"]),
-                                       variable.numpy(), tokens, oov)
-            variable.assign(table)
-            report["remapped"][name] = counts
-        elif old is not None and tuple(old.shape) == tuple(variable.shape):
-            variable.assign(old)
-            report["copied"].append(name)
-        else:
+        value, counts = (None, None) if old is None else _remapped(name, old, variable.numpy(), old_tables, new_tables)
+        if value is None:
             report["fresh"].append(name)
+            continue
+        variable.assign(value)
+        if counts is not None:
+            report["remapped"][name] = counts
+        else:
+            report["copied"].append(name)
+    if optimizer is not None:
+        report["optimizer"] = _load_optimizer(towers, folder, optimizer, old_tables, new_tables)
     return report
+
+
+def _load_optimizer(towers: Sequence, folder: str, optimizer, old_tables: dict, new_tables: dict) -> dict:
+    """Assign the slots and step count saved in ``folder`` to ``optimizer``; see :func:`warm_start`."""
+    meta = saved_optimizer(folder)
+    if meta is None:
+        return {"state": "fresh", "why": "the live version was saved without optimizer state", "iterations": 0}
+    if meta["optimizer"] != type(optimizer).__name__:
+        return {"state": "fresh", "why": f"saved by {meta['optimizer']}, this run uses {type(optimizer).__name__}",
+                "iterations": 0}
+    slots = _slots(towers, optimizer)
+    if not slots:
+        return {"state": "fresh", "why": "this tf_keras's optimizer internals are not the verified ones",
+                "iterations": 0}
+    saved = _read_arrays(storage.join(folder, OPTIMIZER_SLOTS))
+    carried = 0
+    for key, (name, slot_variable) in slots.items():
+        old = saved.get(key)
+        value = None if old is None else _remapped(name, old, slot_variable.numpy(), old_tables, new_tables)[0]
+        if value is not None:
+            slot_variable.assign(value)
+            carried += 1
+    optimizer.iterations.assign(int(meta["iterations"]))
+    return {"state": "carried", "iterations": int(meta["iterations"]), "slots": carried}
 
 
 def live_weights(store: str, cache_dir: str) -> Optional[tuple[str, str]]:

@@ -53,7 +53,8 @@ def test_first_run_is_cold_and_publishes_its_weights(two_days):
     from core.store import VersionStore
 
     manifest = VersionStore(str(day1["config"].publish.store)).read_manifest(day1["result"]["version"])
-    assert {"warm_start/variables.npz", "warm_start/vocabularies.json"} <= set(manifest["files"])
+    assert {"warm_start/variables.npz", "warm_start/vocabularies.json", "warm_start/optimizer.npz",
+            "warm_start/optimizer.json"} <= set(manifest["files"])
 
 
 def test_next_run_starts_from_the_live_version_and_remaps_grown_vocabularies(two_days):
@@ -69,6 +70,15 @@ def test_next_run_starts_from_the_live_version_and_remaps_grown_vocabularies(two
     item_tables = [v for k, v in tables.items() if "recent" in k]
     assert item_tables and item_tables[0]["new"] > 0  # items i50..i59 are new on day 2
     assert not warm["fresh"], warm["fresh"]  # every other variable had a match
+    # Adam's moments and step count came along: day 2 counts on from day 1's last step.
+    from trainer.warm_start import WARM_DIR, saved_optimizer
+
+    day1_state = saved_optimizer(str(day1["root"] / "model" / WARM_DIR))
+    assert day1_state["optimizer"] == "Adam" and day1_state["iterations"] > 0
+    assert warm["optimizer"]["state"] == "carried" and warm["optimizer"]["iterations"] == day1_state["iterations"]
+    assert warm["optimizer"]["slots"] == 2 * (len(warm["remapped"]) + warm["copied"])  # m and v of each
+    day2_state = saved_optimizer(str(day2["root"] / "model" / WARM_DIR))
+    assert day2_state["iterations"] > day1_state["iterations"]
     # Starting from trained weights, one epoch is as good as day 1's six (the data is the same ring).
     assert day2["metrics"]["recall_at_10"] >= 0.9 * day1["metrics"]["recall_at_10"]
 
@@ -108,3 +118,52 @@ def test_a_warm_start_scales_the_peak_learning_rate():
         "train": {"lr": 0.2, "lr_schedule": "constant"}, "publish": {"store": "s"}})
     assert float(make_optimizer(config, 10).learning_rate) == pytest.approx(0.2)
     assert float(make_optimizer(config, 10, lr_scale=0.25).learning_rate) == pytest.approx(0.05)
+
+
+def test_carried_adam_moments_are_remapped_by_token_and_the_step_count_restored(two_days):
+    """Day 2's towers and optimizer loaded from day 1's warm folder: a user both days know gets
+    day 1's m and v rows, a new user zero moments (Adam's initial state); the step count is day 1's."""
+    from trainer.features import build_towers
+    from trainer.optimizers import make_optimizer, slot_variables
+    from trainer.warm_start import OPTIMIZER_SLOTS, WARM_DIR, _key, _read_arrays, read_weights, warm_start
+
+    day1, day2 = two_days
+    folder = str(day1["root"] / "model" / WARM_DIR)
+    towers = build_towers(day2["config"], str(day2["transformed"]))
+    batch = {"user_id": np.array(["u1"], dtype=object), "recent": np.array([""], dtype=object),
+             "item_id": np.array(["i1"], dtype=object), "genre": np.array(["g1"], dtype=object)}
+    for tower in towers:
+        tower(batch)
+    optimizer = make_optimizer(day2["config"], 10)
+    optimizer.build([v for tower in towers for v in tower.trainable_variables])
+    report = warm_start(towers, folder, optimizer)
+    assert report["optimizer"]["state"] == "carried"
+    _, vocabularies = read_weights(folder)
+    saved = _read_arrays(f"{folder}/{OPTIMIZER_SLOTS}")
+    encoder = towers[0].encoders["user_id"]
+    table = encoder.embedding.embeddings
+    name = _key(towers, table)
+    old_row = vocabularies[name]["oov_rows"] + vocabularies[name]["tokens"].index("u7")
+    slots = slot_variables(optimizer, table)
+    assert set(slots) == {"m", "v"}
+    row = int(encoder.lookup(np.array(["u7"], dtype=object)).numpy()[0])
+    new_row = int(encoder.lookup(np.array(["new3"], dtype=object)).numpy()[0])
+    for slot, variable in slots.items():
+        assert np.abs(saved[f"{slot}/{name}"][old_row]).sum() > 0  # u7 trained on day 1
+        np.testing.assert_array_equal(variable.numpy()[row], saved[f"{slot}/{name}"][old_row])
+        np.testing.assert_array_equal(variable.numpy()[new_row], np.zeros(table.shape[1]))
+    assert int(optimizer.iterations.numpy()) == report["optimizer"]["iterations"] > 0
+    # Without an optimizer the state is left alone (train.warm_start_optimizer=fresh).
+    assert warm_start(towers, folder)["optimizer"] is None
+
+
+def test_a_carried_step_count_shifts_the_decaying_schedules():
+    from trainer.schedules import make_learning_rate
+
+    plain = make_learning_rate("cosine", 1.0, 100)
+    shifted = make_learning_rate("cosine", 1.0, 100, first_step=500)
+    for step in (0, 25, 50, 100):
+        assert float(shifted(500 + step)) == pytest.approx(float(plain(step)))
+    warm = make_learning_rate("warmup_cosine", 1.0, 100, warmup_steps=10, first_step=500)
+    assert float(warm(500)) == pytest.approx(0.0) and float(warm(510)) == pytest.approx(1.0)
+    assert make_learning_rate("constant", 0.5, 100, first_step=500) == 0.5
