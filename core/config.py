@@ -581,9 +581,6 @@ def ignored_options(config: "Config") -> list[str]:
                    f"feature (a request without query features is served from its history)")
     if _changed(t, "warm_start_epochs") and not t.warm_start:
         out.append(f"train.warm_start_epochs: {t.warm_start_epochs} only applies with train.warm_start=true")
-    for name in ("warm_start_lr_scale", "warm_start_optimizer"):
-        if _changed(t, name) and not t.warm_start:
-            out.append(f"train.{name}: {getattr(t, name)} only applies with train.warm_start=true")
     if _changed(t, "refit_epochs") and t.refit != "continue":
         out.append(f"train.refit_epochs: {t.refit_epochs} only applies with train.refit=continue")
     if t.refit != "none" and t.distribute == "multi_worker":
