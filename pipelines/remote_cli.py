@@ -100,7 +100,8 @@ def _add_target_args(parser: argparse.ArgumentParser, with_pipeline_root: bool) 
     if with_pipeline_root:
         parser.add_argument("--pipeline-root", help="where runs write artifacts: gs://BUCKET/PREFIX "
                                                     "(required on Vertex AI; KFP default: the server's)")
-    parser.add_argument("--api-endpoint", help="Vertex AI base URL (default https://REGION-aiplatform.googleapis.com)")
+    parser.add_argument("--api-endpoint", help="Vertex AI base URL, http(s)://HOST[:PORT] "
+                                               "(default https://REGION-aiplatform.googleapis.com)")
     parser.add_argument("--token", help="bearer token (KFP: existing_token; Vertex AI: instead of "
                                         "application-default credentials)")
 
@@ -116,7 +117,8 @@ def cmd_submit(args) -> int:
     with _compiled(config) as (package_path, spec):
         parameters = pipeline_arguments(config, spec, data_date=data_date)
         if args.vertex:
-            run = _vertex(args).submit(spec, parameters, pipeline_root=args.pipeline_root, display_name=run_name)
+            run = _vertex(args).submit(package_path, parameters, pipeline_root=args.pipeline_root,
+                                       display_name=run_name)
         else:
             run = _kfp(args).submit(package_path, parameters, experiment=args.experiment or DEFAULT_EXPERIMENT,
                                     run_name=run_name, pipeline_root=args.pipeline_root)
@@ -158,7 +160,7 @@ def _schedule_create(args) -> int:
         # No data_date: a scheduled run derives its partition from its own schedule time.
         parameters = pipeline_arguments(config, spec)
         if args.vertex:
-            info = _vertex(args).create_schedule(spec, parameters, pipeline_root=args.pipeline_root,
+            info = _vertex(args).create_schedule(package_path, parameters, pipeline_root=args.pipeline_root,
                                                  cron=args.cron, name=name)
         else:
             info = _kfp(args).create_schedule(package_path, parameters, cron=args.cron, name=name,
@@ -197,8 +199,8 @@ def pipeline_arguments(config: Config, spec: dict, data_date: str = "") -> dict[
 class _compiled:
     """Context manager: compile the pipeline for ``config`` into a temp folder.
 
-    Yields ``(package_path, spec)``: the IR YAML path (what kfp.Client reads) and the same
-    document as a dict (what Vertex AI's pipelineSpec field takes).
+    Yields ``(package_path, spec)``: the IR YAML path (what kfp.Client and the Vertex AI SDK's
+    PipelineJob read) and the same document as a dict (to check the declared parameters).
     """
 
     def __init__(self, config: Config) -> None:
@@ -257,14 +259,15 @@ def _vertex(args):
     from pipelines import vertex_remote
 
     if args.token:
-        session = vertex_remote.token_session(args.token)
+        credentials = vertex_remote.token_credentials(args.token)
     elif args.api_endpoint and _is_loopback_http(args.api_endpoint):
         # A local fake or an authenticating proxy: application-default credentials are neither
         # needed nor, on a laptop without gcloud, available.
-        session = vertex_remote.anonymous_session()
+        credentials = vertex_remote.anonymous_credentials()
     else:
-        session = None  # application-default credentials
-    return vertex_remote.VertexRemote(args.project, args.region, api_endpoint=args.api_endpoint, session=session)
+        credentials = None  # application-default credentials
+    return vertex_remote.VertexRemote(args.project, args.region, api_endpoint=args.api_endpoint,
+                                      credentials=credentials)
 
 
 def _is_loopback_http(url: str) -> bool:

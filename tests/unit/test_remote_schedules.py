@@ -1,5 +1,6 @@
 """Recurring runs: cron checking, and create/list/pause/resume/delete round trips through the
-``twotower schedule`` handlers against the fake KFP and Vertex AI servers."""
+``twotower schedule`` handlers against the fake KFP and Vertex AI servers (the latter through the
+real google-cloud-aiplatform SDK)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from pipelines.remote_cli import RemoteError, add_schedule_parsers, add_submit_parser, cmd_schedule
 from pipelines.remote_common import CronError, cron_from_kfp, kfp_cron, parse_cron
 from tests.fakes.kfp_api_server import FakeKfpServer, check_kfp_cron
-from tests.fakes.vertex_api_server import FakeVertexServer
+from tests.fakes.vertex_api_server import FakeVertexServer, sdk_sandbox
 
 CONFIG = "shop"
 TOKEN = "vertex-token"
@@ -130,81 +131,115 @@ def test_kfp_unknown_schedule_id_is_a_clear_error(verb):
         assert info.value.status == 404
 
 
-# ---- Vertex AI ----------------------------------------------------------------------------
+# ---- Vertex AI (the real google-cloud-aiplatform SDK against the fake) ----------------------
+
+SCHEDULES = "/v1/projects/proj/locations/us-central1/schedules"
+
+
+@pytest.fixture
+def vertex():
+    """A fake Vertex AI API (list pages of one schedule), with the SDK kept on 127.0.0.1."""
+    with sdk_sandbox() as box, FakeVertexServer(token=TOKEN, max_page_size=1) as server:
+        yield server
+    assert box.refused == [], f"the SDK tried to leave 127.0.0.1: {box.refused}"
+
 
 def vertex_flags(server) -> list[str]:
     return ["--vertex", "--project", "proj", "--region", "us-central1", "--api-endpoint", server.url,
             "--token", TOKEN]
 
 
-def test_vertex_schedule_round_trip(capsys):
-    with FakeVertexServer(token=TOKEN, max_page_size=1) as server:
-        flags = vertex_flags(server)
-        (line,) = schedule(["create", "--cron", "0 3 * * *", "--name", "nightly", *flags,
-                            "--pipeline-root", "gs://bucket/root", "--config", CONFIG,
-                            "--set", "train.n_epochs=2"], capsys)
-        (name,) = server.schedules
-        sid = name.rsplit("/", 1)[-1]
-        assert name == f"projects/proj/locations/us-central1/schedules/{sid}"
-        assert line.startswith(f"created schedule {sid} (ACTIVE, cron '0 3 * * *', nightly)")
-        (create,) = server.requests_to("POST", "/v1/projects/proj/locations/us-central1/schedules")
-        body = create.body
-        assert body["cron"] == "0 3 * * *"
-        assert body["maxConcurrentRunCount"] == 1 and body["catchUp"] is False
-        request = body["createPipelineJobRequest"]
-        assert request["parent"] == "projects/proj/locations/us-central1"
-        runtime = request["pipelineJob"]["runtimeConfig"]
-        assert runtime["gcsOutputDirectory"] == "gs://bucket/root"
-        assert json.loads(runtime["parameterValues"]["config_json"])["train"]["n_epochs"] == 2
-        assert "data_date" not in runtime["parameterValues"]
+def test_vertex_schedule_round_trip(vertex, capsys):
+    server, flags = vertex, vertex_flags(vertex)
+    (line,) = schedule(["create", "--cron", "0  3 * * *", "--name", "nightly", *flags,
+                        "--pipeline-root", "gs://bucket/root", "--config", CONFIG,
+                        "--set", "train.n_epochs=2"], capsys)
+    (name,) = server.schedules
+    sid = name.rsplit("/", 1)[-1]
+    assert name == f"projects/proj/locations/us-central1/schedules/{sid}"
+    assert line.startswith(f"created schedule {sid} (ACTIVE, cron '0 3 * * *', nightly): ")
+    assert line.endswith(f"/locations/us-central1/pipelines/schedules/{sid}?project=proj")
+    (create,) = server.requests_to("POST", SCHEDULES)
+    body = create.body
+    assert body["displayName"] == "nightly" and body["cron"] == "0 3 * * *"
+    assert body["maxConcurrentRunCount"] == "1"  # int64 travels as a JSON string
+    assert not body.get("catchUp")  # no backfill: the service's default, left alone
+    request = body["createPipelineJobRequest"]
+    assert request["parent"] == "projects/proj/locations/us-central1"
+    assert request["pipelineJob"]["pipelineSpec"]["pipelineInfo"]["name"] == "twotower"
+    runtime = request["pipelineJob"]["runtimeConfig"]
+    assert runtime["gcsOutputDirectory"] == "gs://bucket/root"
+    assert json.loads(runtime["parameterValues"]["config_json"])["train"]["n_epochs"] == 2
+    assert "data_date" not in runtime["parameterValues"]
 
-        schedule(["create", "--cron", "TZ=Europe/Paris 0 5 * * *", *flags, "--pipeline-root", "gs://b/r",
-                  "--config", CONFIG], capsys)
-        listed = schedule(["list", *flags], capsys)
-        assert len(listed) == 2 and len(server.requests_to("GET", r"/v1/.*/schedules")) == 2
-        assert listed[0].split()[:2] == [sid, "ACTIVE"]
+    schedule(["create", "--cron", "TZ=Europe/Paris 0 5 * * *", *flags, "--pipeline-root", "gs://bucket/r",
+              "--config", CONFIG], capsys)
+    listed = schedule(["list", *flags], capsys)
+    assert len(listed) == 2 and len(server.requests_to("GET", SCHEDULES)) == 2  # two pages followed
+    assert listed[0].split()[:3] == [sid, "ACTIVE", "0"] and listed[0].endswith("nightly")
+    assert listed[1].split()[1:3] == ["ACTIVE", "TZ=Europe/Paris"]
 
-        assert schedule(["pause", sid, *flags], capsys) == [f"paused schedule {sid}"]
-        assert server.schedules[name]["state"] == "PAUSED"
-        with pytest.raises(RemoteError, match="HTTP 400: FAILED_PRECONDITION") as info:
-            schedule(["pause", sid, *flags], capsys)
-        assert info.value.status == 400
+    assert schedule(["pause", sid, *flags], capsys) == [f"paused schedule {sid}"]
+    assert server.schedules[name]["state"] == "PAUSED"
+    assert schedule(["list", *flags], capsys)[0].split()[1] == "PAUSED"  # read back (as an enum number)
+    with pytest.raises(RemoteError, match="could not pause schedule .*HTTP 400: FAILED_PRECONDITION: "
+                                          ".*in state PAUSED") as info:
+        schedule(["pause", sid, *flags], capsys)
+    assert info.value.status == 400
 
-        assert schedule(["resume", sid, *flags], capsys) == [f"resumed schedule {sid}"]
-        (resume,) = server.requests_to("POST", rf"/v1/{name}:resume")
-        assert resume.body == {"catchUp": False}
-        assert server.schedules[name]["state"] == "ACTIVE"
+    assert schedule(["resume", sid, *flags], capsys) == [f"resumed schedule {sid}"]
+    (resume,) = server.requests_to("POST", rf"/v1/{name}:resume")
+    assert not (resume.body or {}).get("catchUp")
+    assert server.schedules[name]["state"] == "ACTIVE"
 
-        assert schedule(["delete", sid, *flags], capsys) == [f"deleted schedule {sid}"]
-        assert name not in server.schedules
-        assert len(schedule(["list", *flags], capsys)) == 1
-
-
-def test_vertex_schedule_without_pipeline_root_is_a_clear_error():
-    with FakeVertexServer(token=TOKEN) as server:
-        parser, _ = build_parser()
-        args = parser.parse_args(["schedule", "create", "--cron", "0 3 * * *", *vertex_flags(server),
-                                  "--config", CONFIG])
-        with pytest.raises(RemoteError, match="--vertex needs --pipeline-root"):
-            cmd_schedule(args)
-        assert server.requests == []
+    assert schedule(["delete", sid, *flags], capsys) == [f"deleted schedule {sid}"]
+    assert name not in server.schedules
+    (operation,) = server.operations  # the SDK waited for the delete operation, polling it once
+    assert server.requests_to("GET", rf"/ui/{operation}")
+    assert len(schedule(["list", *flags], capsys)) == 1
 
 
-def test_vertex_unknown_schedule_is_a_clear_error():
-    with FakeVertexServer(token=TOKEN) as server:
-        parser, _ = build_parser()
-        with pytest.raises(RemoteError, match="could not resume schedule 42: HTTP 404: NOT_FOUND"):
-            cmd_schedule(parser.parse_args(["schedule", "resume", "42", *vertex_flags(server)]))
+def test_vertex_schedule_without_pipeline_root_is_a_clear_error(vertex):
+    parser, _ = build_parser()
+    args = parser.parse_args(["schedule", "create", "--cron", "0 3 * * *", *vertex_flags(vertex),
+                              "--config", CONFIG])
+    with pytest.raises(RemoteError, match="--vertex needs --pipeline-root"):
+        cmd_schedule(args)
+    assert vertex.requests == []
 
 
-def test_vertex_bad_cron_fails_before_any_request():
-    with FakeVertexServer(token=TOKEN) as server:
-        parser, _ = build_parser()
-        args = parser.parse_args(["schedule", "create", "--cron", "0 3 * * * *", *vertex_flags(server),
-                                  "--pipeline-root", "gs://b/r", "--config", CONFIG])
-        with pytest.raises(CronError, match="got 6"):
-            cmd_schedule(args)
-        assert server.requests == []
+def test_vertex_unknown_schedule_is_a_clear_error(vertex):
+    parser, _ = build_parser()
+    with pytest.raises(RemoteError, match="could not resume schedule 42: HTTP 404: NOT_FOUND: "
+                                          "projects/proj/locations/us-central1/schedules/42 not found") as info:
+        cmd_schedule(parser.parse_args(["schedule", "resume", "42", *vertex_flags(vertex)]))
+    assert info.value.status == 404
+
+
+def test_vertex_schedule_id_must_be_a_number(vertex):
+    parser, _ = build_parser()
+    with pytest.raises(RemoteError, match="could not delete schedule nightly: HTTP 400: INVALID_ARGUMENT: "
+                                          ".*must be a number"):
+        cmd_schedule(parser.parse_args(["schedule", "delete", "nightly", *vertex_flags(vertex)]))
+
+
+def test_vertex_bad_cron_fails_before_any_request(vertex):
+    parser, _ = build_parser()
+    args = parser.parse_args(["schedule", "create", "--cron", "0 3 * * * *", *vertex_flags(vertex),
+                              "--pipeline-root", "gs://bucket/r", "--config", CONFIG])
+    with pytest.raises(CronError, match="got 6"):
+        cmd_schedule(args)
+    assert vertex.requests == []
+
+
+def test_vertex_unknown_time_zone_is_refused_by_the_server(vertex):
+    parser, _ = build_parser()
+    args = parser.parse_args(["schedule", "create", "--cron", "TZ=Mars/Olympus 0 3 * * *", *vertex_flags(vertex),
+                              "--pipeline-root", "gs://bucket/r", "--config", CONFIG])
+    with pytest.raises(RemoteError, match="could not create the schedule: HTTP 400: INVALID_ARGUMENT: "
+                                          ".*unknown time zone 'Mars/Olympus'"):
+        cmd_schedule(args)
+    assert vertex.schedules == {}
 
 
 # ---- wiring -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""One-off submissions: the real kfp.Client and the Vertex REST client against local fakes.
+"""One-off submissions: the real kfp.Client and google-cloud-aiplatform against local fakes.
 
 The fakes check request shapes the way the real servers do (tests/fakes/kfp_api_server.py,
 tests/fakes/vertex_api_server.py), so a test passes only when what is sent would be accepted.
@@ -19,9 +19,9 @@ from pipelines.compile import compile_pipeline
 from pipelines.kfp_remote import KfpRemote
 from pipelines.remote_cli import (REMOTE_USER_ERRORS, RemoteError, add_schedule_parsers, add_submit_parser,
                                   cmd_submit, pipeline_arguments)
-from pipelines.vertex_remote import VertexApiError, VertexRemote, token_session
+from pipelines.vertex_remote import VertexApiError, VertexRemote, token_credentials
 from tests.fakes.kfp_api_server import FakeKfpServer
-from tests.fakes.vertex_api_server import FakeVertexServer
+from tests.fakes.vertex_api_server import FakeVertexServer, sdk_sandbox
 
 CONFIG = "shop"
 VERTEX_FLAGS = ["--vertex", "--project", "proj", "--region", "us-central1"]
@@ -45,6 +45,14 @@ def kfp_server():
 def vertex_server():
     with FakeVertexServer(token="vertex-token") as server:
         yield server
+
+
+@pytest.fixture
+def sandbox():
+    """Keep the Vertex AI SDK on 127.0.0.1 (see tests.fakes.vertex_api_server.sdk_sandbox)."""
+    with sdk_sandbox() as box:
+        yield box
+    assert box.refused == [], f"the SDK tried to leave 127.0.0.1: {box.refused}"
 
 
 def run_cli(argv: list[str]) -> int:
@@ -123,27 +131,39 @@ def test_kfp_host_must_be_a_url():
         run_cli(["submit", "--host", "kfp.example.com", "--config", CONFIG])
 
 
-# ---- Vertex AI ----------------------------------------------------------------------------
+# ---- Vertex AI (the real google-cloud-aiplatform SDK against the fake) ----------------------
 
-def test_vertex_submit_posts_pipeline_job_and_prints_console_link(vertex_server, compiled, capsys):
+JOBS = "/v1/projects/proj/locations/us-central1/pipelineJobs"
+
+
+def vertex_remote(server, token: str = "vertex-token") -> VertexRemote:
+    return VertexRemote("proj", "us-central1", api_endpoint=server.url, credentials=token_credentials(token))
+
+
+def test_vertex_submit_creates_the_job_through_the_sdk_and_prints_console_link(vertex_server, sandbox, compiled,
+                                                                               capsys):
     _, _, spec = compiled
     rc = run_cli(["submit", *VERTEX_FLAGS, "--pipeline-root", "gs://bucket/root", "--api-endpoint",
                   vertex_server.url, "--token", "vertex-token", "--config", CONFIG, "--set", "train.n_epochs=2",
                   "--data-date", "2024-05-01"])
     assert rc == 0
-    (create,) = vertex_server.requests_to("POST", "/v1/projects/proj/locations/us-central1/pipelineJobs")
+    (create,) = vertex_server.requests_to("POST", JOBS)
     (job_id,) = create.query["pipelineJobId"]
-    assert f"https://console.cloud.google.com/vertex-ai/locations/us-central1/pipelines/runs/{job_id}" \
-           f"?project=proj" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.splitlines() == [f"submitted run {job_id}: https://console.cloud.google.com/vertex-ai/locations/"
+                                f"us-central1/pipelines/runs/{job_id}?project=proj"]  # no SDK log lines
     assert create.headers["authorization"] == "Bearer vertex-token"
     body = create.body
-    assert body["pipelineSpec"]["pipelineInfo"] == spec["pipelineInfo"]
-    assert body["pipelineSpec"]["root"]["inputDefinitions"] == spec["root"]["inputDefinitions"]
+    assert body["displayName"] == "twotower 2024-05-01"
+    assert body["pipelineSpec"] == spec  # the compiled YAML, sent whole (numbers as JSON doubles)
     runtime = body["runtimeConfig"]
     assert runtime["gcsOutputDirectory"] == "gs://bucket/root"
     assert json.loads(runtime["parameterValues"]["config_json"])["train"]["n_epochs"] == 2
     assert runtime["parameterValues"]["data_date"] == "2024-05-01"
-    assert f"projects/proj/locations/us-central1/pipelineJobs/{job_id}" in vertex_server.pipeline_jobs
+    job = vertex_server.pipeline_jobs[f"projects/proj/locations/us-central1/pipelineJobs/{job_id}"]
+    assert job["state"] == "PIPELINE_STATE_PENDING"
+    (check,) = sandbox.bucket_checks  # the SDK's pipeline-root bucket check, for our root and project
+    assert check["output_artifacts_gcs_dir"] == "gs://bucket/root" and check["project"] == "proj"
 
 
 def test_vertex_without_pipeline_root_is_a_clear_error_before_any_request(vertex_server):
@@ -158,28 +178,47 @@ def test_vertex_needs_project_and_region():
         run_cli(["submit", "--vertex", "--region", "r", "--pipeline-root", "gs://b/r", "--config", CONFIG])
 
 
-def test_vertex_pipeline_root_must_be_gcs(vertex_server, compiled):
-    config, _, spec = compiled
-    remote = VertexRemote("proj", "us-central1", api_endpoint=vertex_server.url,
-                          session=token_session("vertex-token"))
+def test_vertex_pipeline_root_must_be_gcs(vertex_server, sandbox, compiled):
+    config, path, spec = compiled
     with pytest.raises(RemoteError, match="gs://"):
-        remote.submit(spec, pipeline_arguments(config, spec), pipeline_root="/tmp/root")
+        vertex_remote(vertex_server).submit(path, pipeline_arguments(config, spec), pipeline_root="/tmp/root")
+    assert vertex_server.requests == []
 
 
-def test_vertex_api_errors_carry_status_and_server_message(vertex_server, compiled):
-    config, _, spec = compiled
-    remote = VertexRemote("proj", "us-central1", api_endpoint=vertex_server.url,
-                          session=token_session("vertex-token"))
-    remote.submit(spec, pipeline_arguments(config, spec), "gs://b/root", job_id="twotower-one")
-    with pytest.raises(VertexApiError, match="HTTP 409: ALREADY_EXISTS: .*twotower-one") as info:
-        remote.submit(spec, pipeline_arguments(config, spec), "gs://b/root", job_id="twotower-one")
+def test_vertex_api_errors_carry_status_and_server_message(vertex_server, sandbox, compiled):
+    config, path, spec = compiled
+    remote = vertex_remote(vertex_server)
+    remote.submit(path, pipeline_arguments(config, spec), "gs://bucket/root", job_id="twotower-one")
+    with pytest.raises(VertexApiError, match="could not create the pipeline job: HTTP 409: ALREADY_EXISTS: "
+                                             ".*twotower-one already exists") as info:
+        remote.submit(path, pipeline_arguments(config, spec), "gs://bucket/root", job_id="twotower-one")
     assert info.value.status == 409
+    assert "Traceback" not in str(info.value) and "http://" not in str(info.value)  # the server's words only
 
 
-def test_vertex_loopback_without_token_goes_anonymous_and_the_401_is_reported(vertex_server):
-    with pytest.raises(RemoteError, match="HTTP 401: UNAUTHENTICATED"):
-        run_cli(["submit", *VERTEX_FLAGS, "--pipeline-root", "gs://b/root", "--api-endpoint", vertex_server.url,
+def test_vertex_parameters_the_pipeline_lacks_are_refused_by_the_sdk_before_any_request(vertex_server, sandbox,
+                                                                                       compiled):
+    _, path, _ = compiled
+    with pytest.raises(RemoteError, match="cannot prepare the pipeline job: .*parameter bogus is not found"):
+        vertex_remote(vertex_server).submit(path, {"bogus": "x"}, "gs://bucket/root")
+    assert vertex_server.requests == []
+
+
+def test_vertex_loopback_without_token_goes_anonymous_and_the_401_is_reported(vertex_server, sandbox):
+    with pytest.raises(RemoteError, match="HTTP 401: UNAUTHENTICATED: no credentials were sent") as info:
+        run_cli(["submit", *VERTEX_FLAGS, "--pipeline-root", "gs://bucket/root", "--api-endpoint", vertex_server.url,
                  "--config", CONFIG])
+    assert info.value.status == 401
+    (create,) = vertex_server.requests_to("POST", JOBS)
+    assert "authorization" not in create.headers
+    assert vertex_server.pipeline_jobs == {}
+
+
+def test_vertex_wrong_token_is_a_clear_401(vertex_server, sandbox, compiled):
+    config, path, spec = compiled
+    with pytest.raises(VertexApiError, match="HTTP 401: UNAUTHENTICATED: the bearer token is wrong or expired"):
+        vertex_remote(vertex_server, token="stale").submit(path, pipeline_arguments(config, spec), "gs://bucket/root")
+    assert vertex_server.pipeline_jobs == {}
 
 
 # ---- input checks shared by both ----------------------------------------------------------
