@@ -74,6 +74,7 @@ def fit_with_early_stopping(n_epochs: int, patience: int, train_epoch: Callable[
                             on_epoch: Callable[[EpochResult, bool], None] = lambda r, best: None,
                             *, state: Optional[LoopState] = None,
                             save_state: Callable[[LoopState, bool], None] = lambda s, improved: None,
+                            start_value: Optional[float] = None,
                             ) -> tuple[list[EpochResult], int]:
     """Generic epoch loop, independent of TensorFlow (so it is unit-testable with fakes).
 
@@ -85,11 +86,16 @@ def fit_with_early_stopping(n_epochs: int, patience: int, train_epoch: Callable[
         state: a resumed loop (epochs already done are skipped); None = from epoch 1.
         save_state: called after every epoch with the loop state and whether the epoch
             improved (the checkpoint hook).
+        start_value: the metric of the weights the loop starts from (a warm start's), making
+            them a candidate "epoch 0": an epoch is kept only when it beats them, and when none
+            does the starting weights are restored and best_epoch is 0. None: epochs only.
     Returns:
         (history, best_epoch); on return the model holds the best epoch's weights.
     """
     if state is None:
         state = LoopState(EarlyStopping(patience))
+        if start_value is not None:
+            state.stopper.best_value, state.best_weights = float(start_value), snapshot()
     state.stopper.patience = patience  # a resumed run may change its patience
     for epoch in range(len(state.history) + 1, n_epochs + 1):
         if state.stopped:
@@ -107,6 +113,6 @@ def fit_with_early_stopping(n_epochs: int, patience: int, train_epoch: Callable[
         save_state(state, improved)
     if not state.history:
         raise ValueError(f"no epoch trained (n_epochs={n_epochs})")
-    if state.best_weights is not None and state.stopper.best_epoch != state.history[-1].epoch:
+    if state.best_weights is not None and state.stopper.best_epoch != state.history[-1].epoch:  # incl. epoch 0
         restore(state.best_weights)
     return state.history, state.stopper.best_epoch

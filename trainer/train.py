@@ -39,7 +39,6 @@ import json
 import shutil
 import statistics
 import tempfile
-import time
 from typing import Optional
 
 from trainer.epochs import EpochResult, fit_with_early_stopping
@@ -57,11 +56,6 @@ def _median_rate(n: int, seconds: list) -> Optional[float]:
     """Median over epochs of ``n`` / seconds, skipping epochs without a figure (None: none had one)."""
     known = [n / max(float(x), 1e-9) for x in seconds if x is not None]
     return statistics.median(known) if known else None
-
-
-def _steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps in one pass (the last batch may be smaller)."""
-    return -(-n_train // batch_size)
 
 
 def _item_tower_is_deterministic(config) -> bool:
@@ -82,6 +76,11 @@ def _build_variables(model, batch) -> None:
 def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     """Train the two towers on ``transformed_dir`` and export them to ``out_dir``.
 
+    The parts, each in its own module: the train split's input (trainer/train_inputs.py),
+    where the weights start (trainer/warm_start.py), the epochs with early stopping
+    (trainer/epochs.py, validated by :func:`validation_recall`), the refit on every split
+    (trainer/refit.py) and the record (:func:`training_summary`).
+
     Args:
         config: validated :class:`core.config.Config`.
         transformed_dir: the transform stage's folder (local or gs://).
@@ -99,130 +98,25 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
     tf = import_tf()
     from core.records import interaction_specs
-    from trainer import artifacts
     from trainer.artifacts import HELDOUT_DIR
     from trainer.checkpoint import TrainingCheckpoint
-    from trainer.data import (InMemoryExamples, StreamedExamples, block_rows_for, count_records, files_size,
-                              labelled_negatives_dataset, make_dataset, with_labelled_negatives)
     from trainer.evalset import load_catalog, load_queries
-    from trainer.export import embed_columns, export_tower, serving_function
-    from trainer.features import build_towers
+    from trainer.export import export_tower, serving_function
     from trainer.loop import ChunkedTrainLoop
-    from trainer.metrics import embedding_retrieval_metrics
-    from trainer.model import SamplingProbability, TwoTowerModel
-    from trainer.optimizers import make_optimizer
+    from trainer.model import SamplingProbability
     from trainer.negatives import CatalogSampler
     from trainer.step_input import compiled_step_plan, look_up_columns
-    from trainer.strategy import (MULTI_WORKER_STEPS_PER_EXECUTION, device_scope, is_chief, make_strategy,
-                                  set_determinism, set_threads, task_of)
+    from trainer.strategy import MULTI_WORKER_STEPS_PER_EXECUTION, device_scope
+    from trainer.train_inputs import load_train_inputs
+    from trainer.warm_start import WARM_DIR, plan_warm_start, save_weights
 
     t = config.train
-    out_dir = out_dir.rstrip("/")
-    set_threads(t.threads)  # before anything starts TensorFlow's runtime
-    set_determinism(t.deterministic)
-    tf.keras.utils.set_random_seed(t.seed)
-    strategy = make_strategy(t.distribute, t.device)
+    strategy, chief, work_dir = _start(config, out_dir.rstrip("/"))
     multi_worker = t.distribute == "multi_worker"
-    chief = is_chief(strategy)
-    # Every multi-worker replica saves (the collectives need it), only the chief where it counts;
-    # the others write to a temporary folder (removed at the end), as TensorFlow's docs prescribe.
-    work_dir = out_dir if chief else tempfile.mkdtemp(prefix="twotower-worker-")
-    if not chief:  # also when training fails (removed at the end of a run that does not)
-        atexit.register(shutil.rmtree, work_dir, True)
-    tf.io.gfile.makedirs(work_dir)
-    if multi_worker:
-        task_type, task_index = task_of(strategy)
-        print(f"[train] multi_worker: task {task_type}:{task_index}, "
-              f"{getattr(strategy.extended, '_num_workers', 1)} workers, "
-              f"{strategy.num_replicas_in_sync} replicas in sync, "
-              f"{'chief, writing ' + work_dir if chief else 'not the chief, writing a temporary ' + work_dir}, "
-              f"{MULTI_WORKER_STEPS_PER_EXECUTION} step(s) per train call (see trainer.strategy)",
-              flush=True)
-
     specs = interaction_specs(config.schema)
-    train_files = artifacts.require_split_files(transformed_dir, "train")
-    # A train split that fits in memory is parsed once; each epoch is then a fresh seeded
-    # permutation of in-memory rows (no per-epoch parse, no shuffle buffer). Multi-worker
-    # input is sharded by hand (each replica its slice of every global batch, see
-    # multi_worker_input below), not by tf.data's auto-shard rewrite.
-    in_memory = files_size(train_files) <= t.in_memory_max_mb * (1 << 20)
-    examples = (InMemoryExamples.from_files(train_files, specs, num_parallel_calls=t.num_workers)
-                if in_memory else None)
-    n_train = examples.size if in_memory else count_records(train_files)
-    if n_train == 0:
-        raise ValueError(f"{transformed_dir}: the train split is empty")
-    streamed = None
-    if not in_memory and not multi_worker:
-        cache_dir = None
-        if t.stream_cache:  # local disk, this process's own; removed when it exits
-            cache_dir = tempfile.mkdtemp(prefix="twotower-stream-cache-")
-            atexit.register(shutil.rmtree, cache_dir, True)
-        streamed = StreamedExamples(
-            train_files, specs, block_rows=block_rows_for(train_files, n_train, t.stream_block_mb, t.batch_size),
-            num_parallel_calls=t.num_workers, cache_dir=cache_dir)
-    negatives = None
-    if t.labelled_negative_weight > 0.0 and not multi_worker:
-        negatives = labelled_negatives_dataset(artifacts.split_files(transformed_dir, "train_negatives"), specs,
-                                               t.batch_size, seed=t.seed, num_parallel_calls=t.num_workers)
-
-    def positives_for(epoch: int):
-        """Batches of train positives for 1-based ``epoch``."""
-        if examples is None:
-            if streamed is None:  # multi_worker streams through multi_worker_input; this is for building
-                return make_dataset(train_files, specs, t.batch_size, shuffle=False, num_parallel_calls=t.num_workers)
-            return streamed.epoch_dataset(t.batch_size, seed=t.seed, epoch=epoch)
-        return examples.epoch_dataset(t.batch_size, seed=t.seed, epoch=epoch)
-
-    steps_per_epoch = _steps_per_epoch(n_train, t.batch_size)
-    negatives_files = (artifacts.split_files(transformed_dir, "train_negatives")
-                       if t.labelled_negative_weight > 0.0 else None)
-
-    def multi_worker_input(epoch: int, context):
-        """One worker's input (``distribute_datasets_from_function``): the slices of every
-        global batch that belong to its replicas, so a step's replicas together train on the
-        global batch of ``train.batch_size`` rows a single process would (the same seeded
-        order), and every worker runs ``steps_per_epoch`` steps (collectives need equal counts)."""
-        workers, worker = context.num_input_pipelines, context.input_pipeline_id
-        replicas = context.num_replicas_in_sync
-        local = replicas // workers
-        per_replica = -(-t.batch_size // replicas)
-        if examples is not None:
-            positives = examples.epoch_dataset(t.batch_size, seed=t.seed, epoch=epoch,
-                                               parts=range(worker * local, (worker + 1) * local), n_parts=replicas)
-        else:  # streamed: this worker's records, endless, cut to steps_per_epoch by fit
-            positives = make_dataset(train_files, specs, per_replica, shuffle=True, seed=t.seed + epoch,
-                                     num_parallel_calls=t.num_workers, repeat=True, shard=(worker, workers))
-        if negatives_files is None:
-            return positives
-        worker_negatives = labelled_negatives_dataset(negatives_files, specs, per_replica, seed=t.seed,
-                                                      num_parallel_calls=t.num_workers, shard=(worker, workers))
-        return positives if worker_negatives is None else with_labelled_negatives(positives, worker_negatives)
-
-    def dataset_for(epoch: int):
-        if multi_worker:
-            return strategy.distribute_datasets_from_function(lambda context: multi_worker_input(epoch, context))
-        positives = positives_for(epoch)
-        return positives if negatives is None else with_labelled_negatives(positives, negatives)
-
-    # A warm start (the live version's weights) trains fewer epochs; no live version = cold.
-    warm_source = None
-    if t.warm_start:
-        from trainer.warm_start import live_weights
-
-        warm_cache = tempfile.mkdtemp(prefix="twotower-warm-")
-        atexit.register(shutil.rmtree, warm_cache, True)
-        warm_source = live_weights(config.publish.store, warm_cache)
-    n_epochs = t.warm_start_epochs if warm_source is not None else t.n_epochs
-    lr_scale = t.warm_start_lr_scale if warm_source is not None else 1.0
-    # A carried optimizer state brings its step count: the lr schedule counts from there.
-    carry_optimizer = t.warm_start and t.warm_start_optimizer == "carry"
-    first_step = 0
-    if warm_source is not None and carry_optimizer:
-        from trainer.optimizers import optimizer_class
-        from trainer.warm_start import carried_step
-
-        first_step = carried_step(warm_source[1], optimizer_class(t.optimizer).__name__)
-    total_steps = n_epochs * steps_per_epoch
+    inputs = load_train_inputs(config, transformed_dir, specs, multi_worker=multi_worker)
+    warm = plan_warm_start(config)  # the live version's weights, or a cold start
+    n_epochs = warm.epochs
 
     catalog = load_catalog(config, transformed_dir)
     # Validation costs keys x items per epoch: a fixed seeded sample of the keys (0 = all).
@@ -231,35 +125,19 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     if valid.sampled:
         print(f"[train] validation on {len(valid):,} of {valid.n_total:,} valid keys "
               f"(train.max_eval_queries, seed {t.seed})", flush=True)
-
     logq = SamplingProbability.from_vocab(transformed_dir) if t.logq_correction else None
     sampler = (CatalogSampler.from_catalog(config, transformed_dir, catalog)
                if t.negative_samples_count > 0 else None)
 
     def new_model(planned_steps: int):
-        """Fresh towers, model and optimizer (call under the strategy's scope)."""
-        towers_ = build_towers(config, transformed_dir)
-        model_ = TwoTowerModel(*towers_, t.temperature, sampling_probability=logq,
-                               negative_sampler=sampler, negative_samples_count=t.negative_samples_count,
-                               num_hard_negatives=t.hard_negatives,
-                               labelled_negative_weight=t.labelled_negative_weight,
-                               dedupe_candidates=_item_tower_is_deterministic(config))
-        return towers_, model_, make_optimizer(config, planned_steps, lr_scale, first_step)
+        return _new_model(config, transformed_dir, planned_steps, warm, logq, sampler)
 
     with strategy.scope(), device_scope(t.distribute, t.device):
-        (query_tower, item_tower), model, optimizer = new_model(total_steps)
-        plan = compiled_step_plan(config, (query_tower, item_tower), in_memory=in_memory, multi_worker=multi_worker)
-        towers = (query_tower, item_tower)
-        if plan.looked_up and examples is not None:  # the split's ids become table rows once (step_input.py)
-            examples = InMemoryExamples(look_up_columns(examples.columns, towers, logq))
-        elif plan.looked_up:  # streamed: looked up once per block, as the block is parsed
-            streamed = streamed.with_prepare(lambda block: look_up_columns(block, towers, logq))
-        if streamed is not None:  # parsed once, like an in-memory split, before the first epoch
-            started = time.perf_counter()
-            streamed.fill_cache(t.batch_size)
-            if streamed.cache_dir is not None:
-                print(f"[train] streamed split parsed into {streamed.cache_dir} in "
-                      f"{time.perf_counter() - started:.1f}s (blocks of {streamed.block_rows:,} records)", flush=True)
+        towers, model, optimizer = new_model(n_epochs * inputs.steps_per_epoch)
+        plan = compiled_step_plan(config, towers, in_memory=inputs.in_memory, multi_worker=multi_worker)
+        if plan.looked_up:  # the split's ids become table rows once (step_input.py)
+            inputs.prepare(lambda columns: look_up_columns(columns, towers, logq))
+        inputs.fill_stream_cache()
         if plan.compiled:  # XLA needs static shapes: TFRS's [B, B] softmax, not the distinct candidates'
             model.dedupe_candidates = False
         model.compile(optimizer=optimizer, jit_compile=plan.compiled,
@@ -269,84 +147,44 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     # The checkpoint's bookkeeping variables (epoch counter, loop state) are host-side
     # scalars, not replicated model state: created outside the strategy.
     checkpoint = TrainingCheckpoint(work_dir, model, optimizer)
-    state = None
-    # Multi-worker: every worker must resume from the same epoch (else their step counts differ
-    # and the collectives hang), but only the chief's folder holds the checkpoints, and a
-    # non-chief replica does not know where it is (components.runtime.run_stage hands it a
-    # temporary folder). So a multi-worker run starts from epoch 1, overwriting the checkpoints.
-    resume = t.resume and not multi_worker
-    if t.resume and multi_worker and checkpoint.latest is not None:
-        print(f"[train] train.resume: not resuming from {checkpoint.latest} under multi_worker (the other "
-              "workers cannot read the chief's checkpoints); training from epoch 1", flush=True)
-    if resume and checkpoint.latest is not None:
+    state = _resumed_state(config, strategy, checkpoint, model, lambda: inputs.positives(1))
+    warm_report = warm.report()
+    if warm.warm and state is None:  # a resumed run has its own weights already
         with strategy.scope(), device_scope(t.distribute, t.device):
-            _build_variables(model, next(iter(positives_for(1))))
-        state = checkpoint.restore(snapshot=model.get_weights)
-        print(f"[train] resuming from {checkpoint.latest}: {len(state.history)} epoch(s) done"
-              f"{', early stopping already ended training' if state.stopped else ''}", flush=True)
-    warm_report = {"from": None, "epochs": n_epochs, "lr_scale": lr_scale}
-    if warm_source is not None and state is None:  # a resumed run has its own weights already
-        from trainer.warm_start import warm_start
+            _build_variables(model, next(iter(inputs.positives(1))))
+            warm_report = warm.load(towers, optimizer)
 
-        with strategy.scope(), device_scope(t.distribute, t.device):
-            _build_variables(model, next(iter(positives_for(1))))
-            loaded = warm_start((query_tower, item_tower), warm_source[1], optimizer if carry_optimizer else None)
-        optimizer_state = loaded["optimizer"] or {"state": "fresh", "why": "train.warm_start_optimizer=fresh",
-                                                  "iterations": 0}
-        # The schedule counts from the step carried_step promised: the load must have carried it.
-        assert optimizer_state.get("iterations", 0) == first_step, (optimizer_state, first_step)
-        warm_report.update({"from": warm_source[0], "copied": len(loaded["copied"]), "fresh": loaded["fresh"],
-                            "remapped": loaded["remapped"], "optimizer": optimizer_state})
-        print(f"[train] warm start from live version {warm_source[0]}: {len(loaded['copied'])} variables copied, "
-              f"{len(loaded['remapped'])} tables remapped by token, {len(loaded['fresh'])} fresh; optimizer state "
-              f"{optimizer_state['state']}" + (f" at step {optimizer_state['iterations']}"
-                                               if optimizer_state["state"] == "carried" else
-                                               f" ({optimizer_state['why']})") + f"; {n_epochs} epoch(s)", flush=True)
-
+    query_tower, item_tower = towers
     with device_scope(t.distribute, t.device):
         query_serve, item_serve = serving_function(query_tower), serving_function(item_tower)
-
-        chunked = (ChunkedTrainLoop(model) if t.distribute == "none" and not plan.compiled and negatives is None
+        chunked = (ChunkedTrainLoop(model) if t.distribute == "none" and not plan.compiled and inputs.negatives is None
                    else None)
-        source = examples if examples is not None else streamed
 
         def train_epoch(epoch: int) -> float:
             if chunked is not None:  # batches as tensors, many steps per call (trainer/loop.py)
-                return chunked.run_epoch(source.epoch_chunks(t.batch_size, seed=t.seed, epoch=epoch))
+                return chunked.run_epoch(inputs.source.epoch_chunks(t.batch_size, seed=t.seed, epoch=epoch))
             # A distributed dataset, or streamed TFRecords, has no known cardinality, and with
             # steps_per_execution > 1 fit needs the step count (it is exact for every input).
-            hist = model.fit(dataset_for(epoch), epochs=1, verbose=0, steps_per_epoch=steps_per_epoch)
-            return hist.history["loss"][-1]
+            data = inputs.dataset(epoch, strategy if multi_worker else None)
+            return model.fit(data, epochs=1, verbose=0, steps_per_epoch=inputs.steps_per_epoch).history["loss"][-1]
 
         def validate(epoch: int) -> Optional[float]:
-            if not len(valid):
-                return None
-            items = embed_columns(item_serve, item_tower, catalog.features)
-            queries = embed_columns(query_serve, query_tower, valid.features)
-            metrics = embedding_retrieval_metrics(queries, items, valid.relevant, valid.masked, ks=(10,),
-                                                  ndcg_k=10)
-            return metrics[VALID_METRIC]
+            return validation_recall(valid, catalog, towers, (query_serve, item_serve))
 
-        writer = tf.summary.create_file_writer(f"{work_dir}/tensorboard")
-
-        def on_epoch(result: EpochResult, best: bool) -> None:
-            rate = n_train / max(result.seconds, 1e-9)
-            val = "n/a" if result.val_recall_at_10 is None else f"{result.val_recall_at_10:.4f}"
-            print(f"[train] epoch {result.epoch}/{n_epochs} loss={result.loss:.4f} "
-                  f"val_recall@10={val}{' *' if best else ''} {result.seconds:.1f}s {rate:,.0f} ex/s",
-                  flush=True)
-            with writer.as_default(step=result.epoch):
-                tf.summary.scalar("loss", result.loss)
-                tf.summary.scalar("examples_per_second", rate)
-                if result.val_recall_at_10 is not None:
-                    tf.summary.scalar("val_recall_at_10", result.val_recall_at_10)
-            writer.flush()
-
+        # A warm start's own weights are a candidate too ("epoch 0"): yesterday's optimum on
+        # nearly the same data is often already today's, and more epochs on it overfit (each
+        # day of a warm chain would otherwise add epochs past the early stop).
+        start_value = validate(0) if warm_report.get("copied") is not None else None
+        if start_value is not None:
+            warm_report["start_val_recall_at_10"] = start_value
+            print(f"[train] warm start's own val_recall@10={start_value:.4f} (epoch 0)", flush=True)
+        log = EpochLog(f"{work_dir}/tensorboard", inputs.n_train, n_epochs)
         history, best_epoch = fit_with_early_stopping(
-            n_epochs, t.patience, train_epoch, validate,
-            snapshot=model.get_weights, restore=model.set_weights, on_epoch=on_epoch,
-            state=state, save_state=checkpoint.save)
-        writer.close()
+            n_epochs, t.patience, train_epoch, validate, snapshot=model.get_weights, restore=model.set_weights,
+            on_epoch=log, state=state, save_state=checkpoint.save, start_value=start_value)
+        log.close()
+        if start_value is not None:
+            warm_report["kept_start"] = best_epoch == 0
 
     if t.warm_start:
         # What the next warm-started run starts from, once this one is published: the
@@ -354,63 +192,168 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         # this run's valid and test pairs, which tomorrow's held-out splits mostly repeat (a
         # user without new interactions keeps the same last one): starting there, tomorrow's
         # evaluation and gate would score the model on pairs it trained on.
-        from trainer.warm_start import WARM_DIR, save_weights
-
-        save_weights((query_tower, item_tower), f"{work_dir}/{WARM_DIR}", optimizer if carry_optimizer else None)
+        save_weights(towers, f"{work_dir}/{WARM_DIR}", optimizer if warm.carry_optimizer else None)
 
     refit = None
+    trained = None
     if t.refit != "none":
+        from trainer.refit import Trained, refit_on_every_split
+
         # The early-stopped model is what evaluate scores and the gate judges; the model
         # published (query_tower/, item_tower/) has also seen the held-out splits.
         export_tower(query_tower, f"{work_dir}/{HELDOUT_DIR}/query_tower")
         export_tower(item_tower, f"{work_dir}/{HELDOUT_DIR}/item_tower")
-        everything = InMemoryExamples.from_files(
-            [*train_files, *artifacts.split_files(transformed_dir, "valid"),
-             *artifacts.split_files(transformed_dir, "test")], specs, num_parallel_calls=t.num_workers)
-        epochs = best_epoch if t.refit == "full" else t.refit_epochs
-        started = time.perf_counter()
-        if t.refit == "full":  # from scratch, as many epochs as early stopping chose
-            tf.keras.utils.set_random_seed(t.seed)
-            with strategy.scope(), device_scope(t.distribute, t.device):
-                (query_tower, item_tower), model, optimizer = new_model(
-                    epochs * _steps_per_epoch(everything.size, t.batch_size))
-                model.compile(optimizer=optimizer, steps_per_execution=STEPS_PER_EXECUTION)
-                if warm_report.get("from") is not None:  # the refit starts where this run started
-                    from trainer.warm_start import warm_start
 
-                    _build_variables(model, next(iter(everything.epoch_dataset(t.batch_size))))
-                    warm_start((query_tower, item_tower), warm_source[1], optimizer if carry_optimizer else None)
-        if plan.looked_up:
-            everything = InMemoryExamples(look_up_columns(everything.columns, (query_tower, item_tower), logq))
-        with device_scope(t.distribute, t.device):
-            refit_loop = ChunkedTrainLoop(model) if chunked is not None else None
-            losses = []
-            for epoch in range(1, epochs + 1):
-                seed_epoch = epoch + (0 if t.refit == "full" else best_epoch)
-                if refit_loop is not None:
-                    losses.append(refit_loop.run_epoch(everything.epoch_chunks(t.batch_size, seed=t.seed,
-                                                                               epoch=seed_epoch)))
-                else:
-                    data = everything.epoch_dataset(t.batch_size, seed=t.seed, epoch=seed_epoch)
-                    if negatives is not None:
-                        data = with_labelled_negatives(data, negatives)
-                    losses.append(model.fit(data, epochs=1, verbose=0).history["loss"][-1])
-                print(f"[train] refit ({t.refit}) epoch {epoch}/{epochs} on train+valid+test "
-                      f"({everything.size:,} examples) loss={losses[-1]:.4f}", flush=True)
-        refit = {"mode": t.refit, "epochs": epochs, "examples": everything.size,
-                 "splits": ["train", "valid", "test"], "losses": [float(x) for x in losses],
-                 "seconds": round(time.perf_counter() - started, 3)}
+        def start_where_this_run_started(towers_, model_, batch) -> None:
+            _build_variables(model_, batch)
+            warm.load(towers_, model_.optimizer)
+
+        trained, refit = refit_on_every_split(
+            config, transformed_dir, specs, trained=Trained(towers, model), best_epoch=best_epoch,
+            new_model=new_model, start_from=start_where_this_run_started if warm_report["from"] is not None else None,
+            strategy=strategy, steps_per_call=STEPS_PER_EXECUTION, looked_up=plan.looked_up, logq=logq,
+            chunked=chunked is not None, negatives=inputs.negatives)
+        towers, model = trained.towers, trained.model
 
     # Exported outside the device scope so the SavedModel graphs carry no device pins
     # (they are served on CPU machines).
-    export_tower(query_tower, f"{work_dir}/query_tower")
-    export_tower(item_tower, f"{work_dir}/item_tower")
+    export_tower(towers[0], f"{work_dir}/query_tower")
+    export_tower(towers[1], f"{work_dir}/item_tower")
+    summary = training_summary(
+        config, history, best_epoch, n_train=inputs.n_train, n_epochs=n_epochs, refit=refit, inputs=inputs,
+        model=model, chunked=chunked is not None, plan=plan, valid=valid, warm_report=warm_report,
+        num_replicas=int(strategy.num_replicas_in_sync))
+    with tf.io.gfile.GFile(f"{work_dir}/training.json", "w") as fh:
+        fh.write(json.dumps(summary, indent=2))
+    if not chief:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return summary
 
-    best = history[best_epoch - 1]
-    summary = {
+
+def _start(config, out_dir: str):
+    """Threads, determinism, seed and tf.distribute strategy set for the run; returns
+    (strategy, whether this process is the chief, the folder it writes)."""
+    from trainer.tfenv import import_tf
+    from trainer.strategy import (MULTI_WORKER_STEPS_PER_EXECUTION, is_chief, make_strategy, set_determinism,
+                                  set_threads, task_of)
+
+    tf = import_tf()
+    t = config.train
+    set_threads(t.threads)  # before anything starts TensorFlow's runtime
+    set_determinism(t.deterministic)
+    tf.keras.utils.set_random_seed(t.seed)
+    strategy = make_strategy(t.distribute, t.device)
+    chief = is_chief(strategy)
+    # Every multi-worker replica saves (the collectives need it), only the chief where it counts;
+    # the others write to a temporary folder (removed at the end), as TensorFlow's docs prescribe.
+    work_dir = out_dir if chief else tempfile.mkdtemp(prefix="twotower-worker-")
+    if not chief:  # also when training fails (removed at the end of a run that does not)
+        atexit.register(shutil.rmtree, work_dir, True)
+    tf.io.gfile.makedirs(work_dir)
+    if t.distribute == "multi_worker":
+        task_type, task_index = task_of(strategy)
+        print(f"[train] multi_worker: task {task_type}:{task_index}, "
+              f"{getattr(strategy.extended, '_num_workers', 1)} workers, "
+              f"{strategy.num_replicas_in_sync} replicas in sync, "
+              f"{'chief, writing ' + work_dir if chief else 'not the chief, writing a temporary ' + work_dir}, "
+              f"{MULTI_WORKER_STEPS_PER_EXECUTION} step(s) per train call (see trainer.strategy)",
+              flush=True)
+    return strategy, chief, work_dir
+
+
+def _new_model(config, transformed_dir: str, planned_steps: int, warm, logq, sampler):
+    """Fresh towers, model and optimizer (call under the strategy's scope); the optimizer's lr
+    follows the schedule over ``planned_steps`` from the warm plan's first step."""
+    from trainer.features import build_towers
+    from trainer.model import TwoTowerModel
+    from trainer.optimizers import make_optimizer
+
+    t = config.train
+    towers = build_towers(config, transformed_dir)
+    model = TwoTowerModel(*towers, t.temperature, sampling_probability=logq,
+                          negative_sampler=sampler, negative_samples_count=t.negative_samples_count,
+                          num_hard_negatives=t.hard_negatives, labelled_negative_weight=t.labelled_negative_weight,
+                          dedupe_candidates=_item_tower_is_deterministic(config))
+    return towers, model, make_optimizer(config, planned_steps, warm.lr_scale, warm.first_step)
+
+
+def _resumed_state(config, strategy, checkpoint, model, first_batches):
+    """The loop state of the last epoch checkpoint (weights restored into ``model``), or None
+    when the run starts afresh (``train.resume`` off, no checkpoint, or multi-worker).
+    ``first_batches()`` gives batches to build the variables from before the restore."""
+    from trainer.strategy import device_scope
+
+    t = config.train
+    multi_worker = t.distribute == "multi_worker"
+    # Multi-worker: every worker must resume from the same epoch (else their step counts differ
+    # and the collectives hang), but only the chief's folder holds the checkpoints, and a
+    # non-chief replica does not know where it is (components.runtime.run_stage hands it a
+    # temporary folder). So a multi-worker run starts from epoch 1, overwriting the checkpoints.
+    if t.resume and multi_worker and checkpoint.latest is not None:
+        print(f"[train] train.resume: not resuming from {checkpoint.latest} under multi_worker (the other "
+              "workers cannot read the chief's checkpoints); training from epoch 1", flush=True)
+    if not t.resume or multi_worker or checkpoint.latest is None:
+        return None
+    with strategy.scope(), device_scope(t.distribute, t.device):
+        _build_variables(model, next(iter(first_batches())))
+    state = checkpoint.restore(snapshot=model.get_weights)
+    print(f"[train] resuming from {checkpoint.latest}: {len(state.history)} epoch(s) done"
+          f"{', early stopping already ended training' if state.stopped else ''}", flush=True)
+    return state
+
+
+def validation_recall(valid, catalog, towers, serves) -> Optional[float]:
+    """recall@10 of the towers on the validation keys against the whole catalog (each key's
+    train items masked); None without a valid split (no early stopping then)."""
+    from trainer.export import embed_columns
+    from trainer.metrics import embedding_retrieval_metrics
+
+    if not len(valid):
+        return None
+    (query_tower, item_tower), (query_serve, item_serve) = towers, serves
+    items = embed_columns(item_serve, item_tower, catalog.features)
+    queries = embed_columns(query_serve, query_tower, valid.features)
+    return embedding_retrieval_metrics(queries, items, valid.relevant, valid.masked, ks=(10,), ndcg_k=10)[VALID_METRIC]
+
+
+class EpochLog:
+    """``on_epoch`` for :func:`fit_with_early_stopping`: one line per epoch on stdout and its
+    scalars (loss, examples/s, validation recall@10) in TensorBoard under ``folder``."""
+
+    def __init__(self, folder: str, n_train: int, n_epochs: int):
+        from trainer.tfenv import import_tf
+
+        self._tf = import_tf()
+        self.writer = self._tf.summary.create_file_writer(folder)
+        self.n_train, self.n_epochs = n_train, n_epochs
+
+    def __call__(self, result: EpochResult, best: bool) -> None:
+        tf = self._tf
+        rate = self.n_train / max(result.seconds, 1e-9)
+        val = "n/a" if result.val_recall_at_10 is None else f"{result.val_recall_at_10:.4f}"
+        print(f"[train] epoch {result.epoch}/{self.n_epochs} loss={result.loss:.4f} "
+              f"val_recall@10={val}{' *' if best else ''} {result.seconds:.1f}s {rate:,.0f} ex/s", flush=True)
+        with self.writer.as_default(step=result.epoch):
+            tf.summary.scalar("loss", result.loss)
+            tf.summary.scalar("examples_per_second", rate)
+            if result.val_recall_at_10 is not None:
+                tf.summary.scalar("val_recall_at_10", result.val_recall_at_10)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def training_summary(config, history: list, best_epoch: int, *, n_train: int, n_epochs: int, refit: Optional[dict],
+                     inputs, model, chunked: bool, plan, valid, warm_report: dict, num_replicas: int) -> dict:
+    """training.json: the epochs, the best one, throughput, and everything that shaped them."""
+    t = config.train
+    # best_epoch 0: a warm start's own weights beat every epoch and were kept.
+    best_value = history[best_epoch - 1].val_recall_at_10 if best_epoch else warm_report["start_val_recall_at_10"]
+    return {
         "history": [r.as_dict() for r in history],
         "best_epoch": best_epoch,
-        "best_val_recall_at_10": best.val_recall_at_10,
+        "best_val_recall_at_10": best_value,
         "examples_per_second": _median_rate(n_train, [r.seconds for r in history]),
         "cpu_examples_per_second": _median_rate(n_train, [r.cpu_seconds for r in history]),
         "n_train": n_train,
@@ -419,11 +362,11 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "published_weights": (refit or {"mode": "none", "splits": ["train"], "epochs": best_epoch,
                                         "examples": n_train}),
         # How the train passes ran (what examples_per_second measured).
-        "input": "in_memory" if in_memory else "streamed",
-        "stream_block_rows": streamed.block_rows if streamed is not None else None,
+        "input": "in_memory" if inputs.in_memory else "streamed",
+        "stream_block_rows": inputs.streamed.block_rows if inputs.streamed is not None else None,
         "candidate_dedup": model.dedupe_candidates,
         # How the train passes ran: trainer/loop.py's chunks, or Keras fit over tf.data.
-        "train_loop": "chunked" if chunked is not None else "keras_fit",
+        "train_loop": "chunked" if chunked else "keras_fit",
         **plan.as_dict(),
         "n_valid_queries": len(valid),
         "n_valid_queries_total": valid.n_total,
@@ -435,10 +378,5 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         "weight_decay": t.weight_decay, "batch_size": t.batch_size, "n_epochs": n_epochs,
         "temperature": t.temperature,
         # Replicas that trained together (2 for two single-device workers), and how.
-        "distribute": t.distribute, "num_replicas": int(strategy.num_replicas_in_sync),
+        "distribute": t.distribute, "num_replicas": num_replicas,
     }
-    with tf.io.gfile.GFile(f"{work_dir}/training.json", "w") as fh:
-        fh.write(json.dumps(summary, indent=2))
-    if not chief:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return summary

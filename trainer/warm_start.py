@@ -27,9 +27,13 @@ TensorFlow only through the towers passed in; numpy for the files.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -235,3 +239,64 @@ def live_weights(store: str, cache_dir: str) -> Optional[tuple[str, str]]:
         return None
     folder = vs.fetch_version(version, cache_dir)
     return version, storage.join(folder, WARM_DIR)
+
+
+@dataclass(frozen=True)
+class WarmPlan:
+    """How a train run starts: from random weights (cold) or from the live version's.
+
+    Attributes:
+        version: the live version warm-started from, or None (cold).
+        folder: its local warm_start folder, or None.
+        epochs: epochs to train (``train.warm_start_epochs`` warm, ``train.n_epochs`` cold).
+        lr_scale: the peak learning rate's factor (``train.warm_start_lr_scale`` warm, else 1).
+        carry_optimizer: whether the optimizer state travels (``train.warm_start_optimizer``).
+        first_step: the optimizer step the run starts at (the carried count, else 0).
+    """
+
+    version: Optional[str]
+    folder: Optional[str]
+    epochs: int
+    lr_scale: float
+    carry_optimizer: bool
+    first_step: int
+
+    @property
+    def warm(self) -> bool:
+        return self.version is not None
+
+    def report(self) -> dict:
+        """training.json's ``warm_start`` before the load: where the weights start."""
+        return {"from": self.version, "epochs": self.epochs, "lr_scale": self.lr_scale}
+
+    def load(self, towers: Sequence, optimizer) -> dict:
+        """Load the live weights (and the optimizer's state when carried) into the built
+        ``towers`` and ``optimizer``; returns training.json's ``warm_start`` entry."""
+        loaded = warm_start(towers, self.folder, optimizer if self.carry_optimizer else None)
+        state = loaded["optimizer"] or {"state": "fresh", "why": "train.warm_start_optimizer=fresh", "iterations": 0}
+        # The lr schedule counts from the step plan_warm_start promised: the load must carry it.
+        assert state.get("iterations", 0) == self.first_step, (state, self.first_step)
+        print(f"[train] warm start from live version {self.version}: {len(loaded['copied'])} variables copied, "
+              f"{len(loaded['remapped'])} tables remapped by token, {len(loaded['fresh'])} fresh; optimizer state "
+              + (f"carried at step {state['iterations']}" if state["state"] == "carried" else f"fresh ({state['why']})")
+              + f"; {self.epochs} epoch(s)", flush=True)
+        return {**self.report(), "copied": len(loaded["copied"]), "fresh": loaded["fresh"],
+                "remapped": loaded["remapped"], "optimizer": state}
+
+
+def plan_warm_start(config) -> WarmPlan:
+    """The run's :class:`WarmPlan`: warm when ``train.warm_start`` is on and ``publish.store``'s
+    live version carries warm-start weights (fetched into a temporary folder removed at exit)."""
+    from trainer.optimizers import optimizer_class
+
+    t = config.train
+    source = None
+    if t.warm_start:
+        cache = tempfile.mkdtemp(prefix="twotower-warm-")
+        atexit.register(shutil.rmtree, cache, True)
+        source = live_weights(config.publish.store, cache)
+    if source is None:
+        return WarmPlan(None, None, t.n_epochs, 1.0, t.warm_start and t.warm_start_optimizer == "carry", 0)
+    carry = t.warm_start_optimizer == "carry"
+    first_step = carried_step(source[1], optimizer_class(t.optimizer).__name__) if carry else 0
+    return WarmPlan(source[0], source[1], t.warm_start_epochs, t.warm_start_lr_scale, carry, first_step)

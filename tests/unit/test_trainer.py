@@ -233,6 +233,28 @@ def test_fit_loop_restores_best_weights_with_fakes():
     assert len(history) == 3 and best == 3 and state["w"] == 3  # no validation: keep the last
 
 
+def test_fit_loop_keeps_the_starting_weights_when_no_epoch_beats_them():
+    """A warm start's own metric (start_value) makes its weights "epoch 0": kept (and restored)
+    when every epoch scores lower, replaced by the first epoch that scores higher."""
+    from trainer.epochs import fit_with_early_stopping
+
+    state = {"w": "start"}
+
+    def train_epoch(epoch):
+        state["w"] = epoch
+        return 1.0
+
+    history, best = fit_with_early_stopping(
+        2, 3, train_epoch, validate={1: 0.30, 2: 0.35}.get, snapshot=lambda: dict(state),
+        restore=lambda w: state.update(w), start_value=0.40)
+    assert len(history) == 2 and best == 0 and state["w"] == "start"
+    state["w"] = "start"
+    history, best = fit_with_early_stopping(
+        2, 3, train_epoch, validate={1: 0.30, 2: 0.45}.get, snapshot=lambda: dict(state),
+        restore=lambda w: state.update(w), start_value=0.40)
+    assert best == 2 and state["w"] == 2
+
+
 @pytest.mark.slow
 def test_gpu_requested_without_gpu_is_a_clear_error(data, tmp_path):
     import tensorflow as tf

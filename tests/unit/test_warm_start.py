@@ -70,6 +70,9 @@ def test_next_run_starts_from_the_live_version_and_remaps_grown_vocabularies(two
     item_tables = [v for k, v in tables.items() if "recent" in k]
     assert item_tables and item_tables[0]["new"] > 0  # items i50..i59 are new on day 2
     assert not warm["fresh"], warm["fresh"]  # every other variable had a match
+    # The warm start's own weights were validated first (epoch 0) and kept only if no epoch beat them.
+    assert 0.0 <= warm["start_val_recall_at_10"] <= 1.0
+    assert warm["kept_start"] == (day2["training"]["best_epoch"] == 0)
     # Adam's moments and step count came along: day 2 counts on from day 1's last step.
     from trainer.warm_start import WARM_DIR, saved_optimizer
 
