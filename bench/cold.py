@@ -130,7 +130,10 @@ def model_scores(model_dir: str, data: ColdTestSet) -> np.ndarray:
     """float32 [Q, N]: dot products of an exported model's query and item towers."""
     from core.towers import Tower
 
-    query_tower, item_tower = Tower(f"{model_dir}/query_tower"), Tower(f"{model_dir}/item_tower")
+    from core.contracts import files as names
+
+    query_tower = Tower(f"{model_dir}/{names.QUERY_TOWER_DIR}")
+    item_tower = Tower(f"{model_dir}/{names.ITEM_TOWER_DIR}")
     queries = query_tower.embed({n: data.test.features[n] for n in query_tower.input_names})
     items = item_tower.embed({n: data.catalog.features[n] for n in item_tower.input_names})
     return queries @ items.T

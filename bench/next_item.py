@@ -179,7 +179,9 @@ def train_to_publish(config, transformed: Path, run: Path) -> tuple[dict, float,
 def _published_embeddings(retriever) -> dict:
     import pyarrow.parquet as pq
 
-    frame = pq.read_table(os.path.join(retriever.folder, "items.parquet"), columns=["item_id", "embedding"])
+    from core.contracts.files import VERSION_ITEMS_FILE
+
+    frame = pq.read_table(os.path.join(retriever.folder, VERSION_ITEMS_FILE), columns=["item_id", "embedding"])
     return {str(i): np.asarray(e, dtype=np.float32)
             for i, e in zip(frame.column("item_id").to_pylist(), frame.column("embedding").to_pylist())}
 

@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 import core  # noqa: E402,F401 (sets the TF environment before anything imports TensorFlow)
+from core.contracts.files import TRAINING_FILE  # noqa: E402
 
 MOVIELENS_RAW = REPO.parent / "shared" / "data" / "movielens-100k"
 RESULTS_DIR = REPO / "bench" / "results"
@@ -517,7 +518,7 @@ def part_sweep(protocol: str, stages: Stages, data: Path, work: Path, args) -> d
             safe = "".join(c if c.isalnum() else "-" for c in name)
             out = work / "runs" / f"sweep-{protocol}" / f"{safe}-{seed}"
             res = run_ours(cfg, transformed, out)
-            res["val_recall_at_10"] = json.loads((out / "model" / "training.json").read_text()).get(
+            res["val_recall_at_10"] = json.loads((out / "model" / TRAINING_FILE).read_text()).get(
                 "best_val_recall_at_10")
             runs.append({"seed": seed, **res})
         rows.append({"variant": name, "overrides": overrides, "runs": runs})

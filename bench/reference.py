@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 import core  # noqa: F401 (sets the TF environment before anything imports TensorFlow)
+from core.contracts import files as contract
 
 #: Tutorial settings (basic_retrieval.ipynb).
 EMBEDDING_DIMS = 32
@@ -208,8 +209,9 @@ def train_reference(config, transformed_dir: str, out_dir: str, seed: int = 0,
             print(f"[reference] epoch {epoch}/{settings.epochs} loss={loss:.1f} {seconds:.1f}s "
                   f"{n_train / max(seconds, 1e-9):,.0f} ex/s", flush=True)
 
-    export_reference_tower(query_tower, list(config.schema.query_features), key, f"{out_dir}/query_tower")
-    export_reference_tower(item_tower, item_specs(config.schema), ITEM_KEY, f"{out_dir}/item_tower")
+    export_reference_tower(query_tower, list(config.schema.query_features), key,
+                           f"{out_dir}/{contract.QUERY_TOWER_DIR}")
+    export_reference_tower(item_tower, item_specs(config.schema), ITEM_KEY, f"{out_dir}/{contract.ITEM_TOWER_DIR}")
     summary = {
         "model": "tfrs-basic-retrieval",
         "settings": settings.__dict__,
@@ -220,6 +222,6 @@ def train_reference(config, transformed_dir: str, out_dir: str, seed: int = 0,
         "query_vocab_size": len(query_vocab),
         "item_vocab_size": len(item_vocab),
     }
-    with tf.io.gfile.GFile(f"{out_dir}/training.json", "w") as fh:
+    with tf.io.gfile.GFile(f"{out_dir}/{contract.TRAINING_FILE}", "w") as fh:
         fh.write(json.dumps(summary, indent=2))
     return summary

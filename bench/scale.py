@@ -84,7 +84,9 @@ def run_pipeline(work: Path, data: Path, epochs: int | None, overrides: list[str
     if proc.returncode != 0:
         raise SystemExit(f"twotower run failed (exit {proc.returncode}); see {log}:\n"
                          + log.read_text()[-3000:])
-    summaries = sorted(runs.glob("*/summary.json"))
+    from core.contracts.files import SUMMARY_FILE
+
+    summaries = sorted(runs.glob(f"*/{SUMMARY_FILE}"))
     if len(summaries) != 1:
         raise SystemExit(f"expected one run under {runs}, found {len(summaries)}")
     summary = json.loads(summaries[0].read_text())

@@ -148,9 +148,11 @@ def build_store(args, store: str, log) -> dict:
 
     work = os.path.dirname(store)
     staging = os.path.join(work, "staging")
-    os.makedirs(os.path.join(staging, "index"))
+    from core.contracts import files as names
+
+    os.makedirs(os.path.join(staging, names.VERSION_INDEX_DIR))
     t = time.perf_counter()
-    build_query_tower(os.path.join(staging, "query_tower"), queries)
+    build_query_tower(os.path.join(staging, names.QUERY_TOWER_DIR), queries)
     facts["tower_seconds"] = round(time.perf_counter() - t, 1)
     log(f"query tower SavedModel written ({facts['tower_seconds']}s)")
 
@@ -158,7 +160,7 @@ def build_store(args, store: str, log) -> dict:
     t = time.perf_counter()
     searcher = build_with_params(db, params, k=10)
     facts["index_build_seconds"] = round(time.perf_counter() - t, 1)
-    save_searcher(searcher, os.path.join(staging, "index", "scann"))
+    save_searcher(searcher, os.path.join(staging, names.VERSION_SCANN_DIR))
     del searcher
     log(f"ScaNN index built: leaves {params.num_leaves}, search {params.num_leaves_to_search}, "
         f"reorder {params.reorder_k} ({facts['index_build_seconds']}s)")
@@ -166,12 +168,12 @@ def build_store(args, store: str, log) -> dict:
     t = time.perf_counter()
     width = len(str(args.n - 1))
     item_ids = [f"i{i:0{width}d}" for i in range(args.n)]
-    with open(os.path.join(staging, "index", "item_ids.txt"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(staging, names.VERSION_ITEM_IDS_FILE), "w", encoding="utf-8") as fh:
         fh.write("\n".join(item_ids) + "\n")
-    write_items(os.path.join(staging, "items.parquet"), item_ids, cluster_of, db)
-    with open(os.path.join(staging, "query_table.jsonl"), "w", encoding="utf-8") as fh:
+    write_items(os.path.join(staging, names.VERSION_ITEMS_FILE), item_ids, cluster_of, db)
+    with open(os.path.join(staging, names.QUERY_TABLE_FILE), "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps({"user_id": f"u{u}"}) + "\n" for u in range(args.users))
-    with open(os.path.join(staging, "seen.jsonl"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(staging, names.SEEN_FILE), "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps({"key": f"u{u}", "train": [], "valid": [], "test": []}) + "\n"
                       for u in range(args.users))
     index_metrics = {"kind": params.kind, "params": params.to_dict(), "dims": DIMS, "n_items": args.n,
@@ -197,7 +199,7 @@ def build_store(args, store: str, log) -> dict:
     from indexer.scann_index import exact_topk_chunked
 
     check_users = [f"u{u}" for u in range(min(args.users, args.check_users))]
-    vectors = Tower(os.path.join(staging, "query_tower")).embed({"user_id": check_users})
+    vectors = Tower(os.path.join(staging, names.QUERY_TOWER_DIR)).embed({"user_id": check_users})
     exact = exact_topk_chunked(db, vectors, args.k)
     facts["exact"] = {u: [item_ids[int(i)] for i in row] for u, row in zip(check_users, exact)}
 

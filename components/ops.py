@@ -102,14 +102,16 @@ def publish_op(config_json: str, store: str, run_id: str, job_name: str, ingeste
     import os
 
     from components.runtime import emit_report, load_stage_config, read_json, read_stage_record, run_stage
+    from core import contracts
     from core.lineage import lineage_for
-    from core.summary import SUMMARY_FILE, build_summary, dumps
+    from core.summary import build_summary
     from indexer.publish import gate_and_publish
 
     config = load_stage_config(config_json, {"publish.store": store})
     run_id = run_id or job_name  # cluster runs without an explicit id use the job's own name
-    eval_metrics = read_json(evaluation.path, "metrics.json")
-    ingest_stats = read_json(ingested.path, "ingest_stats.json")
+    # Validated on read: a malformed metrics.json fails here, naming the file and the field.
+    eval_metrics = contracts.read_metrics(os.path.join(evaluation.path, contracts.METRICS_FILE))
+    ingest_stats = read_json(ingested.path, contracts.INGEST_STATS_FILE)
     lineage = lineage_for(config, run_id, ingest_stats.get("fingerprint"), ingest_stats.get("data_date"))
 
     def body(cfg, out):
@@ -119,9 +121,9 @@ def publish_op(config_json: str, store: str, run_id: str, job_name: str, ingeste
     result = run_stage("publish", config, summary, metrics, body)
     stages = [read_stage_record(a.path) for a in (ingested, transformed, model, evaluation, embeddings, index)]
     stages.append(read_stage_record(summary.path))
-    doc = build_summary(run_id, stages, eval_metrics, read_json(index.path, "index_metrics.json"), result)
-    with open(os.path.join(summary.path, SUMMARY_FILE), "w") as fh:
-        fh.write(dumps(doc))
+    doc = build_summary(run_id, stages, eval_metrics.to_dict(), read_json(index.path, contracts.INDEX_METRICS_FILE),
+                        result)
+    contracts.write_summary(os.path.join(summary.path, contracts.SUMMARY_FILE), doc)
     emit_report("publish", summary.path, (report, report_markdown))  # after summary.json: it shows it too
 
 

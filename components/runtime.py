@@ -16,7 +16,9 @@ from typing import Callable, Mapping, Optional
 
 from core.beam import IN_PROCESS
 from core.config import Config, ConfigError, config_from_json
-from core.summary import STAGE_ERROR_FILE, STAGE_FILE, cpu_seconds_now, stage_record, stage_resources
+from core.contracts import files as names
+from core.contracts import records
+from core.summary import cpu_seconds_now, stage_record, stage_resources
 
 GCS = "gs://"
 #: The Beam worker image option: Dataflow workers run this image (default: pipeline.image).
@@ -58,17 +60,16 @@ def run_stage(stage: str, config: Config, artifact, metrics, body: Callable[[Con
         result = dict(body(config, out_dir))
     except Exception as exc:
         # Leave the reason beside the stage's outputs (run browsers show it), then fail the task.
-        with open(os.path.join(out_dir, STAGE_ERROR_FILE), "w") as fh:
-            json.dump({"stage": stage, "error": f"{type(exc).__name__}: {exc}",
-                       "seconds": round(time.perf_counter() - started, 3)}, fh, indent=2)
+        records.write_stage_error(os.path.join(out_dir, names.STAGE_ERROR_FILE),
+                                  {"stage": stage, "error": f"{type(exc).__name__}: {exc}",
+                                   "seconds": round(time.perf_counter() - started, 3)})
         raise
     seconds = time.perf_counter() - started
     record = stage_record(stage, seconds, result, stage_resources(cpu_started))
-    with open(os.path.join(out_dir, STAGE_FILE), "w") as fh:
-        json.dump(record, fh, indent=2, sort_keys=True, default=str)
+    records.write_stage_record(os.path.join(out_dir, names.STAGE_FILE), record)
     # A retry that succeeded in the same folder: the earlier attempt's error no longer says
     # why anything failed (run records and run browsers read it as the step's failure).
-    stale = os.path.join(out_dir, STAGE_ERROR_FILE)
+    stale = os.path.join(out_dir, names.STAGE_ERROR_FILE)
     if os.path.exists(stale):
         os.remove(stale)
     artifact.metadata["seconds"] = record["seconds"]
@@ -204,8 +205,8 @@ def emit_report(stage: str, out_dir: str, report_outputs: tuple) -> None:
 
 
 def read_stage_record(artifact_dir: str) -> dict:
-    with open(os.path.join(artifact_dir, STAGE_FILE)) as fh:
-        return json.load(fh)
+    """The folder's stage.json, validated (:class:`core.contracts.records.StageRecord`), as a dict."""
+    return records.read_stage_record(os.path.join(artifact_dir, names.STAGE_FILE)).to_dict()
 
 
 def read_json(artifact_dir: str, name: str) -> dict:

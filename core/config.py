@@ -21,6 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from core.cleaning import MULTI_VALUE_SEPARATOR  # noqa: F401 (defined with the cleaning rules)
 from core.configs import shipped_config, shipped_names
+from core.contracts.files import SUMMARY_FILE
 
 #: Column names with a fixed meaning in every dataset folder and TFRecord (core/records.py):
 #: the item key, the users table's key, and a weighted schema's row weight.
@@ -410,7 +411,7 @@ class EvaluateConfig(_Strict):
         if not v or any(k < 1 for k in v):
             raise ValueError("ks must be a non-empty list of positive ints")
         if 10 not in v:
-            raise ValueError(f"ks must include 10 (the gate, the live comparison and summary.json read "
+            raise ValueError(f"ks must include 10 (the gate, the live comparison and {SUMMARY_FILE} read "
                              f"recall_at_10), got {v}")
         return sorted(set(v))
 

@@ -16,11 +16,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from core.config import SchemaConfig
+from core.contracts import files as names
 from core.records import is_numeric, tf_feature_description
 
 #: Where real queries are taken from, in order of preference: held-out queries first (what
 #: serving will see next is closest to the newest, unseen ones), train only as a last resort.
-QUERY_SPLITS = ("valid", "test", "train")
+QUERY_SPLITS = (names.VALID, names.TEST, names.TRAIN)
 #: Records parsed per ``tf.io.parse_example`` call: large enough to amortise TF dispatch.
 PARSE_BATCH = 4096
 
@@ -33,7 +34,7 @@ def _tf():
 
 def split_files(transformed_dir: str, split: str) -> list[str]:
     """Sorted ``<split>-*.tfrecord`` paths of a transform output (possibly empty)."""
-    pattern = "/".join([transformed_dir.rstrip("/"), f"{split}-*.tfrecord"])
+    pattern = "/".join([str(transformed_dir).rstrip("/"), names.split_pattern(split)])
     return sorted(_tf().io.gfile.glob(pattern))
 
 

@@ -33,8 +33,9 @@ import time
 from typing import Callable, Optional
 
 from core import storage
+from core.contracts.files import RUN_FILE
 from core.store import IntegrityError, VersionNotFoundError, VersionStore
-from core.summary import RUN_FILE, dumps
+from core.summary import dumps
 
 #: Beside run.json: the lock file every read-modify-write of it holds (never deleted).
 LOCK_SUFFIX = ".lock"
@@ -227,7 +228,7 @@ def update_run_file(path: str, change: Callable[[Optional[dict]], Optional[dict]
     # The store's lock primitive (a kernel flock here): held for one small read and write,
     # dropped if we die.
     with storage.exclusive_lock(path + LOCK_SUFFIX, timeout_seconds=RUN_FILE_LOCK_SECONDS,
-                                lease_seconds=RUN_FILE_LOCK_SECONDS, purpose="run.json update"):
+                                lease_seconds=RUN_FILE_LOCK_SECONDS, purpose=f"{RUN_FILE} update"):
         try:
             with open(path, encoding="utf-8") as fh:
                 current = json.load(fh)

@@ -83,12 +83,15 @@ import tempfile
 from typing import Iterator, Optional
 
 from core import storage
+from core.contracts import files as names
+from core.contracts.records import ContractError, VersionManifest, write_manifest
 
-MANIFEST = "manifest.json"
-CURRENT = "CURRENT"
-VERSIONS = "versions"
-RUNS = "runs"
-LOCK = "store.lock"
+# The store's on-disk names are core.contracts'; these aliases are what callers have always used.
+MANIFEST = names.MANIFEST_FILE
+CURRENT = names.CURRENT_FILE
+VERSIONS = names.VERSIONS_DIR
+RUNS = names.RUNS_DIR
+LOCK = names.STORE_LOCK_FILE
 MAX_CURRENT_BYTES = 256  # a version id is at most 128 characters; anything past this is not one
 DEFAULT_LOCK_TIMEOUT_SECONDS = 60.0
 DEFAULT_LOCK_LEASE_SECONDS = 30.0  # gs:// only; every hold is a few requests, renewed on each change
@@ -334,13 +337,17 @@ class VersionStore:
         try:
             return storage.read_bytes(path)
         except FileNotFoundError:
-            state = "is incomplete (no manifest.json)" if self.exists(version) else "does not exist"
+            state = f"is incomplete (no {MANIFEST})" if self.exists(version) else "does not exist"
             raise VersionNotFoundError(f"{self.root}: version {version} {state}") from None
         except IsADirectoryError:
             raise IntegrityError(f"version {version}: {MANIFEST} is a folder, not a file") from None
 
     @staticmethod
     def _parse_manifest(version: str, raw: bytes) -> dict:
+        return VersionStore._parse_manifest_record(version, raw).to_dict()
+
+    @staticmethod
+    def _parse_manifest_record(version: str, raw: bytes) -> VersionManifest:
         try:
             manifest = json.loads(raw.decode("utf-8"))
         except ValueError as exc:  # JSONDecodeError / UnicodeDecodeError: a damaged manifest
@@ -355,17 +362,30 @@ class VersionStore:
             if not _valid_entry(entry):
                 raise IntegrityError(f"version {version}: file {_bounded(rel)} has manifest entry {_bounded(entry)}, "
                                      f"not an object with sha256 (64 hex digits) and size (bytes, an integer >= 0)")
-        return manifest
+        # The checks above keep their precise messages; the typed contract covers the rest
+        # (a serving section or published_weights of the wrong shape).
+        try:
+            return VersionManifest.parse(manifest, f"version {version}: file {MANIFEST}")
+        except ContractError as exc:
+            raise IntegrityError(_bounded(str(exc), 400)) from None
 
     def read_manifest(self, version: str) -> dict:
-        """The version's manifest.
+        """The version's manifest, as a plain dict (see :meth:`manifest_record` for the typed one).
 
         Raises:
             VersionNotFoundError: no such version, or it has no manifest (incomplete).
             IntegrityError: the manifest is not valid JSON, or its "files" table is missing or
-              holds an entry that is not {"sha256", "size"} (the message names the file).
+              holds an entry that is not {"sha256", "size"} (the message names the file), or
+              another field does not match :class:`core.contracts.records.VersionManifest`.
         """
-        return self._parse_manifest(version, self._manifest_bytes(version))
+        return self.manifest_record(version).to_dict()
+
+    def manifest_record(self, version: str) -> VersionManifest:
+        """The version's manifest, validated (:class:`core.contracts.records.VersionManifest`).
+
+        Raises: as :meth:`read_manifest`.
+        """
+        return self._parse_manifest_record(version, self._manifest_bytes(version))
 
     def versions(self, *, strict_pointer: bool = True) -> list[dict]:
         """Every version folder, oldest first: {"id", "created", "live", "has_manifest"}.
@@ -405,7 +425,7 @@ class VersionStore:
     # pipeline's exit handler): the history of what was tried, beside what was published.
     def run_record_path(self, run_id: str) -> str:
         _check_version_id(run_id)
-        return storage.join(self.root, RUNS, f"{run_id}.json")
+        return storage.join(self.root, names.run_record_file(run_id))
 
     def record_run(self, run_id: str, record: dict) -> str:
         """Write (atomically, replacing any earlier record of the same run) a run's record."""
@@ -417,12 +437,12 @@ class VersionStore:
         """Every run record, oldest run id first; unreadable records are reported, not fatal."""
         out = []
         for name in storage.list_children(storage.join(self.root, RUNS)):
-            if not name.endswith(".json"):
+            if not name.endswith(names.JSON_SUFFIX):
                 continue
             try:
                 out.append(json.loads(storage.read_text(storage.join(self.root, RUNS, name))))
             except (OSError, ValueError) as exc:
-                out.append({"run_id": name[:-len(".json")], "state": "UNREADABLE", "error": str(exc)})
+                out.append({"run_id": name[:-len(names.JSON_SUFFIX)], "state": "UNREADABLE", "error": str(exc)})
         return sorted(out, key=lambda r: str(r.get("run_id")))
 
     # -- verification ----------------------------------------------------------------------------
@@ -532,15 +552,17 @@ class VersionStore:
             raise ValueError(f"publish: {staging_dir} already holds a {MANIFEST}; the store writes it")
         if not files:
             raise ValueError(f"publish: staging folder {staging_dir} is empty")
-        self._upload(version, staging_dir, vdir)
         full = {**manifest, "version": version,
                 "created": manifest.get("created") or utc_now().isoformat(timespec="seconds"),
                 "files": files}
+        # A manifest that breaks the contract fails here, before anything is uploaded.
+        VersionManifest.parse(full, f"publish {version}: {MANIFEST}")
+        self._upload(version, staging_dir, vdir)
         with self._locked(f"publish {version}: write {MANIFEST}") as lock:
             self._require_uploaded(version, files)
             lock.refresh()
             # The manifest goes last: its presence is what marks the version complete.
-            storage.write_text(self._manifest_path(version), json.dumps(full, indent=2, sort_keys=True))
+            write_manifest(self._manifest_path(version), full)
         verified = self._verified_own(version)
         with self._locked(f"publish {version}: move CURRENT") as lock:
             self._require_manifest(version, verified, VersionCollectedError,

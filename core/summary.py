@@ -12,15 +12,10 @@ import json
 import time
 from typing import Mapping
 
-# File names of the run and stage contract, in one place: the components and the local
-# runner write them, the reports and the run browser read them.
-STAGE_FILE = "stage.json"
-STAGE_ERROR_FILE = "stage_error.json"  # written instead when a stage fails
-SUMMARY_FILE = "summary.json"  # in the publish artifact and in a local run's folder
-RUN_FILE = "run.json"  # a local run's status record (pipelines/local_run.py)
-PIPELINE_LOG = "pipeline.log"  # a local run's full runner output
-REPORT_HTML_FILE = "report.html"  # each stage's rendered report, beside stage.json
-REPORT_MARKDOWN_FILE = "report.md"
+# File names of the run and stage contract live in core.contracts (defined once); they are
+# re-exported here for the modules that have always imported them from core.summary.
+from core.contracts.files import (PIPELINE_LOG, REPORT_HTML_FILE, REPORT_MARKDOWN_FILE, RUN_FILE,  # noqa: F401
+                                  STAGE_ERROR_FILE, STAGE_FILE, SUMMARY_FILE)
 
 
 def stage_record(stage: str, seconds: float, result: Mapping, resources: Mapping | None = None) -> dict:

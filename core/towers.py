@@ -44,8 +44,10 @@ class Tower:
 
         if not storage.is_gcs(path):
             return path
-        if not storage.exists(storage.join(path, "saved_model.pb")):
-            raise FileNotFoundError(f"tower {path}: no saved_model.pb there")
+        from core.contracts.files import SAVED_MODEL_FILE
+
+        if not storage.exists(storage.join(path, SAVED_MODEL_FILE)):
+            raise FileNotFoundError(f"tower {path}: no {SAVED_MODEL_FILE} there")
         local = tempfile.mkdtemp(prefix="twotower-tower-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, local, True)
         return storage.download_tree(path, local)

@@ -89,15 +89,16 @@ import pyarrow.compute as pc
 
 from core import cleaning, history, storage
 from core.config import USER_KEY, Config, FeatureSpec
+from core.contracts import files as contract
 from core.records import ITEM_KEY, WEIGHT_KEY
 
 #: Table names of the canonical dataset folder, in the order they are validated
 #: (items before interactions, because interactions must reference known items).
-TABLES = ("items", "users", "interactions")
+TABLES = contract.TABLES
 FORMATS = ("csv", "parquet", "jsonl")
 LABEL, RATING, TIMESTAMP = "label", "rating", "timestamp"
-DEAD_LETTER_FILE = "dead_letter.jsonl"
-STATS_FILE = "ingest_stats.json"
+DEAD_LETTER_FILE = contract.DEAD_LETTER_FILE  # the output's names are core.contracts'
+STATS_FILE = contract.INGEST_STATS_FILE
 #: Records (data rows, good and bad) per chunk of the streamed interactions table: bounds what
 #: one chunk holds at once (its raw cells, the validated frame and its arrow copy).
 INGEST_CHUNK_ROWS = 1_000_000
@@ -948,8 +949,8 @@ def _stream_interactions(path: str, shown: str, config: Config, known_items: "pa
     required = [schema.query_key, ITEM_KEY, *[f.name for f in extra]]
     if schema.weighted:  # graded actions: the column each row's weight comes from
         required.append(_weight_source(config))
-    parquet_path = os.path.join(work_dir, "interactions.parquet")
-    dead_path = os.path.join(work_dir, "interactions." + DEAD_LETTER_FILE)
+    parquet_path = os.path.join(work_dir, contract.table_file(contract.INTERACTIONS_TABLE))
+    dead_path = os.path.join(work_dir, f"{contract.INTERACTIONS_TABLE}.{DEAD_LETTER_FILE}")
     rows = ok = bad = 0
     first_dead: list[dict] = []  # what the errors quote
     unit = {"decided": False}  # the timestamp-unit check is made on one chunk (the first with any)
@@ -1190,7 +1191,7 @@ def _write_outputs(out_dir: str, tables: dict[str, _Table], fingerprint: str,
     ``out_dir``; a streamed table's files (already written) are moved / copied in. Returns
     the stats."""
     for name in TABLES:
-        path = os.path.join(out_dir, f"{name}.parquet")
+        path = os.path.join(out_dir, contract.table_file(name))
         if name in tables and tables[name].parquet:
             shutil.move(tables[name].parquet, path)  # a rename when on one file system
         elif name in tables:

@@ -69,6 +69,7 @@ from typing import Iterable, Optional
 
 from core import cleaning, history, storage
 from core.config import USER_KEY, Config, FeatureSpec, SchemaConfig
+from core.contracts import files as contract
 from core.records import ITEM_KEY, WEIGHT_KEY, encode_example, interaction_specs, item_specs
 from core.text import tokenize
 from features.errors import TransformError
@@ -82,14 +83,15 @@ log = logging.getLogger(__name__)
 
 KEY = "_key"  # cleaned query key carried on every interaction row
 SPLIT = "_split"  # split name carried on every interaction row
-SPLITS = ("train", "valid", "test")
-NEGATIVES = "train_negatives"
+# The output's names are core.contracts' (the trainer, evaluate, embed and publish read them).
+SPLITS = contract.SPLITS
+NEGATIVES = contract.NEGATIVES_SPLIT
 #: An id cap folding more than this share of a feature's train interactions is a log warning.
 FOLDED_WARN_SHARE = 0.01
-STATS_FILE, SEEN_FILE, QUERY_TABLE_FILE = "stats.json", "seen.jsonl", "query_table.jsonl"
-COLD_ITEMS_FILE = "cold_items.txt"
+STATS_FILE, SEEN_FILE, QUERY_TABLE_FILE = contract.TRANSFORM_STATS_FILE, contract.SEEN_FILE, contract.QUERY_TABLE_FILE
+COLD_ITEMS_FILE = contract.COLD_ITEMS_FILE
 #: Raw (un-normalised) display fields per item, for people reading query results.
-ITEMS_DISPLAY_FILE = "items_display.jsonl"
+ITEMS_DISPLAY_FILE = contract.ITEMS_DISPLAY_FILE
 _NUMERIC_EMPTY = {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "count": 0}
 
 
@@ -113,20 +115,20 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
     """
     started = time.time()
     inputs = _input_paths(config.schema, ingested_dir)
-    split = resolve_split(config.transform.split, inputs["interactions"])
+    split = resolve_split(config.transform.split, inputs[contract.INTERACTIONS_TABLE])
     history = config.schema.history_feature
-    if history is not None and "timestamp" not in _parquet_columns(inputs["interactions"]):
+    if history is not None and "timestamp" not in _parquet_columns(inputs[contract.INTERACTIONS_TABLE]):
         raise TransformError(f"{inputs['interactions']}: the history feature {history.name!r} needs a "
                              f"timestamp column (a history is the items before each interaction)")
-    if config.schema.weighted and WEIGHT_KEY not in _parquet_columns(inputs["interactions"]):
+    if config.schema.weighted and WEIGHT_KEY not in _parquet_columns(inputs[contract.INTERACTIONS_TABLE]):
         raise TransformError(f"{inputs['interactions']}: the schema is weighted (schema.weight_column / "
                              f"schema.action_weights) but the ingested interactions have no {WEIGHT_KEY!r} "
                              f"column: ingest again with this config")
     if not storage.is_gcs(out_dir):
         # Local renames do not create parent folders.
-        os.makedirs(os.path.join(out_dir, "vocab"), exist_ok=True)
+        os.makedirs(os.path.join(out_dir, contract.VOCAB_DIR), exist_ok=True)
     temp_dir = storage.join(out_dir, f".beam-temp-{uuid.uuid4().hex}")
-    rows = _parquet_rows(inputs["interactions"])
+    rows = _parquet_rows(inputs[contract.INTERACTIONS_TABLE])
     try:
         with make_transform_pipeline(config) as pipeline:
             build_pipeline(pipeline, config, inputs, out_dir, split, temp_dir)
@@ -134,7 +136,7 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
         if storage.exists(temp_dir):
             storage.delete_tree(temp_dir)
     stats = json.loads(storage.read_text(storage.join(out_dir, STATS_FILE)))
-    check_rows_conserved(config, inputs["interactions"], rows, stats["counts"])
+    check_rows_conserved(config, inputs[contract.INTERACTIONS_TABLE], rows, stats["counts"])
     warn_folded_ids(stats["vocab_coverage"])
     stats["seconds"] = round(time.time() - started, 3)
     from core.beam import IN_PROCESS
@@ -173,16 +175,17 @@ def make_transform_pipeline(config: Config):
 
 def _input_paths(schema: SchemaConfig, ingested_dir: str) -> dict[str, Optional[str]]:
     paths: dict[str, Optional[str]] = {}
-    for table in ("interactions", "items", "users"):
-        path = storage.join(ingested_dir, f"{table}.parquet")
+    for table in (contract.INTERACTIONS_TABLE, contract.ITEMS_TABLE, contract.USERS_TABLE):
+        path = storage.join(ingested_dir, contract.table_file(table))
         if storage.exists(path):
             paths[table] = path
-        elif table == "users":
+        elif table == contract.USERS_TABLE:
             paths[table] = None
         else:
             raise TransformError(f"{path}: not found (run ingest first)")
-    if uses_users_table(schema) and paths["users"] is None:
-        raise TransformError(f"{storage.join(ingested_dir, 'users.parquet')}: not found, but the schema "
+    if uses_users_table(schema) and paths[contract.USERS_TABLE] is None:
+        users = storage.join(ingested_dir, contract.table_file(contract.USERS_TABLE))
+        raise TransformError(f"{users}: not found, but the schema "
                              f"declares user features {[f.name for f in schema.user_features]}")
     return paths
 
@@ -442,7 +445,7 @@ class ColdItemsFn(beam.DoFn):
         elif row.get(SPLIT) == NEGATIVES:
             self._dropped.inc()
         else:
-            yield {**row, SPLIT: "test"}
+            yield {**row, SPLIT: contract.TEST}
 
 
 class HashSplitFn(beam.DoFn):
@@ -459,13 +462,14 @@ class HashSplitFn(beam.DoFn):
             yield row
             return
         u = hashed_bucket(row[KEY], row[ITEM_KEY], self._seed)
-        split = "test" if u < self._test else "valid" if u < self._test + self._valid else "train"
+        split = (contract.TEST if u < self._test
+                 else contract.VALID if u < self._test + self._valid else contract.TRAIN)
         yield {**row, SPLIT: split}
 
 
 #: A row's history may hold earlier positives of these splits (see :class:`KeyTimelineFn`).
-VISIBLE_SPLITS = {"train": ("train",), NEGATIVES: ("train",), "valid": ("train",),
-                  "test": ("train", "valid")}
+VISIBLE_SPLITS = {contract.TRAIN: (contract.TRAIN,), NEGATIVES: (contract.TRAIN,),
+                  contract.VALID: (contract.TRAIN,), contract.TEST: (contract.TRAIN, contract.VALID)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -527,9 +531,9 @@ class KeyTimelineFn(beam.DoFn):
         n = len(ordered)
         out = []
         for i, row in enumerate(ordered):
-            split = "train"
+            split = contract.TRAIN
             if n >= 3:
-                split = "test" if i == n - 1 else "valid" if i == n - 2 else "train"
+                split = contract.TEST if i == n - 1 else contract.VALID if i == n - 2 else contract.TRAIN
             out.append({**row, SPLIT: split})
         return out
 
@@ -803,7 +807,7 @@ class BuildVocabulary(beam.PTransform):
 
 def vocab_path(feature: str) -> str:
     """Path of a feature's vocabulary relative to the transform output folder."""
-    return f"vocab/{feature}.tsv"
+    return contract.vocab_file(feature)
 
 
 def warn_folded_ids(coverage: dict) -> list[str]:
@@ -989,7 +993,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     catalog_specs = item_specs(schema)
 
     # ---- catalog: clean, catalog-mean fill, encode; raw display fields on the side
-    raw_items = p | "ReadItems" >> beam.io.ReadFromParquet(inputs["items"])
+    raw_items = p | "ReadItems" >> beam.io.ReadFromParquet(inputs[contract.ITEMS_TABLE])
     display_file = (raw_items
                     | "DisplayLine" >> beam.Map(display_line, list(schema.display_fields))
                     | "DisplayFile" >> SortedFile(ITEMS_DISPLAY_FILE))
@@ -997,7 +1001,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     item_stats = items | "ItemNumericStats" >> ComputeNumericStats(item_numeric)
     items = fill_numerics(items, "FillItemNumerics", item_numeric, item_stats)
     items_written = items | "EncodeItems" >> beam.ParDo(EncodeFn(catalog_specs))
-    _ = items_written | "WriteItems" >> _tfrecord_sink(out_dir, "items")
+    _ = items_written | "WriteItems" >> _tfrecord_sink(out_dir, contract.ITEMS_SPLIT)
     # Cold items are drawn over the catalog, so one never interacted with is listed too.
     cold_items = (items
                   | "ColdItems" >> beam.Filter(lambda i, f=tcfg.cold_item_fraction, s=tcfg.seed:
@@ -1017,7 +1021,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
         # train frequencies and seen.jsonl stay unweighted: one count per train positive.
         passthrough.append(WEIGHT_KEY)
     interactions = (p
-                    | "ReadInteractions" >> beam.io.ReadFromParquet(inputs["interactions"])
+                    | "ReadInteractions" >> beam.io.ReadFromParquet(inputs[contract.INTERACTIONS_TABLE])
                     | "NormalizeInteractions" >> NormalizeFeatures([key_spec, *extra_query], passthrough)
                     | "AttachKey" >> beam.Map(lambda r, k=schema.query_key: {**r, KEY: r[k]}))
     history_spec = schema.history_feature
@@ -1036,7 +1040,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
     users = None
     if user_side:
         users = (p
-                 | "ReadUsers" >> beam.io.ReadFromParquet(inputs["users"])
+                 | "ReadUsers" >> beam.io.ReadFromParquet(inputs[contract.USERS_TABLE])
                  | "NormalizeUsers" >> NormalizeFeatures(table_specs))
         rows = rows | "JoinUserFeatures" >> JoinUserFeatures(users, schema.user_features)
     # Ids only (no item features): nothing to attach, so no 10M-row CoGroupByKey to hold in
@@ -1045,12 +1049,12 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
         rows = rows | "JoinItemFeatures" >> JoinItemFeatures(items, item_feats)
 
     # ---- query-side numerics: train-split mean, then fill and encode by split
-    train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == "train")
+    train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == contract.TRAIN)
     query_stats = train_rows | "QueryNumericStats" >> ComputeNumericStats(query_numeric)
     filled = fill_numerics(rows, "FillQueryNumerics", query_numeric, query_stats)
     encoded = filled | "EncodeBySplit" >> beam.ParDo(
         EncodeBySplitFn(interaction_specs(schema))).with_outputs(*SPLITS, NEGATIVES)
-    counted = {"items": items_written, "cold_items": cold_items}
+    counted = {contract.ITEMS_SPLIT: items_written, "cold_items": cold_items}
     for name in (*SPLITS, NEGATIVES):
         _ = encoded[name] | f"Write[{name}]" >> _tfrecord_sink(out_dir, name)
         counted[name] = encoded[name]
@@ -1131,4 +1135,4 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
 
 def _tfrecord_sink(out_dir: str, name: str):
     """``<out_dir>/<name>-SSSSS-of-NNNNN.tfrecord`` (the ``<name>-*.tfrecord`` of the contract)."""
-    return beam.io.WriteToTFRecord(storage.join(out_dir, name), file_name_suffix=".tfrecord")
+    return beam.io.WriteToTFRecord(storage.join(out_dir, name), file_name_suffix=contract.TFRECORD_SUFFIX)

@@ -36,14 +36,16 @@ import numpy as np
 
 from core import storage
 from core.config import Config
+from core.contracts import files as names
 from indexer.embeddings import EVAL, TUNE, load_embeddings, load_query_embeddings
 from indexer.scann_index import build_with_params, measure, resolve_params, save_searcher
 from indexer.tuner import tune, write_artifacts
 
-SCANN_DIR = "scann"
-ITEM_IDS = "item_ids.txt"
-METRICS = "index_metrics.json"
-TUNING = "tuning.json"
+# The index artifact's names are core.contracts' (publish and the reports read them).
+SCANN_DIR = names.SCANN_DIR
+ITEM_IDS = names.ITEM_IDS_FILE
+METRICS = names.INDEX_METRICS_FILE
+TUNING = names.TUNING_FILE
 #: Noise scale relative to a unit vector's per-dimension magnitude (1/sqrt(D)).
 QUERY_NOISE = 0.3
 #: ``tune_queries`` values in index_metrics.json: where the measurement queries came from.

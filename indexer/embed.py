@@ -26,12 +26,13 @@ import numpy as np
 from core import storage
 from core.beam import make_pipeline
 from core.config import Config
+from core.contracts import files as names
 from core.queries import first_split_with_queries
 from core.records import ITEM_KEY, decode_example, item_specs
 from core.sampling import ranked_order
 from indexer.embeddings import EVAL, TUNE, load_embeddings, write_embeddings, write_query_embeddings
 
-ITEMS_PATTERN = "items-*.tfrecord"
+ITEMS_PATTERN = names.split_pattern(names.ITEMS_SPLIT)
 #: Upper bound on items per tower call: large enough to amortise TF dispatch overhead,
 #: small enough that one batch of raw features stays a few MB.
 MAX_BATCH = 1024
@@ -44,11 +45,11 @@ class EmbedError(RuntimeError):
 
 
 def item_tower_path(model_dir: str) -> str:
-    return storage.join(model_dir, "item_tower")
+    return storage.join(model_dir, names.ITEM_TOWER_DIR)
 
 
 def query_tower_path(model_dir: str) -> str:
-    return storage.join(model_dir, "query_tower")
+    return storage.join(model_dir, names.QUERY_TOWER_DIR)
 
 
 class ParseItemExample(beam.DoFn):
@@ -181,7 +182,7 @@ def _write_embeddings_sink(pairs: Iterable[tuple[str, np.ndarray]], out_dir: str
 
     pairs = list(pairs)
     if not pairs:
-        raise EmbedError("the catalog is empty: no items-*.tfrecord rows to embed")
+        raise EmbedError(f"the catalog is empty: no {ITEMS_PATTERN} rows to embed")
     ids = [p[0] for p in pairs]
     dupes = sorted(i for i, c in Counter(ids).items() if c > 1)
     if dupes:

@@ -19,9 +19,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from core import storage
+from core.contracts import files as names
 
-FILENAME = "item_embeddings.parquet"
-QUERY_FILENAME = "query_embeddings.parquet"
+FILENAME = names.ITEM_EMBEDDINGS_FILE
+QUERY_FILENAME = names.QUERY_EMBEDDINGS_FILE
 #: ``purpose`` values of query_embeddings.parquet: the tuner's sample and the disjoint sample
 #: the index stage reports recall on (so the reported figure is not the one chosen on).
 TUNE, EVAL = "tune", "eval"

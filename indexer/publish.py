@@ -32,6 +32,8 @@ import numpy as np
 
 from core import storage
 from core.config import Config
+from core.contracts import files as names
+from core.contracts.records import EvalMetrics
 from core.records import ITEM_KEY
 from indexer.build import ITEM_IDS, METRICS, SCANN_DIR
 from indexer.embeddings import load_embeddings
@@ -42,12 +44,13 @@ from indexer.store import StoreError, VersionStore, utc_now
 
 log = logging.getLogger(__name__)
 
-QUERY_TOWER = "query_tower"
-INDEX = "index"
-ITEMS = "items.parquet"
-QUERY_TABLE = "query_table.jsonl"
-SEEN = "seen.jsonl"
-ITEMS_DISPLAY = "items_display.jsonl"  # written by the transform
+# The version layout is core.contracts' (serving reads it with the same names).
+QUERY_TOWER = names.QUERY_TOWER_DIR
+INDEX = names.VERSION_INDEX_DIR
+ITEMS = names.VERSION_ITEMS_FILE
+QUERY_TABLE = names.QUERY_TABLE_FILE
+SEEN = names.SEEN_FILE
+ITEMS_DISPLAY = names.ITEMS_DISPLAY_FILE  # written by the transform
 
 
 def _copy_tree(src: str, dest: str) -> None:
@@ -152,11 +155,12 @@ def assemble_staging(config: Config, transformed_dir: str, model_dir: str, embed
 
 
 def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embeddings_dir: str,
-                     index_dir: str, metrics: dict, run_id: str, lineage: dict) -> dict:
+                     index_dir: str, metrics: "dict | EvalMetrics", run_id: str, lineage: dict) -> dict:
     """Gate the run; when it passes publish a new live version and apply retention.
 
     Args:
-        metrics: evaluate's metrics.json content (recall_at_10, popularity.recall_at_10, ...).
+        metrics: evaluate's metrics.json (:func:`core.contracts.records.read_metrics`), or its
+            content as a dict (recall_at_10, popularity.recall_at_10, ...).
         lineage: data fingerprint, config JSON, code version, run id (stored verbatim).
     Returns:
         {"published": bool, "version": str | None, "reasons": [str], "store": str,
@@ -164,6 +168,8 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
          "gc_error": str | None (why retention did not run after a publish)}.
         When the gate fails the store is not touched at all.
     """
+    if isinstance(metrics, EvalMetrics):
+        metrics = metrics.to_dict()  # the gate and the manifest take the document as written
     decision = decide(config, metrics)
     store_root = config.publish.store
     result = {"published": False, "version": None, "reasons": list(decision.reasons),
@@ -177,6 +183,7 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
         result["reasons"].append(stale)
         return result
     index_metrics = json.loads(storage.read_text(storage.join(index_dir, METRICS)))
+    stats = json.loads(storage.read_text(storage.join(transformed_dir, names.TRANSFORM_STATS_FILE)))
     version = store.new_version_id()
     with tempfile.TemporaryDirectory(prefix="twotower-publish-") as tmp:
         staging = os.path.join(tmp, version)
@@ -192,8 +199,7 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
             # Which splits the published weights trained on (training.json): a refit version's
             # saw the test split, so the next run's live comparison leaves those keys out.
             "published_weights": _published_weights(model_dir),
-            "serving": serving_section(config, index_metrics,
-                                       json.loads(storage.read_text(storage.join(transformed_dir, "stats.json")))),
+            "serving": serving_section(config, index_metrics, stats),
         }
         store.publish(version, staging, manifest)
     deleted, gc_error = _retention(store, config.publish.keep_versions)
@@ -203,10 +209,11 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
 
 def _published_weights(model_dir: str) -> dict:
     """training.json's ``published_weights`` (train only when absent: an older trainer)."""
-    path = storage.join(model_dir, "training.json")
+    path = storage.join(model_dir, names.TRAINING_FILE)
+    only_train = {"mode": "none", "splits": [names.TRAIN]}
     if not storage.exists(path):
-        return {"mode": "none", "splits": ["train"]}
-    return json.loads(storage.read_text(path)).get("published_weights") or {"mode": "none", "splits": ["train"]}
+        return only_train
+    return json.loads(storage.read_text(path)).get("published_weights") or only_train
 
 
 def _retention(store: VersionStore, keep: int) -> tuple[list[str], str | None]:

@@ -23,7 +23,7 @@ from typing import Mapping, Optional, Sequence
 from core import storage
 from core.run_records import final_record
 from core.store import VersionStore
-from core.summary import STAGE_ERROR_FILE, STAGE_FILE
+from core.contracts.files import STAGE_ERROR_FILE, STAGE_FILE
 
 
 def record_final_status(store_root: str, run_id: str, state: str, error: Optional[str],

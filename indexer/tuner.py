@@ -386,7 +386,10 @@ def write_artifacts(result: TuningResult, folder: str) -> list[str]:
     import os
 
     os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(folder, name) for name in ("tuning.json", "tuning.md", "tuning.svg")]
+    from core.contracts import files as names
+
+    paths = [os.path.join(folder, name) for name in (names.TUNING_FILE, names.TUNING_MARKDOWN_FILE,
+                                                       names.TUNING_SVG_FILE)]
     with open(paths[0], "w", encoding="utf-8") as fh:
         json.dump(result.to_dict(), fh, indent=2, sort_keys=True)
     with open(paths[1], "w", encoding="utf-8") as fh:

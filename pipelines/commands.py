@@ -7,6 +7,7 @@ import sys
 import tempfile
 
 from core.config import ConfigError, load_config
+from core.contracts.files import PIPELINE_LOG, SUMMARY_FILE
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -115,7 +116,7 @@ def cmd_run(args) -> int:
     try:
         summary = run_local(config, verbose=args.verbose, data_date=args.data_date)
     except RunFailedError as exc:
-        print(f"twotower run: pipeline failed: {exc} (full log: pipeline.log in the run folder)",
+        print(f"twotower run: pipeline failed: {exc} (full log: {PIPELINE_LOG} in the run folder)",
               file=sys.stderr)
         return 1
     _print_summary(summary)
@@ -126,7 +127,7 @@ def _print_summary(summary: dict) -> None:
     metrics = summary["metrics"]
     index = summary["index"]
     print()
-    print(f"run {summary['run_id']}  ->  {summary['run_dir']}/summary.json")
+    print(f"run {summary['run_id']}  ->  {summary['run_dir']}/{SUMMARY_FILE}")
     recalls = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
                         if k.startswith(("recall_at_", "ndcg_at_")) and v is not None)
     print(f"  quality   {recalls}  (popularity recall_at_10={metrics['popularity_recall_at_10']:.4f})")

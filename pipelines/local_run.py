@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import re
 import secrets
@@ -16,7 +15,8 @@ from core import storage
 from core.config import Config
 from core.partitions import partition_path, resolve_data_date
 from core.run_records import close_dead_runs, process_identity, update_run_file
-from core.summary import PIPELINE_LOG, RUN_FILE, SUMMARY_FILE, dumps
+from core.contracts.files import PIPELINE_LOG, RUN_FILE, SUMMARY_FILE
+from core.contracts.records import read_summary, write_summary
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -103,11 +103,10 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
         if isinstance(exc, RuntimeError):
             raise RunFailedError(record) from exc
         raise
-    with open(_find_one(pipeline_root, os.path.join("summary", SUMMARY_FILE))) as fh:
-        summary = json.load(fh)
+    # "summary" is the publish task's output artifact (its name in the pipeline).
+    summary = read_summary(_find_one(pipeline_root, os.path.join("summary", SUMMARY_FILE))).to_dict()
     summary["run_dir"] = run_dir
-    with open(os.path.join(run_dir, SUMMARY_FILE), "w") as fh:
-        fh.write(dumps(summary))
+    write_summary(os.path.join(run_dir, SUMMARY_FILE), summary)
     record.update(status="succeeded", finished_at=_now(), published=summary["published"], version=summary["version"])
     write_run_record(run_dir, record)
     return summary

@@ -29,6 +29,7 @@ from typing import Callable, Literal, Optional, Protocol
 
 from core import storage
 from core.config import Config
+from core.contracts.files import SCHEDULER_STATE_FILE
 from core.cron import Cron
 from core.partitions import date_for_fire_time
 
@@ -36,7 +37,7 @@ log = logging.getLogger("twotower.scheduler")
 
 MissedRunPolicy = Literal["latest", "all", "skip"]
 MISSED_RUN_POLICIES = ("latest", "all", "skip")
-STATE_FILE = "scheduler.json"
+STATE_FILE = SCHEDULER_STATE_FILE
 LOCK_FILE = "scheduler.lock"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 

@@ -18,7 +18,7 @@ import core  # noqa: F401 (sets the TF environment before anything imports Tenso
 
 import importlib
 
-from core.summary import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
+from core.contracts.files import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
 from reports import artifacts
 from reports.artifacts import ReportInputError
 

@@ -13,7 +13,7 @@ import os
 from typing import Iterator, Optional
 
 from core import storage
-from core.summary import STAGE_FILE
+from core.contracts.files import STAGE_FILE
 
 
 class ReportInputError(ValueError):

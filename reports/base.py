@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.summary import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
+from core.contracts.files import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
 from reports.html import Report, fmt
 
 #: Human names of the stages (the report titles).

@@ -8,7 +8,7 @@ from reports.html import Report
 
 
 def build(out_dir: str, record: dict) -> Report:
-    from indexer.embeddings import FILENAME
+    from core.contracts.files import ITEM_EMBEDDINGS_FILE as FILENAME
 
     result = record["result"]
     report = start("embed", record, out_dir)

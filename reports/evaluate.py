@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 
+from core.contracts import files as names
 from core.svg_chart import BarSeries, bar_chart
 from reports import artifacts
 from reports.base import files_section, number, start
 from reports.html import Cell, Report
 
-#: Written by trainer.evaluate.evaluate_model (no constant there to import).
-METRICS_FILE = "metrics.json"
+#: Written by trainer.evaluate.evaluate_model.
+METRICS_FILE = names.METRICS_FILE
 SLICE_ORDER = ("head", "torso", "tail", "cold")
 _METRIC = re.compile(r"^(recall|ndcg)_at_(\d+)$")
 
@@ -75,7 +76,7 @@ def build(out_dir: str, record: dict) -> Report:
                      caption=("Model, popularity baseline and live version" if live is not None
                               else "Model and popularity baseline") + " on the same test split and protocol.")
     else:
-        report.paragraph("metrics.json holds no recall@K / nDCG@K values.")
+        report.paragraph(f"{METRICS_FILE} holds no recall@K / nDCG@K values.")
 
     if metrics.get("sampled") and keys:
         _sampling_section(report, metrics, keys, live)
@@ -151,7 +152,7 @@ def _live(metrics: dict) -> tuple[dict | None, tuple[str, str]]:
     if live is None:
         return None, ("No live version in the store: this would be the first publish (no baseline).", "info")
     if not isinstance(live, dict):
-        raise artifacts.ReportInputError(f"metrics.json: live must be null or an object, got {live!r}")
+        raise artifacts.ReportInputError(f"{METRICS_FILE}: live must be null or an object, got {live!r}")
     if "error" in live:
         return None, (f"The live version {live.get('version')} could not be evaluated: {live['error']}", "warn")
     missing = live.get("n_items_missing")

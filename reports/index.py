@@ -9,7 +9,8 @@ from reports.html import Cell, Report
 
 
 def build(out_dir: str, record: dict) -> Report:
-    from indexer.build import METRICS, TUNING
+    from core.contracts.files import INDEX_METRICS_FILE as METRICS
+    from core.contracts.files import TUNING_FILE as TUNING
 
     metrics = artifacts.read_json(out_dir, METRICS) or record["result"]
     report = start("index", record, out_dir)
@@ -53,7 +54,7 @@ def build(out_dir: str, record: dict) -> Report:
     if tuning.get("enabled") is False:
         report.paragraph("Tuning was off (index.tune is false): the configured parameters were used as they are.")
     elif doc is None:
-        report.paragraph("No tuning.json in this artifact.")
+        report.paragraph(f"No {TUNING} in this artifact.")
     if doc is not None:
         _tuning(report, doc)
     return files_section(report, artifacts.children(out_dir))

@@ -15,7 +15,8 @@ RAW_CHARS = 160
 
 
 def build(out_dir: str, record: dict) -> Report:
-    from features.ingest import DEAD_LETTER_FILE, STATS_FILE
+    from core.contracts.files import DEAD_LETTER_FILE
+    from core.contracts.files import INGEST_STATS_FILE as STATS_FILE
 
     # ingest_stats.json is the contract; stage.json's result carries the same numbers.
     stats = artifacts.read_json(out_dir, STATS_FILE) or record["result"]

@@ -4,7 +4,7 @@ the folder) this run's headline metrics and seconds per stage."""
 
 from __future__ import annotations
 
-from core.summary import SUMMARY_FILE
+from core.contracts.files import SUMMARY_FILE
 from reports import artifacts
 from reports.base import TITLES, files_section, number, start
 from reports.evaluate import label, metric_keys

@@ -3,13 +3,14 @@ throughput, early stopping, optimiser settings when recorded, and where TensorBo
 
 from __future__ import annotations
 
+from core.contracts import files as names
 from core.svg_chart import Mark, Series, line_chart
 from reports import artifacts
 from reports.base import files_section, number, start
 from reports.html import Cell, Report
 
-#: Written by trainer.train.train_model (no constant there to import).
-TRAINING_FILE = "training.json"
+#: Written by trainer.train.train_model.
+TRAINING_FILE = names.TRAINING_FILE
 TENSORBOARD_DIR = "tensorboard"
 #: trainer.checkpoint.SUBDIR; not imported because that module imports TensorFlow at load.
 CHECKPOINTS_DIR = "checkpoints"
@@ -39,7 +40,7 @@ def build(out_dir: str, record: dict) -> Report:
     if settings:
         report.facts(settings)
     else:
-        report.paragraph("training.json does not record the optimiser settings "
+        report.paragraph(f"{TRAINING_FILE} does not record the optimiser settings "
                          "(see the run's config: train.optimizer, train.lr, train.lr_schedule).")
 
     report.heading("Learning curves")

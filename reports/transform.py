@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from core.contracts import files as names
 from reports import artifacts
 from reports.base import files_section, start
 from reports.html import Cell, Report
@@ -15,20 +16,19 @@ from reports.html import Cell, Report
 LENGTH_SAMPLE = 20_000
 #: Most frequent tokens shown per vocabulary.
 TOP_TOKENS = 5
-SPLIT_ORDER = ("train", "valid", "test", "train_negatives", "items", "queries", "cold_items")
+SPLIT_ORDER = (*names.RECORD_SPLITS, "queries", "cold_items")
 
 
 def build(out_dir: str, record: dict) -> Report:
-    from features.transform import (COLD_ITEMS_FILE, ITEMS_DISPLAY_FILE, QUERY_TABLE_FILE, STATS_FILE,
-                                    folded_ids_sentence)
+    from features.transform import folded_ids_sentence
 
-    stats = artifacts.read_json(out_dir, STATS_FILE) or record["result"]
+    stats = artifacts.read_json(out_dir, names.TRANSFORM_STATS_FILE) or record["result"]
     counts = stats.get("counts") or {}
     report = start("transform", record, out_dir)
-    n_cold = artifacts.count_lines(out_dir, COLD_ITEMS_FILE)
+    n_cold = artifacts.count_lines(out_dir, names.COLD_ITEMS_FILE)
     if n_cold is None:
         n_cold = counts.get("cold_items")
-    positives = sum(int(counts.get(k) or 0) for k in ("train", "valid", "test"))
+    positives = sum(int(counts.get(k) or 0) for k in names.SPLITS)
     report.facts([("split", stats.get("split")), ("positive pairs", positives),
                   ("catalog items", counts.get("items")), ("query keys", counts.get("queries")),
                   ("cold items", n_cold)])
@@ -39,11 +39,11 @@ def build(out_dir: str, record: dict) -> Report:
             report.note(folded_ids_sentence(feature, cov), "warn")
 
     report.heading("Split sizes")
-    names = [k for k in SPLIT_ORDER if k in counts] + sorted(k for k in counts if k not in SPLIT_ORDER)
-    if names:
+    shown = [k for k in SPLIT_ORDER if k in counts] + sorted(k for k in counts if k not in SPLIT_ORDER)
+    if shown:
         report.table(["output", "rows", "share of positives"],
-                     [[n, counts[n], _share(counts[n], positives) if n in ("train", "valid", "test") else None]
-                      for n in names])
+                     [[n, counts[n], _share(counts[n], positives) if n in names.SPLITS else None]
+                      for n in shown])
     else:
         report.paragraph("No counts were recorded.")
 
@@ -76,7 +76,7 @@ def build(out_dir: str, record: dict) -> Report:
         report.paragraph("No numeric features.")
 
     report.heading("String field lengths")
-    rows = (_lengths(out_dir, QUERY_TABLE_FILE, "query") + _lengths(out_dir, ITEMS_DISPLAY_FILE, "item"))
+    rows = (_lengths(out_dir, names.QUERY_TABLE_FILE, "query") + _lengths(out_dir, names.ITEMS_DISPLAY_FILE, "item"))
     if rows:
         report.paragraph(f"Raw values as ingested (before normalisation), from the first {LENGTH_SAMPLE:,} "
                          "rows of the query table and the item display table; words = whitespace-separated.")
@@ -86,7 +86,7 @@ def build(out_dir: str, record: dict) -> Report:
 
     report.heading("Cold items")
     if n_cold:
-        sample = list(artifacts.iter_lines(out_dir, COLD_ITEMS_FILE, 10))
+        sample = list(artifacts.iter_lines(out_dir, names.COLD_ITEMS_FILE, 10))
         report.paragraph(f"{n_cold} items are held out as cold (every positive in test, train count 0); "
                          f"the item tower embeds them from content only. First {len(sample)}:")
         report.bullets(sample)
@@ -117,7 +117,7 @@ def _folded_interactions(cov: dict):
 def _top_tokens(out_dir: str, feature: str) -> str:
     """'tok (count), ...' from vocab/<feature>.tsv (count-descending), '' when absent."""
     out = []
-    for line in artifacts.iter_lines(out_dir, f"vocab/{feature}.tsv", TOP_TOKENS):
+    for line in artifacts.iter_lines(out_dir, names.vocab_file(feature), TOP_TOKENS):
         token, _, count = line.partition("\t")
         out.append(f"{token} ({count})" if count else token)
     return ", ".join(out)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import threading
 from typing import NamedTuple, Optional, Sequence
@@ -34,6 +33,8 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 from core import history, storage
+from core.contracts import files as names
+from core.contracts.records import VersionManifest
 from core.storage import is_gcs
 from core.store import VersionStore
 from core.text import normalize_text
@@ -49,13 +50,14 @@ HISTORY = "history"
 #: what features far outside the training range produce (overflow to 0 or NaN).
 _NORM_TOLERANCE = 1e-3
 
-# Version layout (mirrors indexer.publish; serving must not import the indexer).
-QUERY_TOWER = "query_tower"
-SCANN_DIR = os.path.join("index", "scann")
-ITEM_IDS = os.path.join("index", "item_ids.txt")
-ITEMS = "items.parquet"
-QUERY_TABLE = "query_table.jsonl"
-SEEN = "seen.jsonl"
+# Version layout: core.contracts' names, the ones indexer.publish writes (serving must not
+# import the indexer).
+QUERY_TOWER = names.QUERY_TOWER_DIR
+SCANN_DIR = names.VERSION_SCANN_DIR
+ITEM_IDS = names.VERSION_ITEM_IDS_FILE
+ITEMS = names.VERSION_ITEMS_FILE
+QUERY_TABLE = names.QUERY_TABLE_FILE
+SEEN = names.SEEN_FILE
 
 
 class UnknownKeyError(RequestError):
@@ -161,8 +163,11 @@ class Retriever:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if "serving" not in manifest:
+        # Validated against the manifest contract (a dict from VersionStore.read_manifest, or the record).
+        record = VersionManifest.parse(manifest, f"version {version}: {names.MANIFEST_FILE}")
+        if record.serving is None:
             raise ValueError(f"version {version}: manifest has no 'serving' section (published by an older build?)")
+        manifest = record.to_dict()
         if is_gcs(folder):
             folder = storage.download_tree(folder, tempfile.mkdtemp(prefix="twotower-serve-"))
         serving = manifest["serving"]
@@ -173,7 +178,7 @@ class Retriever:
         items = {str(row["item_id"]): row for row in table.drop_columns(["embedding"]).to_pylist()}
         key = serving["query_key"]
         query_table = {str(row[key]): row for row in _read_jsonl(storage.join(folder, QUERY_TABLE))}
-        seen = {str(row["key"]): {str(i) for part in ("train", "valid", "test") for i in row.get(part, [])}
+        seen = {str(row["key"]): {str(i) for part in names.SPLITS for i in row.get(part, [])}
                 for row in _read_jsonl(storage.join(folder, SEEN))}
         check_counts(version, searcher, item_ids, items, tower, serving)
         return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen)

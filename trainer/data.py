@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from core.config import FeatureSpec
+from core.contracts import files as names
 from core.records import is_numeric, tf_feature_description
 from trainer.tfenv import import_tf
 
@@ -352,7 +353,8 @@ def labelled_negatives_dataset(files: Sequence[str], specs: Sequence[FeatureSpec
     n = count_records(files)
     if n == 0:
         print("[train] train.labelled_negative_weight > 0 but there are no labelled negatives "
-              "(train_negatives-*.tfrecord missing or empty): the labelled-negative term is off", flush=True)
+              f"({names.split_pattern(names.NEGATIVES_SPLIT)} missing or empty): the labelled-negative term is off",
+              flush=True)
         return None
     # Repeated: there are usually far fewer labelled negatives than positives, and every
     # positives batch needs a partner batch.

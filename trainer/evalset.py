@@ -30,6 +30,7 @@ import numpy as np
 
 from core import storage
 from core.config import Config
+from core.contracts import files as names
 from core.records import ITEM_KEY, interaction_specs, item_specs
 from core.sampling import sample_keys
 from core.text import normalize_text
@@ -92,7 +93,7 @@ def local_transformed(transformed_dir: str, local_dir: str, splits: tuple[str, .
     if not storage.is_gcs(transformed_dir):
         return transformed_dir
     base = transformed_dir.rstrip("/")
-    patterns = [f"{split}-*.tfrecord" for split in splits]
+    patterns = [names.split_pattern(split) for split in splits]
     wanted = set(files)
     for path in storage.list_files(base):
         rel = path[len(base) + 1:]
@@ -105,7 +106,7 @@ def local_transformed(transformed_dir: str, local_dir: str, splits: tuple[str, .
 
 def load_catalog(config: Config, transformed_dir: str) -> Catalog:
     """The catalog from ``items-*.tfrecord`` (first occurrence wins on duplicate ids)."""
-    files = artifacts.require_split_files(transformed_dir, "items")
+    files = artifacts.require_split_files(transformed_dir, names.ITEMS_SPLIT)
     cols = read_columns(files, item_specs(config.schema))
     ids = cols[ITEM_KEY]
     _, first = np.unique(ids, return_index=True)
@@ -155,7 +156,7 @@ def load_queries(config: Config, transformed_dir: str, split: str, mask_splits: 
         pos = {index[i] for i in items if i in index} - relevant[key]
         masked.append(np.array(sorted(pos), dtype=np.int64))
     if ordered and seen and matched == 0:
-        raise ValueError(f"{transformed_dir}: none of the {split} keys appear in seen.jsonl; "
+        raise ValueError(f"{transformed_dir}: none of the {split} keys appear in {names.SEEN_FILE}; "
                          f"cannot mask {'+'.join(mask_splits)} items")
     rows = np.array([first_row[k] for k in ordered], dtype=np.int64)
     feats = {s.name: cols[s.name][rows] for s in schema.query_features}

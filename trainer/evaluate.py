@@ -65,6 +65,8 @@ from typing import Mapping
 
 import numpy as np
 
+from core.contracts import files as names
+
 EMBED_BATCH = 4096
 #: Cut-off of the slice hit rates (fixed, so slices compare across configs).
 SLICE_K = 10
@@ -84,7 +86,7 @@ def _embed(tower, columns: Mapping[str, np.ndarray], batch_size: int = EMBED_BAT
 
 def mask_splits_for(mask_seen: bool) -> tuple[str, ...]:
     """The seen.jsonl splits masked at test time: train+valid, or none."""
-    return ("train", "valid") if mask_seen else ()
+    return (names.TRAIN, names.VALID) if mask_seen else ()
 
 
 def slice_report(model_ranks, popularity_ranks, slices: np.ndarray, k: int = SLICE_K) -> dict:
@@ -146,7 +148,7 @@ def _protocol(config, transformed_dir: str) -> dict:
     """What the numbers mean: averaging unit, masking, and the transform's split method."""
     from core import storage
 
-    path = storage.join(transformed_dir, "stats.json")
+    path = storage.join(str(transformed_dir), names.TRANSFORM_STATS_FILE)
     try:
         stats = json.loads(storage.read_text(path))
     except FileNotFoundError:
@@ -206,7 +208,7 @@ def _untrained_by(seen_path: str, queries, catalog) -> np.ndarray:
     for line in storage.read_text(seen_path).split("\n"):
         if line.strip():
             row = json.loads(line)
-            seen[str(row["key"])] = {i for part in ("train", "valid", "test") for i in row.get(part, [])}
+            seen[str(row["key"])] = {i for part in names.SPLITS for i in row.get(part, [])}
     return np.array([not any(catalog.ids[int(p)] in seen.get(key, ()) for p in relevant)
                      for key, relevant in zip(queries.keys, queries.relevant)], dtype=bool)
 
@@ -232,6 +234,7 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
     """
     import tempfile
 
+    from core import storage
     from core.store import VersionStore
     from core.towers import Tower
     from trainer.metrics import embedding_rank_relevant, estimates, query_contributions
@@ -243,11 +246,12 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
     try:
         with tempfile.TemporaryDirectory(prefix="twotower-live-") as tmp:
             vdir = store.fetch_version(version, tmp)
-            item_emb, missing = _live_item_embeddings(f"{vdir.rstrip('/')}/items.parquet", catalog.ids)
-            query_emb = _embed(Tower(f"{vdir.rstrip('/')}/query_tower"), queries.features)
-            saw = (store.read_manifest(version).get("published_weights") or {}).get("splits") or ["train"]
-            fresh = (_untrained_by(f"{vdir.rstrip('/')}/seen.jsonl", queries, catalog)
-                     if "test" in saw else None)
+            item_emb, missing = _live_item_embeddings(storage.join(vdir, names.VERSION_ITEMS_FILE), catalog.ids)
+            query_emb = _embed(Tower(storage.join(vdir, names.QUERY_TOWER_DIR)), queries.features)
+            weights = store.manifest_record(version).published_weights
+            saw = (weights.splits if weights is not None else None) or [names.TRAIN]
+            fresh = (_untrained_by(storage.join(vdir, names.SEEN_FILE), queries, catalog)
+                     if names.TEST in saw else None)
         masked = queries.masked
         if len(missing):
             masked = [np.union1d(m, missing).astype(np.int64) for m in masked]
@@ -287,11 +291,12 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
     return {"version": version, **live, "n_items_missing": int(len(missing))}
 
 
-def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
+def evaluate_model(config, transformed_dir, model_dir: str, out_dir: str,
                    live_store: str | None = None) -> dict:
     """Test-split metrics of the exported towers in ``model_dir`` vs popularity.
 
     Args:
+        transformed_dir: the transform's folder, or a :class:`trainer.artifacts.TransformedData`.
         live_store: a version store; when given, its live version is scored on the same
             test keys and protocol into ``metrics["live"]`` (see the module doc).
 
@@ -304,6 +309,7 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     import tempfile
 
     from core import storage
+    from core.contracts.records import write_metrics
     from core.records import ITEM_KEY
     from core.towers import Tower
     from trainer import artifacts
@@ -321,10 +327,12 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     # A gs:// transform folder is read through core.storage: only the parts evaluation
     # reads are downloaded (see trainer.evalset.local_transformed); a local one is read in place.
     with tempfile.TemporaryDirectory(prefix="twotower-evaluate-") as tmp:
-        local = local_transformed(transformed_dir, tmp, ("items", "test"),
-                                  ("stats.json", f"vocab/{ITEM_KEY}.tsv") + (("seen.jsonl",) if mask_splits else ()))
+        needed = (names.TRANSFORM_STATS_FILE, names.vocab_file(ITEM_KEY)) + ((names.SEEN_FILE,) if mask_splits else ())
+        # One handle on the (local) folder: the item vocabulary and seen.jsonl are read once.
+        local = artifacts.TransformedData(local_transformed(str(transformed_dir), tmp,
+                                                            (names.ITEMS_SPLIT, names.TEST), needed))
         catalog = load_catalog(config, local)
-        queries = load_queries(config, local, "test", mask_splits, catalog,
+        queries = load_queries(config, local, names.TEST, mask_splits, catalog,
                                max_queries=ecfg.max_queries, seed=ecfg.seed)
         counts, slices = catalog_popularity(local, catalog)
     if not len(queries):
@@ -333,8 +341,8 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     # Tower downloads a gs:// SavedModel through core.storage before TF loads it. A refit
     # model is scored by its early-stopped twin: the refit one trained on the test split.
     scored_dir = artifacts.evaluated_model_dir(model_dir)
-    query_tower = Tower(storage.join(scored_dir, "query_tower"))
-    item_tower = Tower(storage.join(scored_dir, "item_tower"))
+    query_tower = Tower(storage.join(scored_dir, names.QUERY_TOWER_DIR))
+    item_tower = Tower(storage.join(scored_dir, names.ITEM_TOWER_DIR))
     item_emb = _embed(item_tower, catalog.features)
     query_emb = _embed(query_tower, queries.features)
     model_ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, queries.masked, depth)
@@ -358,7 +366,7 @@ def evaluate_model(config, transformed_dir: str, model_dir: str, out_dir: str,
     if live_store:
         metrics["live"] = evaluate_live(live_store, queries, catalog, ks, ndcg_k, per, depth,
                                         candidate_values=model_values)
-    storage.write_text(storage.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))
+    write_metrics(storage.join(out_dir, names.METRICS_FILE), metrics)  # validated: a bad document fails here
     _log(metrics, model_metrics, pop_metrics, ks[0])
     return metrics
 

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.contracts import files as names
 from core.records import ITEM_KEY
 from trainer.tfenv import import_tf
 
@@ -41,7 +42,7 @@ def sampling_probabilities(catalog_ids: Sequence[str], vocab_tokens: Sequence[st
     """
     n = len(catalog_ids)
     if n == 0:
-        raise ValueError("negative sampling needs a non-empty catalog (items-*.tfrecord)")
+        raise ValueError(f"negative sampling needs a non-empty catalog ({names.split_pattern(names.ITEMS_SPLIT)})")
     if mode == "uniform":
         return np.full(n, 1.0 / n)
     if mode != "popularity":

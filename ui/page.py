@@ -12,6 +12,7 @@ import json
 from typing import Iterable, Optional
 from urllib.parse import quote, urlencode
 
+from core.contracts import files as names
 from ui.query import MAX_UI_K
 
 #: How often the runs and run pages reload themselves while a run is still going.
@@ -260,7 +261,7 @@ def _step_section(step: dict) -> str:
                      f'src="{esc(url_path(step["report_html"]))}" sandbox="allow-same-origin" '
                      f'onload="fitFrame(this)"></iframe>')
         if step["report_md"]:
-            parts.append(f'<p><a href="{esc(url_path(step["report_md"]))}">report.md</a></p>')
+            parts.append(f'<p><a href="{esc(url_path(step["report_md"]))}">{names.REPORT_MARKDOWN_FILE}</a></p>')
     elif step["result"] is not None:
         parts.append(result_table(step["result"]))
     else:
@@ -275,9 +276,9 @@ def run_page(run: dict) -> str:
     """One run: headline facts, step overview, then each step's report / result and files."""
     m = run["metrics"]
     links = []
-    for rel, label in ((run["log"], "pipeline.log"),
-                       (f"{run['run_id']}/summary.json" if run["has_summary"] else None, "summary.json"),
-                       (f"{run['run_id']}/run.json" if run["has_run_json"] else None, "run.json")):
+    for rel, label in ((run["log"], names.PIPELINE_LOG),
+                       (f"{run['run_id']}/{names.SUMMARY_FILE}" if run["has_summary"] else None, names.SUMMARY_FILE),
+                       (f"{run['run_id']}/{names.RUN_FILE}" if run["has_run_json"] else None, names.RUN_FILE)):
         if rel:
             links.append(f'<a id="link-{esc(label.replace(".", "-"))}" href="{esc(url_path(rel))}">{esc(label)}</a>')
     facts = [("Status", status_badge(run["status"])),

@@ -33,15 +33,13 @@ import re
 from typing import Optional
 
 from core.run_records import close_dead_run, owner_alive
-from core.summary import PIPELINE_LOG
-from core.summary import REPORT_HTML_FILE as REPORT_HTML
-from core.summary import REPORT_MARKDOWN_FILE as REPORT_MD
-from core.summary import RUN_FILE as RUN_JSON
-from core.summary import STAGE_ERROR_FILE as STAGE_ERROR_JSON  # a stage that raised leaves this instead
-from core.summary import STAGE_FILE as STAGE_JSON
-from core.summary import SUMMARY_FILE as SUMMARY_JSON
-
-KFP_DIR = "kfp"
+from core.contracts.files import KFP_DIR, PIPELINE_LOG
+from core.contracts.files import REPORT_HTML_FILE as REPORT_HTML
+from core.contracts.files import REPORT_MARKDOWN_FILE as REPORT_MD
+from core.contracts.files import RUN_FILE as RUN_JSON
+from core.contracts.files import STAGE_ERROR_FILE as STAGE_ERROR_JSON  # a stage that raised leaves this instead
+from core.contracts.files import STAGE_FILE as STAGE_JSON
+from core.contracts.files import SUMMARY_FILE as SUMMARY_JSON
 
 #: (display name, stage key) in pipeline order; the key is stage.json's "stage" field.
 STEPS = (("ingest", "ingest"), ("transform", "transform"), ("train", "train"),
@@ -228,7 +226,7 @@ def run_overview(runs_dir: str, run_id: str, stages: Optional[dict] = None) -> d
         status = "succeeded" if summary is not None else "failed"
     error = rj.get("error")
     if info is None and summary is None:
-        error = "the run did not finish (no summary.json) and left no run.json saying why"
+        error = f"the run did not finish (no {SUMMARY_JSON}) and left no {RUN_JSON} saying why"
 
     started = _parse_time(rj.get("started_at"))
     started_at = _iso(started) if started else _time_from_run_id(run_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from core.store import PointerError, StoreError, VersionStore
+from core.store import MANIFEST, PointerError, StoreError, VersionStore
 
 
 class RollbackError(RuntimeError):
@@ -74,7 +74,7 @@ def list_versions(store: str) -> dict:
             except StoreError as exc:  # damaged manifest: listed with the reason, not fatal
                 row["problem"] = str(exc)
         else:
-            row["problem"] = "incomplete: no manifest.json (a failed or in-flight publish)"
+            row["problem"] = f"incomplete: no {MANIFEST} (a failed or in-flight publish)"
         row.update(_summarise(manifest))
         out.append(row)
     return {"store": store, "live": live, "versions": out, "pointer_problem": pointer_problem}
