@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from core.config import Config, FeatureSpec
+from core.contracts import files as names
 from trainer import artifacts
 from trainer.data import InMemoryExamples, with_labelled_negatives
 from trainer.loop import ChunkedTrainLoop
@@ -29,7 +30,7 @@ from trainer.train_inputs import steps_per_epoch
 tf = import_tf()
 
 #: The splits a refit trains on, in this order.
-REFIT_SPLITS = ("train", "valid", "test")
+REFIT_SPLITS = names.SPLITS
 
 
 @dataclass

@@ -98,7 +98,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
     tf = import_tf()
     from core.records import interaction_specs
-    from trainer.artifacts import HELDOUT_DIR
+    from core.contracts import files as names
     from trainer.checkpoint import TrainingCheckpoint
     from trainer.evalset import load_catalog, load_queries
     from trainer.export import export_tower, serving_function
@@ -171,10 +171,12 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         def validate(epoch: int) -> Optional[float]:
             return validation_recall(valid, catalog, towers, (query_serve, item_serve))
 
-        # A warm start's own weights are a candidate too ("epoch 0"): yesterday's optimum on
-        # nearly the same data is often already today's, and more epochs on it overfit (each
-        # day of a warm chain would otherwise add epochs past the early stop).
-        start_value = validate(0) if warm_report.get("copied") is not None else None
+        # train.warm_start_keep_start: a warm start's own weights are a candidate too ("epoch 0"):
+        # yesterday's optimum on nearly the same data may already be today's, and more epochs on it
+        # overfit. Off by default: on the MovieLens replay validation kept the start every day and
+        # the chain's test recall fell behind (docs/BENCHMARKS.md).
+        start_value = (validate(0) if t.warm_start_keep_start and warm_report.get("copied") is not None
+                       else None)
         if start_value is not None:
             warm_report["start_val_recall_at_10"] = start_value
             print(f"[train] warm start's own val_recall@10={start_value:.4f} (epoch 0)", flush=True)
@@ -201,8 +203,8 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
         # The early-stopped model is what evaluate scores and the gate judges; the model
         # published (query_tower/, item_tower/) has also seen the held-out splits.
-        export_tower(query_tower, f"{work_dir}/{HELDOUT_DIR}/query_tower")
-        export_tower(item_tower, f"{work_dir}/{HELDOUT_DIR}/item_tower")
+        export_tower(query_tower, f"{work_dir}/{names.heldout_tower_dir('query')}")
+        export_tower(item_tower, f"{work_dir}/{names.heldout_tower_dir('item')}")
 
         def start_where_this_run_started(towers_, model_, batch) -> None:
             _build_variables(model_, batch)
@@ -217,13 +219,13 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
     # Exported outside the device scope so the SavedModel graphs carry no device pins
     # (they are served on CPU machines).
-    export_tower(towers[0], f"{work_dir}/query_tower")
-    export_tower(towers[1], f"{work_dir}/item_tower")
+    export_tower(towers[0], f"{work_dir}/{names.tower_dir('query')}")
+    export_tower(towers[1], f"{work_dir}/{names.tower_dir('item')}")
     summary = training_summary(
         config, history, best_epoch, n_train=inputs.n_train, n_epochs=n_epochs, refit=refit, inputs=inputs,
         model=model, chunked=chunked is not None, plan=plan, valid=valid, warm_report=warm_report,
         num_replicas=int(strategy.num_replicas_in_sync))
-    with tf.io.gfile.GFile(f"{work_dir}/training.json", "w") as fh:
+    with tf.io.gfile.GFile(f"{work_dir}/{names.TRAINING_FILE}", "w") as fh:
         fh.write(json.dumps(summary, indent=2))
     if not chief:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from core.config import Config, FeatureSpec
+from core.contracts import files as names
 from trainer import artifacts
 from trainer.data import (InMemoryExamples, StreamedExamples, block_rows_for, count_records, files_size,
                           labelled_negatives_dataset, make_dataset, with_labelled_negatives)
@@ -155,7 +156,7 @@ def load_train_inputs(config: Config, transformed_dir: str, specs: Sequence[Feat
         streamed = StreamedExamples(
             files, specs, block_rows=block_rows_for(files, n_train, t.stream_block_mb, t.batch_size),
             num_parallel_calls=t.num_workers, cache_dir=cache_dir)
-    negatives_files = (artifacts.split_files(transformed_dir, "train_negatives")
+    negatives_files = (artifacts.split_files(transformed_dir, names.NEGATIVES_SPLIT)
                        if t.labelled_negative_weight > 0.0 else None)
     negatives = None
     if negatives_files is not None and not multi_worker:

@@ -127,13 +127,14 @@ def test_metrics_from_the_evaluate_stage(tmp_path):
     """evaluate_model's own metrics.json (tiny towers, test_evaluate's folder) reads back as written;
     the stage takes the transform output as a TransformedData handle too."""
     pytest.importorskip("tensorflow")
-    from tests.unit.test_evaluate import _write_folder, make_config, write_models
+    from tests.support.evaluation import write_eval_folder
+    from tests.support.indexer_models import make_config, write_models
     from trainer.artifacts import TransformedData
     from trainer.evaluate import evaluate_model
 
     config = make_config(tmp_path, evaluate={"ks": [5, 10], "ndcg_k": 10, "slices": True})
     folder = str(tmp_path / "transformed")
-    _write_folder(config, folder)
+    write_eval_folder(config, folder)
     got = evaluate_model(config, TransformedData(folder), write_models(str(tmp_path / "models")),
                          str(tmp_path / "eval"))
     path = str(tmp_path / "eval" / names.METRICS_FILE)
@@ -341,11 +342,6 @@ def test_transformed_data_handle(tmp_path, monkeypatch):
 PRODUCTION = ("core", "features", "trainer", "indexer", "serving", "components", "pipelines", "reports", "ui")
 #: (module, literal) pairs that stay, with why.
 ALLOWED = {
-    # Being rewritten by a concurrent change (train.py split into train_inputs.py / refit.py); those
-    # modules switch to the contract (TransformedData, names.heldout_tower_dir...) next.
-    ("trainer/train.py", "training.json"), ("trainer/train.py", "query_tower"), ("trainer/train.py", "item_tower"),
-    ("trainer/train_inputs.py", "train_negatives"), ("trainer/refit.py", "query_tower"),
-    ("trainer/refit.py", "item_tower"), ("trainer/refit.py", "training.json"),
     # Keras model names of the two towers (they name variables in checkpoints), not folders.
     ("trainer/features.py", "query_tower"), ("trainer/features.py", "item_tower"),
 }

@@ -30,7 +30,8 @@ def two_days(tmp_path_factory):
     store = root / "store"
     day1_tables = ring_tables(seed=3, n_items=50, n_users=150)
     cfg1, out1 = transform(root / "day1", day1_tables, store=store, **{"train.warm_start": True,
-                                                                        "train.n_epochs": 6})
+                                                                        "train.n_epochs": 6,
+                                                                        "train.warm_start_optimizer": "carry"})
     training1, metrics1, result1 = publish_run(cfg1, out1, root / "day1")
     assert result1["published"], result1["reasons"]
     more = ring_tables(seed=4, n_items=60, n_users=40, user_prefix="new")
@@ -39,7 +40,9 @@ def two_days(tmp_path_factory):
     cfg2, out2 = transform(root / "day2", day2_tables, store=store, **{"train.warm_start": True,
                                                                         "train.n_epochs": 6,
                                                                         "train.warm_start_epochs": 1,
-                                                                        "train.warm_start_lr_scale": 0.25})
+                                                                        "train.warm_start_lr_scale": 0.25,
+                                                                        "train.warm_start_optimizer": "carry",
+                                                                        "train.warm_start_keep_start": True})
     training2, metrics2, result2 = publish_run(cfg2, out2, root / "day2")
     return ({"config": cfg1, "training": training1, "metrics": metrics1, "result": result1, "root": root / "day1"},
             {"config": cfg2, "training": training2, "metrics": metrics2, "result": result2, "root": root / "day2",
