@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.unit.test_environment import PACKAGES
+from tests.support.packages import PACKAGES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -25,7 +25,7 @@ from pipelines.local_run import run_local
 from pipelines.scheduler import LocalScheduler
 from serving.server import QueryService
 from tests.clocks import ManualClock
-from tests.unit.test_server import call
+from tests.support.http_client import call
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -27,7 +27,7 @@ import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tests.unit.test_trainer import make_config, write_transformed  # noqa: E402
+from tests.support.trainer_data import make_config, write_transformed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 N_EPOCHS = 3
@@ -44,7 +44,7 @@ MARGIN = 0.15
 WORKER = """
 import json, os, sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-from tests.unit.test_trainer import make_config
+from tests.support.trainer_data import make_config
 from trainer.train import train_model
 root, out, train = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if os.environ.get("TWOTOWER_TEST_STREAMED"):

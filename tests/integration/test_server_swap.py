@@ -20,7 +20,8 @@ import pytest
 from core.store import VersionStore
 from serving.retriever import Retriever
 from serving.server import QueryService
-from tests.unit.test_server import build_store, call, publish_version
+from tests.support.http_client import call
+from tests.support.stores import build_store, publish_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,6 +18,7 @@ from datagen.movielens import (
 )
 from datagen.synth_shop import ACCEPTANCE_QUERIES, CATEGORIES, expected_category, generate_shop
 from tests.conftest import MOVIELENS_RAW
+from tests.support.movielens_raw import genre_flags, write_raw
 
 
 ITEM_COLUMNS = ["item_id", "title", "description", "bullet_points", "brand", "color",
@@ -186,37 +187,8 @@ def test_moderate_scale_catalog_is_balanced(tmp_path):
 # ---------------------------------------------------------------- MovieLens
 
 
-GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-          "Romance", "Sci-Fi", "Thriller", "War", "Western"]
-
-
-def _flags(*names: str) -> str:
-    return "|".join("1" if g in names else "0" for g in GENRES)
-
-
-def _write_raw(folder: Path, data_lines=None, user_lines=None, item_lines=None) -> Path:
-    """A tiny hand-written MovieLens-100K folder: 3 users, 4 items, 6 ratings."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "u.genre").write_text("".join(f"{g}|{i}\n" for i, g in enumerate(GENRES)) + "\n")
-    users = user_lines or ["1|24|M|technician|85711", "2|53|F|other|94043",
-                           "3|23|M|writer|T8H1N"]
-    (folder / "u.user").write_text("\n".join(users) + "\n")
-    items = item_lines or [
-        f"1|Toy Story (1995)|01-Jan-1995||http://x|{_flags('Animation', 'Comedy')}",
-        f"2|Misérables, Les (1995)|01-01-1995||http://x|{_flags('Drama', 'Musical')}",
-        f"3|Mystery Film (1971)|||http://x|{_flags('unknown')}",
-        f"4|Mixed (1996)|22-May-1996||http://x|{_flags('unknown', 'Drama')}",
-    ]
-    (folder / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
-    data = data_lines or ["1\t1\t5\t881250949", "1\t2\t3\t881250950", "2\t1\t4\t891717742",
-                          "2\t3\t1\t878887116", "3\t4\t2\t880606923", "3\t2\t5\t886397596"]
-    (folder / "u.data").write_text("\n".join(data) + "\n")
-    return folder
-
-
 def test_convert_tiny_movielens(tmp_path):
-    raw = _write_raw(tmp_path / "raw")
+    raw = write_raw(tmp_path / "raw")
     counts = convert_movielens(str(raw), str(tmp_path / "out"))
     assert counts == {"interactions": 6, "users": 3, "items": 4, "missing_item_ids": [],
                       "dropped_interactions": 0}
@@ -252,17 +224,17 @@ def test_convert_tiny_movielens(tmp_path):
         ({"data_lines": ["1\t1\t5\t1", "7\t1\t5\t2"]}, "u.data", 2, "user_id"),
         ({"user_lines": ["1|24|M|technician|85711", "2|old|F|other|94043"]}, "u.user", 2, "age"),
         ({"user_lines": ["1|24|X|technician|85711"]}, "u.user", 1, "gender"),
-        ({"item_lines": [f"1|Toy Story (1995)|01-Jan-1995||http://x|{_flags('Action')}|0"]},
+        ({"item_lines": [f"1|Toy Story (1995)|01-Jan-1995||http://x|{genre_flags('Action')}|0"]},
          "u.item", 1, "<extra>"),
         ({"item_lines": ["1|Toy Story (1995)|01-Jan-1995||http://x|"
                          + "|".join(["0", "2"] + ["0"] * 17)]},
          "u.item", 1, "genre:Action"),
-        ({"item_lines": [f"1|Toy Story (1995)|1995/01/01||http://x|{_flags('Action')}"]},
+        ({"item_lines": [f"1|Toy Story (1995)|1995/01/01||http://x|{genre_flags('Action')}"]},
          "u.item", 1, "release_date"),
     ],
 )
 def test_malformed_raw_lines_name_file_line_and_field(tmp_path, kwargs, file, line, field):
-    raw = _write_raw(tmp_path / "raw", **kwargs)
+    raw = write_raw(tmp_path / "raw", **kwargs)
     with pytest.raises(MovieLensFormatError) as info:
         convert_movielens(str(raw), str(tmp_path / "out"))
     err = info.value
@@ -272,14 +244,14 @@ def test_malformed_raw_lines_name_file_line_and_field(tmp_path, kwargs, file, li
 
 
 def test_missing_raw_file_is_named(tmp_path):
-    raw = _write_raw(tmp_path / "raw")
+    raw = write_raw(tmp_path / "raw")
     (raw / "u.user").unlink()
     with pytest.raises(FileNotFoundError, match=r"u\.user"):
         convert_movielens(str(raw), str(tmp_path / "out"))
 
 
 def test_ratings_of_items_missing_from_u_item_follow_the_policy(tmp_path):
-    raw = _write_raw(tmp_path / "raw", data_lines=["1\t1\t5\t1", "2\t9\t4\t2", "3\t9\t3\t3"])
+    raw = write_raw(tmp_path / "raw", data_lines=["1\t1\t5\t1", "2\t9\t4\t2", "3\t9\t3\t3"])
     placeholder = convert_movielens(str(raw), str(tmp_path / "p"))
     assert placeholder["missing_item_ids"] == ["9"]
     assert placeholder["interactions"] == 3 and placeholder["items"] == 5
@@ -303,7 +275,7 @@ def _zip_raw(raw: Path, zip_path: Path) -> str:
 
 
 def test_download_verifies_checksum_then_extracts(tmp_path):
-    raw = _write_raw(tmp_path / "raw")
+    raw = write_raw(tmp_path / "raw")
     digest = _zip_raw(raw, tmp_path / "ml-100k.zip")
     dest = tmp_path / "dl"
     folder = download_movielens(str(dest), url=(tmp_path / "ml-100k.zip").as_uri(), sha256=digest)
@@ -314,7 +286,7 @@ def test_download_verifies_checksum_then_extracts(tmp_path):
 
 
 def test_download_with_wrong_checksum_extracts_nothing(tmp_path):
-    raw = _write_raw(tmp_path / "raw")
+    raw = write_raw(tmp_path / "raw")
     _zip_raw(raw, tmp_path / "ml-100k.zip")
     dest = tmp_path / "dl"
     with pytest.raises(ChecksumMismatchError, match="sha256 mismatch"):

@@ -14,10 +14,8 @@ import pytest
 
 from core import environment
 from tests.conftest import REPO
+from tests.support.packages import PACKAGES
 
-#: Every top-level production package (setup.py ships these); each must import ``core`` first.
-PACKAGES = ("core", "datagen", "features", "trainer", "indexer", "serving", "reports", "ui", "components",
-            "pipelines")
 TF_VARIABLES = ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")
 
 

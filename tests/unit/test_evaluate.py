@@ -1,8 +1,9 @@
 """trainer.evaluate: protocol options (mask_seen, per), popularity slices, metrics.json.
 
-A tiny transform-output folder with the tiny tower SavedModels of test_indexer (item
-tower = fixed random vector per item_id, query tower = per user_id). Train counts are
-chosen so every slice is known by hand and popularity has no ties in its top 10:
+A tiny transform-output folder (``tests.support.evaluation``) with the tiny tower SavedModels
+of ``tests.support.indexer_models`` (item tower = fixed random vector per item_id, query
+tower = per user_id). Train counts are chosen so every slice is known by hand and popularity
+has no ties in its top 10:
 
 - item000: 300 (head; starts at 0%), item001: 90 (starts at 50% -> torso),
   item002..item021: 20, 19, ..., 1 (item002..006 start below 80% -> torso, item007..021
@@ -21,44 +22,14 @@ import os
 import numpy as np
 import pytest
 
-from core.records import encode_example, interaction_specs
-from tests.unit.test_indexer import N_USERS, item_ids, make_config, write_models, write_transformed
+from tests.support.evaluation import (COUNTS, brute_ranks, expected_metrics, model_scores, planted_test_pairs,
+                                      write_eval_folder)
+from tests.support.indexer_models import N_USERS, item_ids, make_config, write_models
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-COUNTS = [300, 90] + list(range(20, 0, -1)) + [0] * 38
 METRICS = ("recall_at_5", "recall_at_10", "ndcg_at_10")
 SLICE_OF = {"head": {0}, "torso": set(range(1, 7)), "tail": set(range(7, 22)), "cold": set(range(22, 60))}
-
-
-def _test_pairs() -> list[tuple[int, int]]:
-    """(user, item position) test pairs, as in the module doc."""
-    pairs = [(u, u + 4) for u in range(N_USERS)]
-    pairs += [(u, 0) for u in range(0, N_USERS, 2)]
-    pairs += [(u, 30 + u) for u in (1, 3, 5)]
-    return pairs
-
-
-def _write_folder(config, folder: str) -> None:
-    import tensorflow as tf
-
-    write_transformed(config, folder)  # items, display, query table, seen (overwritten below)
-    ids = item_ids()
-    with tf.io.TFRecordWriter(os.path.join(folder, "test-00000-of-00001.tfrecord")) as w:
-        for u, pos in _test_pairs():
-            w.write(encode_example({"user_id": str(u), "age": float(20 + u), "item_id": ids[pos],
-                                    "title": f"thing {pos}", "price": pos / 2}, interaction_specs(config.schema)))
-    tests = {u: [ids[p] for uu, p in _test_pairs() if uu == u] for u in range(N_USERS)}
-    with open(os.path.join(folder, "seen.jsonl"), "w") as fh:
-        for u in range(N_USERS):
-            fh.write(json.dumps({"key": str(u), "train": ids[u:u + 3], "valid": [ids[u + 3]],
-                                 "test": sorted(tests[u])}) + "\n")
-    os.makedirs(os.path.join(folder, "vocab"), exist_ok=True)
-    order = sorted(range(len(ids)), key=lambda i: (-COUNTS[i], ids[i]))
-    with open(os.path.join(folder, "vocab", "item_id.tsv"), "w") as fh:
-        fh.write("".join(f"{ids[i]}\t{COUNTS[i]}\n" for i in order))
-    with open(os.path.join(folder, "stats.json"), "w") as fh:
-        json.dump({"numeric": {}, "counts": {"test": len(_test_pairs())}, "split": "leave_last_out"}, fh)
 
 
 @pytest.fixture(scope="module")
@@ -66,47 +37,9 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate")
     config = make_config(tmp)
     folder = str(tmp / "transformed")
-    _write_folder(config, folder)
+    write_eval_folder(config, folder)
     models = write_models(str(tmp / "models"))
     return {"tmp": tmp, "folder": folder, "models": models}
-
-
-def _brute_ranks(scores: np.ndarray, mask_seen: bool) -> list[tuple[int, int, int]]:
-    """(user, item, 1-based rank) per test pair by counting strictly better unmasked items."""
-    out = []
-    for u, pos in _test_pairs():
-        row = scores[u].astype(np.float64).copy()
-        if mask_seen:
-            relevant = {p for uu, p in _test_pairs() if uu == u}
-            row[[i for i in range(u, u + 4) if i not in relevant]] = -np.inf
-        out.append((u, pos, 1 + int((row > row[pos]).sum())))
-    return out
-
-
-def _expected(ranks, per: str) -> dict[str, float]:
-    """recall@5/@10 and ndcg@10 from (user, item, rank) triples."""
-    gain = {(u, p): (1 / np.log2(r + 1) if r <= 10 else 0.0) for u, p, r in ranks}
-    if per == "interaction":
-        out = {f"recall_at_{k}": np.mean([r <= k for _, _, r in ranks]) for k in (5, 10)}
-        out["ndcg_at_10"] = np.mean(list(gain.values()))
-        return out
-    users = sorted({u for u, _, _ in ranks})
-    mine = {u: [(p, r) for uu, p, r in ranks if uu == u] for u in users}
-    out = {f"recall_at_{k}": np.mean([np.mean([r <= k for _, r in mine[u]]) for u in users]) for k in (5, 10)}
-    ideal = {u: sum(1 / np.log2(j + 2) for j in range(len(mine[u]))) for u in users}
-    out["ndcg_at_10"] = np.mean([sum(gain[(u, p)] for p, _ in mine[u]) / ideal[u] for u in users])
-    return out
-
-
-def _model_scores(models: str) -> np.ndarray:
-    from core.towers import Tower
-
-    ids = item_ids()
-    items = Tower(os.path.join(models, "item_tower")).embed(
-        {"item_id": ids, "title": [f"thing {i}" for i in range(len(ids))], "price": [i / 2 for i in range(len(ids))]})
-    queries = Tower(os.path.join(models, "query_tower")).embed(
-        {"user_id": [str(u) for u in range(N_USERS)], "age": [float(20 + u) for u in range(N_USERS)]})
-    return queries @ items.T
 
 
 def _slice_hits(ranks) -> dict[str, float]:
@@ -126,10 +59,11 @@ def test_evaluate_model_follows_the_configured_protocol(setup, per, mask_seen):
     assert got["protocol"] == {"per": per, "mask_seen": mask_seen, "split": "leave_last_out"}
     assert (got["n_queries"], got["n_items"], got["n_pairs"]) == (N_USERS, 60, 21)
 
-    model = _brute_ranks(_model_scores(setup["models"]), mask_seen)
-    pop = _brute_ranks(np.tile(np.array(COUNTS, dtype=np.float64), (N_USERS, 1)), mask_seen)
-    assert {k: got[k] for k in ("recall_at_5", "recall_at_10", "ndcg_at_10")} == pytest.approx(_expected(model, per))
-    assert {k: got["popularity"][k] for k in METRICS} == pytest.approx(_expected(pop, per))
+    model = brute_ranks(model_scores(setup["models"]), mask_seen)
+    pop = brute_ranks(np.tile(np.array(COUNTS, dtype=np.float64), (N_USERS, 1)), mask_seen)
+    assert ({k: got[k] for k in ("recall_at_5", "recall_at_10", "ndcg_at_10")}
+            == pytest.approx(expected_metrics(model, per)))
+    assert {k: got["popularity"][k] for k in METRICS} == pytest.approx(expected_metrics(pop, per))
     # Every key scored: exact numbers, zero-width intervals, paired differences = differences.
     assert (got["sampled"], got["n_queries_total"]) == (False, N_USERS)
     assert got["ci95"] == {k: [got[k], got[k]] for k in METRICS}
@@ -248,13 +182,13 @@ def test_sampled_evaluation_scores_model_and_popularity_on_the_same_keys(setup, 
     got = evaluate_model(config, setup["folder"], setup["models"], str(setup["tmp"] / f"eval-sampled-{per}"))
     users = _sampled_users(5, seed=3)
     assert (got["sampled"], got["n_queries"], got["n_queries_total"]) == (True, 5, N_USERS)
-    assert got["n_pairs"] == sum(u in users for u, _ in _test_pairs())
+    assert got["n_pairs"] == sum(u in users for u, _ in planted_test_pairs())
     assert got["sampling"]["max_queries"] == 5 and got["sampling"]["seed"] == 3
-    model = [r for r in _brute_ranks(_model_scores(setup["models"]), True) if r[0] in users]
-    pop = [r for r in _brute_ranks(np.tile(np.array(COUNTS, dtype=np.float64), (N_USERS, 1)), True)
+    model = [r for r in brute_ranks(model_scores(setup["models"]), True) if r[0] in users]
+    pop = [r for r in brute_ranks(np.tile(np.array(COUNTS, dtype=np.float64), (N_USERS, 1)), True)
            if r[0] in users]
-    assert {k: got[k] for k in METRICS} == pytest.approx(_expected(model, per))
-    assert {k: got["popularity"][k] for k in METRICS} == pytest.approx(_expected(pop, per))
+    assert {k: got[k] for k in METRICS} == pytest.approx(expected_metrics(model, per))
+    assert {k: got["popularity"][k] for k in METRICS} == pytest.approx(expected_metrics(pop, per))
     assert sum(s["n"] for s in got["slices"].values()) == got["n_pairs"]  # slices over the same pairs
     for k in METRICS:
         lo, hi = got["ci95"][k]

@@ -2,10 +2,10 @@
 on the same test split and protocol (``metrics["live"]``) and the gate refuses a candidate
 more than ``gate.max_relative_regression`` below it.
 
-Reuses the tiny transform folder of test_evaluate and the tiny towers of test_indexer.
-The "good" model's query tower maps user u straight onto item(u + 4)'s item-tower vector
-(its test item), so it ranks that item first; the "random" model (test_indexer's
-``write_models``) scores items at random.
+Uses the planted evaluation folder of ``tests.support.evaluation`` and the tiny towers of
+``tests.support.indexer_models``. The "good" model's query tower (``build_good_query_tower``)
+maps user u straight onto item(u + 4)'s item-tower vector (its test item), so it ranks that
+item first; the "random" model (``write_models``) scores items at random.
 """
 
 from __future__ import annotations
@@ -16,33 +16,13 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.unit.test_evaluate import _brute_ranks, _expected, _model_scores, _write_folder
-from tests.unit.test_indexer import DIMS, build_tower, item_ids, make_config, write_models
+from tests.support.evaluation import (brute_ranks, build_good_query_tower, expected_metrics, model_scores,
+                                      write_eval_folder)
+from tests.support.indexer_models import DIMS, build_tower, item_ids, make_config, write_models
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 METRIC_KEYS = ("recall_at_5", "recall_at_10", "ndcg_at_10")
-
-
-def build_good_query_tower(path: str, dims: int = DIMS, seed: int = 0) -> str:
-    """Query tower: user u -> the item tower's vector of item(u + 4) (same table as ``build_tower(seed)``)."""
-    import tensorflow as tf
-
-    buckets = 1 << 14
-    table = tf.constant(np.random.default_rng(seed).normal(size=(buckets, dims)).astype(np.float32))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32)])
-    def serve(user_id, age):
-        del age
-        target = tf.strings.to_number(user_id, out_type=tf.int64) + 4
-        item = tf.strings.join(["item", tf.strings.as_string(target, width=3, fill="0")])
-        vec = tf.gather(table, tf.strings.to_hash_bucket_fast(item, buckets))
-        return {"embedding": tf.math.l2_normalize(vec, axis=1)}
-
-    module = tf.Module()
-    module.serve = serve
-    tf.saved_model.save(module, path, signatures={"serving_default": serve})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +38,7 @@ def world(tmp_path_factory):
     config = make_config(tmp, evaluate={"ks": [5, 10], "ndcg_k": 10, "per": "query", "mask_seen": True},
                          gate={"must_beat_popularity": False})
     folder = str(tmp / "transformed")
-    _write_folder(config, folder)
+    write_eval_folder(config, folder)
     good = str(tmp / "good")
     build_tower(os.path.join(good, "item_tower"), "item")
     build_good_query_tower(os.path.join(good, "query_tower"))
@@ -118,7 +98,7 @@ def test_live_metrics_equal_evaluating_the_live_model_directly(world):
                              live_store=world["store"])
     live = metrics["live"]
     assert live["version"] == version and live["n_items_missing"] == 0
-    direct = _expected(_brute_ranks(_model_scores(world["good"]), mask_seen=True), "query")
+    direct = expected_metrics(brute_ranks(model_scores(world["good"]), mask_seen=True), "query")
     assert {k: live[k] for k in METRIC_KEYS} == pytest.approx(direct)
     assert {k: live[k] for k in METRIC_KEYS} == pytest.approx({k: metrics[k] for k in METRIC_KEYS})
     assert live["recall_at_10"] > 0.5  # the good model really is good
@@ -281,10 +261,10 @@ def test_items_missing_from_the_live_catalog_cannot_be_hit(world):
     live = metrics["live"]
     assert live["version"] == version and live["n_items_missing"] == len(ids) - len(keep)
 
-    scores = _model_scores(world["good"]).astype(np.float64)
+    scores = model_scores(world["good"]).astype(np.float64)
     scores[:, 1::2] = -np.inf  # never ranked above a known item
-    ranks = [(u, p, 0 if p % 2 else r) for u, p, r in _brute_ranks(scores, mask_seen=True)]
-    want = _expected([(u, p, r if r else 10_000) for u, p, r in ranks], "query")
+    ranks = [(u, p, 0 if p % 2 else r) for u, p, r in brute_ranks(scores, mask_seen=True)]
+    want = expected_metrics([(u, p, r if r else 10_000) for u, p, r in ranks], "query")
     assert {k: live[k] for k in METRIC_KEYS} == pytest.approx(want)
     assert live["recall_at_10"] < metrics["recall_at_10"]
 
@@ -347,7 +327,8 @@ def test_sampled_live_comparison_uses_the_candidates_keys(world):
     live = metrics["live"]
 
     def on_sample(models: str) -> dict:
-        return _expected([r for r in _brute_ranks(_model_scores(models), mask_seen=True) if r[0] in users], "query")
+        ranks = brute_ranks(model_scores(models), mask_seen=True)
+        return expected_metrics([r for r in ranks if r[0] in users], "query")
 
     assert {k: live[k] for k in METRIC_KEYS} == pytest.approx(on_sample(world["good"]))
     assert {k: metrics[k] for k in METRIC_KEYS} == pytest.approx(on_sample(world["rand"]))

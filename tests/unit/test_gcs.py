@@ -227,20 +227,20 @@ def test_racing_cas_from_the_same_generation_has_exactly_one_winner(gcs):
 # --------------------------------------------------------------------------- VersionStore on gs://
 
 
-from tests.unit.test_store import _staging  # noqa: E402  (the same tiny version layout)
+from tests.support.version_staging import staging_folder  # noqa: E402  (the same tiny version layout)
 
 
 def test_publish_rollback_gc_on_gs(gcs, tmp_path):
     store = VersionStore(_gs("store/"))
     assert store.current() is None and store.versions() == []
-    store.publish("v1", _staging(tmp_path, "v1", "one"), {"metrics": {"recall_at_10": 0.5}})
+    store.publish("v1", staging_folder(tmp_path, "v1", "one"), {"metrics": {"recall_at_10": 0.5}})
     assert store.current() == "v1" and gcs.get_object(BUCKET, "store/CURRENT").data == b"v1"
     assert set(gcs.object_names(BUCKET)) == {"store/CURRENT", "store/versions/v1/manifest.json",
                                             "store/versions/v1/index/scann/dataset.npy",
                                             "store/versions/v1/index/item_ids.txt",
                                             "store/versions/v1/items.parquet"}
     for version in ("v2", "v3"):
-        store.publish(version, _staging(tmp_path, version, version), {})
+        store.publish(version, staging_folder(tmp_path, version, version), {})
     assert store.current() == "v3"
     assert [(v["id"], v["live"]) for v in store.versions()] == [("v1", False), ("v2", False), ("v3", True)]
     local = store.fetch_version("v2", str(tmp_path / "cache"))
@@ -263,7 +263,7 @@ def test_publish_rollback_gc_on_gs(gcs, tmp_path):
 
 def test_concurrent_publishers_exactly_one_wins(gcs, tmp_path, monkeypatch):
     store = VersionStore(_gs("store"))
-    store.publish("v1", _staging(tmp_path, "v1"), {})
+    store.publish("v1", staging_folder(tmp_path, "v1"), {})
     barrier = threading.Barrier(2)
     real_upload = storage.upload_tree
 
@@ -279,7 +279,7 @@ def test_concurrent_publishers_exactly_one_wins(gcs, tmp_path, monkeypatch):
 
     def publisher(version: str) -> None:
         try:
-            VersionStore(_gs("store")).publish(version, _staging(tmp_path, version, version), {})
+            VersionStore(_gs("store")).publish(version, staging_folder(tmp_path, version, version), {})
             outcome[version] = None
         except BaseException as exc:  # noqa: BLE001 - recorded and asserted below
             outcome[version] = exc
@@ -300,7 +300,7 @@ def test_concurrent_publishers_exactly_one_wins(gcs, tmp_path, monkeypatch):
 
 def test_verify_names_a_corrupted_file_on_gs(gcs, tmp_path):
     store = VersionStore(_gs("store"))
-    store.publish("v1", _staging(tmp_path, "v1"), {})
+    store.publish("v1", staging_folder(tmp_path, "v1"), {})
     gcs.put_object(BUCKET, "store/versions/v1/index/item_ids.txt", b"a\nc\n")  # same size, new bytes
     with pytest.raises(IntegrityError, match="index/item_ids.txt sha256"):
         store.verify("v1")
@@ -313,7 +313,7 @@ def test_verify_names_a_corrupted_file_on_gs(gcs, tmp_path):
 
     # Silent corruption behind the service's back (stored checksums kept): the client's own
     # crc32c check refuses the bytes before our sha256 check ever sees them.
-    store.publish("v2", _staging(tmp_path, "v2"), {})
+    store.publish("v2", staging_folder(tmp_path, "v2"), {})
     gcs.put_object(BUCKET, "store/versions/v2/items.parquet", b"PAR1y", keep_hashes=True)
     with pytest.raises(DataCorruption, match="items.parquet"):
         store.verify("v2")
@@ -446,10 +446,10 @@ def test_a_lost_response_to_a_winning_cas_is_not_reported_as_a_conflict(gcs):
 
 def test_a_publish_whose_cas_reply_is_lost_still_succeeds(gcs, tmp_path):
     store = VersionStore(_gs("store"))
-    store.publish("v1", _staging(tmp_path, "v1"), {})
+    store.publish("v1", staging_folder(tmp_path, "v1"), {})
     gcs.fail_next(1, status=503, after_commit=True,
                   match=lambda m, p: _is_upload(m, p) and "ifGenerationMatch" in p)
-    store.publish("v2", _staging(tmp_path, "v2"), {})
+    store.publish("v2", staging_folder(tmp_path, "v2"), {})
     assert store.current() == "v2"
 
 
@@ -507,7 +507,7 @@ def test_a_truncated_download_is_detected_not_returned_short(gcs, tmp_path):
 
 
 def test_ingest_from_gs_matches_the_local_copy(gcs, tmp_path):
-    from tests.unit.test_ingest import good_tables, make_config, write_tables
+    from tests.support.ingest_tables import good_tables, make_config, write_tables
     from features.ingest import ingest
 
     src = write_tables(tmp_path / "shop", good_tables(), "csv")

@@ -21,11 +21,10 @@ import pytest
 from core import storage
 from core.store import VersionStore
 from tests.fakes.gcs_server import FakeGcsServer
-from tests.unit.test_evaluate import _write_folder
-from tests.unit.test_gate_live import build_good_query_tower
-from tests.unit.test_indexer import GOOD_METRICS, build_tower, make_config, write_models
-from tests.unit.test_retriever import _publish
-from tests.unit.test_server import FAST_POLL, call, retrieve, wait_for
+from tests.support.evaluation import build_good_query_tower, write_eval_folder
+from tests.support.http_client import FAST_POLL, call, retrieve, wait_for
+from tests.support.indexer_models import GOOD_METRICS, build_tower, make_config, write_models
+from tests.support.stores import publish_tiny_version
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -49,12 +48,12 @@ def world(tmp_path_factory):
                              gate={"must_beat_popularity": False},
                              publish={"store": STORE, "keep_versions": 10})
         folder = str(tmp / "transformed")
-        _write_folder(config, folder)
+        write_eval_folder(config, folder)
         good = str(tmp / "good")
         build_tower(os.path.join(good, "item_tower"), "item")
         build_good_query_tower(os.path.join(good, "query_tower"))
         candidate = write_models(str(tmp / "random"))
-        first = _publish(config, tmp, folder, good)  # embed + index locally, publish into gs://
+        first = publish_tiny_version(config, tmp, folder, good)  # embed + index locally, publish into gs://
         storage.upload_tree(folder, _gs("transformed"))
         # A training shard evaluation must not download (the bulk of a real transform folder).
         storage.write_bytes(_gs("transformed/train-00000-of-00001.tfrecord"), b"not read by evaluate")

@@ -277,13 +277,13 @@ def test_http_takes_a_history_alone_and_refuses_a_bad_one(published_ring):
 
 def test_a_model_without_history_refuses_a_history_request(tmp_path):
     from serving.retriever import RequestError, Retriever
-    from tests.unit.test_indexer import make_config, write_models, write_transformed
-    from tests.unit.test_retriever import _publish
+    from tests.support.indexer_models import make_config, write_models, write_transformed
+    from tests.support.stores import publish_tiny_version
 
     config = make_config(tmp_path)
     transformed = write_transformed(config, str(tmp_path / "transformed"))
     models = write_models(str(tmp_path / "model"))
-    _publish(config, tmp_path, transformed, models)
+    publish_tiny_version(config, tmp_path, transformed, models)
     retriever = Retriever.load(config.publish.store)
     with pytest.raises(RequestError, match="no history feature"):
         retriever.resolve({"user_id": "3", "history": ["item0001"]})
@@ -379,7 +379,7 @@ def test_hostile_history_requests_get_a_4xx_with_the_reason_and_never_move_the_s
     the field (or, where the ids are merely unknown, a 200 that says how many were ignored); no
     500, and the service answers a good request after all of them."""
     from serving.server import QueryService
-    from tests.unit.test_server import call
+    from tests.support.http_client import call
 
     retriever, config, _, _ = published_ring
     known = sorted(retriever.items)[:3]

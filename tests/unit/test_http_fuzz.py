@@ -21,8 +21,9 @@ import pytest
 import serving.http
 from core.store import VersionStore
 from serving.server import QueryService
-from tests.unit.test_server import build_store, call, copy_store, retrieve
-from tests.unit.test_ui_runs import ALL_STAGES, SUMMARY, make_run
+from tests.support.http_client import call, retrieve
+from tests.support.stores import build_store, copy_store
+from tests.support.ui_runs import ALL_STAGES, SUMMARY, make_run
 from ui.server import UIServer
 
 SEED = 20261201

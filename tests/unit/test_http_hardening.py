@@ -25,7 +25,7 @@ import pytest
 
 from core.store import VersionStore
 from serving.http import Handler, HostPolicy, HttpError, Server, split_host_header
-from tests.unit.test_ui_runs import ALL_STAGES, SUMMARY, make_run, publish
+from tests.support.ui_runs import ALL_STAGES, SUMMARY, make_run, publish
 from ui.server import UIServer
 
 OLD = "20261122T080100000000Z-000001"

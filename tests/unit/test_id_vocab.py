@@ -26,7 +26,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from core.config import Config, ConfigError, FeatureSpec  # noqa: E402
 from features.ingest import ingest  # noqa: E402
 from features.transform import run_transform  # noqa: E402
-from tests.unit.test_transform import INTERACTIONS, ITEMS, USER_SCHEMA, USERS, _vocab  # noqa: E402
+from tests.support.transform_data import INTERACTIONS, ITEMS, USER_SCHEMA, USERS, read_vocab  # noqa: E402
 
 SCHEMA = {**USER_SCHEMA, "item_features": [*USER_SCHEMA["item_features"], {"name": "seller", "type": "id"}]}
 SELLER_ITEMS = ITEMS.assign(seller=["s1", "s1", "s2", "s3", "s4"])
@@ -69,12 +69,12 @@ def _coverage(**kw):
 
 def test_ids_past_max_vocab_size_each_keep_their_own_row(small_cap_run):
     _, out, stats = small_cap_run
-    assert _vocab(out, "user_id") == [("u1", 2), ("u2", 2), ("u4", 1), ("u5", 1), ("u6", 1)]
-    assert _vocab(out, "seller") == [("s1", 2), ("s2", 1), ("s3", 1), ("s4", 1)]
-    assert _vocab(out, "item_id") == [("i1", 2), ("i2", 2), ("i3", 2), ("i4", 1), ("i5", 0)]
+    assert read_vocab(out, "user_id") == [("u1", 2), ("u2", 2), ("u4", 1), ("u5", 1), ("u6", 1)]
+    assert read_vocab(out, "seller") == [("s1", 2), ("s2", 1), ("s3", 1), ("s4", 1)]
+    assert read_vocab(out, "item_id") == [("i1", 2), ("i2", 2), ("i3", 2), ("i4", 1), ("i5", 0)]
     # max_vocab_size still cuts categorical / text vocabularies, and says by how much
-    assert _vocab(out, "gender") == [("M", 3)]
-    assert _vocab(out, "title") == [("matrix", 2)]
+    assert read_vocab(out, "gender") == [("M", 3)]
+    assert read_vocab(out, "title") == [("matrix", 2)]
     cov = stats["vocab_coverage"]
     assert cov["user_id"] == _coverage(distinct=5, kept=5, folded=0, max_size=None,
                                        interactions=7, folded_interactions=0)
@@ -106,11 +106,11 @@ def test_query_tower_gives_every_train_user_its_own_row(small_cap_run):
 def test_explicit_id_cap_records_what_it_folded(id_cap_run):
     _, out, stats = id_cap_run
     # user_id: u1, u2 kept; u4, u5, u6 folded, with their 3 of the 7 train positives.
-    assert _vocab(out, "user_id") == [("u1", 2), ("u2", 2)]
+    assert read_vocab(out, "user_id") == [("u1", 2), ("u2", 2)]
     # item_id: the file still lists the whole catalog (the popularity table, cold items too) ...
-    assert _vocab(out, "item_id") == [("i1", 2), ("i2", 2), ("i3", 2), ("i4", 1), ("i5", 0)]
+    assert read_vocab(out, "item_id") == [("i1", 2), ("i2", 2), ("i3", 2), ("i4", 1), ("i5", 0)]
     # ... seller (catalog counts): s1, s2 kept; s3 (1 train positive) and s4 (0) folded.
-    assert _vocab(out, "seller") == [("s1", 2), ("s2", 1)]
+    assert read_vocab(out, "seller") == [("s1", 2), ("s2", 1)]
     cov = stats["vocab_coverage"]
     assert cov["user_id"] == _coverage(distinct=5, kept=2, folded=3, max_size=2,
                                        interactions=7, folded_interactions=3)
@@ -144,7 +144,7 @@ def test_a_cap_folding_over_one_percent_of_interactions_is_a_log_warning(id_cap_
 
 
 def test_report_shows_the_folded_ids(id_cap_run, small_cap_run):
-    from tests.unit.test_reports import md_rows, render
+    from tests.support.report_pages import md_rows, render
 
     for (_, out, stats), folded in ((id_cap_run, True), (small_cap_run, False)):
         (out / "stage.json").write_text(json.dumps({"stage": "transform", "seconds": 1.0, "result": stats}))

@@ -17,7 +17,7 @@ import pytest
 
 import features.ingest as ingest_module
 from features.ingest import IngestError, ingest
-from tests.unit.test_ingest import good_tables, make_config, write_tables
+from tests.support.ingest_tables import good_tables, make_config, write_tables
 
 CHUNK = 3
 

@@ -317,7 +317,7 @@ def test_train_model_with_every_negative_option(tmp_path_factory):
     ``model.fit`` (the sampler runs inside the compiled train step) and export."""
     from core.records import interaction_specs
     from core.towers import Tower
-    from tests.unit.test_trainer import _write_tfrecord, make_config, write_transformed
+    from tests.support.trainer_data import make_config, write_tfrecord, write_transformed
     from trainer.train import train_model
 
     root = tmp_path_factory.mktemp("transformed_neg")
@@ -332,7 +332,7 @@ def test_train_model_with_every_negative_option(tmp_path_factory):
     cats = sorted(by_cat)
     rows = [{**{k: r[k] for k in ("query", "segment")}, **by_cat[cats[(cats.index(r["category"]) + 1) % 4]][0]}
             for r in planted["splits"]["train"][::3]]
-    _write_tfrecord(root / "train_negatives-00000-of-00001.tfrecord", rows, interaction_specs(config.schema))
+    write_tfrecord(root / "train_negatives-00000-of-00001.tfrecord", rows, interaction_specs(config.schema))
 
     out = tmp_path_factory.mktemp("model_neg")
     summary = train_model(config, str(root), str(out))

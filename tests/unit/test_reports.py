@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from html import escape as html_escape
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -16,10 +15,10 @@ import pytest
 
 import reports
 from reports import ReportInputError, write_stage_report
+from tests.support.report_pages import IMG, md_rows, render
 
 NS = "{http://www.w3.org/2000/svg}"
 SCRIPT = "<script>alert(1)</script>"
-IMG = re.compile(r'<img src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)">')
 
 
 # ---------------------------------------------------------------- helpers
@@ -38,24 +37,6 @@ def stage_dir(tmp_path: Path, stage: str, result: dict, files: dict | None = Non
     return out
 
 
-def render(stage: str, out: Path) -> tuple[str, str]:
-    paths = write_stage_report(stage, str(out))
-    assert paths == {"html": str(out / "report.html"), "markdown": str(out / "report.md")}
-    html, md = Path(paths["html"]).read_text(), Path(paths["markdown"]).read_text()
-    assert_self_contained(html)
-    return html, md
-
-
-def assert_self_contained(html: str) -> None:
-    """No scripts, no external resources: every src is a data: URI; no URL outside them."""
-    assert html.startswith("<!DOCTYPE html>") and "<style>" in html
-    lowered = html.lower()
-    assert "<script" not in lowered and "<link" not in lowered and "@import" not in lowered
-    srcs = re.findall(r'src="([^"]*)"', html)
-    assert all(s.startswith("data:image/svg+xml;base64,") for s in srcs)
-    assert "http://" not in IMG.sub("", html) and "https://" not in IMG.sub("", html)
-
-
 def charts(html: str) -> list[tuple[ET.Element, str]]:
     """(parsed SVG root, alt text) of every embedded chart image."""
     out = []
@@ -70,16 +51,10 @@ def of_class(root: ET.Element, tag: str, cls: str) -> list[ET.Element]:
     return [e for e in root.iter(f"{NS}{tag}") if e.get("class") == cls]
 
 
-def md_rows(md: str) -> list[list[str]]:
-    """Cells of every Markdown table row."""
-    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
-            if line.startswith("| ")]
-
-
 # ---------------------------------------------------------------- ingest
 def test_ingest_report_from_a_real_ingest_escapes_dead_letters(tmp_path):
     from features.ingest import ingest
-    from tests.unit.test_ingest import good_tables, make_config, write_tables
+    from tests.support.ingest_tables import good_tables, make_config, write_tables
 
     tables = good_tables()
     interactions = tables["interactions"]

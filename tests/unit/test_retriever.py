@@ -8,27 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from core.towers import Tower
-from indexer.build import build_index_stage
-from indexer.embeddings import load_embeddings, write_embeddings
-from indexer.publish import gate_and_publish
+from indexer.embeddings import load_embeddings
 from indexer.scann_index import exact_topk
 from serving.retriever import NoLiveVersionError, RequestError, Retriever, UnknownKeyError
-from tests.unit.test_indexer import (GOOD_METRICS, N_USERS, build_tower, item_ids, make_config, write_models,
-                                     write_transformed)
-
-
-def _publish(config, tmp, transformed, models) -> str:
-    """Embed (directly with the tower; Beam is covered in test_indexer), index, publish."""
-    ids = item_ids()
-    tower = Tower(os.path.join(models, "item_tower"))
-    write_embeddings(str(tmp / "emb"), ids, tower.embed({"item_id": ids, "title": [""] * len(ids),
-                                                         "price": [0.0] * len(ids)}))
-    build_index_stage(config, str(tmp / "emb"), str(tmp / "index"))
-    out = gate_and_publish(config, transformed, models, str(tmp / "emb"), str(tmp / "index"), GOOD_METRICS,
-                           run_id="r1", lineage={"run_id": "r1"})
-    assert out["published"], out["reasons"]
-    return out["version"]
+from tests.support.indexer_models import N_USERS, build_tower, make_config, write_models, write_transformed
+from tests.support.stores import publish_tiny_version
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +21,7 @@ def published(tmp_path_factory):
     config = make_config(tmp)
     transformed = write_transformed(config, str(tmp / "transformed"))
     models = write_models(str(tmp / "model"))
-    version = _publish(config, tmp, transformed, models)
+    version = publish_tiny_version(config, tmp, transformed, models)
     retriever = Retriever.load(config.publish.store)
     ids, matrix = load_embeddings(str(tmp / "emb"))
     seen = {json.loads(line)["key"]: json.loads(line) for line in open(os.path.join(transformed, "seen.jsonl"))}
@@ -172,7 +156,7 @@ def test_load_a_pinned_version_and_a_text_query_model(published, tmp_path):
     models = str(tmp_path / "model")
     build_tower(os.path.join(models, "item_tower"), "item")
     build_tower(os.path.join(models, "query_tower"), "text", seed=3)
-    _publish(text_config, tmp_path, transformed, models)
+    publish_tiny_version(text_config, tmp_path, transformed, models)
     search = Retriever.load(text_config.publish.store)
     a = search.retrieve({"query": "Red Shoes"}, k=3)
     b = search.retrieve({"features": {"query": "red shoes"}}, k=3)

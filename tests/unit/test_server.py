@@ -1,8 +1,8 @@
 """serving.server.QueryService over real HTTP on 127.0.0.1, on tiny published stores.
 
-The store is built like test_retriever's (fixture towers from test_indexer); every test
-copies it so hot-reload tests can move CURRENT freely. ``test_server_swap`` (integration)
-reuses the helpers here.
+The store is built by ``tests.support.stores.build_store`` (fixture towers from
+``tests.support.indexer_models``); every test copies it so hot-reload tests can move CURRENT
+freely. The HTTP helpers are ``tests.support.http_client``'s.
 """
 
 from __future__ import annotations
@@ -16,82 +16,19 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
 
 from core import storage
 from core.store import CURRENT, VERSIONS, VersionStore, _manifest_files
-from indexer.publish import gate_and_publish
 from serving.retriever import Retriever
 from serving.server import QueryService
-from tests.unit.test_indexer import GOOD_METRICS, N_USERS, build_tower, make_config, write_models, write_transformed
-from tests.unit.test_retriever import _publish
-
-FAST_POLL = 0.05
-
-
-# ---------------------------------------------------------------- helpers shared with the swap test
-@dataclass
-class Built:
-    """A published store plus what is needed to publish more versions into copies of it."""
-    tmp: object
-    store: str
-    first_version: str
-    transformed: str
-    emb: str
-    index: str
-    query_models: dict = field(default_factory=dict)  # seed -> model folder holding query_tower/
+from tests.support.http_client import FAST_POLL, call, retrieve, wait_for
+from tests.support.indexer_models import N_USERS, build_tower
+from tests.support.stores import build_store, copy_store, publish_version
 
 
-def build_store(tmp, extra_query_seeds=()) -> Built:
-    """One published version (query tower seed 7) + extra query towers for later versions."""
-    config = make_config(tmp, publish={"keep_versions": 10})
-    transformed = write_transformed(config, str(tmp / "transformed"))
-    models = write_models(str(tmp / "model"))
-    version = _publish(config, tmp, transformed, models)
-    built = Built(tmp, config.publish.store, version, transformed, str(tmp / "emb"), str(tmp / "index"),
-                  {7: models})
-    for seed in extra_query_seeds:
-        folder = str(tmp / f"model-{seed}")
-        build_tower(os.path.join(folder, "query_tower"), "query", seed=seed)
-        built.query_models[seed] = folder
-    return built
-
-
-def copy_store(built: Built, dest) -> str:
-    shutil.copytree(built.store, str(dest))
-    return str(dest)
-
-
-def publish_version(built: Built, store: str, seed: int) -> str:
-    """Publish a new live version into ``store`` whose query tower is the one built with ``seed``."""
-    config = make_config(built.tmp, publish={"store": store, "keep_versions": 10})
-    out = gate_and_publish(config, built.transformed, built.query_models[seed], built.emb, built.index,
-                           GOOD_METRICS, run_id=f"seed{seed}", lineage={"run_id": f"seed{seed}"})
-    assert out["published"], out["reasons"]
-    return out["version"]
-
-
-def call(port: int, method: str, path: str, body=None, headers=None, timeout: float = 10.0):
-    """One HTTP exchange -> (status, parsed JSON body, response headers)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode()
-        hdrs = {"Content-Type": "application/json"} if body is not None else {}
-        hdrs.update(headers or {})
-        conn.request(method, path, body=body, headers=hdrs)
-        resp = conn.getresponse()
-        raw = resp.read()
-        return resp.status, (json.loads(raw) if raw else None), dict(resp.getheaders())
-    finally:
-        conn.close()
-
-
-def retrieve(port: int, payload: dict, timeout: float = 10.0):
-    status, body, _ = call(port, "POST", "/v1/retrieve", payload, timeout=timeout)
-    return status, body
+# ---------------------------------------------------------------- helpers
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> str:
@@ -105,16 +42,6 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> str:
                 break
             chunks.append(chunk)
     return b"".join(chunks).decode()
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def point_current(store: str, version: str) -> None:

@@ -13,15 +13,7 @@ import core.store
 from core import storage
 from indexer.store import (IntegrityError, PublishConflictError, VersionExistsError, VersionNotFoundError,
                            VersionStore)
-
-
-def _staging(tmp_path, name: str, payload: str = "x") -> str:
-    folder = tmp_path / "staging" / name
-    (folder / "index" / "scann").mkdir(parents=True)
-    (folder / "index" / "scann" / "dataset.npy").write_bytes(payload.encode() * 100)
-    (folder / "index" / "item_ids.txt").write_text("a\nb\n")
-    (folder / "items.parquet").write_bytes(b"PAR1" + payload.encode())
-    return str(folder)
+from tests.support.version_staging import staging_folder
 
 
 def _store(tmp_path) -> VersionStore:
@@ -29,7 +21,7 @@ def _store(tmp_path) -> VersionStore:
 
 
 def _publish(store: VersionStore, tmp_path, version: str, payload: str = "x") -> None:
-    store.publish(version, _staging(tmp_path, version, payload), {"metrics": {"recall_at_10": 0.5}})
+    store.publish(version, staging_folder(tmp_path, version, payload), {"metrics": {"recall_at_10": 0.5}})
 
 
 def test_publish_moves_current_and_writes_a_checksummed_manifest(tmp_path):
@@ -54,7 +46,7 @@ def test_versions_are_immutable(tmp_path):
     _publish(store, tmp_path, "v1", payload="first")
     before = store.read_manifest("v1")
     with pytest.raises(VersionExistsError, match="v1 already exists"):
-        store.publish("v1", _staging(tmp_path, "v1-again", payload="second"), {})
+        store.publish("v1", staging_folder(tmp_path, "v1-again", payload="second"), {})
     assert store.read_manifest("v1") == before
     store.verify("v1")
     assert store.current() == "v1"
@@ -62,7 +54,7 @@ def test_versions_are_immutable(tmp_path):
 
 def test_invalid_version_ids_are_refused(tmp_path):
     with pytest.raises(ValueError, match="invalid version id"):
-        _store(tmp_path).publish("../escape", _staging(tmp_path, "s"), {})
+        _store(tmp_path).publish("../escape", staging_folder(tmp_path, "s"), {})
 
 
 def test_new_version_ids_sort_in_creation_order():
@@ -108,7 +100,7 @@ def test_a_publish_that_loses_the_cas_leaves_current_unchanged(tmp_path, monkeyp
         out = real_upload(src, dest)
         if dest.endswith("v2"):
             time.sleep(0.02)  # local generations are mtimes: step past coarse clock ticks
-            rival.publish("v3", _staging(tmp_path, "v3"), {})
+            rival.publish("v3", staging_folder(tmp_path, "v3"), {})
         return out
 
     monkeypatch.setattr(core.store.storage, "upload_tree", upload_then_rival_publishes)

@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tests.unit.test_trainer import make_config, write_transformed  # noqa: E402
+from tests.support.trainer_data import make_config, write_transformed  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -21,51 +21,14 @@ from core.config import Config  # noqa: E402
 from core.records import decode_example, interaction_specs, item_specs  # noqa: E402
 from features.ingest import ingest  # noqa: E402
 from features.transform import hashed_bucket, item_bucket, run_transform  # noqa: E402
+from tests.support.transform_data import INTERACTIONS, ITEMS, USERS, USER_SCHEMA, read_vocab  # noqa: E402
 
-USER_SCHEMA = {
-    "query_key": "user_id",
-    "query_features": [
-        {"name": "user_id", "type": "id"},
-        {"name": "age", "type": "numeric"},
-        {"name": "gender", "type": "categorical"},
-    ],
-    "item_features": [
-        {"name": "title", "type": "text"},
-        {"name": "genres", "type": "multi_categorical"},
-        {"name": "price", "type": "numeric"},
-    ],
-    "display_fields": ["title", "price"],
-}
 
 SEARCH_SCHEMA = {
     "query_key": "query",
     "query_features": [{"name": "query", "type": "text"}],
     "item_features": [{"name": "brand", "type": "categorical"}, {"name": "price", "type": "numeric"}],
 }
-
-# Catalog: price mean over known prices = (10 + 20 + 40 + 30) / 4 = 25 -> i3 gets 25.
-ITEMS = pd.DataFrame({
-    "item_id": ["i1", "i2", "i3", "i4", "i5"],
-    "title": ["The Matrix!", "Toy  Story", "Matrix Reloaded", "Alien", "Heat"],
-    "genres": ["Action| Sci-Fi ", "Animation|Comedy", "Action", "Drama", None],
-    "price": [10.0, 20.0, np.nan, 40.0, 30.0],
-})
-# u3 has no interactions; u4 interacts but is absent from users.
-USERS = pd.DataFrame({
-    "user_id": ["u1", "u2", "u3", "u5"],
-    "age": [30.0, np.nan, 50.0, 60.0],
-    "gender": [" F ", "M", "F", "M"],
-})
-# u1 (4 positives) by time: i4@50, i1@100, i2@200, i3@300 -> train {i4, i1}, valid i2, test i3.
-# u2 (2 positives) -> all train. u4, u5: one positive each -> train.
-# u6 (not in users): i3@7, then a tie at t=9 broken by item_id: i1 -> valid, i2 -> test.
-# The label-0 row goes to train_negatives only.
-INTERACTIONS = pd.DataFrame({
-    "user_id": ["u1", "u1", "u1", "u1", "u1", "u2", "u2", "u4", "u5", "u6", "u6", "u6"],
-    "item_id": ["i1", "i2", "i3", "i4", "i2", "i2", "i1", "i3", "i2", "i2", "i3", "i1"],
-    "label": [1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
-    "timestamp": [100, 200, 300, 50, 400, 100, 100, 10, 5, 9, 7, 9],
-})
 
 
 def _config(path: Path, schema: dict, **overrides) -> Config:
@@ -84,11 +47,6 @@ def _records(out: Path, name: str, specs) -> list[dict]:
 
 def _pairs(rows: list[dict], key: str = "user_id") -> set[tuple[str, str]]:
     return {(r[key], r["item_id"]) for r in rows}
-
-
-def _vocab(out: Path, feature: str) -> list[tuple[str, int]]:
-    lines = (out / "vocab" / f"{feature}.tsv").read_text().splitlines()
-    return [(tok, int(cnt)) for tok, cnt in (line.split("\t") for line in lines)]
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -209,13 +167,13 @@ def test_features_are_cleaned_and_numerics_filled(user_run):
 
 def test_vocabularies_by_hand(user_run):
     _, out, stats = user_run
-    assert _vocab(out, "user_id") == [("u1", 2), ("u2", 2), ("u4", 1), ("u5", 1), ("u6", 1)]
-    assert _vocab(out, "gender") == [("M", 3), ("F", 2)]  # u4's missing gender is not a token
+    assert read_vocab(out, "user_id") == [("u1", 2), ("u2", 2), ("u4", 1), ("u5", 1), ("u6", 1)]
+    assert read_vocab(out, "gender") == [("M", 3), ("F", 2)]  # u4's missing gender is not a token
     # The whole catalog with train counts, zero included (the popularity table).
-    assert _vocab(out, "item_id") == [("i1", 2), ("i2", 2), ("i3", 2), ("i4", 1), ("i5", 0)]
-    assert _vocab(out, "genres") == [("Action", 2), ("Animation", 1), ("Comedy", 1), ("Drama", 1),
+    assert read_vocab(out, "item_id") == [("i1", 2), ("i2", 2), ("i3", 2), ("i4", 1), ("i5", 0)]
+    assert read_vocab(out, "genres") == [("Action", 2), ("Animation", 1), ("Comedy", 1), ("Drama", 1),
                                      ("Sci-Fi", 1)]
-    assert _vocab(out, "title") == [("matrix", 2), ("alien", 1), ("heat", 1), ("reloaded", 1),
+    assert read_vocab(out, "title") == [("matrix", 2), ("alien", 1), ("heat", 1), ("reloaded", 1),
                                     ("story", 1), ("the", 1), ("toy", 1)]
     assert stats["vocab_sizes"] == {"gender": 2, "genres": 5, "item_id": 5, "title": 7, "user_id": 5}
 
@@ -297,9 +255,9 @@ def test_cold_items_stay_in_the_catalog_with_zero_train_count(cold_run):
     assert (out / "cold_items.txt").read_text() == "i3\n"
     items = {r["item_id"] for r in _records(out, "items", item_specs(cfg.schema))}
     assert items == {"i1", "i2", "i3", "i4", "i5"}
-    assert _vocab(out, "item_id") == [("i2", 3), ("i1", 2), ("i4", 1), ("i3", 0), ("i5", 0)]
+    assert read_vocab(out, "item_id") == [("i2", 3), ("i1", 2), ("i4", 1), ("i3", 0), ("i5", 0)]
     # The item's content still reaches the item vocabularies (it is how a cold item is embedded).
-    assert ("reloaded", 1) in _vocab(out, "title")
+    assert ("reloaded", 1) in read_vocab(out, "title")
     seen = {line["key"]: line for line in _jsonl(out / "seen.jsonl")}
     assert seen["u4"] == {"key": "u4", "train": [], "valid": [], "test": ["i3"]}
 
@@ -386,8 +344,8 @@ def test_search_keys_are_normalised_text(search_run):
     seen_keys = [line["key"] for line in _jsonl(out / "seen.jsonl")]
     assert seen_keys == sorted(seen_keys) and "query 0" in seen_keys
     assert stats["counts"]["train_negatives"] == 0
-    assert _vocab(out, "query")[0][0] == "query"  # every query contributes the token "query"
-    assert [tok for tok, _ in _vocab(out, "brand")] == ["B0", "B1", "B2", "B3", "B4"]
+    assert read_vocab(out, "query")[0][0] == "query"  # every query contributes the token "query"
+    assert [tok for tok, _ in read_vocab(out, "brand")] == ["B0", "B1", "B2", "B3", "B4"]
 
 
 def test_vocab_caps_apply_but_not_to_item_ids():
@@ -435,9 +393,9 @@ def test_movielens_year_is_an_item_numeric_with_the_catalog_mean_for_unknown_dat
     (1995 + 1995 + 1996) / 3 = 1995.333..., on the item records and on its interaction."""
     from core.config import load_config
     from datagen.movielens import convert_movielens
-    from tests.unit.test_datagen import _write_raw
+    from tests.support.movielens_raw import write_raw
 
-    convert_movielens(str(_write_raw(tmp_path / "raw")), str(tmp_path / "data"))
+    convert_movielens(str(write_raw(tmp_path / "raw")), str(tmp_path / "data"))
     cfg = load_config("movielens",
                       [f"data.path={tmp_path / 'data'}", f"publish.store={tmp_path / 'store'}"])
     assert {"name": "year", "type": "numeric"} in [f.model_dump() for f in cfg.schema.item_features]

@@ -147,7 +147,7 @@ def test_index_stage_records_tuning_and_writes_contract_files(tmp_path):
     from indexer.build import build_index_stage, read_item_ids
     from indexer.embeddings import write_embeddings
     from indexer.scann_index import load_searcher
-    from tests.unit.test_indexer import make_config
+    from tests.support.indexer_models import make_config
 
     db = _clustered(3000, seed=3)
     ids = [f"i{i:05d}" for i in range(len(db))]

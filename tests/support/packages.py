@@ -1,0 +1,6 @@
+"""The project's top-level production packages."""
+
+
+#: Every top-level production package (setup.py ships these); each must import ``core`` first.
+PACKAGES = ("core", "datagen", "features", "trainer", "indexer", "serving", "reports", "ui", "components",
+            "pipelines")
