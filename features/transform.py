@@ -981,156 +981,186 @@ def assemble_stats(_, counts: dict, numeric_query: dict, numeric_items: dict, vo
 
 
 def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, temp_dir: str) -> None:
-    """Add every transform stage to pipeline ``p`` (reads ``inputs``, writes into ``out_dir``;
-    ``temp_dir`` holds the small files' temporaries and is the caller's to remove)."""
-    schema, tcfg = config.schema, config.transform
-    query_specs, item_feats = list(schema.query_features), list(schema.item_features)
-    table_specs = schema.table_query_features  # the query features read from tables
-    key_spec = next(s for s in query_specs if s.name == schema.query_key)
-    user_side = uses_users_table(schema)
-    query_numeric = [s.name for s in query_specs if s.type == "numeric"]
-    item_numeric = [s.name for s in item_feats if s.type == "numeric"]
-    catalog_specs = item_specs(schema)
+    """Add the transform to pipeline ``p``: the I/O at the edges (reads ``inputs``, writes into
+    ``out_dir``; ``temp_dir`` holds the small files' temporaries and is the caller's to remove),
+    :class:`TransformFeatures` in between."""
+    tables = {"items": p | "ReadItems" >> beam.io.ReadFromParquet(inputs[contract.ITEMS_TABLE]),
+              "interactions": p | "ReadInteractions" >> beam.io.ReadFromParquet(inputs[contract.INTERACTIONS_TABLE])}
+    if uses_users_table(config.schema):
+        tables["users"] = p | "ReadUsers" >> beam.io.ReadFromParquet(inputs[contract.USERS_TABLE])
+    outputs = tables | "Transform" >> TransformFeatures(config, split)
+    for name in contract.RECORD_SPLITS:
+        _ = outputs[name] | f"Write[{name}]" >> _tfrecord_sink(out_dir, name)
+    _ = outputs[SMALL_FILES] | "WriteSmallFiles" >> WriteTextFiles(out_dir, temp_dir)
 
-    # ---- catalog: clean, catalog-mean fill, encode; raw display fields on the side
-    raw_items = p | "ReadItems" >> beam.io.ReadFromParquet(inputs[contract.ITEMS_TABLE])
-    display_file = (raw_items
-                    | "DisplayLine" >> beam.Map(display_line, list(schema.display_fields))
-                    | "DisplayFile" >> SortedFile(ITEMS_DISPLAY_FILE))
-    items = raw_items | "NormalizeItems" >> NormalizeFeatures(catalog_specs)
-    item_stats = items | "ItemNumericStats" >> ComputeNumericStats(item_numeric)
-    items = fill_numerics(items, "FillItemNumerics", item_numeric, item_stats)
-    items_written = items | "EncodeItems" >> beam.ParDo(EncodeFn(catalog_specs))
-    _ = items_written | "WriteItems" >> _tfrecord_sink(out_dir, contract.ITEMS_SPLIT)
-    # Cold items are drawn over the catalog, so one never interacted with is listed too.
-    cold_items = (items
-                  | "ColdItems" >> beam.Filter(lambda i, f=tcfg.cold_item_fraction, s=tcfg.seed:
-                                               is_cold_item(i[ITEM_KEY], f, s))
-                  | "ColdItemIds" >> beam.Map(lambda i: i[ITEM_KEY]))
-    cold_file = (cold_items
-                 | "ColdLine" >> beam.Map(lambda item: (item, item))
-                 | "ColdItemsFile" >> SortedFile(COLD_ITEMS_FILE))
 
-    # ---- interactions: clean, classify, split
-    extra_query = [] if user_side or schema.query_key == USER_KEY else [
-        s for s in table_specs if s.name != schema.query_key]
-    passthrough = [ITEM_KEY, "label", "rating", "timestamp"]
-    if schema.weighted:
-        # Graded actions: the row weight rides along to the TFRecords (weight-0 rows are already
-        # label 0, so ClassifyLabels routes them to train_negatives). Vocabulary counts, logQ's
-        # train frequencies and seen.jsonl stay unweighted: one count per train positive.
-        passthrough.append(WEIGHT_KEY)
-    interactions = (p
-                    | "ReadInteractions" >> beam.io.ReadFromParquet(inputs[contract.INTERACTIONS_TABLE])
-                    | "NormalizeInteractions" >> NormalizeFeatures([key_spec, *extra_query], passthrough)
-                    | "AttachKey" >> beam.Map(lambda r, k=schema.query_key: {**r, KEY: r[k]}))
-    history_spec = schema.history_feature
-    history_options = (None if history_spec is None
-                       else HistoryOptions(history_spec.name, history_spec.max_length))
-    rows = (interactions
-            | "ClassifyLabels" >> beam.ParDo(ClassifyLabelsFn(config.data.min_rating))
-            | "SplitInteractions" >> SplitInteractions(split, tcfg.valid_fraction, tcfg.test_fraction,
-                                                       tcfg.seed, tcfg.cold_item_fraction, history_options))
-    latest = None
-    if history_options is not None:
-        rows, latest = rows
-    positives = rows | "Positives" >> beam.Filter(lambda r: r[SPLIT] != NEGATIVES)
+#: :class:`TransformFeatures`' output of the small files: (relative path, whole text) pairs.
+SMALL_FILES = "files"
 
-    # ---- joins: user features (user keys), then item features
-    users = None
-    if user_side:
-        users = (p
-                 | "ReadUsers" >> beam.io.ReadFromParquet(inputs[contract.USERS_TABLE])
-                 | "NormalizeUsers" >> NormalizeFeatures(table_specs))
-        rows = rows | "JoinUserFeatures" >> JoinUserFeatures(users, schema.user_features)
-    # Ids only (no item features): nothing to attach, so no 10M-row CoGroupByKey to hold in
-    # memory (ingest has already refused interactions of unknown items).
-    if item_feats:
-        rows = rows | "JoinItemFeatures" >> JoinItemFeatures(items, item_feats)
 
-    # ---- query-side numerics: train-split mean, then fill and encode by split
-    train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == contract.TRAIN)
-    query_stats = train_rows | "QueryNumericStats" >> ComputeNumericStats(query_numeric)
-    filled = fill_numerics(rows, "FillQueryNumerics", query_numeric, query_stats)
-    encoded = filled | "EncodeBySplit" >> beam.ParDo(
-        EncodeBySplitFn(interaction_specs(schema))).with_outputs(*SPLITS, NEGATIVES)
-    counted = {contract.ITEMS_SPLIT: items_written, "cold_items": cold_items}
-    for name in (*SPLITS, NEGATIVES):
-        _ = encoded[name] | f"Write[{name}]" >> _tfrecord_sink(out_dir, name)
-        counted[name] = encoded[name]
+class TransformFeatures(beam.PTransform):
+    """The whole feature transform, no I/O: raw table rows in, encoded records and small files out.
 
-    # ---- vocabularies: query side from train rows, item side from the catalog,
-    # item ids = whole catalog (weight 0) + train frequency
-    # A history is item ids: it looks them up in the item-id vocabulary, it has none of its own.
-    query_vocab_specs = [s for s in table_specs if s.type != "numeric"]
-    item_vocab_specs = [s for s in item_feats if s.type != "numeric"]
-    # Weights are (count, train interactions): query features count train rows; item features
-    # count catalog items, and id-typed ones also their train rows (for the coverage record).
-    item_id_specs = [s for s in item_vocab_specs if s.type == "id"]
-    weighted = [
-        train_rows | "QueryTokens" >> beam.ParDo(FeatureTokensFn(query_vocab_specs, tcfg.text_max_tokens)),
-        items | "ItemTokens" >> beam.ParDo(FeatureTokensFn(item_vocab_specs, tcfg.text_max_tokens, (1, 0))),
-        items | "CatalogIds" >> beam.Map(lambda i: ((ITEM_KEY, i[ITEM_KEY]), (0, 0))),
-        train_rows | "TrainIds" >> beam.Map(lambda r: ((ITEM_KEY, r[ITEM_KEY]), (1, 1))),
-    ]
-    if item_id_specs:
-        weighted.append(train_rows | "ItemIdTrainRows" >> beam.ParDo(
-            FeatureTokensFn(item_id_specs, tcfg.text_max_tokens, (0, 1))))
-    weighted = tuple(weighted)
-    policies = {s.name: vocab_policy(s.name, s.type, tcfg) for s in query_vocab_specs}
-    policies[ITEM_KEY] = vocab_policy(ITEM_KEY, "id", tcfg)
-    policies.update({s.name: vocab_policy(s.name, s.type, tcfg) for s in item_vocab_specs})
-    vocab_files, vocab_coverage = weighted | "BuildVocabulary" >> BuildVocabulary(policies)
+    Input: ``{"items": rows, "interactions": rows, "users": rows}`` (dicts as read from the
+    ingested Parquet; ``users`` only when :func:`uses_users_table`). Output: a dict with one
+    PCollection of serialised ``tf.train.Example`` bytes per record split
+    (``contract.RECORD_SPLITS``: train, valid, test, train_negatives, items) and
+    :data:`SMALL_FILES`: ``(relative path, text)`` for every vocabulary, seen.jsonl,
+    query_table.jsonl, items_display.jsonl, cold_items.txt and stats.json.
+    """
 
-    # ---- seen.jsonl: positives per key and split
-    seen_file = (positives
-         | "SeenPairs" >> beam.Map(lambda r: (r[KEY], seen_value(r[SPLIT], r[ITEM_KEY])))
-         | "SeenGroup" >> beam.GroupByKey()
-         | "SeenLine" >> beam.Map(seen_line)
-         | "SeenFile" >> SortedFile(SEEN_FILE))
+    def __init__(self, config: Config, split: str):
+        super().__init__()
+        self._config, self._split = config, split
 
-    # ---- query_table.jsonl: every user in users.* plus every key seen in interactions
-    if schema.query_key == USER_KEY:
-        keys = (interactions
-                | "InteractionKeys" >> beam.Map(lambda r: (r[KEY], None))
-                | "DistinctKeys" >> beam.CombinePerKey(lambda _: None))
-        user_rows = ((users if users is not None else p | "NoUsers" >> beam.Create([]))
-                     | "UserRowsById" >> beam.Map(lambda u: (u[USER_KEY], u)))
-        query_rows = ({"user": user_rows, "seen": keys}
-                      | "QueryCoGroup" >> beam.CoGroupByKey()
-                      | "QueryRows" >> beam.ParDo(MergeQueryRowFn(table_specs)))
-    else:
-        query_rows = interactions | "QueryRows" >> beam.Map(
-            lambda r, names=[s.name for s in table_specs]: {n: r[n] for n in names})
-    query_lines = (fill_numerics(query_rows, "FillQueryTable", query_numeric, query_stats)
-                   | "QueryLine" >> beam.Map(query_line, table_specs, schema.query_key)
-                   # Several interactions share a key: keep one deterministic line per key.
-                   | "OnePerKey" >> beam.CombinePerKey(min))
-    if latest is not None:
-        query_lines = ({"line": query_lines, "latest": latest}
-                       | "QueryHistoryCoGroup" >> beam.CoGroupByKey()
-                       | "QueryHistory" >> beam.ParDo(AddHistoryFn(history_spec.name)))
-    query_file = query_lines | "QueryTableFile" >> SortedFile(QUERY_TABLE_FILE)
-    counted["queries"] = query_lines
+    def expand(self, tables):
+        config, split = self._config, self._split
+        p = tables["items"].pipeline
+        schema, tcfg = config.schema, config.transform
+        query_specs, item_feats = list(schema.query_features), list(schema.item_features)
+        table_specs = schema.table_query_features  # the query features read from tables
+        key_spec = next(s for s in query_specs if s.name == schema.query_key)
+        user_side = uses_users_table(schema)
+        query_numeric = [s.name for s in query_specs if s.type == "numeric"]
+        item_numeric = [s.name for s in item_feats if s.type == "numeric"]
+        catalog_specs = item_specs(schema)
 
-    # ---- stats.json
-    # Counted per collection (an empty one counts 0), then the singletons together: a Flatten
-    # of the 10M elements themselves would be held in memory by the in-process runner.
-    all_counts = tuple(pc
-                       | f"Count[{name}]" >> beam.combiners.Count.Globally()
-                       | f"Name[{name}]" >> beam.Map(lambda n, k=name: (k, n)) for name, pc in counted.items())
-    all_counts = all_counts | "AllCounts" >> beam.Flatten()
-    stats_file = (p
-         | "StatsSeed" >> beam.Create([None])
-         | "AssembleStats" >> beam.Map(assemble_stats,
-                                       counts=pvalue.AsDict(all_counts),
-                                       numeric_query=pvalue.AsSingleton(query_stats),
-                                       numeric_items=pvalue.AsSingleton(item_stats),
-                                       vocab_coverage=pvalue.AsDict(vocab_coverage),
-                                       split=split))
-    _ = ((vocab_files, seen_file, query_file, display_file, cold_file, stats_file)
-         | "SmallFiles" >> beam.Flatten()
-         | "WriteSmallFiles" >> WriteTextFiles(out_dir, temp_dir))
+        # ---- catalog: clean, catalog-mean fill, encode; raw display fields on the side
+        raw_items = tables["items"]
+        display_file = (raw_items
+                        | "DisplayLine" >> beam.Map(display_line, list(schema.display_fields))
+                        | "DisplayFile" >> SortedFile(ITEMS_DISPLAY_FILE))
+        items = raw_items | "NormalizeItems" >> NormalizeFeatures(catalog_specs)
+        item_stats = items | "ItemNumericStats" >> ComputeNumericStats(item_numeric)
+        items = fill_numerics(items, "FillItemNumerics", item_numeric, item_stats)
+        items_written = items | "EncodeItems" >> beam.ParDo(EncodeFn(catalog_specs))
+        # Cold items are drawn over the catalog, so one never interacted with is listed too.
+        cold_items = (items
+                      | "ColdItems" >> beam.Filter(lambda i, f=tcfg.cold_item_fraction, s=tcfg.seed:
+                                                   is_cold_item(i[ITEM_KEY], f, s))
+                      | "ColdItemIds" >> beam.Map(lambda i: i[ITEM_KEY]))
+        cold_file = (cold_items
+                     | "ColdLine" >> beam.Map(lambda item: (item, item))
+                     | "ColdItemsFile" >> SortedFile(COLD_ITEMS_FILE))
+
+        # ---- interactions: clean, classify, split
+        extra_query = [] if user_side or schema.query_key == USER_KEY else [
+            s for s in table_specs if s.name != schema.query_key]
+        passthrough = [ITEM_KEY, "label", "rating", "timestamp"]
+        if schema.weighted:
+            # Graded actions: the row weight rides along to the TFRecords (weight-0 rows are already
+            # label 0, so ClassifyLabels routes them to train_negatives). Vocabulary counts, logQ's
+            # train frequencies and seen.jsonl stay unweighted: one count per train positive.
+            passthrough.append(WEIGHT_KEY)
+        interactions = (tables["interactions"]
+                        | "NormalizeInteractions" >> NormalizeFeatures([key_spec, *extra_query], passthrough)
+                        | "AttachKey" >> beam.Map(lambda r, k=schema.query_key: {**r, KEY: r[k]}))
+        history_spec = schema.history_feature
+        history_options = (None if history_spec is None
+                           else HistoryOptions(history_spec.name, history_spec.max_length))
+        rows = (interactions
+                | "ClassifyLabels" >> beam.ParDo(ClassifyLabelsFn(config.data.min_rating))
+                | "SplitInteractions" >> SplitInteractions(split, tcfg.valid_fraction, tcfg.test_fraction,
+                                                           tcfg.seed, tcfg.cold_item_fraction, history_options))
+        latest = None
+        if history_options is not None:
+            rows, latest = rows
+        positives = rows | "Positives" >> beam.Filter(lambda r: r[SPLIT] != NEGATIVES)
+
+        # ---- joins: user features (user keys), then item features
+        users = None
+        if user_side:
+            users = (tables["users"]
+                     | "NormalizeUsers" >> NormalizeFeatures(table_specs))
+            rows = rows | "JoinUserFeatures" >> JoinUserFeatures(users, schema.user_features)
+        # Ids only (no item features): nothing to attach, so no 10M-row CoGroupByKey to hold in
+        # memory (ingest has already refused interactions of unknown items).
+        if item_feats:
+            rows = rows | "JoinItemFeatures" >> JoinItemFeatures(items, item_feats)
+
+        # ---- query-side numerics: train-split mean, then fill and encode by split
+        train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == contract.TRAIN)
+        query_stats = train_rows | "QueryNumericStats" >> ComputeNumericStats(query_numeric)
+        filled = fill_numerics(rows, "FillQueryNumerics", query_numeric, query_stats)
+        encoded = filled | "EncodeBySplit" >> beam.ParDo(
+            EncodeBySplitFn(interaction_specs(schema))).with_outputs(*SPLITS, NEGATIVES)
+        counted = {contract.ITEMS_SPLIT: items_written, "cold_items": cold_items}
+        for name in (*SPLITS, NEGATIVES):
+            counted[name] = encoded[name]
+
+        # ---- vocabularies: query side from train rows, item side from the catalog,
+        # item ids = whole catalog (weight 0) + train frequency
+        # A history is item ids: it looks them up in the item-id vocabulary, it has none of its own.
+        query_vocab_specs = [s for s in table_specs if s.type != "numeric"]
+        item_vocab_specs = [s for s in item_feats if s.type != "numeric"]
+        # Weights are (count, train interactions): query features count train rows; item features
+        # count catalog items, and id-typed ones also their train rows (for the coverage record).
+        item_id_specs = [s for s in item_vocab_specs if s.type == "id"]
+        weighted = [
+            train_rows | "QueryTokens" >> beam.ParDo(FeatureTokensFn(query_vocab_specs, tcfg.text_max_tokens)),
+            items | "ItemTokens" >> beam.ParDo(FeatureTokensFn(item_vocab_specs, tcfg.text_max_tokens, (1, 0))),
+            items | "CatalogIds" >> beam.Map(lambda i: ((ITEM_KEY, i[ITEM_KEY]), (0, 0))),
+            train_rows | "TrainIds" >> beam.Map(lambda r: ((ITEM_KEY, r[ITEM_KEY]), (1, 1))),
+        ]
+        if item_id_specs:
+            weighted.append(train_rows | "ItemIdTrainRows" >> beam.ParDo(
+                FeatureTokensFn(item_id_specs, tcfg.text_max_tokens, (0, 1))))
+        weighted = tuple(weighted)
+        policies = {s.name: vocab_policy(s.name, s.type, tcfg) for s in query_vocab_specs}
+        policies[ITEM_KEY] = vocab_policy(ITEM_KEY, "id", tcfg)
+        policies.update({s.name: vocab_policy(s.name, s.type, tcfg) for s in item_vocab_specs})
+        vocab_files, vocab_coverage = weighted | "BuildVocabulary" >> BuildVocabulary(policies)
+
+        # ---- seen.jsonl: positives per key and split
+        seen_file = (positives
+             | "SeenPairs" >> beam.Map(lambda r: (r[KEY], seen_value(r[SPLIT], r[ITEM_KEY])))
+             | "SeenGroup" >> beam.GroupByKey()
+             | "SeenLine" >> beam.Map(seen_line)
+             | "SeenFile" >> SortedFile(SEEN_FILE))
+
+        # ---- query_table.jsonl: every user in users.* plus every key seen in interactions
+        if schema.query_key == USER_KEY:
+            keys = (interactions
+                    | "InteractionKeys" >> beam.Map(lambda r: (r[KEY], None))
+                    | "DistinctKeys" >> beam.CombinePerKey(lambda _: None))
+            user_rows = ((users if users is not None else p | "NoUsers" >> beam.Create([]))
+                         | "UserRowsById" >> beam.Map(lambda u: (u[USER_KEY], u)))
+            query_rows = ({"user": user_rows, "seen": keys}
+                          | "QueryCoGroup" >> beam.CoGroupByKey()
+                          | "QueryRows" >> beam.ParDo(MergeQueryRowFn(table_specs)))
+        else:
+            query_rows = interactions | "QueryRows" >> beam.Map(
+                lambda r, names=[s.name for s in table_specs]: {n: r[n] for n in names})
+        query_lines = (fill_numerics(query_rows, "FillQueryTable", query_numeric, query_stats)
+                       | "QueryLine" >> beam.Map(query_line, table_specs, schema.query_key)
+                       # Several interactions share a key: keep one deterministic line per key.
+                       | "OnePerKey" >> beam.CombinePerKey(min))
+        if latest is not None:
+            query_lines = ({"line": query_lines, "latest": latest}
+                           | "QueryHistoryCoGroup" >> beam.CoGroupByKey()
+                           | "QueryHistory" >> beam.ParDo(AddHistoryFn(history_spec.name)))
+        query_file = query_lines | "QueryTableFile" >> SortedFile(QUERY_TABLE_FILE)
+        counted["queries"] = query_lines
+
+        # ---- stats.json
+        # Counted per collection (an empty one counts 0), then the singletons together: a Flatten
+        # of the 10M elements themselves would be held in memory by the in-process runner.
+        all_counts = tuple(pc
+                           | f"Count[{name}]" >> beam.combiners.Count.Globally()
+                           | f"Name[{name}]" >> beam.Map(lambda n, k=name: (k, n)) for name, pc in counted.items())
+        all_counts = all_counts | "AllCounts" >> beam.Flatten()
+        stats_file = (p
+             | "StatsSeed" >> beam.Create([None])
+             | "AssembleStats" >> beam.Map(assemble_stats,
+                                           counts=pvalue.AsDict(all_counts),
+                                           numeric_query=pvalue.AsSingleton(query_stats),
+                                           numeric_items=pvalue.AsSingleton(item_stats),
+                                           vocab_coverage=pvalue.AsDict(vocab_coverage),
+                                           split=split))
+        small_files = ((vocab_files, seen_file, query_file, display_file, cold_file, stats_file)
+                       | "SmallFiles" >> beam.Flatten())
+        return {**{name: encoded[name] for name in (*SPLITS, NEGATIVES)}, contract.ITEMS_SPLIT: items_written,
+                SMALL_FILES: small_files}
 
 
 def _tfrecord_sink(out_dir: str, name: str):
