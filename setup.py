@@ -20,7 +20,8 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["core*", "datagen*", "features*", "trainer*", "indexer*",
+    packages=find_packages(include=["core*", "datagen*", "features*", "trainer*", "indexer*", "evaluation*",
+                                    "publishing*", "run_records*",
                                     "serving*", "reports*", "ui*", "components*", "pipelines*"]),
     # The shipped run configs (core/configs/*.yaml) are package data: `twotower run --config shop`
     # reads them through importlib.resources, from any folder. MANIFEST.in puts them (and the

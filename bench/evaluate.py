@@ -12,8 +12,8 @@ embeddings plus gaussian noise (``--noise``, norm about that multiple of the sig
 recall@10 lands near 0.3; the "live" model is the same construction with its own noise
 draw (``--live-noise``), so the two differ query by query; popularity scores items by
 zipf-like counts. This is what the evaluate stage runs after embedding, through the same
-functions (``trainer.metrics``: ``embedding_rank_relevant``, ``query_contributions``,
-``estimates``, ``ratio_interval``, ``sample_keys``; ``trainer.evaluate``: ``intervals``,
+functions (``core.metrics``: ``embedding_rank_relevant``, ``query_contributions``,
+``estimates``, ``ratio_interval``, ``sample_keys``; ``evaluation.evaluate``: ``intervals``,
 ``paired_differences``); embedding the queries with the tower is not included.
 
 Per mode (exact = all queries; sampled = ``sample_keys(keys, --max-queries, --seed)``):
@@ -41,8 +41,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainer.evaluate import intervals, paired_differences  # noqa: E402
-from trainer.metrics import (embedding_rank_relevant, estimates, popularity_scores,  # noqa: E402
+from evaluation.evaluate import intervals, paired_differences  # noqa: E402
+from core.metrics import (embedding_rank_relevant, estimates, popularity_scores,  # noqa: E402
                              query_contributions, sample_keys)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

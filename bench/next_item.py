@@ -161,8 +161,8 @@ def train_to_publish(config, transformed: Path, run: Path) -> tuple[dict, float,
     comparison is not what these benches measure."""
     from indexer.build import build_index_stage
     from indexer.embed import embed_items
-    from indexer.publish import gate_and_publish
-    from trainer.evaluate import evaluate_model
+    from publishing.publish import gate_and_publish
+    from evaluation.evaluate import evaluate_model
     from trainer.train import train_model
 
     started = time.perf_counter()

@@ -78,9 +78,9 @@ METRICS = ["recall_at_10", "recall_at_50", "recall_at_100", "ndcg_at_10"]
 
 #: (feature implemented?) -> (file, marker strings any of which shows the implementation).
 FEATURE_MARKERS = {
-    "evaluate_per": ("trainer/evaluate.py", ["evaluate.per", ".per =="]),
-    "mask_seen": ("trainer/evaluate.py", ["mask_seen"]),
-    "slices": ("trainer/evaluate.py", ["slices"]),
+    "evaluate_per": ("evaluation/evaluate.py", ["evaluate.per", ".per =="]),
+    "mask_seen": ("evaluation/evaluate.py", ["mask_seen"]),
+    "slices": ("evaluation/evaluate.py", ["slices"]),
     "cold_items": ("features/transform.py", ["cold_item_fraction"]),
     "mixed_negatives": ("trainer", ["negative_samples_count"]),
     "negative_sampling": ("trainer", ["negative_sampling"]),
@@ -176,7 +176,7 @@ class Stages:
 # one run of ours / the reference
 
 def run_ours(config, transformed: str, out: Path) -> dict:
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
     from trainer.train import train_model
 
     shutil.rmtree(out, ignore_errors=True)  # train.resume would pick up a stale checkpoint
@@ -191,7 +191,7 @@ def run_ours(config, transformed: str, out: Path) -> dict:
 
 def run_reference(config, transformed: str, out: Path, seed: int, settings=None) -> dict:
     from bench.reference import ReferenceSettings, train_reference
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     settings = settings or ReferenceSettings()
     shutil.rmtree(out, ignore_errors=True)

@@ -15,7 +15,7 @@ evaluator. It reads the same train TFRecords as our trainer (only the query key 
 ``item_id`` columns are parsed) and exports both towers with the SAME SavedModel
 contract as ``trainer.export`` (``serving_default``: raw named inputs, tf.string or
 tf.float32 [None] -> ``{"embedding": float32 [None, 32]}``), so
-``trainer.evaluate.evaluate_model`` scores it with exactly the code that scores ours.
+``evaluation.evaluate.evaluate_model`` scores it with exactly the code that scores ours.
 The query tower accepts every declared query feature and the item tower ``item_id``
 plus every item feature; both ignore everything but their key. Embeddings are NOT
 L2-normalised (the tutorial scores with raw dot products).

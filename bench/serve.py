@@ -19,7 +19,7 @@ What it builds (in a temp folder, deleted at the end unless ``--keep``):
   the leaves searched keep the same fraction (2.1 %);
 - items.parquet (item_id, title, embedding), index/item_ids.txt, query_table.jsonl
   (``--users`` ids ``u0..``), seen.jsonl (empty lists), and a manifest with the "serving"
-  section ``indexer.publish.serving_section`` writes; published with
+  section ``publishing.publish.serving_section`` writes; published with
   ``core.store.VersionStore.publish``.
 
 Then it starts the real service, ``python -m pipelines.cli serve --store ... --port 0``, in a
@@ -183,7 +183,7 @@ def build_store(args, store: str, log) -> dict:
         "metrics": {},
         "index": index_metrics,
         "lineage": {"code": "bench/serve.py", "seed": args.seed},
-        # The shape indexer.publish.serving_section writes.
+        # The shape publishing.publish.serving_section writes.
         "serving": {
             "query_key": "user_id",
             "query_key_type": "id",

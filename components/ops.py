@@ -58,7 +58,7 @@ def evaluate_op(config_json: str, store: str, transformed: Input[Dataset], model
     """Recall@K / nDCG@10 on the held-out split against the catalog, vs popularity and
     vs the live version of ``store`` (the same store publish writes to) on the same split."""
     from components.runtime import load_stage_config, run_stage
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     config = load_stage_config(config_json, {"publish.store": store})
     run_stage("evaluate", config, evaluation, metrics,
@@ -105,7 +105,7 @@ def publish_op(config_json: str, store: str, run_id: str, job_name: str, ingeste
     from core import contracts
     from core.lineage import lineage_for
     from core.summary import build_summary
-    from indexer.publish import gate_and_publish
+    from publishing.publish import gate_and_publish
 
     config = load_stage_config(config_json, {"publish.store": store})
     run_id = run_id or job_name  # cluster runs without an explicit id use the job's own name
@@ -135,7 +135,7 @@ def record_run_op(config_json: str, store: str, run_id: str, job_name: str, data
     """
     from components.runtime import load_stage_config
     from core.partitions import PartitionError, resolve_data_date
-    from indexer.run_log import record_final_status
+    from run_records.exit_handler import record_final_status
 
     config = load_stage_config(config_json, {"publish.store": store})
     try:

@@ -14,7 +14,7 @@ import warnings
 from core import storage
 from core.config import Config
 from core.partitions import partition_path, resolve_data_date
-from core.run_records import close_dead_runs, process_identity, update_run_file
+from run_records.records import close_dead_runs, process_identity, update_run_file
 from core.contracts.files import PIPELINE_LOG, RUN_FILE, SUMMARY_FILE
 from core.contracts.records import read_summary, write_summary
 
@@ -55,7 +55,7 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
     Run folder: ``<pipeline.runs_dir>/<run_id>/`` holding ``run.json`` (status, written at
     start and at the end: run_id, status running|succeeded|failed, started_at, finished_at,
     data_date, data_fingerprint, error, failed_step, published, version, store, and owner:
-    the pid / host / start time of this process, see :mod:`core.run_records`), ``kfp/``
+    the pid / host / start time of this process, see :mod:`run_records.records`), ``kfp/``
     (every task's artifacts), ``pipeline.log`` (the runner's full output) and, when the run
     finished, ``summary.json``. The console shows concise progress unless ``verbose``.
 
@@ -133,7 +133,7 @@ def write_run_record(run_dir: str, record: dict) -> None:
 def close_abandoned_runs(runs_dir: str) -> list[dict]:
     """Mark failed the runs under ``runs_dir`` that say running but whose process is gone.
 
-    See :func:`core.run_records.close_dead_runs`; a run that cannot be closed (its store
+    See :func:`run_records.records.close_dead_runs`; a run that cannot be closed (its store
     unreachable) is reported on stderr and left for a later attempt, and this run goes on.
     Returns the runs closed (their new run.json content).
     """
@@ -154,7 +154,7 @@ def _record_failure_in_store(config: Config, run_id: str, date: str | None, erro
     reported, not raised: the run's own failure is what the caller must see.
     """
     from core.store import StoreError
-    from indexer.run_log import record_failure
+    from run_records.exit_handler import record_failure
 
     state = "FAILED" if isinstance(exc, Exception) else "CANCELLED"  # Ctrl-C, SystemExit
     try:
@@ -191,10 +191,10 @@ def _failure(pipeline_root: str, exc: BaseException) -> tuple[str | None, str, s
 
     From the stage_error.json a failed stage left (its own exception), else the runner's
     message; the store's record has no step field, so its error names the step
-    (:func:`indexer.run_log.failure_message`). Stage names are the pipeline's (ingest,
+    (:func:`run_records.exit_handler.failure_message`). Stage names are the pipeline's (ingest,
     transform, ...); KFP's task names add "-op".
     """
-    from indexer.run_log import failure_message, read_stage_errors
+    from run_records.exit_handler import failure_message, read_stage_errors
 
     message = _ANSI.sub("", str(exc)) or type(exc).__name__
     errors = [e for e in read_stage_errors(pipeline_root) if e.get("error")]

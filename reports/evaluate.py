@@ -12,7 +12,7 @@ from reports import artifacts
 from reports.base import files_section, number, start
 from reports.html import Cell, Report
 
-#: Written by trainer.evaluate.evaluate_model.
+#: Written by evaluation.evaluate.evaluate_model.
 METRICS_FILE = names.METRICS_FILE
 SLICE_ORDER = ("head", "torso", "tail", "cold")
 _METRIC = re.compile(r"^(recall|ndcg)_at_(\d+)$")

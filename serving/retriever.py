@@ -16,7 +16,7 @@ and the answer says what was used: ``"history": {"used", "ignored", "cut"}``. Wi
 ``exclude_seen`` the request's clicks are excluded as well as the key's seen items.
 
 How requests map to tower inputs comes from the manifest's "serving" section (query
-key name and type, query feature names and types), written by indexer.publish from
+key name and type, query feature names and types), written by publishing.publish from
 the run config; see that module for why it is stored rather than inferred.
 
 Scores are dot products of L2-normalised embeddings (cosine similarity), best first.
@@ -50,7 +50,7 @@ HISTORY = "history"
 #: what features far outside the training range produce (overflow to 0 or NaN).
 _NORM_TOLERANCE = 1e-3
 
-# Version layout: core.contracts' names, the ones indexer.publish writes (serving must not
+# Version layout: core.contracts' names, the ones publishing.publish writes (serving must not
 # import the indexer).
 QUERY_TOWER = names.QUERY_TOWER_DIR
 SCANN_DIR = names.VERSION_SCANN_DIR

@@ -88,8 +88,8 @@ def publish_run(cfg: Config, transformed: Path, root: Path) -> tuple[dict, dict,
     """Train, evaluate, embed, index and publish; (training.json, metrics, publish result)."""
     from indexer.build import build_index_stage
     from indexer.embed import embed_items
-    from indexer.publish import gate_and_publish
-    from trainer.evaluate import evaluate_model
+    from publishing.publish import gate_and_publish
+    from evaluation.evaluate import evaluate_model
     from trainer.train import train_model
 
     training = train_model(cfg, str(transformed), str(root / "model"))

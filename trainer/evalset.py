@@ -36,7 +36,7 @@ from core.sampling import sample_keys
 from core.text import normalize_text
 from trainer import artifacts
 from trainer.data import read_columns
-from trainer.metrics import item_slices
+from core.metrics import item_slices
 
 
 @dataclass

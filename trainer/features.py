@@ -426,7 +426,7 @@ def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, Towe
     item_encoders = {s.name: build_encoder(s, config, transformed_dir, stats) for s in i_encoded}
     query_encoders = {s.name: build_encoder(s, config, transformed_dir, stats, item_encoders.get(ITEM_KEY))
                       for s in q_specs}
-    # What a history-only request's other features are at serving (indexer/publish.py's defaults).
+    # What a history-only request's other features are at serving (publishing/publish.py's defaults).
     anonymous = {s.name: artifacts.query_feature_default(s, stats) for s in q_specs if s.type != "history"}
     return (tower(q_specs, query_encoders, "query_tower", anonymous if t.anonymous_query_rate > 0.0 else None),
             tower(i_specs, item_encoders, "item_tower"))

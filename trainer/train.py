@@ -308,7 +308,7 @@ def validation_recall(valid, catalog, towers, serves) -> Optional[float]:
     """recall@10 of the towers on the validation keys against the whole catalog (each key's
     train items masked); None without a valid split (no early stopping then)."""
     from trainer.export import embed_columns
-    from trainer.metrics import embedding_retrieval_metrics
+    from core.metrics import embedding_retrieval_metrics
 
     if not len(valid):
         return None

@@ -14,7 +14,7 @@ Run folder contract::
 Runs without run.json succeeded iff summary.json exists. A run.json that says running
 while the process named in its ``owner`` is gone (killed with SIGKILL) is closed when it is
 read: marked failed, with the store's run record written if the exit handler never did
-(:func:`core.run_records.close_dead_run`, safe when several UIs and runs do it at once).
+(:func:`run_records.records.close_dead_run`, safe when several UIs and runs do it at once).
 Stage folders are found by
 scanning for stage.json (keyed by its "stage" field), never by guessing KFP's folder
 names, which differ between KFP versions and component names (``train`` / ``train-op``).
@@ -32,7 +32,7 @@ import os
 import re
 from typing import Optional
 
-from core.run_records import close_dead_run, owner_alive
+from run_records.records import close_dead_run, owner_alive
 from core.contracts.files import KFP_DIR, PIPELINE_LOG
 from core.contracts.files import REPORT_HTML_FILE as REPORT_HTML
 from core.contracts.files import REPORT_MARKDOWN_FILE as REPORT_MD

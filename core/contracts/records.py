@@ -223,7 +223,7 @@ class SliceMetrics(Document):
 
 
 class EvalMetrics(_Scores):
-    """``metrics.json`` (:func:`trainer.evaluate.evaluate_model`); units: fractions in [0, 1]."""
+    """``metrics.json`` (:func:`evaluation.evaluate.evaluate_model`); units: fractions in [0, 1]."""
 
     popularity: PopularityMetrics
     sampled: bool  # fewer keys scored than eligible
@@ -304,7 +304,7 @@ class PublishedWeights(Document):
 
 
 class ServingSection(Document):
-    """What the query service needs to turn a request into tower inputs (:func:`indexer.publish.serving_section`)."""
+    """What the query service needs to turn a request into tower inputs (:func:`publishing.publish.serving_section`)."""
 
     query_key: str
     query_key_type: str

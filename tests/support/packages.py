@@ -2,5 +2,5 @@
 
 
 #: Every top-level production package (setup.py ships these); each must import ``core`` first.
-PACKAGES = ("core", "datagen", "features", "trainer", "indexer", "serving", "reports", "ui", "components",
-            "pipelines")
+PACKAGES = ("core", "datagen", "features", "trainer", "evaluation", "indexer", "publishing", "run_records",
+            "serving", "reports", "ui", "components", "pipelines")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from core.towers import Tower
 from indexer.build import build_index_stage
 from indexer.embeddings import write_embeddings
-from indexer.publish import gate_and_publish
+from publishing.publish import gate_and_publish
 from tests.support.indexer_models import (GOOD_METRICS, build_tower, item_ids, make_config, write_models,
                                           write_transformed)
 

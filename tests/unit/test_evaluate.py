@@ -1,4 +1,4 @@
-"""trainer.evaluate: protocol options (mask_seen, per), popularity slices, metrics.json.
+"""evaluation.evaluate: protocol options (mask_seen, per), popularity slices, metrics.json.
 
 A tiny transform-output folder (``tests.support.evaluation``) with the tiny tower SavedModels
 of ``tests.support.indexer_models`` (item tower = fixed random vector per item_id, query
@@ -49,7 +49,7 @@ def _slice_hits(ranks) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("per,mask_seen", [("query", True), ("interaction", False)])
 def test_evaluate_model_follows_the_configured_protocol(setup, per, mask_seen):
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     config = make_config(setup["tmp"], evaluate={"ks": [5, 10], "ndcg_k": 10, "per": per,
                                                  "mask_seen": mask_seen, "slices": True})
@@ -87,7 +87,7 @@ def test_evaluate_model_follows_the_configured_protocol(setup, per, mask_seen):
 def test_masking_changes_what_is_ranked(setup):
     """mask_seen=false must not read or apply seen.jsonl: the masked lists are empty."""
     from trainer.evalset import load_catalog, load_queries
-    from trainer.evaluate import mask_splits_for
+    from evaluation.evaluate import mask_splits_for
 
     config = make_config(setup["tmp"])
     catalog = load_catalog(config, setup["folder"])
@@ -115,8 +115,8 @@ def test_catalog_popularity_slices(setup):
 
 
 def test_slice_report_adds_popularity_and_chance():
-    from trainer.evaluate import slice_report
-    from trainer.metrics import rank_relevant
+    from evaluation.evaluate import slice_report
+    from core.metrics import rank_relevant
 
     relevant = [np.array([1, 3]), np.array([0])]
     masked = [np.array([0]), np.array([4])]
@@ -175,7 +175,7 @@ def _sampled_users(n: int, seed: int = 0) -> set[int]:
 def test_sampled_evaluation_scores_model_and_popularity_on_the_same_keys(setup, per):
     """max_queries 5 of 12 keys: both rankers are scored on exactly the sample_keys users
     (brute force over those users only), and the intervals bracket the estimates."""
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     config = make_config(setup["tmp"], evaluate={"ks": [5, 10], "ndcg_k": 10, "per": per, "max_queries": 5,
                                                  "seed": 3})
@@ -201,7 +201,7 @@ def test_sampled_evaluation_scores_model_and_popularity_on_the_same_keys(setup, 
 
 
 def test_max_queries_at_or_above_the_keys_is_the_exact_evaluation_bit_for_bit(setup):
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     runs = {}
     for max_queries in (0, N_USERS, 10_000):

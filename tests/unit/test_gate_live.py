@@ -31,8 +31,8 @@ def world(tmp_path_factory):
     (and live) version is the good model, published through the gate."""
     from indexer.build import build_index_stage
     from indexer.embed import embed_items
-    from indexer.publish import gate_and_publish
-    from trainer.evaluate import evaluate_model
+    from publishing.publish import gate_and_publish
+    from evaluation.evaluate import evaluate_model
 
     tmp = tmp_path_factory.mktemp("gate_live")
     config = make_config(tmp, evaluate={"ks": [5, 10], "ndcg_k": 10, "per": "query", "mask_seen": True},
@@ -75,8 +75,8 @@ def test_first_publish_has_no_baseline(world):
 
 
 def test_evaluate_without_store_writes_no_live_key_and_gate_says_so(world):
-    from indexer.gate import decide
-    from trainer.evaluate import evaluate_model
+    from publishing.gate import decide
+    from evaluation.evaluate import evaluate_model
 
     metrics = evaluate_model(world["config"], world["folder"], world["good"], str(world["tmp"] / "eval-none"))
     assert "live" not in metrics
@@ -90,8 +90,8 @@ def test_evaluate_without_store_writes_no_live_key_and_gate_says_so(world):
 def test_live_metrics_equal_evaluating_the_live_model_directly(world):
     """Candidate == live: the live block equals the candidate's own metrics and a brute-force
     evaluation of the live towers; the gate passes and records the baseline."""
-    from indexer.gate import decide
-    from trainer.evaluate import evaluate_model
+    from publishing.gate import decide
+    from evaluation.evaluate import evaluate_model
 
     version = world["first"]["version"]
     metrics = evaluate_model(world["config"], world["folder"], world["good"], str(world["tmp"] / "eval-same"),
@@ -110,9 +110,9 @@ def test_live_metrics_equal_evaluating_the_live_model_directly(world):
 
 
 def test_much_worse_candidate_is_refused_and_store_unchanged(world):
-    from indexer.gate import decide
-    from indexer.publish import gate_and_publish
-    from trainer.evaluate import evaluate_model
+    from publishing.gate import decide
+    from publishing.publish import gate_and_publish
+    from evaluation.evaluate import evaluate_model
 
     before = _store_state(world["store"])
     metrics = evaluate_model(world["config"], world["folder"], world["rand"], str(world["tmp"] / "eval-rand"),
@@ -137,8 +137,8 @@ def test_corrupt_live_version_is_reported_and_refused_by_default(world):
     by default (a broken comparison never publishes silently); publish_when_live_unusable lets
     it through, saying so; require_live_comparison refuses too."""
     from core.store import VersionStore
-    from indexer.gate import decide
-    from trainer.evaluate import evaluate_model
+    from publishing.gate import decide
+    from evaluation.evaluate import evaluate_model
 
     root = str(world["tmp"] / "store-corrupt")
     shutil.copytree(world["store"], root)
@@ -170,8 +170,8 @@ def test_live_version_with_a_corrupt_query_tower_is_not_published_past(world, tm
     the traceback in its log) and publish, with default settings, refuses and leaves the store
     as it was."""
     from core.store import VersionStore
-    from indexer.publish import gate_and_publish
-    from trainer.evaluate import evaluate_model
+    from publishing.publish import gate_and_publish
+    from evaluation.evaluate import evaluate_model
 
     root = str(tmp_path / "store")
     shutil.copytree(world["store"], root)
@@ -192,14 +192,14 @@ def test_live_version_with_a_corrupt_query_tower_is_not_published_past(world, tm
 def test_a_bug_in_the_live_comparison_is_recorded_and_refused(world, monkeypatch, capfd):
     """Not only data problems: a bug (here a TypeError planted in the live scoring) is recorded
     with its type and traceback, and the default gate refuses on it."""
-    import trainer.evaluate
-    from indexer.gate import decide
-    from trainer.evaluate import evaluate_model
+    import evaluation.evaluate
+    from publishing.gate import decide
+    from evaluation.evaluate import evaluate_model
 
     def broken(items_path, catalog_ids):
         raise TypeError("planted bug")
 
-    monkeypatch.setattr(trainer.evaluate, "_live_item_embeddings", broken)
+    monkeypatch.setattr(evaluation.evaluate, "_live_item_embeddings", broken)
     metrics = evaluate_model(world["config"], world["folder"], world["good"], str(world["tmp"] / "eval-bug"),
                              live_store=world["store"])
     assert metrics["live"] == {"version": world["first"]["version"], "error": "TypeError: planted bug"}
@@ -211,8 +211,8 @@ def test_a_bug_in_the_live_comparison_is_recorded_and_refused(world, monkeypatch
 
 def test_a_store_without_current_is_the_only_silent_case(world, tmp_path):
     """No CURRENT (nothing published yet): live is None and the gate publishes as a first publish."""
-    from indexer.gate import decide
-    from trainer.evaluate import evaluate_model
+    from publishing.gate import decide
+    from evaluation.evaluate import evaluate_model
 
     empty = str(tmp_path / "empty-store")
     os.makedirs(empty)
@@ -247,7 +247,7 @@ def test_items_missing_from_the_live_catalog_cannot_be_hit(world):
     """Live knows only even items: odd relevant items are misses for it, exactly as when
     they are masked out of a brute-force ranking of the live towers."""
     from core.towers import Tower
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     ids = item_ids()
     tower = Tower(os.path.join(world["good"], "item_tower"))
@@ -271,7 +271,7 @@ def test_items_missing_from_the_live_catalog_cannot_be_hit(world):
 
 def test_incompatible_live_tower_is_an_error(world):
     """A live query tower whose inputs this run's queries lack -> live.error, not a crash."""
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     text_tower = build_tower(str(world["tmp"] / "text_tower"), "text")
     ids = item_ids()
@@ -288,8 +288,8 @@ def test_publish_refuses_a_comparison_made_against_a_version_no_longer_live(worl
     our gate verdict is stale, so nothing is published and the reason says why."""
     import shutil
 
-    from indexer.publish import gate_and_publish
-    from trainer.evaluate import evaluate_model
+    from publishing.publish import gate_and_publish
+    from evaluation.evaluate import evaluate_model
 
     store_root = str(tmp_path / "store")
     shutil.copytree(world["store"], store_root)
@@ -315,8 +315,8 @@ def test_sampled_live_comparison_uses_the_candidates_keys(world):
     """max_queries 6 of 12: the live version, the candidate and popularity are all scored on
     the same sample_keys users (each equals a brute-force evaluation over those users only);
     the paired difference is candidate minus live on them; the gate follows its noise rule."""
-    from indexer.gate import decide
-    from trainer.evaluate import evaluate_model
+    from publishing.gate import decide
+    from evaluation.evaluate import evaluate_model
     from core.sampling import sample_keys
 
     config = world["config"].with_overrides({"evaluate.max_queries": 6})
@@ -369,7 +369,7 @@ def _sampled_metrics(recall: float, live_recall: float, diff_ci: tuple[float, fl
 
 def test_paired_gate_refuses_a_clear_regression_and_passes_one_inside_the_noise(tmp_path):
     """Live 0.30, allowed drop 5% (floor 0.285, allowance 0.015)."""
-    from indexer.gate import decide
+    from publishing.gate import decide
 
     config = make_config(tmp_path, gate={"must_beat_popularity": True, "max_relative_regression": 0.05})
 

@@ -81,7 +81,7 @@ def test_store_and_inputs_live_in_the_fake(world):
 
 
 def test_evaluate_on_gcs_equals_the_local_run_including_the_live_comparison(world):
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     config = world["config"]
     local_store = _local_copy_of_store(world, "store-copy-eval")
@@ -106,7 +106,7 @@ def test_evaluate_on_gcs_equals_the_local_run_including_the_live_comparison(worl
 
 
 def test_evaluate_names_a_missing_gcs_input(world):
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     with pytest.raises(FileNotFoundError, match=r"gs://bucket/nothing-here/stats.json"):
         evaluate_model(world["config"], _gs("nothing-here"), _gs("model"), _gs("eval-missing"))
@@ -116,7 +116,7 @@ def test_evaluate_names_a_missing_gcs_input(world):
 
 
 def test_serve_from_gcs_answers_like_the_local_copy_and_hot_reloads(world):
-    from indexer.publish import gate_and_publish
+    from publishing.publish import gate_and_publish
     from serving.retriever import Retriever
     from serving.server import QueryService
 

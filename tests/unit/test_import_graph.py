@@ -94,3 +94,15 @@ def test_no_module_imports_itself_back():
     graph = import_graph()
     assert {"trainer.train", "trainer.checkpoint", "core.config", "serving.retriever"} <= set(graph)
     assert circles(graph) == []
+
+
+def test_no_package_imports_itself_back():
+    """Between top-level packages too (trainer -> core, evaluation -> trainer, ...): a package
+    whose module imports a package that imports it back is one room split in two."""
+    graph = import_graph()
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        top = module.split(".")[0]
+        packages.setdefault(top, set()).update(t.split(".")[0] for t in targets if t.split(".")[0] != top)
+    assert {"core", "trainer", "evaluation", "indexer", "publishing", "run_records", "serving"} <= set(packages)
+    assert circles(packages) == []

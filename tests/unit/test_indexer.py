@@ -324,7 +324,7 @@ def test_index_stage_writes_contract_files(stage_dirs):
 
 # ---------------------------------------------------------------- gate
 def test_gate_pass_and_fail_reasons(tmp_path):
-    from indexer.gate import decide
+    from publishing.gate import decide
 
     config = make_config(tmp_path, gate={"min_recall_at_10": 0.2})
     ok = decide(config, GOOD_METRICS)
@@ -345,7 +345,7 @@ def test_gate_pass_and_fail_reasons(tmp_path):
 
 # ---------------------------------------------------------------- gate + publish
 def test_publish_skipped_when_gate_fails_leaves_store_untouched(stage_dirs):
-    from indexer.publish import gate_and_publish
+    from publishing.publish import gate_and_publish
 
     config, tmp, transformed, models, emb, _ = stage_dirs
     config = config.with_overrides({"publish.store": str(tmp / "store-fail"), "gate.min_recall_at_10": 0.9})
@@ -360,7 +360,7 @@ def test_publish_lays_out_a_verified_live_version(stage_dirs):
     import pyarrow.parquet as pq
 
     from indexer.build import build_index_stage
-    from indexer.publish import gate_and_publish
+    from publishing.publish import gate_and_publish
     from indexer.store import VersionStore
 
     config, tmp, transformed, models, emb, _ = stage_dirs

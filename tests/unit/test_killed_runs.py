@@ -7,7 +7,7 @@ is gone, mark the run failed and write its store record once, never moving CURRE
 
 The killed processes here are real: a small Python subprocess writes run.json with
 local_run's own functions, then is SIGKILLed. Also here: the failing step's own error in the
-store's run record (indexer/run_log.py), with no pipeline run.
+store's run record (run_records/exit_handler.py), with no pipeline run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from core.run_records import close_dead_run, dead_owner_error, owner_alive, process_identity
+from run_records.records import close_dead_run, dead_owner_error, owner_alive, process_identity
 from core.store import VersionStore
 from tests.conftest import REPO
 
@@ -96,7 +96,7 @@ def write_run(runs_dir, run_id: str, store: str, owner, status: str = "running")
 
 # -- the killed run, seen by the UI and by the next run ------------------------------------------
 def test_sigkilled_run_is_marked_failed_by_the_ui_and_recorded_in_the_store(tmp_path):
-    from indexer.run_log import record_final_status
+    from run_records.exit_handler import record_final_status
     from ui import runs
 
     runs_dir = tmp_path / "runs"
@@ -268,7 +268,7 @@ def test_concurrent_repairs_write_one_record_and_corrupt_nothing(tmp_path):
 
 
 def test_record_run_if_absent_lets_exactly_one_writer_win(tmp_path):
-    from core.run_records import record_run_if_absent
+    from run_records.records import record_run_if_absent
     from core.storage import PreconditionFailed
 
     store = VersionStore(str(tmp_path / "store"))
@@ -284,7 +284,7 @@ def test_record_run_if_absent_lets_exactly_one_writer_win(tmp_path):
 
 # -- the failing step's own error in the store's record -------------------------------------------
 def test_failure_message_prefers_the_failing_steps_own_error():
-    from indexer.run_log import failure_message
+    from run_records.exit_handler import failure_message
 
     ingest = {"stage": "ingest", "error": "IngestError: items.csv: row 3: field 'price': not a number",
               "seconds": 0.1}
@@ -299,7 +299,7 @@ def test_failure_message_prefers_the_failing_steps_own_error():
 
 
 def test_read_stage_errors_in_a_pipeline_root(tmp_path):
-    from indexer.run_log import read_stage_errors
+    from run_records.exit_handler import read_stage_errors
     from pipelines.local_run import _failure
 
     root = tmp_path / "kfp" / "twotower-2026-11-22-08-00-00"
@@ -324,7 +324,7 @@ def test_read_stage_errors_in_a_pipeline_root(tmp_path):
 
 
 def test_record_failure_replaces_the_orchestrators_message_and_keeps_the_rest(tmp_path):
-    from indexer.run_log import record_failure, record_final_status
+    from run_records.exit_handler import record_failure, record_final_status
 
     store, live = make_store(tmp_path / "store")
     first = record_final_status(store.root, "r1", "FAILED", "Task exit-handler-1 failed.", "2026-11-21", "job-1")

@@ -1,4 +1,4 @@
-"""trainer.metrics on hand-computed cases (pure numpy, no TensorFlow)."""
+"""core.metrics on hand-computed cases (pure numpy, no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer import metrics as M
+from core import metrics as M
 
 SCORES = np.array([[0.9, 0.8, 0.7, 0.6, 0.5],
                    [0.1, 0.2, 0.3, 0.4, 0.5]], dtype=np.float32)

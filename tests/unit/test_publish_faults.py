@@ -345,7 +345,7 @@ def test_a_gc_killed_between_a_manifest_and_the_files_leaves_an_orphan_never_a_d
 
 def test_a_gc_that_cannot_run_after_a_publish_is_reported_not_raised(backend, tmp_path):
     """gate_and_publish's retention: the new version is live whatever gc meets."""
-    from indexer.publish import _retention
+    from publishing.publish import _retention
 
     store = VersionStore(backend.root, lock_timeout_seconds=0.1)
     for v in ("v1", "v2", "v3"):

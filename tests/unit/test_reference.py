@@ -150,7 +150,7 @@ def test_reload_gives_the_same_embeddings(reference, tmp_path):
 @pytest.mark.slow
 def test_trained_reference_beats_random(reference):
     from core.towers import Tower
-    from trainer.metrics import embedding_retrieval_metrics
+    from core.metrics import embedding_retrieval_metrics
 
     config, data = reference["config"], reference["data"]
     items = data["items"]

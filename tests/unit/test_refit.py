@@ -23,7 +23,7 @@ def ring(tmp_path_factory):
 def test_refit_trains_on_every_split_and_keeps_the_heldout_twin(ring, mode):
     from core.towers import Tower
     from trainer.artifacts import evaluated_model_dir
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
     from trainer.train import train_model
 
     config, out, root = ring
@@ -72,9 +72,9 @@ def test_refit_options_that_do_nothing_are_refused(ring):
 def test_a_refit_live_version_is_compared_on_keys_it_never_trained_on(tmp_path):
     import pandas as pd
 
-    from indexer.gate import decide
+    from publishing.gate import decide
     from tests.ring_data import publish_run
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     store = tmp_path / "store"
     day1 = ring_tables(seed=6, n_items=40, n_users=120)

@@ -295,7 +295,7 @@ def test_gcs_store_publish_cas_fetch_and_gc(tmp_path, monkeypatch):
 
 
 def test_run_records_sit_beside_versions_and_never_move_current(tmp_path):
-    from indexer.run_log import record_final_status
+    from run_records.exit_handler import record_final_status
 
     store = _store(tmp_path)
     _publish(store, tmp_path, "v1")

@@ -5,7 +5,7 @@ randomly drawn schedule of operations started together (each after its own rando
 threads and, for the lock across processes, on worker subprocesses:
 
 - ``publish``: ``store.publish`` of a small staged folder, then the gc that publish runs
-  (``indexer.publish.gate_and_publish`` calls ``store.gc(keep)`` right after ``publish``);
+  (``publishing.publish.gate_and_publish`` calls ``store.gc(keep)`` right after ``publish``);
 - ``rollback_cli`` / ``rollback_ui``: ``pipelines.cli.main(["index", "rollback", ...])`` and
   ``ui.server.UIApp.rollback``, mostly to the second-newest version (the one
   ``gc --keep 1`` deletes last, so the widest window for the race) or the oldest;

@@ -42,7 +42,7 @@ def trained(data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(data, trained, tmp_path_factory):
-    from trainer.evaluate import evaluate_model
+    from evaluation.evaluate import evaluate_model
 
     out = tmp_path_factory.mktemp("eval")
     return {"out": out, "metrics": evaluate_model(data["config"], str(data["root"]), str(trained["out"]),
@@ -111,8 +111,8 @@ def test_early_stopping_stops_and_restores_best(early_stopped, data):
     # The exported towers are the best epoch's: recomputing validation recall from the
     # SavedModels reproduces the best value, not the last one.
     from trainer.evalset import load_catalog, load_queries
-    from trainer.evaluate import _embed
-    from trainer.metrics import embedding_retrieval_metrics
+    from evaluation.evaluate import _embed
+    from core.metrics import embedding_retrieval_metrics
 
     config, root = early_stopped["config"], str(data["root"])
     catalog = load_catalog(config, root)

@@ -144,11 +144,11 @@ def test_crash_then_rerun_resumes_and_mirrored_strategy_exports(root, twin_runs,
     strategy, e.g. a restarted job on a machine with more devices), which also checks
     that training and export work under MirroredStrategy with one run instead of two.
     """
-    import trainer.metrics
+    import core.metrics
     from core.towers import Tower
     from trainer.train import train_model
 
-    real = trainer.metrics.embedding_retrieval_metrics
+    real = core.metrics.embedding_retrieval_metrics
     calls = {"n": 0}
 
     def crash_in_epoch_2(*args, **kwargs):
@@ -157,7 +157,7 @@ def test_crash_then_rerun_resumes_and_mirrored_strategy_exports(root, twin_runs,
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer.metrics, "embedding_retrieval_metrics", crash_in_epoch_2)
+    monkeypatch.setattr(core.metrics, "embedding_retrieval_metrics", crash_in_epoch_2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_model(_config(root), str(root), str(tmp_path))
     monkeypatch.undo()

@@ -124,7 +124,7 @@ def test_running_run_whose_process_is_gone_is_shown_failed(tmp_path):
     """run.json names its owner; one that is gone (here: our pid with another start time, as
     after pid reuse) makes the run failed, in the listing, the run page and run.json itself,
     and writes the store's run record. A running run without an owner (older runs) is left."""
-    from core.run_records import process_identity
+    from run_records.records import process_identity
 
     dead = {**process_identity(), "started": "another-boot:1"}
     store = tmp_path / "store"

@@ -4,7 +4,7 @@ Rules: recall@10 on the held-out split must reach ``gate.min_recall_at_10`` and,
 when ``gate.must_beat_popularity``, strictly beat the popularity baseline's recall@10;
 and it may be at most ``gate.max_relative_regression`` (a fraction) below the recall@10
 of the live version, which evaluate scored on the same test split and protocol
-(``metrics["live"]``, see :mod:`trainer.evaluate`):
+(``metrics["live"]``, see :mod:`evaluation.evaluate`):
 
 - ``live`` is None: the store has no live version; the first publish has no baseline.
 - ``live`` has ``error``: the store has a live version but it could not be evaluated

@@ -1,7 +1,7 @@
 """What the pipeline's exit handler records about every run, whatever its outcome.
 
 The record goes to ``<store>/runs/<run_id>.json`` (see :meth:`core.store.VersionStore.record_run`;
-its fields: :func:`core.run_records.final_record`): a failed run is then visible beside the
+its fields: :func:`run_records.records.final_record`): a failed run is then visible beside the
 versions it did not replace. Recording never touches CURRENT: a failed run leaves the live
 version exactly as it was.
 
@@ -21,7 +21,7 @@ import os
 from typing import Mapping, Optional, Sequence
 
 from core import storage
-from core.run_records import final_record
+from run_records.records import final_record
 from core.store import VersionStore
 from core.contracts.files import STAGE_ERROR_FILE, STAGE_FILE
 

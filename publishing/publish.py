@@ -37,7 +37,7 @@ from core.contracts.records import EvalMetrics
 from core.records import ITEM_KEY
 from indexer.build import ITEM_IDS, METRICS, SCANN_DIR
 from indexer.embeddings import load_embeddings
-from indexer.gate import decide
+from publishing.gate import decide
 from trainer.artifacts import query_feature_default
 from trainer.warm_start import WARM_DIR
 from indexer.store import StoreError, VersionStore, utc_now

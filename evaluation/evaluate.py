@@ -10,9 +10,9 @@ from ``vocab/item_id.tsv``) under the same protocol:
   themselves) are excluded from its ranking; false = nothing masked (TFRS tutorial).
 - ``evaluate.per``: ``query`` averages recall over keys; ``interaction`` makes every
   test (key, item) pair one trial (TFRS ``FactorizedTopK`` top-K accuracy), see
-  :mod:`trainer.metrics`.
+  :mod:`core.metrics`.
 - ``evaluate.slices``: hit rate at 10 of the test pairs per item popularity slice
-  (head / torso / tail / cold, :func:`trainer.metrics.item_slices`).
+  (head / torso / tail / cold, :func:`core.metrics.item_slices`).
 
 Cost is keys x items (every key against the whole catalog). Above
 ``evaluate.max_queries`` test keys, a seeded uniform sample of that many keys is scored
@@ -20,7 +20,7 @@ Cost is keys x items (every key against the whole catalog). Above
 data in every run), and the model, the popularity baseline and the live version are all
 scored on that one sample, so their comparison is like with like. Every metric then
 carries a 95% interval over the choice of keys, and every comparison a paired one
-(:func:`trainer.metrics.ratio_interval`: normal approximation of the ratio estimator
+(:func:`core.metrics.ratio_interval`: normal approximation of the ratio estimator
 with the finite population correction, so an exact evaluation has zero-width intervals).
 
 Writes ``metrics.json``: ``{"recall_at_10", ..., "ndcg_at_10", "ci95": {"recall_at_10":
@@ -45,7 +45,7 @@ sampled keys); ``None`` only when the store has no live version (no CURRENT: fir
 publish); ``{"version", "error"}`` when CURRENT names a version that cannot be fetched,
 loaded or scored (corrupt, incompatible tower inputs, a bug in the comparison), with the
 traceback in the stage log. Without ``live_store`` the key is absent (no comparison asked
-for). The gate (:mod:`indexer.gate`) reads it and, by default, refuses to publish on an
+for). The gate (:mod:`publishing.gate`) reads it and, by default, refuses to publish on an
 ``error`` (``gate.publish_when_live_unusable``).
 
 The live model ranks THIS run's catalog: each catalog item takes the embedding the live
@@ -93,7 +93,7 @@ def slice_report(model_ranks, popularity_ranks, slices: np.ndarray, k: int = SLI
     """Per-slice hit rate at ``k`` for the model and the popularity baseline.
 
     Args:
-        model_ranks, popularity_ranks: :class:`trainer.metrics.PairRanks` of the same
+        model_ranks, popularity_ranks: :class:`core.metrics.PairRanks` of the same
             relevant pairs (same queries, same masks), ranked to depth >= ``k``.
         slices: str [N] slice name per catalog position.
     Returns:
@@ -101,7 +101,7 @@ def slice_report(model_ranks, popularity_ranks, slices: np.ndarray, k: int = SLI
         (recalls None when ``n`` is 0); ``cold`` also has ``chance_recall_at_<k>`` =
         min(k, N) / N, the hit rate of a uniformly random ranking.
     """
-    from trainer.metrics import slice_recall
+    from core.metrics import slice_recall
 
     model = slice_recall(model_ranks, slices, k)
     pop = slice_recall(popularity_ranks, slices, k)
@@ -117,10 +117,10 @@ def intervals(values: Mapping[str, np.ndarray], weights: np.ndarray, n_total: in
     """``{metric: [lo, hi]}``: 95% interval of each metric over the choice of sampled keys.
 
     Args:
-        values, weights: per-key contributions [Q] (:func:`trainer.metrics.query_contributions`).
+        values, weights: per-key contributions [Q] (:func:`core.metrics.query_contributions`).
         n_total: keys the Q were sampled from.
     """
-    from trainer.metrics import ratio_interval
+    from core.metrics import ratio_interval
 
     return {name: ratio_interval(v, weights, n_total) for name, v in values.items()}
 
@@ -134,7 +134,7 @@ def paired_differences(values: Mapping[str, np.ndarray], baseline: Mapping[str, 
     suggest when the models agree on most keys. ``mean`` equals the difference of
     the two metrics (up to rounding).
     """
-    from trainer.metrics import ratio_estimate, ratio_interval
+    from core.metrics import ratio_estimate, ratio_interval
 
     out = {}
     for name, v in values.items():
@@ -221,7 +221,7 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
         queries, catalog: the :class:`trainer.evalset.QuerySet` / ``Catalog`` the
             candidate was scored on (same sampled keys, relevant and masked positions).
         candidate_values: the candidate's per-key contributions on ``queries``
-            (:func:`trainer.metrics.query_contributions`); when given, ``diff`` holds the
+            (:func:`core.metrics.query_contributions`); when given, ``diff`` holds the
             paired candidate-minus-live differences.
     Returns:
         None when the store has no CURRENT version (the only silent case); ``{"version",
@@ -237,7 +237,7 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
     from core import storage
     from core.store import VersionStore
     from core.towers import Tower
-    from trainer.metrics import embedding_rank_relevant, estimates, query_contributions
+    from core.metrics import embedding_rank_relevant, estimates, query_contributions
 
     store = VersionStore(live_store)
     version = store.current()
@@ -314,7 +314,7 @@ def evaluate_model(config, transformed_dir, model_dir: str, out_dir: str,
     from core.towers import Tower
     from trainer import artifacts
     from trainer.evalset import catalog_popularity, load_catalog, load_queries, local_transformed
-    from trainer.metrics import embedding_rank_relevant, estimates, popularity_scores, query_contributions
+    from core.metrics import embedding_rank_relevant, estimates, popularity_scores, query_contributions
 
     model_dir = model_dir.rstrip("/")
     out_dir = out_dir.rstrip("/")

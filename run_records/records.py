@@ -1,7 +1,7 @@
 """Run records: the store's record of a finished run, and closing local runs whose process died.
 
 ``<store>/runs/<run_id>.json`` (:meth:`core.store.VersionStore.record_run`) is normally
-written by the pipeline's exit handler (``indexer/run_log.py``), with the fields of
+written by the pipeline's exit handler (``run_records/exit_handler.py``), with the fields of
 :func:`final_record`. A local run's own ``<runs_dir>/<run_id>/run.json`` says
 ``"status": "running"`` from its start until :func:`pipelines.local_run.run_local` writes
 the outcome. A process killed with SIGKILL (``kill -9``, the OOM killer) or on a machine
