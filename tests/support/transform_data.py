@@ -8,21 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tests.support.ingest_tables import SCHEMA
 
-USER_SCHEMA = {
-    "query_key": "user_id",
-    "query_features": [
-        {"name": "user_id", "type": "id"},
-        {"name": "age", "type": "numeric"},
-        {"name": "gender", "type": "categorical"},
-    ],
-    "item_features": [
-        {"name": "title", "type": "text"},
-        {"name": "genres", "type": "multi_categorical"},
-        {"name": "price", "type": "numeric"},
-    ],
-    "display_fields": ["title", "price"],
-}
+
+#: The ingest tables' schema, with display fields.
+USER_SCHEMA = {**SCHEMA, "display_fields": ["title", "price"]}
 
 # Catalog: price mean over known prices = (10 + 20 + 40 + 30) / 4 = 25 -> i3 gets 25.
 ITEMS = pd.DataFrame({

@@ -1,17 +1,7 @@
 """evaluation.evaluate: protocol options (mask_seen, per), popularity slices, metrics.json.
 
-A tiny transform-output folder (``tests.support.evaluation``) with the tiny tower SavedModels
-of ``tests.support.indexer_models`` (item tower = fixed random vector per item_id, query
-tower = per user_id). Train counts are chosen so every slice is known by hand and popularity
-has no ties in its top 10:
-
-- item000: 300 (head; starts at 0%), item001: 90 (starts at 50% -> torso),
-  item002..item021: 20, 19, ..., 1 (item002..006 start below 80% -> torso, item007..021
-  tail), item022..item059: 0 (cold). Total 600.
-- test pairs: user u -> item(u + 4) (items 4..15: 3 torso, 9 tail); even users also
-  item000 (6 head pairs); users 1, 3, 5 also item(30 + u) (3 cold pairs). 21 pairs over
-  12 users with 1 or 2 relevant items each, so per query != per interaction.
-- seen: user u's train = items u..u+2, valid = item u+3 (masked when mask_seen).
+A tiny transform-output folder with hand-known test pairs, popularity slices and seen sets,
+and the tiny tower SavedModels: the planted world is described in ``tests.support.evaluation``.
 """
 
 from __future__ import annotations
