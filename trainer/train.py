@@ -83,7 +83,8 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
 
     Args:
         config: validated :class:`core.config.Config`.
-        transformed_dir: the transform stage's folder (local or gs://).
+        transformed_dir: the transform stage's folder (local or gs://), or its
+            :class:`trainer.artifacts.TransformedData` handle.
         out_dir: where ``query_tower/``, ``item_tower/``, ``training.json`` and
             ``tensorboard/`` are written.
     Returns:
@@ -110,7 +111,12 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     from trainer.train_inputs import load_train_inputs
     from trainer.warm_start import WARM_DIR, plan_warm_start, save_weights
 
+    from trainer.artifacts import TransformedData
+
     t = config.train
+    # One handle for every reader below (encoders, logQ, negative sampler, evaluation sets):
+    # each vocabulary, stats.json and seen.jsonl is read from disk once.
+    transformed_dir = TransformedData.of(transformed_dir)
     strategy, chief, work_dir = _start(config, out_dir.rstrip("/"))
     multi_worker = t.distribute == "multi_worker"
     specs = interaction_specs(config.schema)

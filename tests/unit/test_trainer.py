@@ -123,6 +123,20 @@ def test_early_stopping_stops_and_restores_best(early_stopped, data):
     assert got == pytest.approx(recalls[best - 1], abs=1e-9)
 
 
+def test_training_reads_each_vocabulary_once(data, tmp_path, monkeypatch):
+    """Encoders, logQ and the negative sampler all need the item-id vocabulary: one handle on
+    the transform's folder reads it (and every other vocabulary) from disk once."""
+    from trainer import artifacts
+    from trainer.train import train_model
+
+    reads = []
+    real = artifacts._read_vocab_file
+    monkeypatch.setattr(artifacts, "_read_vocab_file", lambda path, feature: reads.append(feature) or real(path, feature))
+    config = make_config(str(data["root"]), n_epochs=1, logq_correction=True, negative_samples_count=4)
+    train_model(config, str(data["root"]), str(tmp_path))
+    assert "item_id" in reads and len(reads) == len(set(reads)), reads
+
+
 def test_fit_loop_restores_best_weights_with_fakes():
     from trainer.epochs import fit_with_early_stopping
 
