@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core import contracts, storage
+from core import storage
 from core.contracts import files as names
 from core.contracts.records import (ContractError, EvalMetrics, RunSummary, StageRecord, VersionManifest,
                                     read_manifest, read_metrics, read_stage_record, read_summary,
