@@ -31,7 +31,7 @@ repeat, so noise on the shared cores hits both alike), ``--repeats`` rounds:
   layer's 10 s header deadline, so its effect can show), while 1 keep-alive client measures;
   reported: that client's latency and errors, how many slow sockets the server closed, after
   how many seconds, and what it answered on them;
-- ``fuzz``: the 2,000 seeded requests of tests/unit/test_http_fuzz.py (its generator, seed,
+- ``fuzz``: the 2,000 seeded requests of tests/unit/serving/test_http_fuzz.py (its generator, seed,
   paths and 8 threads; the servers keep their default deadlines), counted by status; ">= 500"
   and "no response" (closed without a status line, or silent for 3 s: a body that never comes).
 
@@ -75,7 +75,7 @@ SERVERS = ("stdlib", "aiohttp")
 #: (cell, concurrent clients), in the order each repeat runs them.
 CELLS = (("keep-alive", 1), ("keep-alive", 8), ("close", 1), ("close", 8), ("slow", 1), ("fuzz", 8))
 MAX_BODY_BYTES = 64 * 1024  # serving.server.MAX_BODY_BYTES (not imported here: the parent stays TF-free)
-#: The query-service paths tests/unit/test_http_fuzz.py fuzzes.
+#: The query-service paths tests/unit/serving/test_http_fuzz.py fuzzes.
 FUZZ_PATHS = ["/v1/retrieve"] * 6 + ["/readyz", "/healthz", "/v1/version", "/", "/v1/retrieve/", "/V1/RETRIEVE"]
 INSTALL_HINT = "aiohttp is not installed; for this bench: .venv/bin/pip install -r requirements-bench.txt"
 
@@ -330,8 +330,8 @@ class SlowClients:
 
 
 def fuzz(port: int) -> dict:
-    """tests/unit/test_http_fuzz.py's 2,000 service requests (its seed, 8 threads); statuses counted."""
-    from tests.unit import test_http_fuzz as tf
+    """tests/unit/serving/test_http_fuzz.py's 2,000 service requests (its seed, 8 threads); statuses counted."""
+    from tests.unit.serving import test_http_fuzz as tf
 
     host = f"{HOST}:{port}"
     started = time.monotonic()
@@ -444,7 +444,7 @@ def markdown(report: dict) -> str:
                      f"{r['closed_by_server']} of {r['slow_connections']} | "
                      f"{'-' if not after else ' / '.join(_fmt(after[x]) for x in ('min', 'median', 'max'))} | "
                      f"{json.dumps(r['answers']) if r['answers'] else '-'} |")
-    lines += ["", "### Fuzz: tests/unit/test_http_fuzz.py's 2,000 query-service requests, 8 threads", "",
+    lines += ["", "### Fuzz: tests/unit/serving/test_http_fuzz.py's 2,000 query-service requests, 8 threads", "",
               "| server | repeat | statuses | >= 500 | no response | seconds | /readyz after |",
               "|---|---|---|---|---|---|---|"]
     for r in (r for r in results if r["cell"] == "fuzz"):

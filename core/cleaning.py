@@ -1,6 +1,6 @@
 """Cleaning rules for raw feature values: one definition, called by ingest and the Beam
 transform (training) and by the query service (serving), so a value means the same thing on
-both sides. ``tests/unit/test_cleaning.py`` feeds adversarial values through both paths.
+both sides. ``tests/unit/core/test_cleaning.py`` feeds adversarial values through both paths.
 
 Per feature type (core.config.FeatureType):
 
@@ -131,7 +131,7 @@ def clean_value(feature_type: str, value: object):
 
 # --------------------------------------------------------------------------- pandas twins
 # Ingest cleans whole columns at a time; these apply the rules above to a Series and are
-# checked against the scalar functions in tests/unit/test_cleaning.py.
+# checked against the scalar functions in tests/unit/core/test_cleaning.py.
 
 
 def as_text(column: pd.Series) -> pd.Series:
@@ -169,7 +169,7 @@ def clean_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     Bad: present but not a finite number (a NotANumber for the scalar rule). On trimmed strings
     pandas' parser accepts what :data:`NUMBER_PATTERN` does plus the spellings of infinity,
     which are bad either way, so no regex pass is needed (the scalar rule is checked against
-    this one in tests/unit/test_cleaning.py).
+    this one in tests/unit/core/test_cleaning.py).
     """
     if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
         values = column.astype("float64").to_numpy()

@@ -1,6 +1,6 @@
 """Text normalisation shared by the Beam transform (Python) and the towers (TensorFlow).
 
-Both implementations must agree exactly; ``tests/unit/test_text.py`` checks parity.
+Both implementations must agree exactly; ``tests/unit/core/test_text.py`` checks parity.
 The rule: Unicode NFKC (full-width letters and ligatures become plain ones, a letter with a
 combining accent becomes one character), lower-case, every run of characters outside [a-z0-9]
 becomes one space, trim. "Nike Air-Max 90!" -> "nike air max 90".

@@ -14,6 +14,9 @@
     twotower submit (--host URL | --vertex --project P --region R --pipeline-root gs://...) [--config F]
                     [--set ...] [--data-date YYYY-MM-DD] [--experiment NAME] [--run-name N] [--token T]
                     [--api-endpoint URL]
+    twotower run-status RUN_ID (--host URL | --vertex --project P --region R) [--wait [--poll-seconds S]
+                    [--timeout-seconds S]]
+    twotower cancel RUN_ID (--host URL | --vertex --project P --region R)
     twotower schedule create --cron "0 3 * * *" (--host URL | --vertex --project P --region R
                     --pipeline-root gs://...) [--name N] [--config F] [--set ...] [--experiment NAME]
     twotower schedule list|pause ID|resume ID|delete ID (--host URL | --vertex --project P --region R)
@@ -64,6 +67,14 @@ def add_schedule_run_parser(schedule_sub) -> None:
     run.add_argument("--once", action="store_true", help="handle the fire times due now, then exit")
 
 
+EXCLUDE_SEEN_HELP = "leave out items the user already interacted with (training data and any given history)"
+
+
+def _add_store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True,
+                        help="the published version store: a folder or gs:// prefix (the config's publish.store)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twotower", description="Two-tower retrieval pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,23 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="generate or convert a dataset into the canonical format")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth-shop", help="synthetic ESCI-like query->product dataset")
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--products", type=int, default=2000)
-    synth.add_argument("--queries", type=int, default=3000)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="folder to write the dataset into (created if missing)")
+    synth.add_argument("--products", type=int, default=2000, help="catalogue size (default 2000)")
+    synth.add_argument("--queries", type=int, default=3000, help="distinct search queries (default 3000)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same files")
     ml = data_sub.add_parser("movielens", help="convert raw MovieLens-100K to the canonical format")
     ml.add_argument("--source", help="folder with u.data, u.user, u.item, u.genre")
     ml.add_argument("--download", action="store_true", help="fetch the official zip (sha256-checked)")
-    ml.add_argument("--out", required=True)
+    ml.add_argument("--out", required=True, help="folder to write the converted dataset into")
     si = data_sub.add_parser("synth-interactions",
                              help="synthetic implicit-feedback user->item dataset (parquet) at any size")
-    si.add_argument("--out", required=True)
+    si.add_argument("--out", required=True, help="folder to write the dataset into (created if missing)")
     si.add_argument("--items", type=_positive_int, required=True, help="catalog size")
-    si.add_argument("--users", type=_positive_int, required=True)
+    si.add_argument("--users", type=_positive_int, required=True, help="number of users")
     si.add_argument("--interactions", type=_positive_int, required=True,
                     help="rows in total (>= 3 per user gives every user a leave-last-out test item)")
     si.add_argument("--categories", type=_positive_int, default=20, help="item categories (default 20)")
-    si.add_argument("--seed", type=int, default=0)
+    si.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same files")
 
     run = sub.add_parser("run", help="run the whole pipeline locally (KFP SubprocessRunner)")
     add_config_args(run)
@@ -97,44 +108,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="write the KFP IR YAML for KFP / Vertex AI")
     add_config_args(comp)
-    comp.add_argument("--out", default="pipeline.yaml")
+    comp.add_argument("--out", default="pipeline.yaml", help="where to write the YAML (default pipeline.yaml)")
 
     query = sub.add_parser("query", help="retrieve items for one query from the live index")
-    query.add_argument("--store", required=True)
+    _add_store_arg(query)
     who = query.add_mutually_exclusive_group()
-    who.add_argument("--text")
-    who.add_argument("--user-id")
+    who.add_argument("--text", help="a search query (query -> item models)")
+    who.add_argument("--user-id", help="a user the version was trained on (user -> item models)")
     query.add_argument("--history", help=(
         "comma-separated item ids, oldest first: clicks since the version's data date (with --user-id), "
         "or alone for a user the version does not know (models with a history feature)"))
-    query.add_argument("-k", type=int, default=10)
-    query.add_argument("--exclude-seen", action="store_true")
+    query.add_argument("-k", type=int, default=10, help="items to return (default 10)")
+    query.add_argument("--exclude-seen", action="store_true", help=EXCLUDE_SEEN_HELP)
     query.add_argument("--version", help="a published version (default: CURRENT)")
 
     retrieve = sub.add_parser("retrieve", help="batch retrieval from a JSONL file of requests")
-    retrieve.add_argument("--store", required=True)
+    _add_store_arg(retrieve)
     retrieve.add_argument("--queries", required=True, help='JSONL: {"user_id": ...} | {"query": ...} | features')
-    retrieve.add_argument("-k", type=int, default=10)
-    retrieve.add_argument("--exclude-seen", action="store_true")
-    retrieve.add_argument("--out", required=True)
-    retrieve.add_argument("--version")
+    retrieve.add_argument("-k", type=int, default=10, help="items per request (default 10)")
+    retrieve.add_argument("--exclude-seen", action="store_true", help=EXCLUDE_SEEN_HELP)
+    retrieve.add_argument("--out", required=True, help="JSONL file to write, one result line per request line")
+    retrieve.add_argument("--version", help="a published version (default: CURRENT)")
 
     index = sub.add_parser("index", help="inspect the versioned index store")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     lst = index_sub.add_parser("list", help="one version per line, version id first, live one marked")
-    lst.add_argument("--store", required=True)
+    _add_store_arg(lst)
     show = index_sub.add_parser("show", help="a version's manifest summary (created, run, metrics, gate, index)")
     show.add_argument("version", nargs="?", help="version id (default: the live one)")
-    show.add_argument("--store", required=True)
+    _add_store_arg(show)
     show.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     rb = index_sub.add_parser("rollback", help="point CURRENT at an earlier, verified version")
-    rb.add_argument("--to", required=True, metavar="VERSION")
-    rb.add_argument("--store", required=True)
+    rb.add_argument("--to", required=True, metavar="VERSION", help="the version id to make live")
+    _add_store_arg(rb)
     gc = index_sub.add_parser("gc", help="delete old versions and failed-publish orphans (never the live one)")
-    gc.add_argument("--store", required=True)
+    _add_store_arg(gc)
     gc.add_argument("--keep", type=_positive_int, default=5, help="newest complete versions to keep (default 5)")
 
     remote_cli.add_submit_parser(sub)
+    remote_cli.add_run_parsers(sub)
     add_schedule_run_parser(remote_cli.add_schedule_parsers(sub))
 
     srv = sub.add_parser("serve", help="HTTP query service over the live version, hot-reloading on publish")
@@ -151,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default 64; 1 = each request alone)")
     srv.add_argument("--max-connections", type=int, default=256,
                      help="open connections at most; past it idle ones are closed first, then new ones get 503")
-    srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="least severe log lines printed to stderr (default INFO: one per reload and request error)")
     from ui.cli import add_ui_parser  # local web page: runs, versions (rollback), query box
 
     add_ui_parser(sub)
@@ -172,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "index": commands.cmd_index,
         "serve": commands.cmd_serve,
         "submit": remote_cli.cmd_submit,
+        "run-status": remote_cli.cmd_run_status,
+        "cancel": remote_cli.cmd_cancel,
         "schedule": commands.cmd_schedule,
         "ui": cmd_ui,
     }[args.command]

@@ -20,7 +20,7 @@ import json
 import warnings
 from typing import Any, Callable, Optional, TypeVar
 
-from pipelines.remote_common import RemoteError, ScheduleInfo, SubmittedRun, cron_from_kfp, kfp_cron
+from pipelines.remote_common import RemoteError, RunStatus, ScheduleInfo, SubmittedRun, cron_from_kfp, kfp_cron
 
 T = TypeVar("T")
 
@@ -57,6 +57,19 @@ class KfpRemote:
 
     def run_link(self, run_id: str) -> str:
         return f"{self.host}/#/runs/details/{run_id}"
+
+    def run_status(self, run_id: str) -> RunStatus:
+        """The run's current state (``PENDING``, ``RUNNING``, ``SUCCEEDED``, ``CANCELING`` ...)."""
+        run = self._call(lambda: self._client.get_run(run_id), what=f"read run {run_id}")
+        return RunStatus(run_id=run.run_id, state=run.state or "RUNTIME_STATE_UNSPECIFIED",
+                         display_name=run.display_name or "", link=self.run_link(run.run_id))
+
+    def cancel_run(self, run_id: str) -> None:
+        """Terminate a pending or running run: it goes ``CANCELING``, then ``CANCELED``.
+
+        The server refuses (HTTP 400) a run that has already finished.
+        """
+        self._call(lambda: self._client.terminate_run(run_id), what=f"cancel run {run_id}")
 
     # ---- recurring runs -----------------------------------------------------------------
 

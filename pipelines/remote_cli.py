@@ -1,8 +1,11 @@
-"""``twotower submit`` and ``twotower schedule create|list|pause|resume|delete``.
+"""``twotower submit``, ``run-status``, ``cancel`` and ``schedule create|list|pause|resume|delete``.
 
     twotower submit (--host URL | --vertex --project P --region R --pipeline-root gs://...)
                     [--config F] [--set key=value ...] [--data-date YYYY-MM-DD]
                     [--experiment NAME] [--run-name NAME] [--token T] [--api-endpoint URL]
+    twotower run-status RUN_ID (--host URL | --vertex --project P --region R)
+                    [--wait [--poll-seconds S] [--timeout-seconds S]]
+    twotower cancel RUN_ID (--host URL | --vertex --project P --region R)
     twotower schedule create --cron "0 3 * * *" (--host URL | --vertex ...) [--name N]
                     [--config F] [--set ...] [--experiment NAME]
     twotower schedule list   (--host URL | --vertex --project P --region R)
@@ -15,9 +18,13 @@ the config travels as the run's ``config_json`` parameter, with ``data_path`` an
 beside it. Cron expressions are the standard 5 fields (minute hour day-of-month month
 day-of-week), converted to KFP's 6-field form where needed.
 
-The main CLI owns the top-level parser: it calls :func:`add_submit_parser` and
-:func:`add_schedule_parsers` (and :func:`add_config_args` for its own local commands), dispatches to :func:`cmd_submit` / :func:`cmd_schedule`, and
-prints :data:`REMOTE_USER_ERRORS` as one line.
+``run-status --wait`` polls until the run finishes and exits 0 when it succeeded, 1 when it
+failed or was cancelled (so a shell script or CI job can wait on a submitted run).
+
+The main CLI owns the top-level parser: it calls :func:`add_submit_parser`,
+:func:`add_run_parsers` and :func:`add_schedule_parsers` (and :func:`add_config_args` for its
+own local commands), dispatches to :func:`cmd_submit` / :func:`cmd_run_status` /
+:func:`cmd_cancel` / :func:`cmd_schedule`, and prints :data:`REMOTE_USER_ERRORS` as one line.
 """
 
 from __future__ import annotations
@@ -25,22 +32,26 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import time
 import urllib.parse
 from datetime import datetime
 from typing import Any
 
 from core.config import Config, ConfigError, load_config
 from core.configs import DEFAULT_CONFIG, shipped_names
-from pipelines.remote_common import CronError, RemoteError, ScheduleInfo, default_run_name
+from pipelines.remote_common import CronError, RemoteError, RunStatus, ScheduleInfo, default_run_name
 
 __all__ = ["RemoteError", "CronError", "REMOTE_USER_ERRORS", "add_config_args", "add_submit_parser",
-           "add_schedule_parsers", "cmd_submit", "cmd_schedule", "pipeline_arguments"]
+           "add_run_parsers", "add_schedule_parsers", "cmd_submit", "cmd_run_status", "cmd_cancel",
+           "cmd_schedule", "pipeline_arguments", "wait_for_run"]
 
 #: Errors caused by the user's input or the remote server's refusal: one line, exit code 2.
 REMOTE_USER_ERRORS: tuple[type[BaseException], ...] = (RemoteError, ConfigError)
 
 DEFAULT_EXPERIMENT = "twotower"
 REMOTE_SCHEDULE_COMMANDS = ("create", "list", "pause", "resume", "delete")
+#: ``run-status --wait``: seconds between polls (a pipeline run takes minutes to hours).
+DEFAULT_POLL_SECONDS = 30.0
 
 
 # ---- parsers ------------------------------------------------------------------------------
@@ -54,6 +65,39 @@ def add_submit_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--experiment", help=f"KFP experiment (default {DEFAULT_EXPERIMENT}; KFP only)")
     parser.add_argument("--run-name", help="display name (default: pipeline name + data date or time)")
     return parser
+
+
+def add_run_parsers(subparsers) -> None:
+    """Add ``run-status`` and ``cancel`` (one submitted run, by id) to the main CLI's subparsers."""
+    status = subparsers.add_parser("run-status", help="a submitted run's state on KFP or Vertex AI "
+                                                      "(--wait: until it finishes)")
+    _add_run_id_arg(status)
+    _add_target_args(status, with_pipeline_root=False)
+    status.add_argument("--wait", action="store_true",
+                        help="poll until the run finishes, printing each state change; "
+                             "exit 0 if it succeeded, 1 if it failed or was cancelled")
+    status.add_argument("--poll-seconds", type=_positive_seconds, default=DEFAULT_POLL_SECONDS, metavar="S",
+                        help=f"with --wait: seconds between polls (default {DEFAULT_POLL_SECONDS:g})")
+    status.add_argument("--timeout-seconds", type=_positive_seconds, default=None, metavar="S",
+                        help="with --wait: give up (exit 2) when the run has not finished after S seconds")
+    cancel = subparsers.add_parser("cancel", help="cancel a pending or running run on KFP or Vertex AI")
+    _add_run_id_arg(cancel)
+    _add_target_args(cancel, with_pipeline_root=False)
+
+
+def _add_run_id_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", metavar="RUN_ID", help="run id as printed by `submit` "
+                                                         "(Vertex AI: the job id or its full resource name)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds above 0")
+    return value
 
 
 def add_schedule_parsers(subparsers):
@@ -126,6 +170,54 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_run_status(args) -> int:
+    """Print the run's state (``--wait``: every change until it finishes; the exit code says how)."""
+    _check_target_flags(args, needs_pipeline_root=False)
+    remote = _vertex(args) if args.vertex else _kfp(args)
+    if not args.wait:
+        print(_run_line(remote.run_status(args.run_id)))
+        return 0
+    final = wait_for_run(remote, args.run_id, poll_seconds=args.poll_seconds,
+                         timeout_seconds=args.timeout_seconds, report=lambda s: print(_run_line(s), flush=True))
+    return 0 if final.succeeded else 1
+
+
+def cmd_cancel(args) -> int:
+    """Ask the server to cancel the run; print the state it reports afterwards."""
+    _check_target_flags(args, needs_pipeline_root=False)
+    remote = _vertex(args) if args.vertex else _kfp(args)
+    remote.cancel_run(args.run_id)
+    status = remote.run_status(args.run_id)
+    print(f"cancel requested for run {args.run_id}: now {status.state}")
+    return 0
+
+
+def wait_for_run(remote, run_id: str, poll_seconds: float, timeout_seconds: float | None = None,
+                 report=lambda status: None, sleep=time.sleep, clock=time.monotonic) -> RunStatus:
+    """Poll ``remote.run_status(run_id)`` until the run finishes; returns its final status.
+
+    ``report`` is called with the first status and with each one whose state differs from the
+    last. ``sleep`` and ``clock`` (seconds) are the waiting and the time source.
+
+    Raises:
+        RemoteError: when ``timeout_seconds`` pass first (naming the state it was left in), or
+            when reading the status fails.
+    """
+    started = clock()
+    last_state = None
+    while True:
+        status = remote.run_status(run_id)
+        if status.state != last_state:
+            report(status)
+            last_state = status.state
+        if status.finished:
+            return status
+        if timeout_seconds is not None and clock() - started + poll_seconds > timeout_seconds:
+            raise RemoteError(f"run {run_id} still {status.state} after {clock() - started:.0f} s "
+                              f"(--timeout-seconds {timeout_seconds:g}); it keeps running: {status.link}")
+        sleep(poll_seconds)
+
+
 def cmd_schedule(args) -> int:
     """``schedule create|list|pause|resume|delete`` against KFP (--host) or Vertex AI (--vertex)."""
     command = args.schedule_command
@@ -168,6 +260,10 @@ def _schedule_create(args) -> int:
                                               pipeline_root=args.pipeline_root)
     print(f"created schedule {info.schedule_id} ({info.state}, cron {info.cron!r}, {info.display_name}): {info.link}")
     return 0
+
+
+def _run_line(status: RunStatus) -> str:
+    return f"{status.run_id}  {status.state}  {status.display_name}  {status.link}"
 
 
 def _schedule_line(info: ScheduleInfo) -> str:

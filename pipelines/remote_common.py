@@ -38,6 +38,36 @@ class SubmittedRun:
     link: str
 
 
+#: Run states after which nothing changes, as each server spells them: KFP's
+#: ``V2beta1RuntimeState`` and Vertex AI's ``PipelineState`` names.
+SUCCEEDED_STATES = frozenset({"SUCCEEDED", "SKIPPED", "PIPELINE_STATE_SUCCEEDED"})
+FINAL_STATES = SUCCEEDED_STATES | {"FAILED", "CANCELED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED"}
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One run as its server reports it, described the same way for KFP and Vertex AI.
+
+    ``state`` is the server's own name (KFP ``RUNNING`` / ``SUCCEEDED`` / ``CANCELED`` ...,
+    Vertex AI ``PIPELINE_STATE_RUNNING`` / ``PIPELINE_STATE_CANCELLED`` ...), passed through so
+    it matches what the server's UI shows.
+    """
+
+    run_id: str
+    state: str
+    display_name: str
+    link: str
+
+    @property
+    def finished(self) -> bool:
+        """True once the run can no longer change (succeeded, skipped, failed or cancelled)."""
+        return self.state in FINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state in SUCCEEDED_STATES
+
+
 @dataclass(frozen=True)
 class ScheduleInfo:
     """One recurring schedule, described the same way for KFP and Vertex AI.

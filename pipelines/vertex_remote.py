@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from pipelines.remote_common import RemoteError, ScheduleInfo, SubmittedRun, parse_cron
+from pipelines.remote_common import RemoteError, RunStatus, ScheduleInfo, SubmittedRun, parse_cron
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 #: Seconds to wait for a create call: long enough for a large pipelineSpec upload.
@@ -44,17 +44,6 @@ SDK_LOG_LEVEL = logging.WARNING
 
 class VertexApiError(RemoteError):
     """The Vertex AI API answered an error: ``status`` is the HTTP status, the message the server's."""
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    """A pipeline job as Vertex AI reports it; ``state`` is a ``PipelineState`` name
-    (``PIPELINE_STATE_RUNNING``, ``PIPELINE_STATE_SUCCEEDED``, ...)."""
-
-    run_id: str
-    state: str
-    display_name: str
-    link: str
 
 
 class VertexRemote:

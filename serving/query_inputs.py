@@ -6,7 +6,7 @@ cleaned by core/cleaning.py, the module the ingest and transform stages call: ``
 ``"F"`` the model learned, ``"33"`` is 33.0, a text is normalised as the training text was.
 A value that is null (or NaN, or "" for a numeric) is missing, and becomes what a missing value
 became in training: "" for strings, the train mean for a numeric (the manifest's serving
-default). ``tests/unit/test_cleaning.py`` checks that both paths give identical inputs.
+default). ``tests/unit/core/test_cleaning.py`` checks that both paths give identical inputs.
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ class _CompiledUpdates:
 
 #: The tf_keras release whose optimizer internals (``_index_dict``, ``_var_key``, the slot
 #: layout, ``_update_step``) :class:`_CompiledUpdates` was written and checked against
-#: (tests/unit/test_training_options.py compares its updates with tf_keras's own).
+#: (tests/unit/trainer/test_training_options.py compares its updates with tf_keras's own).
 VERIFIED_TF_KERAS = "2.20."
 
 

@@ -25,7 +25,8 @@ def add_ui_parser(subparsers) -> argparse.ArgumentParser:
     ui.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                     help="also answer requests whose Host is NAME (repeatable; '*' = any); IP addresses and "
                          "localhost always are")
-    ui.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ui.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                    help="least severe log lines printed to stderr (default WARNING)")
     return ui
 
 

@@ -2,7 +2,7 @@
 
 Stages never import each other; they meet on disk (a local folder or a gs:// prefix). This
 module is the one place those on-disk names live, so a producer and its consumers cannot drift
-apart (tests/unit/test_contracts.py fails on a name retyped elsewhere in production code).
+apart (tests/unit/core/contracts/test_contracts.py fails on a name retyped elsewhere in production code).
 The typed JSON documents (metrics.json, stage.json, summary.json, manifest.json) are in
 :mod:`core.contracts.records`; the transform output's reader handle is
 :class:`trainer.artifacts.TransformedData`.

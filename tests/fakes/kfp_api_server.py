@@ -6,7 +6,8 @@ runs and recurring runs, with the JSON shapes ``kfp_server_api`` serialises and 
 - ``GET  /apis/v2beta1/healthz``                          -> ``{multi_user, pipeline_store}``
 - ``GET  /apis/v2beta1/experiments`` (``filter``, ``namespace``, ``page_size``, ``page_token``),
   ``POST /apis/v2beta1/experiments``, ``GET /apis/v2beta1/experiments/{id}``
-- ``POST /apis/v2beta1/runs``, ``GET /apis/v2beta1/runs``, ``GET /apis/v2beta1/runs/{id}``
+- ``POST /apis/v2beta1/runs``, ``GET /apis/v2beta1/runs``, ``GET /apis/v2beta1/runs/{id}``,
+  ``POST /apis/v2beta1/runs/{id}:terminate``
 - ``POST /apis/v2beta1/recurringruns``, ``GET /apis/v2beta1/recurringruns`` (list key
   ``recurringRuns``, as the client's model maps it), ``GET|DELETE .../recurringruns/{id}``,
   ``POST .../recurringruns/{id}:enable`` and ``:disable``
@@ -26,6 +27,10 @@ and checks requests the way the real server would refuse them (HTTP 400 ``Invali
   5-field cron and read its first field as seconds, firing hourly instead of daily; the fake
   refuses it so that mistake fails loudly.) ``max_concurrency`` is 1..10, ``mode`` is
   ``ENABLE`` or ``DISABLE``;
+- terminating a run moves a ``PENDING`` or ``RUNNING`` one to ``CANCELING`` (it reads back as
+  ``CANCELED`` once the server's persistence agent has caught up: on the next read here); any
+  other state is refused with 400, "Failed to terminate run ID. Row not found." as the real
+  run store answers when its conditional update matches no row;
 - unknown run / recurring run / experiment ids answer 404; page tokens must be ones it issued;
 - with ``token=...`` every request but healthz must carry ``Authorization: Bearer <token>``.
 
@@ -54,6 +59,9 @@ from tests.fakes.http_base import JsonApiFake, JsonApiHandler
 # grpc status codes used in error bodies
 INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, UNAUTHENTICATED = 3, 5, 6, 16
 _HTTP = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, ALREADY_EXISTS: 409, UNAUTHENTICATED: 401}
+
+#: ``V2beta1RuntimeState`` values a run can hold.
+RUNTIME_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "SKIPPED", "FAILED", "CANCELING", "CANCELED", "PAUSED")
 
 
 class ApiError(Exception):
@@ -202,6 +210,7 @@ class FakeKfpServer(JsonApiFake):
             ("POST", r"/apis/v2beta1/runs", self._create_run),
             ("GET", r"/apis/v2beta1/runs", self._list_runs),
             ("GET", r"/apis/v2beta1/runs/([^/:]+)", self._get_run),
+            ("POST", r"/apis/v2beta1/runs/([^/:]+):terminate", self._terminate_run),
             ("POST", r"/apis/v2beta1/recurringruns", self._create_recurring_run),
             ("GET", r"/apis/v2beta1/recurringruns", self._list_recurring_runs),
             ("GET", r"/apis/v2beta1/recurringruns/([^/:]+)", self._get_recurring_run),
@@ -246,8 +255,25 @@ class FakeKfpServer(JsonApiFake):
         self.runs[run["run_id"]] = run
         return run
 
+    def set_run_state(self, run_id: str, state: str) -> None:
+        """Move a run to ``state``, as the cluster does while it executes."""
+        if state not in RUNTIME_STATES:
+            raise ValueError(f"unknown V2beta1RuntimeState {state!r}")
+        with self._lock:
+            self._known(self.runs, run_id, "run")["state"] = state
+
     def _get_run(self, query, body, run_id) -> dict:
-        return self._known(self.runs, run_id, "run")
+        run = self._known(self.runs, run_id, "run")
+        if run["state"] == "CANCELING":  # the cancellation has gone through since
+            run["state"] = "CANCELED"
+        return run
+
+    def _terminate_run(self, query, body, run_id) -> dict:
+        run = self._known(self.runs, run_id, "run")
+        if run["state"] not in ("PENDING", "RUNNING"):
+            raise ApiError(INVALID_ARGUMENT, f"Failed to terminate run {run_id}. Row not found.")
+        run["state"] = "CANCELING"
+        return {}
 
     def _list_runs(self, query, body) -> dict:
         return self._list_in_experiment(self.runs, query, "runs")

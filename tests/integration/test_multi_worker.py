@@ -1,7 +1,7 @@
 """train.distribute=multi_worker for real: two worker processes on 127.0.0.1 under
 MultiWorkerMirroredStrategy, with the TF_CONFIG a cluster (Vertex AI) sets on each replica.
 
-The planted data of tests/unit/test_trainer.py (144 train rows, batch 16: 9 steps an epoch).
+The planted data of tests/unit/trainer/test_trainer.py (144 train rows, batch 16: 9 steps an epoch).
 Both workers must finish, only the chief (worker 0, the cluster has no "chief" task) writes
 the output folder, both report 2 replicas in sync, and the two-worker model validates about
 as well as a one-process run on the same data, config and seed.

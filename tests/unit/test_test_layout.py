@@ -1,4 +1,10 @@
-"""The test suite's own layout: no test module imports another test module.
+"""The test suite's own layout: tests/unit mirrors the package tree, and no test module imports
+another test module.
+
+``tests/unit/<package>/test_<topic>.py`` holds the unit tests of that package (a sub-package
+gets a sub-folder: ``tests/unit/core/contracts/``), so the tests of a module are found where the
+module is. Only the whole-project checks (import graph, packaging, this layout) sit in
+tests/unit itself.
 
 Helpers that several test modules share live in ``tests/support/`` (one job per module) and
 shared pytest fixtures in a ``conftest.py``; a test module importing ``tests.*.test_*`` would
@@ -12,6 +18,11 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
+REPO = TESTS.parent
+UNIT = TESTS / "unit"
+
+#: The checks of the project as a whole, the only test modules directly in tests/unit.
+WHOLE_PROJECT_CHECKS = {"test_import_graph.py", "test_packaging.py", "test_test_layout.py"}
 
 
 def _is_test_module(dotted: str) -> bool:
@@ -69,3 +80,28 @@ def test_the_check_catches_every_import_form(tmp_path):
     assert "tests.unit.test_server" in modules and "tests.unit.test_indexer" in modules
     assert "tests.unit.test_trainer" in modules and "tests.integration.test_multi_day" in modules
     assert not any(m.startswith("tests.support") for m in modules)
+
+
+def _unit_folders() -> list[Path]:
+    return sorted(p for p in UNIT.rglob("*") if p.is_dir() and p.name != "__pycache__")
+
+
+def test_unit_folders_mirror_the_package_tree():
+    folders = _unit_folders()
+    assert any(f.name == "trainer" for f in folders)  # the walk sees the mirrored folders
+    # bench/ is a folder of scripts (a namespace package): any project folder of modules counts.
+    not_a_package = [str(f.relative_to(TESTS.parent)) for f in folders
+                     if not any((REPO / f.relative_to(UNIT)).glob("*.py"))]
+    assert not not_a_package, ("each folder under tests/unit names a package of the project "
+                               "(tests/unit/trainer/ for trainer/): " + ", ".join(not_a_package))
+    # Without an __init__.py two folders' test_store.py would collide as one module name.
+    no_init = [str(f.relative_to(TESTS.parent)) for f in folders if not (f / "__init__.py").is_file()]
+    assert not no_init, "a test folder needs an __init__.py: " + ", ".join(no_init)
+
+
+def test_only_whole_project_checks_sit_at_the_top_of_tests_unit():
+    loose = sorted(p.name for p in UNIT.glob("test_*.py"))
+    assert set(loose) - WHOLE_PROJECT_CHECKS == set(), (
+        "move these into tests/unit/<package>/ for the package they test: "
+        + ", ".join(sorted(set(loose) - WHOLE_PROJECT_CHECKS)))
+    assert set(loose) == WHOLE_PROJECT_CHECKS  # and the listed checks exist

@@ -2,7 +2,7 @@
 OOV row; an explicit transform.max_id_vocab_size folds the rarest ids and says so, exactly, in
 stats.json, the log and the transform report; the towers follow the transform's cut.
 
-The tables are tests/unit/test_transform.py's, with one id-typed item feature (``seller``)
+The tables are tests/unit/features/test_transform.py's, with one id-typed item feature (``seller``)
 added. Train positives by hand (leave-last-out, see that file): (u1, i4) (u1, i1) (u2, i1)
 (u2, i2) (u4, i3) (u5, i2) (u6, i3), 7 rows, so
 

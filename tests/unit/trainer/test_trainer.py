@@ -12,12 +12,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.records import interaction_specs
+from tests.conftest import REPO
 from tests.support.trainer_data import ADJECTIVES, CATEGORIES, make_config, write_tfrecord, write_transformed
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -205,7 +205,7 @@ def test_query_tower_reloads_identically_in_a_fresh_process(trained):
               "e = Tower(sys.argv[1]).embed(json.loads(sys.argv[2])); print(json.dumps(e.tolist()))")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, "-c", script, str(path), json.dumps(feats)], capture_output=True,
-                          text=True, check=True, env=env, cwd=str(Path(__file__).resolve().parents[2]))
+                          text=True, check=True, env=env, cwd=str(REPO))
     there = np.array(json.loads(proc.stdout.strip().splitlines()[-1]), dtype=np.float32)
     assert here.shape == (3, 16) and here.dtype == np.float32
     np.testing.assert_allclose(here, there, atol=1e-5)

@@ -1,7 +1,7 @@
 """The compiled KFP IR YAML: golden file plus the properties a cluster run relies on.
 
 Regenerate the golden file after an intended change with
-``.venv/bin/python -m pytest tests/unit/test_compile.py --update-golden``.
+``.venv/bin/python -m pytest tests/unit/pipelines/test_compile.py --update-golden``.
 """
 
 import yaml

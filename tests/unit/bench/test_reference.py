@@ -17,9 +17,9 @@ import pytest
 
 from core.config import Config
 from core.records import encode_example, interaction_specs, item_specs
+from tests.conftest import REPO
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

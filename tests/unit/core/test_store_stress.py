@@ -48,10 +48,11 @@ import pytest
 
 from core import storage
 from core.store import PublishConflictError, StoreError, VersionCollectedError, VersionStore
+from tests.conftest import REPO as REPO_PATH
 from tests.fakes.gcs_server import FakeGcsServer
 
 BUCKET = "bucket"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = str(REPO_PATH)
 
 # A long-lived worker process: one JSON command per stdin line, one JSON answer per stdout line.
 _WORKER = textwrap.dedent("""

@@ -13,7 +13,6 @@ import ast
 import json
 import os
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,8 +22,8 @@ from core.contracts import files as names
 from core.contracts.records import (ContractError, EvalMetrics, RunSummary, StageRecord, VersionManifest,
                                     read_manifest, read_metrics, read_stage_record, read_summary,
                                     write_manifest, write_metrics, write_stage_record, write_summary)
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 # -- names ------------------------------------------------------------------------------------

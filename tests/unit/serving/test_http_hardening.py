@@ -9,7 +9,7 @@ Each test reproduces a defect a probe of the running system found:
   (or a body byte by byte) held a thread for as long as it liked.
 
 The server mechanics are tested on a tiny handler (no TensorFlow), the UI on a hand-made
-store, the query service's Host check on the real service (tests/unit/test_server.py's store).
+store, the query service's Host check on the real service (tests/unit/serving/test_server.py's store).
 """
 
 from __future__ import annotations

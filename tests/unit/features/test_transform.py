@@ -387,7 +387,7 @@ def test_rerun_over_previous_output_is_byte_identical(user_run, tmp_path):
 
 
 def test_movielens_year_is_an_item_numeric_with_the_catalog_mean_for_unknown_dates(tmp_path):
-    """The tiny raw MovieLens folder (tests/unit/test_datagen.py) through the converter, ingest
+    """The tiny raw MovieLens folder (tests/unit/datagen/test_datagen.py) through the converter, ingest
     and the transform with the shipped movielens config's schema: items 1, 2, 4 were released in
     1995, 1995, 1996; item 3 has no release date, so its year is the catalog mean
     (1995 + 1995 + 1996) / 3 = 1995.333..., on the item records and on its interaction."""

@@ -22,10 +22,11 @@ from google.cloud.storage import Blob
 import core.store
 from core import storage
 from core.store import IntegrityError, VersionStore
+from tests.conftest import REPO as REPO_PATH
 from tests.fakes.gcs_server import FakeGcsServer
 
 BUCKET = "bucket"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = str(REPO_PATH)
 
 
 class Killed(BaseException):

@@ -7,7 +7,7 @@
   temp_location and the worker image (pipeline.image), and hand Beam the artifacts' gs:// URIs;
 - a multi-worker training job: only the chief replica writes the run's artifacts.
 
-The default compile (none of these set) is tests/unit/test_compile.py's golden file.
+The default compile (none of these set) is tests/unit/pipelines/test_compile.py's golden file.
 """
 
 from __future__ import annotations
