@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SHOP_DATA := data/shop
 
-.PHONY: install run test test-fast compile clean
+.PHONY: install run test test-fast compile clean image docker-tools browser
 
 install: $(STAMP)
 
@@ -23,8 +23,22 @@ run: install
 	$(BIN)/twotower run --config shop
 	$(BIN)/twotower query --store runs/store --text "nike running shoes" -k 5
 
-test: install browser
+test: install browser docker-tools
 	$(BIN)/python -m pytest -q tests
+
+# The component image (Dockerfile): starts dockerd when none answers and this is root, makes the
+# local Debian base when no registry can serve python:3.11-slim, and hands pip this machine's CA
+# bundle for the build only. The tests build it too (layer cache: seconds when unchanged).
+image: install docker-tools
+	$(BIN)/twotower image build
+
+# Debian's Docker engine and debootstrap, installed only when missing and only as root (CI);
+# otherwise the image tests skip and say why.
+docker-tools:
+	@if command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap; \
+	else echo "note: dockerd/debootstrap missing and not root: the image tests will skip"; fi
 
 # The `twotower ui` browser test drives Debian's chromium through its chromedriver; installed
 # only when missing, and only as root (CI); otherwise that one test skips and says why.

@@ -499,9 +499,14 @@ class PublishConfig(_Strict):
     keep_versions: int = Field(5, ge=1)
 
 
+#: The component image's default name: what ``twotower image build`` tags and every step runs on.
+DEFAULT_IMAGE = "twotower:0.1.0"
+
+
 class PipelineConfig(_Strict):
     name: str = "twotower"
-    image: str = Field("twotower:0.1.0", min_length=1, description="component image for cluster runs")
+    image: str = Field(DEFAULT_IMAGE, min_length=1,
+                       description="component image every step runs on (cluster runs and --runner docker)")
     runs_dir: str = Field("runs", description="local run folders (summary.json, KFP outputs)")
 
 

@@ -3,7 +3,7 @@
     twotower data synth-shop --out DIR [--products N --queries N --seed S]
     twotower data movielens (--source DIR | --download) --out DIR
     twotower data synth-interactions --out DIR --items N --users U --interactions M [--seed S] [--categories C]
-    twotower run [--config F] [--set key=value ...] [--data-date YYYY-MM-DD]
+    twotower run [--config F] [--set key=value ...] [--data-date YYYY-MM-DD] [--runner subprocess|docker]
     twotower compile [--config F] [--set ...] --out pipeline.yaml
     twotower query --store DIR (--text "..." | --user-id ID | --history ITEM,...) [--history ...] [-k 10] [--exclude-seen]
     twotower retrieve --store DIR --queries q.jsonl [-k K] [--exclude-seen] --out r.jsonl
@@ -21,6 +21,7 @@
                     --pipeline-root gs://...) [--name N] [--config F] [--set ...] [--experiment NAME]
     twotower schedule list|pause ID|resume ID|delete ID (--host URL | --vertex --project P --region R)
     twotower schedule run --cron "0 3 * * *" [--config F] [--set ...] [--missed latest|all|skip] [--once]
+    twotower image build [--tag twotower:0.1.0] [--base-image auto|NAME] [--accelerator cpu|gpu] [--no-cache]
     twotower ui --runs DIR --store DIR [--host 127.0.0.1 --port 8090]
     twotower serve --store DIR [--host 127.0.0.1 --port 8080] [--poll-seconds 5] [--max-k 1000]
                    [--allow-host NAME ...] [--max-connections 256] [--max-batch 64]
@@ -38,6 +39,7 @@ import argparse
 import json
 import sys
 
+from core.config import DEFAULT_IMAGE
 from pipelines import remote_cli  # argparse + core.config only: cheap at parse time
 from pipelines.remote_cli import add_config_args
 
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline locally (KFP SubprocessRunner)")
     add_config_args(run)
     run.add_argument("--verbose", action="store_true", help="show the KFP runner's full output")
+    run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                     help="subprocess (default): every step in this Python; docker: every step in the "
+                          "component image (pipeline.image; `twotower image build` makes it)")
     run.add_argument("--data-date", metavar="YYYY-MM-DD",
                      help="the day's partition to read (datasets with data.partitioned=true)")
 
@@ -145,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_arg(gc)
     gc.add_argument("--keep", type=_positive_int, default=5, help="newest complete versions to keep (default 5)")
 
+    image = sub.add_parser("image", help="the component image every step and the query service run on")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    build = image_sub.add_parser("build", help="build the Dockerfile (starting dockerd and making the local "
+                                               "bases when needed)")
+    build.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image name (default {DEFAULT_IMAGE}, the config's "
+                                                            "pipeline.image default)")
+    build.add_argument("--base-image", default="auto", help="the Python 3.11 base; auto (default): python:3.11-slim "
+                       "when present, else a Debian-built local base (debootstrap, made once)")
+    build.add_argument("--beam-boot-image", default="auto", help="where Beam's worker boot program comes from; "
+                       "auto: Beam's SDK image when present, else a stand-in (no Dataflow workers)")
+    build.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu",
+                       help="gpu adds TensorFlow's CUDA wheels (requirements-gpu.txt)")
+    build.add_argument("--ca-bundle", default=None, metavar="PEM", help="CA bundle pip trusts during the build "
+                       "(default: this machine's, as pip finds it; '' for none); never copied into the image")
+    build.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+    build.add_argument("--verbose", action="store_true", help="print the whole build output")
+
     remote_cli.add_submit_parser(sub)
     remote_cli.add_run_parsers(sub)
     add_schedule_run_parser(remote_cli.add_schedule_parsers(sub))
@@ -184,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "retrieve": commands.cmd_retrieve,
         "index": commands.cmd_index,
         "serve": commands.cmd_serve,
+        "image": commands.cmd_image,
         "submit": remote_cli.cmd_submit,
         "run-status": remote_cli.cmd_run_status,
         "cancel": remote_cli.cmd_cancel,

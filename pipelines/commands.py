@@ -23,9 +23,26 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from features.ingest import IngestError
     from pipelines.scheduler import SchedulerBusyError
     from serving.retriever import NoLiveVersionError, RequestError
+    from components.image.base import BaseImageError
+    from components.image.build import ImageBuildError
+    from components.image.engine import EngineUnavailable
+    from pipelines.local_run import ImageMissingError
 
     return (ConfigError, FileNotFoundError, IngestError, TransformError, MovieLensFormatError, ChecksumMismatchError,
-            RequestError, NoLiveVersionError, StoreError, PartitionError, CronError, SchedulerBusyError)
+            RequestError, NoLiveVersionError, StoreError, PartitionError, CronError, SchedulerBusyError,
+            EngineUnavailable, BaseImageError, ImageBuildError, ImageMissingError)
+
+
+def cmd_image(args) -> int:
+    """``image build``: the component image from the Dockerfile (components/image/build.py)."""
+    from components.image.build import build_image
+
+    built = build_image(tag=args.tag, base_image=args.base_image, beam_boot_image=args.beam_boot_image,
+                        accelerator=args.accelerator, ca_bundle=None if args.ca_bundle is None else args.ca_bundle,
+                        no_cache=args.no_cache, verbose=args.verbose)
+    print(f"image {built.tag} {built.image_id} ({built.size_bytes / 1e9:.2f} GB, base {built.base_image}, "
+          f"{built.seconds:.0f} s)")
+    return 0
 
 
 def cmd_data(args) -> int:
@@ -114,7 +131,7 @@ def cmd_run(args) -> int:
 
     config = load_config(args.config, args.overrides)
     try:
-        summary = run_local(config, verbose=args.verbose, data_date=args.data_date)
+        summary = run_local(config, verbose=args.verbose, data_date=args.data_date, runner=args.runner)
     except RunFailedError as exc:
         print(f"twotower run: pipeline failed: {exc} (full log: {PIPELINE_LOG} in the run folder)",
               file=sys.stderr)
@@ -324,6 +341,7 @@ def _index_gc(store, args) -> int:
 def cmd_serve(args) -> int:
     import logging
 
+    from serving.healthcheck import remove_address, write_address
     from serving.retriever import MAX_K
     from serving.server import serve
 
@@ -341,6 +359,7 @@ def cmd_serve(args) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def _started(service) -> None:
+        write_address(service.url)  # for the image's HEALTHCHECK (only where TWOTOWER_HEALTH_FILE is set)
         print(f"twotower serve: listening on {service.url} (store {args.store}); SIGTERM/Ctrl-C to stop",
               flush=True)
 
@@ -354,3 +373,5 @@ def cmd_serve(args) -> int:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
         raise
+    finally:
+        remove_address()

@@ -1,4 +1,11 @@
-"""Run the pipeline on this machine with the KFP local SubprocessRunner (no Docker, no cluster)."""
+"""Run the pipeline on this machine with kfp.local: every step as a subprocess of this Python
+(``runner="subprocess"``, the default: no Docker, no cluster), or every step in the component
+image (``runner="docker"``: kfp.local's DockerRunner, the same command line as the compiled spec).
+
+In the image, steps see the data folder (read-only), the store and the run's KFP folder at
+the same absolute paths as on the host (bind mounts), run as the host user (so what they write
+belongs to whoever started the run) and use the host network (no bridge on these machines).
+"""
 
 from __future__ import annotations
 
@@ -48,8 +55,16 @@ class RunFailedError(RuntimeError):
         self.record = record
 
 
+#: The kfp.local runners ``run_local`` offers.
+RUNNERS = ("subprocess", "docker")
+
+
+class ImageMissingError(RuntimeError):
+    """``runner="docker"`` and the configured image is not in the engine's store."""
+
+
 def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
-              data_date: str | None = None) -> dict:
+              data_date: str | None = None, runner: str = "subprocess") -> dict:
     """Execute the whole pipeline locally and return its summary.json content.
 
     Run folder: ``<pipeline.runs_dir>/<run_id>/`` holding ``run.json`` (status, written at
@@ -66,8 +81,12 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
 
     Args:
         data_date: YYYY-MM-DD partition of a ``data.partitioned`` dataset (required there).
+        runner: ``subprocess`` or ``docker`` (every step in ``pipeline.image``; see the module
+            docstring).
 
     Raises:
+        ImageMissingError, components.image.engine.EngineUnavailable: ``runner="docker"`` without
+            the image or an engine (checked before the run starts).
         RunFailedError: a task failed (its step and error are in the exception and run.json).
         PartitionError: ``data_date`` is malformed, missing or not applicable.
     """
@@ -75,7 +94,10 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
 
     from pipelines.pipeline import create_pipeline
 
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
     config = absolutize(config)
+    kfp_runner = docker_runner(config) if runner == "docker" else local.SubprocessRunner(use_venv=False)
     date = resolve_data_date(config.data.partitioned, data_date or "", "", config.data.partition_lag_days)
     run_id = run_id or new_run_id()
     close_abandoned_runs(config.pipeline.runs_dir)
@@ -84,7 +106,7 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
     record = new_run_record(run_id, config.publish.store, date, _fingerprint(config, date))
     write_run_record(run_dir, record)
     pipeline_root = os.path.join(run_dir, "kfp")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    local.init(runner=kfp_runner, pipeline_root=pipeline_root, raise_on_error=True)
     pipeline = create_pipeline(config, local=True)
     try:
         with open(os.path.join(run_dir, PIPELINE_LOG), "w") as log, _console(log, verbose), \
@@ -110,6 +132,34 @@ def run_local(config: Config, run_id: str | None = None, verbose: bool = False,
     record.update(status="succeeded", finished_at=_now(), published=summary["published"], version=summary["version"])
     write_run_record(run_dir, record)
     return summary
+
+
+def docker_runner(config: Config):
+    """kfp.local's DockerRunner for ``config``: its image, its local folders mounted in place.
+
+    Raises:
+        EngineUnavailable: no Docker engine (components.image.engine says why).
+        ImageMissingError: ``pipeline.image`` is not built here.
+    """
+    from docker.types import Mount
+    from kfp import local
+
+    from components.image.base import image_present
+    from components.image.engine import ensure_engine
+
+    client = ensure_engine()
+    if not image_present(client, config.pipeline.image):
+        raise ImageMissingError(f"image {config.pipeline.image!r} is not in the Docker engine: build it with "
+                                f"`twotower image build --tag {config.pipeline.image}` (make image)")
+    mounts = []
+    for path, read_only in ((config.data.path, True), (config.publish.store, False)):
+        if storage.is_gcs(path):
+            continue  # reached over the network, as on a cluster
+        if not read_only:
+            os.makedirs(path, exist_ok=True)  # a bind mount needs its source to exist
+        mounts.append(Mount(target=path, source=path, type="bind", read_only=read_only))
+    return local.DockerRunner(network_mode="host", user=f"{os.getuid()}:{os.getgid()}", mounts=mounts,
+                              environment={"HOME": "/tmp"})
 
 
 def _now() -> str:

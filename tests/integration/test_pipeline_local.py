@@ -1,6 +1,6 @@
 """The whole loop through the real KFP local runner on the embedded default dataset.
 
-One pipeline run (module fixture, a few minutes on 2 cores) backs every assertion:
+One pipeline run (tests/integration/conftest.py, a few minutes on 2 cores) backs every assertion:
 the summary contract, the published store, a fresh-process CLI query, and the
 acceptance queries returning products of the matching kind. The acceptance queries are taken
 out of the data before the run (no split, no vocabulary count has them), so they test
@@ -14,38 +14,17 @@ import sys
 
 import pytest
 
-from core.config import load_config
 from tests.conftest import REPO
+from tests.support.shop_runs import ACCEPTANCE_QUERIES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ACCEPTANCE_QUERIES = ["nike running shoes", "red dress for wedding", "best laptop", "iphone 13",
-                      "charger for smartphone"]
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    from datagen.synth_shop import generate_shop
-    from pipelines.local_run import run_local
-
-    root = tmp_path_factory.mktemp("e2e")
-    data = root / "shop"
-    generate_shop(str(data))  # the same defaults `make run` uses
-    _hold_out_queries(data / "interactions.csv", ACCEPTANCE_QUERIES)
-    config = load_config("shop", [
-        f"data.path={data}", f"publish.store={root / 'store'}", f"pipeline.runs_dir={root / 'runs'}"])
-    summary = run_local(config)
-    return root, config, summary
-
-
-def _hold_out_queries(interactions_csv, queries) -> None:
-    """Drop every interaction of ``queries`` from the file (the generator always plants them)."""
-    import pandas as pd
-
-    table = pd.read_csv(interactions_csv, dtype=str, keep_default_na=False)
-    held = table["query"].isin(queries)
-    assert held.any(), "the generator planted no acceptance query: nothing would be held out"
-    table[~held].to_csv(interactions_csv, index=False)
+def pipeline_run(shop_subprocess_run):
+    """The shared run of tests/integration/conftest.py (the test of the docker runner compares with it)."""
+    return shop_subprocess_run
 
 
 def test_the_acceptance_queries_were_never_trained_on(pipeline_run):
