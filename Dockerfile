@@ -36,6 +36,13 @@ RUN set -e; \
     elif [ "$ACCELERATOR" != cpu ]; then echo "ACCELERATOR must be cpu or gpu, got $ACCELERATOR" >&2; exit 1; fi; \
     rm -rf /tmp/build
 
+# ---- the code, without the CA bundle ------------------------------------------------------
+# The whole context minus build-ca.crt: the final stage copies this stage's files, so the bundle
+# is in no layer of the image (a removal after a COPY . would leave it in the COPY's layer).
+FROM ${BASE_IMAGE} AS code
+COPY . /src/
+RUN rm -f /src/build-ca.crt
+
 # ---- the image ----------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -58,7 +65,7 @@ WORKDIR /opt/twotower
 
 # The code last (one layer; .dockerignore keeps data, runs, the venv, docs and tests out), so a
 # code edit rebuilds only this and the install below. No build isolation: nothing is fetched.
-COPY . /opt/twotower/
+COPY --from=code /src /opt/twotower/
 RUN pip install --no-deps --no-build-isolation --no-cache-dir . \
     && install -m 0755 components/image/entrypoint.sh /usr/local/bin/twotower-entrypoint \
     && cd / && python -c "import core, datagen, features, trainer, indexer, evaluation, publishing, run_records, \

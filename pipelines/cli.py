@@ -36,7 +36,6 @@ tracebacks are kept for genuine bugs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from core.config import DEFAULT_IMAGE

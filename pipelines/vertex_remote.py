@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import re
 import urllib.parse
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 

@@ -1,11 +1,6 @@
-"""Hot swaps under load: 4 clients hammer the service while CURRENT moves 4 times.
-
-Sequence of live versions: v0 (initial) -> v1 (publish) -> v0 (rollback) -> v2 -> v3
-(publishes), each published version with its own query tower so answers differ. Checks:
-no request fails, every answer equals what the version it names answers in-process,
-each client sees versions in the order CURRENT moved (never back to an older state),
-and the service ends on the last published version. Latency p50/p99 over all requests
-is printed (tiny test store: 60 items, 8 dims, brute-force index).
+"""Hot swaps under load against the in-process query service (tests/support/swap_load.py says
+what is checked; tests/integration/test_image.py runs the same test against `serve` in the image),
+and the CLI's `serve` stopping cleanly on SIGTERM.
 """
 
 from __future__ import annotations

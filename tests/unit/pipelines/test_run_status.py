@@ -9,16 +9,12 @@ PipelineState names) and refuse cancelling a finished run, as the real services 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytest
-import yaml
 
-from core.config import load_config
 from pipelines.cli import build_parser, main
-from pipelines.compile import compile_pipeline
 from pipelines.kfp_remote import KfpRemote
-from pipelines.remote_cli import pipeline_arguments, wait_for_run
+from pipelines.remote_cli import wait_for_run
 from pipelines.remote_common import RemoteError
 from pipelines.vertex_remote import VertexRemote, token_credentials
 from tests.fakes.kfp_api_server import FakeKfpServer
@@ -27,12 +23,9 @@ from tests.fakes.vertex_api_server import FakeVertexServer, sdk_sandbox
 TOKEN = "vertex-token"
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """(package path, parameters) compiled once for the module."""
-    config = load_config("shop", ["train.n_epochs=2"])
-    path = compile_pipeline(config, str(tmp_path_factory.mktemp("compiled") / "pipeline.yaml"))
-    return path, pipeline_arguments(config, yaml.safe_load(Path(path).read_text()))
+@pytest.fixture
+def compiled(compiled_job):
+    return compiled_job
 
 
 @pytest.fixture

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import socket
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
-import yaml
 
-from core.config import load_config
-from pipelines.compile import compile_pipeline
-from pipelines.remote_cli import pipeline_arguments
 from pipelines.remote_common import RemoteError
 from pipelines.vertex_remote import (VertexApiError, VertexRemote, anonymous_credentials, default_credentials,
                                      new_job_id, token_credentials)
@@ -28,12 +23,9 @@ ROOT = "gs://bucket/root"
 JOBS = "/v1/projects/proj/locations/us-central1/pipelineJobs"
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """(package path, parameters) compiled once for the module."""
-    config = load_config("shop", ["train.n_epochs=2"])
-    path = compile_pipeline(config, str(tmp_path_factory.mktemp("compiled") / "pipeline.yaml"))
-    return path, pipeline_arguments(config, yaml.safe_load(Path(path).read_text()))
+@pytest.fixture
+def compiled(compiled_job):
+    return compiled_job
 
 
 @pytest.fixture

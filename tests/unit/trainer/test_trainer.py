@@ -288,7 +288,6 @@ def test_encoders_pool_and_scale_as_documented():
 
 
 def test_dataset_batches_and_parses(data):
-    from core.records import interaction_specs
     from trainer import artifacts
     from trainer.data import count_records, make_dataset
 
@@ -303,7 +302,6 @@ def test_dataset_batches_and_parses(data):
 
 
 def test_in_memory_examples_serve_each_row_once_per_epoch_in_a_seeded_order(data):
-    from core.records import interaction_specs
     from trainer import artifacts
     from trainer.data import InMemoryExamples
 
@@ -333,7 +331,6 @@ def test_streamed_examples_serve_each_row_once_per_epoch_in_shuffled_blocks(data
     """Blocks of 30 rows (rounded up to a multiple of the batch) over two files: every row
     exactly once per epoch with its columns together, full batches but the last, order fixed by
     (seed, epoch), prepare applied per block, and a block mixes the rows of both files."""
-    from core.records import interaction_specs
     from trainer.data import StreamedExamples
 
     specs = interaction_specs(data["config"].schema)
@@ -408,7 +405,6 @@ def test_epoch_chunks_hold_the_epoch_datasets_batches_in_order(data, tmp_path):
     """In memory and streamed: the chunks, unstacked, are exactly ``epoch_dataset``'s batches
     (same rows, same order, the short last batch as a BATCH), for the same (seed, epoch)."""
     import trainer.data as td
-    from core.records import interaction_specs
     from trainer import artifacts
 
     specs = interaction_specs(data["config"].schema)

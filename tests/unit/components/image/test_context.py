@@ -47,7 +47,12 @@ def test_the_dockerfile_builds_the_pinned_environment_on_this_python_and_drops_t
     assert base and (int(base.group(1)), int(base.group(2))) == sys.version_info[:2]
     stages = re.split(r"^FROM ", dockerfile, flags=re.M)
     deps = next(s for s in stages if s.startswith("${BASE_IMAGE} AS deps"))
+    code = next(s for s in stages if s.startswith("${BASE_IMAGE} AS code"))
     final = stages[-1]
+    # Only the code stage copies the whole context, and it deletes the bundle before the final
+    # stage copies its files: no layer of the image holds it.
+    assert re.search(r"^COPY \. ", code, re.M) and f"rm -f /src/{CA_IN_CONTEXT}" in code
+    assert not re.search(r"^COPY \. ", final, re.M) and "COPY --from=code /src" in final
     assert re.search(r"pip install -r /tmp/build/requirements\.txt", deps)
     assert CA_IN_CONTEXT.replace(".crt", "") in deps  # pip trusts it here ...
     assert "build-ca" not in final and "/tmp/build" not in final  # ... and the image never sees it
