@@ -154,6 +154,10 @@ def write_local_atomically(path: str, write) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
+        # mkstemp makes the file 0600; the file replaced (CURRENT, a manifest) must stay readable
+        # by whoever reads a plain file here (a query service running as another user), so give
+        # it the mode open() would: 0666 less the umask.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -163,6 +167,21 @@ def write_local_atomically(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask: from /proc (Linux), else by setting and restoring it (no getter; the
+    swap is visible to other threads for an instant, hence the /proc read first)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str, text: str) -> None:

@@ -48,3 +48,23 @@ def test_tree_copy_and_listing(tmp_path):
 def test_gcs_paths_join_and_split():
     assert storage.join("gs://b/prefix/", "versions", "v1") == "gs://b/prefix/versions/v1"
     assert storage.is_gcs("gs://b/x") and not storage.is_gcs("/tmp/x")
+
+
+def test_atomic_writes_get_the_mode_open_would_give_not_mkstemps_0600(tmp_path):
+    """A store published by one user is read by a query service running as another (the image's
+    non-root user): CURRENT and manifests must be as readable as any file written with open()."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        storage.write_bytes(str(tmp_path / "CURRENT"), b"v1")
+        with open(tmp_path / "plain", "wb") as fh:
+            fh.write(b"v1")
+        os.umask(0o077)
+        storage.write_bytes(str(tmp_path / "private"), b"v1")
+    finally:
+        os.umask(old)
+    mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)  # noqa: E731
+    assert mode("CURRENT") == mode("plain") == 0o644
+    assert mode("private") == 0o600  # a stricter umask is honoured
