@@ -369,9 +369,12 @@ def test_the_image_adds_beams_gcp_extra_and_boot_program_at_the_pinned_versions(
     assert "tensorflow[and-cuda]==" in (REPO / "requirements-gpu.txt").read_text()
     assert not {name for name in set(base) & set(gpu) if base[name] != gpu[name]}
     docker = (REPO / "Dockerfile").read_text()
-    assert re.search(r"pip install .*-r requirements\.txt -r requirements-image\.txt", docker)
-    assert re.search(r'if \[ "\$ACCELERATOR" = gpu \]; then python -m pip install .*-r requirements-gpu\.txt', docker)
-    python = re.search(r"^FROM python:(\d+\.\d+)", docker, re.M).group(1)
-    assert f"COPY --from=apache/beam_python{python}_sdk:{base['apache-beam']} /opt/apache/beam /opt/apache/beam" \
-        in docker
-    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in docker
+    assert re.search(r"pip install -r /tmp/build/requirements\.txt -r /tmp/build/requirements-image\.txt", docker)
+    assert re.search(r'if \[ "\$ACCELERATOR" = gpu \]; then \S*pip install -r /tmp/build/requirements-gpu\.txt',
+                     docker)
+    python = re.search(r"^ARG BASE_IMAGE=python:(\d+\.\d+)", docker, re.M).group(1)
+    # Dataflow's workers boot from Beam's SDK image of the same Beam and Python versions.
+    assert f"ARG BEAM_BOOT_IMAGE=apache/beam_python{python}_sdk:{base['apache-beam']}" in docker
+    assert "COPY --from=beam_boot /opt/apache/beam /opt/apache/beam" in docker
+    entrypoint = (REPO / "components/image/entrypoint.sh").read_text()
+    assert "/opt/apache/beam/boot" in entrypoint and 'ENTRYPOINT ["/usr/local/bin/twotower-entrypoint"]' in docker
