@@ -299,7 +299,12 @@ class TrainConfig(_Strict):
         "up: Adam's moments and weight decay of the other rows wait until they are next used (the "
         "LazyAdam rule), so a step costs what its batch touches, not the table's size; false = "
         "tf_keras's rule, which rewrites every row of the table (and its two moment slots) every step"))
-    temperature: float = Field(0.05, gt=0.0)
+    similarity: Literal["cosine", "dot", "euclidean"] = Field("cosine", description=(
+        "how a query scores an item (core/similarity.py), followed by the loss, the index's distance "
+        "measure, evaluation and serving: cosine (unit towers, dot product), dot (unnormalised dot "
+        "product) or euclidean (minus the squared distance)"))
+    temperature: float = Field(0.05, gt=0.0, description=(
+        "the softmax's logits are scores / temperature"))
     negative_samples_count: int = Field(0, ge=0, description=(
         "extra catalog negatives per batch, shared by every query in it (mixed negative sampling)"))
     negative_sampling: Literal["uniform", "popularity"] = Field(

@@ -171,14 +171,22 @@ def rank_relevant(scores, relevant: Sequence, masked: Sequence, max_k: int) -> P
 
 
 def embedding_rank_relevant(query_embeddings, item_embeddings, relevant: Sequence, masked: Sequence,
-                            max_k: int, item_bias=None) -> PairRanks:
-    """:func:`rank_relevant` with scores = query [Q, D] · item [N, D]^T (+ item_bias [N]),
-    computed block by block so Q x N never has to fit in memory at once.
+                            max_k: int, item_bias=None, similarity: str = "cosine") -> PairRanks:
+    """:func:`rank_relevant` with scores = ``similarity``'s score of query [Q, D] and item [N, D]
+    (core/similarity.py: q · i, or -||q - i||^2 for euclidean) (+ item_bias [N]), computed block
+    by block so Q x N never has to fit in memory at once.
 
     ``query_embeddings`` may be ``None`` with ``item_bias`` given: every query then
     scores items by ``item_bias`` alone (the popularity baseline).
     """
     item_bias = None if item_bias is None else np.asarray(item_bias, dtype=np.float32)
+    if query_embeddings is not None and similarity != "cosine":
+        from core.similarity import ranking_terms
+
+        # Euclidean ranks as 2 q · i - ||i||^2: a dot product plus a per-item bias.
+        query_embeddings, extra_bias = ranking_terms(query_embeddings, item_embeddings, similarity)
+        if extra_bias is not None:
+            item_bias = extra_bias if item_bias is None else item_bias + extra_bias
     if query_embeddings is None:
         if item_bias is None:
             raise ValueError("need query_embeddings or item_bias")
@@ -352,9 +360,9 @@ def retrieval_metrics(scores, relevant: Sequence, masked: Sequence, ks: Sequence
 
 def embedding_retrieval_metrics(query_embeddings, item_embeddings, relevant: Sequence, masked: Sequence,
                                 ks: Sequence[int] = (10, 50, 100), ndcg_k: int = 10,
-                                item_bias=None, per: str = "query") -> dict[str, float]:
-    """:func:`retrieval_metrics` with scores = query [Q, D] · item [N, D]^T (+ item_bias [N]),
-    computed block by block so Q x N never has to fit in memory at once.
+                                item_bias=None, per: str = "query", similarity: str = "cosine") -> dict[str, float]:
+    """:func:`retrieval_metrics` with scores = ``similarity``'s (:func:`embedding_rank_relevant`)
+    (+ item_bias [N]), computed block by block so Q x N never has to fit in memory at once.
 
     ``query_embeddings`` may be ``None`` with ``item_bias`` given: every query then
     scores items by ``item_bias`` alone (the popularity baseline).
@@ -362,7 +370,7 @@ def embedding_retrieval_metrics(query_embeddings, item_embeddings, relevant: Seq
     _check_ks(ks, ndcg_k)
     _check_per(per)
     ranks = embedding_rank_relevant(query_embeddings, item_embeddings, relevant, masked,
-                                    _needed_k(ks, ndcg_k), item_bias=item_bias)
+                                    _needed_k(ks, ndcg_k), item_bias=item_bias, similarity=similarity)
     return metrics_from_ranks(ranks, ks, ndcg_k, per)
 
 

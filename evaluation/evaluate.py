@@ -248,14 +248,18 @@ def evaluate_live(live_store: str, queries, catalog, ks, ndcg_k: int, per: str, 
             vdir = store.fetch_version(version, tmp)
             item_emb, missing = _live_item_embeddings(storage.join(vdir, names.VERSION_ITEMS_FILE), catalog.ids)
             query_emb = _embed(Tower(storage.join(vdir, names.QUERY_TOWER_DIR)), queries.features)
-            weights = store.manifest_record(version).published_weights
+            record = store.manifest_record(version)
+            weights = record.published_weights
+            # The live model is scored as it is served: by its own similarity, not the candidate's.
+            live_similarity = record.serving.similarity if record.serving is not None else "cosine"
             saw = (weights.splits if weights is not None else None) or [names.TRAIN]
             fresh = (_untrained_by(storage.join(vdir, names.SEEN_FILE), queries, catalog)
                      if names.TEST in saw else None)
         masked = queries.masked
         if len(missing):
             masked = [np.union1d(m, missing).astype(np.int64) for m in masked]
-        ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, masked, depth)
+        ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, masked, depth,
+                                        similarity=live_similarity)
         values, weights = query_contributions(ranks, ks, ndcg_k, per)
         n_total = queries.n_total
         compared = {}
@@ -345,7 +349,8 @@ def evaluate_model(config, transformed_dir, model_dir: str, out_dir: str,
     item_tower = Tower(storage.join(scored_dir, names.ITEM_TOWER_DIR))
     item_emb = _embed(item_tower, catalog.features)
     query_emb = _embed(query_tower, queries.features)
-    model_ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, queries.masked, depth)
+    model_ranks = embedding_rank_relevant(query_emb, item_emb, queries.relevant, queries.masked, depth,
+                                          similarity=config.train.similarity)
 
     pop_ranks = embedding_rank_relevant(None, None, queries.relevant, queries.masked, depth,
                                         item_bias=popularity_scores(counts))

@@ -20,8 +20,10 @@ from a block of identical item vectors, on top of ties).
 Without that file (embed artifacts from before it existed, a transform output with no
 interaction splits) the stage says so in the log and falls back to stand-in queries
 (``"tune_queries": "stand_in"``): catalog embeddings sampled with a fixed seed (1 for tuning,
-0 for reporting), perturbed by small gaussian noise and re-normalised to unit length, near
-items without being exact copies of indexed rows (which would flatter ANN recall).
+0 for reporting), perturbed by small gaussian noise (re-normalised to unit length for the
+cosine model), near items without being exact copies of indexed rows (which would flatter ANN
+recall). Every search and the exact reference follow ``train.similarity`` (core/similarity.py),
+which index_metrics.json records as ``similarity`` and ``distance_measure``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 
 import numpy as np
 
+from core import similarity as similarities
 from core import storage
 from core.config import Config
 from core.contracts import files as names
@@ -46,7 +49,7 @@ SCANN_DIR = names.SCANN_DIR
 ITEM_IDS = names.ITEM_IDS_FILE
 METRICS = names.INDEX_METRICS_FILE
 TUNING = names.TUNING_FILE
-#: Noise scale relative to a unit vector's per-dimension magnitude (1/sqrt(D)).
+#: Noise scale relative to a row's per-dimension magnitude (||row|| / sqrt(D); 1/sqrt(D) for unit rows).
 QUERY_NOISE = 0.3
 #: ``tune_queries`` values in index_metrics.json: where the measurement queries came from.
 REAL, STAND_IN = "real", "stand_in"
@@ -54,13 +57,18 @@ REAL, STAND_IN = "real", "stand_in"
 log = logging.getLogger(__name__)
 
 
-def stand_in_queries(matrix: np.ndarray, n: int, seed: int = 0, noise: float = QUERY_NOISE) -> np.ndarray:
-    """float32 [min(n, N), D]: sampled rows + N(0, (noise/sqrt(D))^2) noise, L2-normalised."""
+def stand_in_queries(matrix: np.ndarray, n: int, seed: int = 0, noise: float = QUERY_NOISE,
+                     unit: bool = True) -> np.ndarray:
+    """float32 [min(n, N), D]: sampled rows + N(0, (noise ||row|| / sqrt(D))^2) noise, L2-normalised
+    when ``unit`` (the cosine model's queries are unit vectors)."""
     rng = np.random.default_rng(seed)
     rows = rng.choice(matrix.shape[0], size=min(n, matrix.shape[0]), replace=False)
     d = matrix.shape[1]
-    q = matrix[rows] + rng.normal(scale=noise / np.sqrt(d), size=(len(rows), d))
-    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    picked = matrix[rows].astype(np.float64)
+    scale = np.linalg.norm(picked, axis=1, keepdims=True) * (noise / np.sqrt(d))
+    q = picked + rng.normal(size=(len(rows), d)) * scale
+    if unit:
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     return q.astype(np.float32)
 
 
@@ -92,8 +100,9 @@ def measurement_queries(config: Config, embeddings_dir: str, matrix: np.ndarray
         log.warning("%s has no query embeddings (older embed artifacts, or no interaction splits): the index "
                     "is tuned and measured on stand-in queries (perturbed item vectors) instead of real ones",
                     embeddings_dir)
-        tune_q = stand_in_queries(matrix, cfg.tune_queries, seed=1)
-        eval_q = stand_in_queries(matrix, cfg.eval_queries)
+        unit = similarities.unit_rows(config.train.similarity)
+        tune_q = stand_in_queries(matrix, cfg.tune_queries, seed=1, unit=unit)
+        eval_q = stand_in_queries(matrix, cfg.eval_queries, unit=unit)
         source, split = STAND_IN, None
     return tune_q, eval_q, {"tune_queries": source, "query_split": split,
                             "n_tune_queries": int(len(tune_q)), "n_eval_queries": int(len(eval_q))}
@@ -116,19 +125,21 @@ def build_index_stage(config: Config, embeddings_dir: str, out_dir: str) -> dict
     if not ids:
         raise ValueError(f"{embeddings_dir}: no item embeddings to index")
     cfg = config.index
+    similarity = config.train.similarity
     tune_q, eval_q, provenance = measurement_queries(config, embeddings_dir, matrix)
     build_k = min(100, len(ids))
     result = None
     start = time.perf_counter()
     if cfg.tune:
-        result = tune(matrix, tune_q, cfg, build_k=build_k)
+        result = tune(matrix, tune_q, cfg, build_k=build_k, similarity=similarity)
         searcher, params = result.searcher, result.chosen
     else:
         params = resolve_params(len(ids), cfg)
-        searcher = build_with_params(matrix, params, k=build_k)
+        searcher = build_with_params(matrix, params, k=build_k, similarity=similarity)
     build_seconds = time.perf_counter() - start
-    figures = measure(searcher, matrix, eval_q, k=10)
+    figures = measure(searcher, matrix, eval_q, k=10, similarity=similarity)
     metrics = {"kind": params.kind, "n_items": len(ids), "dims": int(matrix.shape[1]),
+               "similarity": similarity, "distance_measure": similarities.scann_distance_measure(similarity),
                **figures, "build_seconds": round(build_seconds, 3), "params": params.to_dict(),
                "tuning": result.summary() if result is not None else {"enabled": False},
                **provenance, "recall_definition": "tie_aware"}

@@ -1,8 +1,10 @@
 """ScaNN searchers over item embeddings: build, save / load, exact reference, measurement.
 
 Only the pybind API (``scann_ops_pybind``) is used, so a served index never depends on
-ScaNN's custom TensorFlow ops. Scores are dot products (the towers emit L2-normalised
-vectors, so dot product = cosine similarity); higher is better.
+ScaNN's custom TensorFlow ops. Every function takes the model's ``similarity``
+(core/similarity.py): cosine and dot index with ScaNN's ``dot_product`` (the cosine towers emit
+unit vectors), euclidean with ``squared_l2``. Scores returned here are always "higher is better"
+(a squared distance comes back negated).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from core import similarity as similarities
 from core.config import IndexConfig
 
 BRUTE_FORCE = "brute_force"
@@ -68,10 +71,11 @@ def resolve_params(n: int, cfg: IndexConfig) -> IndexParams:
                        training_sample_size=sample, reorder_k=cfg.reorder_k)
 
 
-def build_with_params(db: np.ndarray, params: IndexParams, k: int = 100):
-    """Build a searcher for ``db`` float32 [N, D] with explicit parameters; ``k`` = default neighbours."""
+def build_with_params(db: np.ndarray, params: IndexParams, k: int = 100, similarity: str = "cosine"):
+    """Build a searcher for ``db`` float32 [N, D] with explicit parameters; ``k`` = default neighbours;
+    ``similarity`` picks ScaNN's distance measure (:func:`core.similarity.scann_distance_measure`)."""
     db = _check_matrix(db, "db")
-    builder = _pybind().builder(db, k, "dot_product")
+    builder = _pybind().builder(db, k, similarities.scann_distance_measure(similarity))
     if params.kind == BRUTE_FORCE:
         return builder.score_brute_force().build()
     if params.kind != TREE_AH:
@@ -85,18 +89,19 @@ def build_with_params(db: np.ndarray, params: IndexParams, k: int = 100):
             .build())
 
 
-def build_searcher(db: np.ndarray, cfg: IndexConfig, k: int = 100):
+def build_searcher(db: np.ndarray, cfg: IndexConfig, k: int = 100, similarity: str = "cosine"):
     """Build the configured searcher.
 
     Args:
         db: float32 [N, D] item embeddings (row i = index position i).
         cfg: index section of the config.
         k: default number of neighbours returned per query.
+        similarity: the model's (core/similarity.py).
     Returns:
         (searcher, kind) with kind BRUTE_FORCE or TREE_AH.
     """
     params = resolve_params(int(np.asarray(db).shape[0]), cfg)
-    return build_with_params(db, params, k), params.kind
+    return build_with_params(db, params, k, similarity), params.kind
 
 
 def save_searcher(searcher, folder: str) -> None:
@@ -113,36 +118,39 @@ def load_searcher(folder: str):
 
 
 def search(searcher, queries: np.ndarray, k: int, n_items: int,
-           reorder_k: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+           reorder_k: Optional[int] = None, similarity: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
     """Top-k for a batch of queries.
 
     ScaNN pads results when k exceeds the catalog, so k is clamped to ``n_items``;
     for tree_ah the re-scored candidate pool is widened to at least k.
     Returns:
-        (indices int64 [Q, k'], scores float32 [Q, k']) with k' = min(k, n_items), best first.
+        (indices int64 [Q, k'], scores float32 [Q, k']) with k' = min(k, n_items), best first;
+        scores are ``similarity``'s (a squared distance negated).
     """
     k = min(int(k), int(n_items))
     pre = max(k, reorder_k) if reorder_k else None
     idx, dist = searcher.search_batched(_check_matrix(queries, "queries"), final_num_neighbors=k,
                                         pre_reorder_num_neighbors=pre)
-    return np.asarray(idx, dtype=np.int64), np.asarray(dist, dtype=np.float32)
+    return np.asarray(idx, dtype=np.int64), similarities.scores_from_searcher(dist, similarity)
 
 
-def exact_topk(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Numpy brute-force dot-product top-k: (indices int64 [Q, k], scores float32 [Q, k]), best first.
+def exact_topk(db: np.ndarray, queries: np.ndarray, k: int,
+               similarity: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """Numpy brute-force top-k by ``similarity``'s score (:func:`core.similarity.scores`):
+    (indices int64 [Q, k], scores float32 [Q, k]), best first.
 
     Ties break towards the lower index (stable sort), which is what a reference needs.
     """
     db = _check_matrix(db, "db")
     queries = _check_matrix(queries, "queries")
     k = min(int(k), db.shape[0])
-    scores = queries @ db.T
+    scores = similarities.scores(queries, db, similarity)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return order.astype(np.int64), np.take_along_axis(scores, order, axis=1).astype(np.float32)
 
 
 def exact_topk_chunked(db: np.ndarray, queries: np.ndarray, k: int,
-                       max_block_floats: int = 1 << 25) -> np.ndarray:
+                       max_block_floats: int = 1 << 25, similarity: str = "cosine") -> np.ndarray:
     """Numpy brute-force top-k indices int64 [Q, k], best first, in bounded memory.
 
     Queries are processed in chunks so that one score block holds at most
@@ -158,8 +166,13 @@ def exact_topk_chunked(db: np.ndarray, queries: np.ndarray, k: int,
     k = min(int(k), n)
     step = max(1, int(max_block_floats) // n)
     out = np.empty((queries.shape[0], k), dtype=np.int64)
+    # Ranked by the dot product plus an item bias (core.similarity.ranking_terms): for euclidean
+    # that skips the [Q, N] squared-norm sum, which orders nothing.
+    ranking_queries, item_bias = similarities.ranking_terms(queries, db, similarity)
     for start in range(0, queries.shape[0], step):
-        scores = queries[start:start + step] @ db.T
+        scores = ranking_queries[start:start + step] @ db.T
+        if item_bias is not None:
+            scores += item_bias
         if k < n:
             part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         else:
@@ -231,28 +244,28 @@ def recall_vs_exact(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits) / k) if hits else 0.0
 
 
-def kth_exact_scores(db: np.ndarray, queries: np.ndarray, exact: np.ndarray) -> np.ndarray:
+def kth_exact_scores(db: np.ndarray, queries: np.ndarray, exact: np.ndarray,
+                     similarity: str = "cosine") -> np.ndarray:
     """float64 [Q]: each query's k-th best exact score, the smallest score among ``exact[q]``.
 
     Scores are recomputed in float64 from the rows (not taken from the float32 matmul that
     ranked them), so identical item vectors get bit-identical scores and the threshold is
     the same number :func:`recall_tie_aware` compares retrieved items with.
     """
-    return _scores(db, queries, np.asarray(exact, dtype=np.int64)).min(axis=1)
+    return _scores(db, queries, np.asarray(exact, dtype=np.int64), similarity).min(axis=1)
 
 
-def _scores(db: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """float64 [Q, m]: dot products of each query with its ``idx`` rows [Q, m] of ``db``.
+def _scores(db: np.ndarray, queries: np.ndarray, idx: np.ndarray, similarity: str = "cosine") -> np.ndarray:
+    """float64 [Q, m]: ``similarity``'s score of each query with its ``idx`` rows [Q, m] of ``db``.
 
     Gathers in the stored dtype, then widens: converting a 1M-row db to float64 per call
     would cost 512 MB for the sake of Q x k rows.
     """
-    rows = np.asarray(db)[idx].astype(np.float64)  # [Q, m, D]
-    return np.einsum("qkd,qd->qk", rows, np.asarray(queries, dtype=np.float64))
+    return similarities.gathered_scores(queries, np.asarray(db)[idx], similarity)
 
 
 def recall_tie_aware(found: np.ndarray, exact: np.ndarray, db: np.ndarray, queries: np.ndarray,
-                     rtol: float = TIE_RTOL, kth: Optional[np.ndarray] = None) -> float:
+                     rtol: float = TIE_RTOL, kth: Optional[np.ndarray] = None, similarity: str = "cosine") -> float:
     """Recall@k against exact search that counts ties as correct.
 
     A retrieved item is correct when its exact score is at least the query's exact k-th
@@ -266,6 +279,7 @@ def recall_tie_aware(found: np.ndarray, exact: np.ndarray, db: np.ndarray, queri
         exact: int [Q, k] exact top-k positions (e.g. :func:`exact_topk_chunked`).
         db: float [N, D] the indexed matrix; queries: float [Q, D].
         kth: optional precomputed :func:`kth_exact_scores` (a sweep reuses it per point).
+        similarity: the model's (core/similarity.py); scores compared in its terms.
     Returns:
         Mean over queries of (correct retrieved items) / k, in [0, 1].
     """
@@ -275,27 +289,28 @@ def recall_tie_aware(found: np.ndarray, exact: np.ndarray, db: np.ndarray, queri
         return 0.0
     n = np.asarray(db).shape[0]
     if kth is None:
-        kth = kth_exact_scores(db, queries, exact)
-    best = _scores(db, queries, exact[:, :1])[:, 0]
+        kth = kth_exact_scores(db, queries, exact, similarity)
+    best = _scores(db, queries, exact[:, :1], similarity)[:, 0]
     tol = rtol * np.maximum(np.maximum(np.abs(kth), np.abs(best)), np.finfo(np.float32).tiny)
     f = np.asarray(found, dtype=np.int64)[:, :k]
     # Sorted per row with out-of-range ids as -1, a repeated id sits next to its first copy.
     ids = np.sort(np.where((f >= 0) & (f < n), f, -1), axis=1)
     first = ids >= 0
     first[:, 1:] &= ids[:, 1:] != ids[:, :-1]
-    scores = _scores(db, queries, np.maximum(ids, 0))
+    scores = _scores(db, queries, np.maximum(ids, 0), similarity)
     hits = (first & (scores >= (kth - tol)[:, None])).sum(axis=1)
     return float(np.mean(hits) / k)
 
 
 def measure(searcher, db: np.ndarray, queries: np.ndarray, k: int = 10, repeats: int = 3,
-            max_single_queries: int = 200) -> dict:
+            max_single_queries: int = 200, similarity: str = "cosine") -> dict:
     """Recall against exact search and throughput.
 
     Args:
         db: float32 [N, D], the indexed matrix. queries: float32 [Q, D].
         repeats: timed repeats; the median is reported (robust to a noisy neighbour).
         max_single_queries: at most this many queries timed one per call.
+        similarity: the model's, which the searcher was built for (core/similarity.py).
     Returns:
         {"recall_at_10_vs_exact" (tie-aware recall@k, :func:`recall_tie_aware`, k=10 by
         default), "qps_batched" (queries/s, one call per query batch), "qps_single"
@@ -306,14 +321,14 @@ def measure(searcher, db: np.ndarray, queries: np.ndarray, k: int = 10, repeats:
     queries = _check_matrix(queries, "queries")
     n = db.shape[0]
     k = min(k, n)
-    found, _ = search(searcher, queries, k, n)
+    found, _ = search(searcher, queries, k, n, similarity=similarity)
     # The chunked reference: a full [Q, N] score matrix + argsort is GBs at 1M items.
     brute = []
     for _ in range(repeats):
         t = time.perf_counter()
-        exact = exact_topk_chunked(db, queries, k)
+        exact = exact_topk_chunked(db, queries, k, similarity=similarity)
         brute.append(time.perf_counter() - t)
-    recall = recall_tie_aware(found, exact, db, queries)
+    recall = recall_tie_aware(found, exact, db, queries, similarity=similarity)
 
     batched = []
     for _ in range(repeats):

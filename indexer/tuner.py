@@ -181,12 +181,13 @@ def _measure_point(searcher, queries: np.ndarray, recall_of, k: int, leaves: Opt
     return round(recall, 4), round(len(queries) / batched, 1), round(len(single) / single_s, 1)
 
 
-def exact_numpy_qps(db: np.ndarray, queries: np.ndarray, k: int = K, repeats: int = 1) -> tuple[np.ndarray, float]:
+def exact_numpy_qps(db: np.ndarray, queries: np.ndarray, k: int = K, repeats: int = 1,
+                    similarity: str = "cosine") -> tuple[np.ndarray, float]:
     """(exact top-k indices [Q, k], numpy brute-force queries/s, best of ``repeats``)."""
     holder = {}
 
     def _run():
-        holder["idx"] = exact_topk_chunked(db, queries, k)
+        holder["idx"] = exact_topk_chunked(db, queries, k, similarity=similarity)
 
     seconds = _timed(_run, repeats)
     return holder["idx"], round(len(queries) / seconds, 1)
@@ -195,12 +196,12 @@ def exact_numpy_qps(db: np.ndarray, queries: np.ndarray, k: int = K, repeats: in
 def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int = 100,
          repeats: int = 3, single_queries: int = 100, include_brute_force: bool = True,
          reorder_ladder: Optional[Sequence[int]] = None, timing_seconds: float = MIN_TIMED_SECONDS,
-         tie_aware: bool = True, log=None) -> TuningResult:
+         tie_aware: bool = True, log=None, similarity: str = "cosine") -> TuningResult:
     """Sweep and choose.
 
     Args:
-        db: float32 [N, D] unit-normalised item embeddings (row i = index position i).
-        queries: float32 [Q, D] unit-normalised queries (a sample of real or stand-in queries).
+        db: float32 [N, D] item embeddings (row i = index position i), unit rows for cosine.
+        queries: float32 [Q, D] queries (a sample of real or stand-in queries).
         cfg: index section: target_recall, brute_force_below, training_sample_size,
             num_leaves (fixes the tree size if set), tune_leaves_factors, tune_dims_per_block,
             tune_reorder_k.
@@ -213,6 +214,8 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
         tie_aware: measure :func:`recall_tie_aware` (the default); False = the old id-overlap
             :func:`recall_vs_exact`, kept so benchmarks can show what ties did to it.
         log: optional callable(str) for progress lines.
+        similarity: the model's (core/similarity.py): the searchers' distance measure and the
+            exact reference's score.
     Returns:
         TuningResult; ``.searcher`` is the chosen searcher with its search-time parameters as
         defaults. Below ``cfg.brute_force_below`` items no sweep runs: exact search, recall 1.
@@ -225,14 +228,14 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
     k = min(K, n)
     build_k = max(k, min(build_k, n))
     target = float(cfg.target_recall)
-    exact, numpy_qps = exact_numpy_qps(db, queries, k)
+    exact, numpy_qps = exact_numpy_qps(db, queries, k, similarity=similarity)
     say(f"exact numpy: {numpy_qps:.0f} q/s batched over {len(queries)} queries, N={n}")
     definition = "tie_aware" if tie_aware else "id_overlap"
     if tie_aware:
-        kth = kth_exact_scores(db, queries, exact)  # once: every point compares with the same threshold
+        kth = kth_exact_scores(db, queries, exact, similarity)  # once: every point compares with it
 
         def recall_of(found):
-            return recall_tie_aware(found, exact, db, queries, kth=kth)
+            return recall_tie_aware(found, exact, db, queries, kth=kth, similarity=similarity)
     else:
         def recall_of(found):
             return recall_vs_exact(found, exact)
@@ -241,7 +244,7 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
 
     def _brute_force_point():
         t = time.perf_counter()
-        searcher = build_with_params(db, IndexParams(kind=BRUTE_FORCE), k=build_k)
+        searcher = build_with_params(db, IndexParams(kind=BRUTE_FORCE), k=build_k, similarity=similarity)
         build_seconds[BRUTE_FORCE] = round(time.perf_counter() - t, 3)
         rec, qb, qs = _measure_point(searcher, queries, recall_of, k, None, None, repeats, single_queries,
                                      timing_seconds)
@@ -269,7 +272,7 @@ def tune(db: np.ndarray, queries: np.ndarray, cfg: IndexConfig, *, build_k: int 
                                  training_sample_size=sample, reorder_k=max(reorders),
                                  dims_per_block=dpb)
             t = time.perf_counter()
-            searcher = build_with_params(db, params, k=build_k)
+            searcher = build_with_params(db, params, k=build_k, similarity=similarity)
             build_seconds[f"tree_ah/leaves={leaves}/dpb={dpb}"] = round(time.perf_counter() - t, 3)
             built[(leaves, dpb)] = searcher
             say(f"built num_leaves={leaves} dims_per_block={dpb} in {time.perf_counter() - t:.1f}s")

@@ -137,6 +137,7 @@ def serving_section(config: Config, index_metrics: dict, stats: dict | None = No
         "index_kind": index_metrics.get("kind"),
         "reorder_k": (index_metrics.get("params") or {}).get("reorder_k"),
         "embedding_dims": index_metrics.get("dims"),
+        "similarity": config.train.similarity,
     }
 
 

@@ -19,7 +19,9 @@ How requests map to tower inputs comes from the manifest's "serving" section (qu
 key name and type, query feature names and types), written by publishing.publish from
 the run config; see that module for why it is stored rather than inferred.
 
-Scores are dot products of L2-normalised embeddings (cosine similarity), best first.
+Scores follow the model's ``similarity`` (manifest serving section; core/similarity.py): the
+cosine of unit embeddings by default, a dot product, or minus the squared euclidean distance;
+always best (highest) first.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 from core import history, storage
+from core import similarity as similarities
 from core.contracts import files as names
 from core.contracts.records import VersionManifest
 from core.storage import is_gcs
@@ -46,8 +49,9 @@ MAX_K = 1000
 SELECTORS = ("query", "user_id", "features")
 #: Optional beside a selector (or alone): request-time clicks, oldest first.
 HISTORY = "history"
-#: An exported embedding is L2-normalised; a row whose norm strays this far from 1 is
-#: what features far outside the training range produce (overflow to 0 or NaN).
+#: A cosine model's embedding is L2-normalised; a row whose norm strays this far from 1 is
+#: what features far outside the training range produce (overflow to 0 or NaN). The other
+#: similarities' rows have no fixed norm: only a non-finite one is degenerate there.
 _NORM_TOLERANCE = 1e-3
 
 # Version layout: core.contracts' names, the ones publishing.publish writes (serving must not
@@ -111,6 +115,9 @@ class Retriever:
         self.query_table = query_table
         self.seen = seen
         serving = manifest["serving"]
+        #: train.similarity of the published model (core/similarity.py): the index's distance
+        #: measure and the sign of its scores follow it.
+        self.similarity: str = similarities.check(serving.get("similarity") or similarities.DEFAULT_SIMILARITY)
         self.query_key: str = serving["query_key"]
         self.query_key_type: str = serving["query_key_type"]
         self.feature_types: dict[str, str] = {f["name"]: f["type"] for f in serving["query_features"]}
@@ -298,7 +305,7 @@ class Retriever:
                     vectors[short], final_num_neighbors=fetch, pre_reorder_num_neighbors=pre,
                     leaves_to_search=int(self.num_leaves))
                 idx[short], scores[short] = np.asarray(more_idx), np.asarray(more_scores)
-        return idx, scores
+        return idx, similarities.scores_from_searcher(scores, self.similarity)
 
     def _embedding_error(self, features: dict) -> RequestError:
         """Why a request's features gave a degenerate embedding (see :meth:`answer_resolved`)."""
@@ -379,7 +386,9 @@ class Retriever:
         columns = {name: [r.features[name] for r in resolved] for name in self.tower.input_names}
         vectors = self.tower.embed(columns)
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-        good = np.isfinite(norms) & (np.abs(norms - 1.0) <= _NORM_TOLERANCE)
+        good = np.isfinite(norms)
+        if similarities.unit_rows(self.similarity):
+            good &= np.abs(norms - 1.0) <= _NORM_TOLERANCE
         out: list = [None if ok else self._embedding_error(r.features) for ok, r in zip(good, resolved)]
         rows = np.flatnonzero(good)
         if not len(rows):

@@ -25,7 +25,8 @@ dense float32 [B, F] encoding:
   [B, F], recency -> [B, F], attention -> [B, 2F] (no known item -> zeros)
 
 A tower concatenates its encodings, applies Dense(hidden_dims, activation) + Dropout,
-projects to Dense(embedding_dims) and L2-normalises, so dot products are cosines.
+projects to Dense(embedding_dims) and, for ``train.similarity`` cosine, L2-normalises (dot
+products are then cosines; core/similarity.py).
 
 Trainer-internal: imports TensorFlow at module import (only train/evaluate import it,
 inside functions).
@@ -37,7 +38,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from core import history
+from core import history, similarity
 from core.config import MULTI_VALUE_SEPARATOR, Config, FeatureSpec
 from core.records import ITEM_KEY
 from core.text import tf_normalize_text
@@ -269,18 +270,20 @@ class NumericEncoder(tf.keras.layers.Layer):
 
 
 class TowerModel(tf.keras.Model):
-    """Feature encoders -> concat -> MLP -> Dense(embedding_dims) -> L2 normalise.
+    """Feature encoders -> concat -> MLP -> Dense(embedding_dims) -> L2 normalise (``unit_norm``).
 
     ``call(features)`` takes a dict with at least ``raw_input_names`` (each [B]) and returns
-    float32 [B, embedding_dims] with unit rows. Extra keys are ignored, so the same
-    batch dict feeds both towers.
+    float32 [B, embedding_dims], with unit rows when ``unit_norm`` (``train.similarity`` cosine,
+    :func:`core.similarity.unit_rows`) and the projection's raw rows otherwise. Extra keys are
+    ignored, so the same batch dict feeds both towers.
     """
 
     def __init__(self, encoders: Mapping[str, tf.keras.layers.Layer], input_specs: Sequence[FeatureSpec],
                  hidden_dims: Sequence[int], activation: str, dropout: float, embedding_dims: int,
                  anonymous_rate: float = 0.0, anonymous_defaults: Optional[Mapping[str, object]] = None,
-                 **kwargs):
+                 unit_norm: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.unit_norm = bool(unit_norm)
         if not encoders:
             raise ValueError(f"{self.name}: a tower needs at least one encoded feature")
         if not 0.0 <= anonymous_rate < 1.0:
@@ -331,7 +334,8 @@ class TowerModel(tf.keras.Model):
         x = tf.concat([self.encoders[name](features[name]) for name in self.encoded_names], axis=1)
         for layer in self.hidden:
             x = layer(x, training=training)
-        return unit_rows(self.projection(x))
+        x = self.projection(x)
+        return unit_rows(x) if self.unit_norm else x
 
 
 @tf.custom_gradient
@@ -414,7 +418,7 @@ def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, Towe
               anonymous: Optional[dict] = None) -> TowerModel:
         return TowerModel(encoders, specs, t.hidden_dims, t.activation_fn, t.dropout, t.embedding_dims,
                           anonymous_rate=t.anonymous_query_rate if anonymous else 0.0,
-                          anonymous_defaults=anonymous, name=name)
+                          anonymous_defaults=anonymous, unit_norm=similarity.unit_rows(t.similarity), name=name)
 
     q_specs = query_input_specs(config)
     i_specs = item_input_specs(config)

@@ -31,6 +31,33 @@ def hash_item_ids(ids):
     return tf.strings.to_hash_bucket_fast(ids, 1 << 62)
 
 
+def euclidean_as_inner_products(query, candidates, positives=None):
+    """Euclidean scores as dot products of widened rows, for the softmax losses (which score by
+    ``query @ candidates^T``): ``[2 q, 1] . [c, -||c||^2] = 2 q . c - ||c||^2``, which is
+    ``-||q - c||^2`` plus ``||q||^2``, the same for every candidate of a row, so the softmax (TFRS's
+    or :func:`deduplicated_softmax_loss`) is exactly that of ``-||q - c||^2 / temperature``.
+
+    Args:
+        query: [B, D]; candidates: [C, D]; positives: [B, D] or None (see
+            :func:`deduplicated_softmax_loss`).
+    Returns:
+        (query [B, D + 1], candidates [C, D + 1], positives [B, D + 1] or None).
+    """
+    def widened_item(rows):
+        return tf.concat([rows, -tf.reduce_sum(tf.square(rows), axis=1, keepdims=True)], axis=1)
+
+    query = tf.concat([2.0 * query, tf.ones_like(query[:, :1])], axis=1)
+    return query, widened_item(candidates), None if positives is None else widened_item(positives)
+
+
+def pair_scores(query, item, similarity: str):
+    """[B, D] x [B, D] -> [B] score of each row's own pair: q . i, or -||q - i||^2 for euclidean
+    (core/similarity.py)."""
+    if similarity == "euclidean":
+        return -tf.reduce_sum(tf.square(query - item), axis=1)
+    return tf.reduce_sum(query * item, axis=1)
+
+
 def deduplicated_softmax_loss(query, candidates, candidate_ids, temperature: float,
                               candidate_sampling_probability=None, positives=None, row_weights=None):
     """TFRS's in-batch softmax with accidental-hit removal, over the batch's distinct candidates.
@@ -112,7 +139,9 @@ class TwoTowerModel(tfrs.Model):
     """Query tower x item tower trained with in-batch negatives (+ optional extras).
 
     Each batch row is a (query, positive item) pair; every other item in the batch is a
-    negative for that query. Logits are cosine / ``temperature``. Rows whose item_id
+    negative for that query. Logits are scores / ``temperature``, the score being
+    ``similarity``'s (core/similarity.py: cosine of the unit towers by default; dot; minus the
+    squared euclidean distance, through :func:`euclidean_as_inner_products`). Rows whose item_id
     equals the positive's (the same item bought twice in one batch) are removed from
     the negatives rather than pushed away. No FactorizedTopK metrics: full-catalog
     recall is computed once per epoch by the training loop instead of every step.
@@ -132,7 +161,7 @@ class TwoTowerModel(tfrs.Model):
       the softmax (``tfrs.tasks.Retrieval(num_hard_negatives=K)``).
     - ``labelled_negative_weight`` w: batches shaped ``{POSITIVES: batch,
       LABELLED_NEGATIVES: batch}`` add ``w *`` the summed binary cross-entropy of
-      sigmoid(query . item / temperature) with label 1 for the positive pairs and 0 for
+      sigmoid(score(query, item) / temperature) with label 1 for the positive pairs and 0 for
       the explicit label-0 pairs (summed like TFRS's softmax loss, so w is relative to
       one row's softmax term).
 
@@ -151,8 +180,12 @@ class TwoTowerModel(tfrs.Model):
     def __init__(self, query_tower: TowerModel, item_tower: TowerModel, temperature: float,
                  sampling_probability: Optional["SamplingProbability"] = None, *,
                  negative_sampler=None, negative_samples_count: int = 0, num_hard_negatives: int = 0,
-                 labelled_negative_weight: float = 0.0, dedupe_candidates: bool = False, **kwargs):
+                 labelled_negative_weight: float = 0.0, dedupe_candidates: bool = False,
+                 similarity: str = "cosine", **kwargs):
         super().__init__(**kwargs)
+        from core.similarity import check
+
+        self.similarity = check(similarity)
         if temperature <= 0.0:
             raise ValueError(f"train.temperature must be > 0, got {temperature}")
         if negative_samples_count < 0 or num_hard_negatives < 0 or labelled_negative_weight < 0.0:
@@ -209,8 +242,8 @@ class TwoTowerModel(tfrs.Model):
         float32, graded actions) scales the positive pairs' terms. Scalar float32."""
         neg_query = self.query_tower(negatives, training=training)
         neg_item = self.item_tower(negatives, training=training)
-        logits = tf.concat([tf.reduce_sum(query * item, axis=1), tf.reduce_sum(neg_query * neg_item, axis=1)],
-                           axis=0) / self.temperature
+        logits = tf.concat([pair_scores(query, item, self.similarity),
+                            pair_scores(neg_query, neg_item, self.similarity)], axis=0) / self.temperature
         labels = tf.concat([tf.ones_like(query[:, 0]), tf.zeros_like(neg_query[:, 0])], axis=0)
         terms = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
         if positive_weights is not None:
@@ -229,13 +262,16 @@ class TwoTowerModel(tfrs.Model):
         item = self.item_tower(features, training=training)
         candidates, hashed_ids, q = self.candidates(features, item, training=training)
         weights = features[WEIGHT_KEY] if WEIGHT_KEY in features else None
+        scored_query, scored_candidates, scored_item = query, candidates, item
+        if self.similarity == "euclidean":
+            scored_query, scored_candidates, scored_item = euclidean_as_inner_products(query, candidates, item)
         if self.dedupe_candidates:
-            loss = deduplicated_softmax_loss(query, candidates, hashed_ids, self.temperature, q, positives=item,
-                                             row_weights=weights)
+            loss = deduplicated_softmax_loss(scored_query, scored_candidates, hashed_ids, self.temperature, q,
+                                             positives=scored_item, row_weights=weights)
         else:
             # Training metrics stay off the hot path: full-catalog recall is computed once
             # per epoch on the validation split instead.
-            loss = self.task(query, candidates, sample_weight=weights, candidate_ids=hashed_ids,
+            loss = self.task(scored_query, scored_candidates, sample_weight=weights, candidate_ids=hashed_ids,
                              candidate_sampling_probability=q, compute_metrics=False, compute_batch_metrics=False)
         if negatives is not None and self.labelled_negative_weight > 0.0:
             loss += self.labelled_negative_weight * self.labelled_negative_loss(query, item, negatives,

@@ -175,7 +175,7 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
             return model.fit(data, epochs=1, verbose=0, steps_per_epoch=inputs.steps_per_epoch).history["loss"][-1]
 
         def validate(epoch: int) -> Optional[float]:
-            return validation_recall(valid, catalog, towers, (query_serve, item_serve))
+            return validation_recall(valid, catalog, towers, (query_serve, item_serve), config.train.similarity)
 
         # train.warm_start_keep_start: a warm start's own weights are a candidate too ("epoch 0"):
         # yesterday's optimum on nearly the same data may already be today's, and more epochs on it
@@ -281,7 +281,7 @@ def _new_model(config, transformed_dir: str, planned_steps: int, warm, logq, sam
     model = TwoTowerModel(*towers, t.temperature, sampling_probability=logq,
                           negative_sampler=sampler, negative_samples_count=t.negative_samples_count,
                           num_hard_negatives=t.hard_negatives, labelled_negative_weight=t.labelled_negative_weight,
-                          dedupe_candidates=_item_tower_is_deterministic(config))
+                          dedupe_candidates=_item_tower_is_deterministic(config), similarity=t.similarity)
     return towers, model, make_optimizer(config, planned_steps, warm.lr_scale, warm.first_step)
 
 
@@ -310,9 +310,10 @@ def _resumed_state(config, strategy, checkpoint, model, first_batches):
     return state
 
 
-def validation_recall(valid, catalog, towers, serves) -> Optional[float]:
+def validation_recall(valid, catalog, towers, serves, similarity: str = "cosine") -> Optional[float]:
     """recall@10 of the towers on the validation keys against the whole catalog (each key's
-    train items masked); None without a valid split (no early stopping then)."""
+    train items masked), scored by ``similarity`` (core/similarity.py); None without a valid
+    split (no early stopping then)."""
     from trainer.export import embed_columns
     from core.metrics import embedding_retrieval_metrics
 
@@ -321,7 +322,8 @@ def validation_recall(valid, catalog, towers, serves) -> Optional[float]:
     (query_tower, item_tower), (query_serve, item_serve) = towers, serves
     items = embed_columns(item_serve, item_tower, catalog.features)
     queries = embed_columns(query_serve, query_tower, valid.features)
-    return embedding_retrieval_metrics(queries, items, valid.relevant, valid.masked, ks=(10,), ndcg_k=10)[VALID_METRIC]
+    return embedding_retrieval_metrics(queries, items, valid.relevant, valid.masked, ks=(10,), ndcg_k=10,
+                                       similarity=similarity)[VALID_METRIC]
 
 
 class EpochLog:

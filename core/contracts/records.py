@@ -314,6 +314,7 @@ class ServingSection(Document):
     index_kind: Optional[str] = None
     reorder_k: Optional[int] = None
     embedding_dims: Optional[int] = None
+    similarity: str = "cosine"  # train.similarity (core/similarity.py); older versions: cosine
 
 
 class VersionManifest(Document):

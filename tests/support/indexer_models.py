@@ -22,8 +22,9 @@ N_ITEMS = 60
 N_USERS = 12
 
 
-def build_tower(path: str, side: str, dims: int = DIMS, seed: int = 0) -> str:
-    """Export a tiny tower SavedModel.
+def build_tower(path: str, side: str, dims: int = DIMS, seed: int = 0, unit: bool = True) -> str:
+    """Export a tiny tower SavedModel (rows L2-normalised when ``unit``, as a cosine model's are;
+    raw otherwise, as a dot or euclidean model's are).
 
     side="item": inputs item_id (str), title (str), price (float32) -> table[hash(item_id)].
     side="query": inputs user_id (str), age (float32) -> table[hash(user_id)] + age * w.
@@ -36,7 +37,7 @@ def build_tower(path: str, side: str, dims: int = DIMS, seed: int = 0) -> str:
     w = tf.constant(np.random.default_rng(seed + 1).normal(size=(dims,)).astype(np.float32))
 
     def _norm(x):
-        return tf.math.l2_normalize(x, axis=1)
+        return tf.math.l2_normalize(x, axis=1) if unit else x
 
     def _lookup(strings):
         return tf.gather(table, tf.strings.to_hash_bucket_fast(strings, buckets))
@@ -113,9 +114,9 @@ def write_transformed(config: Config, folder: str, n_items: int = N_ITEMS, shard
     return folder
 
 
-def write_models(folder: str) -> str:
-    build_tower(os.path.join(folder, "item_tower"), "item")
-    build_tower(os.path.join(folder, "query_tower"), "query", seed=7)
+def write_models(folder: str, unit: bool = True) -> str:
+    build_tower(os.path.join(folder, "item_tower"), "item", unit=unit)
+    build_tower(os.path.join(folder, "query_tower"), "query", seed=7, unit=unit)
     return folder
 
 

@@ -214,3 +214,28 @@ def test_a_tree_index_answers_a_k_larger_than_its_searched_leaves_hold(published
     assert len(answer["items"]) == k and all(np.isfinite(answer["scores"]))
     assert len({it["item_id"] for it in answer["items"]}) == k
     assert answer["scores"] == sorted(answer["scores"], reverse=True)
+
+
+@pytest.mark.parametrize("name", ["dot", "euclidean"])
+def test_a_dot_or_euclidean_version_is_served_by_its_own_score(tmp_path, name):
+    """Unnormalised towers published with train.similarity=dot / euclidean: the index uses that
+    measure (manifest, index metrics) and answers equal numpy's top-k by q . i / -||q - i||^2,
+    scores included (higher is better), where the cosine answer would differ."""
+    config = make_config(tmp_path, train={"similarity": name})
+    transformed = write_transformed(config, str(tmp_path / "transformed"))
+    version = publish_tiny_version(config, tmp_path, transformed, write_models(str(tmp_path / "model"), unit=False))
+    retriever = Retriever.load(config.publish.store)
+    assert retriever.similarity == name and retriever.manifest["serving"]["similarity"] == name
+    assert retriever.manifest["index"]["distance_measure"] == ("squared_l2" if name == "euclidean" else "dot_product")
+    ids, matrix = load_embeddings(str(tmp_path / "emb"))
+    assert np.linalg.norm(matrix, axis=1).std() > 0.1  # really unnormalised
+    features = {"user_id": "3", "age": 23.0}
+    query = retriever.tower.embed({n: [features[n]] for n in retriever.tower.input_names}).astype(np.float64)
+    numpy_scores = (-((query - matrix) ** 2).sum(axis=1) if name == "euclidean" else matrix @ query[0])
+    order = np.argsort(-numpy_scores, kind="stable")[:8]
+    out = retriever.retrieve({"features": features}, k=8)
+    assert out["version"] == version
+    assert [it["item_id"] for it in out["items"]] == [ids[i] for i in order]
+    np.testing.assert_allclose(out["scores"], numpy_scores[order], rtol=1e-4, atol=1e-4)
+    cosine = matrix @ query[0] / np.linalg.norm(matrix, axis=1)
+    assert list(np.argsort(-cosine, kind="stable")[:8]) != list(order)  # the measure decided the answer
