@@ -180,7 +180,7 @@ def embedding_rank_relevant(query_embeddings, item_embeddings, relevant: Sequenc
     scores items by ``item_bias`` alone (the popularity baseline).
     """
     item_bias = None if item_bias is None else np.asarray(item_bias, dtype=np.float32)
-    if query_embeddings is not None and similarity != "cosine":
+    if query_embeddings is not None:
         from core.similarity import ranking_terms
 
         # Euclidean ranks as 2 q · i - ||i||^2: a dot product plus a per-item bias.
