@@ -264,6 +264,41 @@ class VertexTrainingConfig(_Strict):
         "pipeline's service account needs act-as permission on it"))
 
 
+class AugmentedVectorsConfig(_Strict):
+    """``train.augmented_vectors``: DAT's augmented vectors (Yu et al. 2021, trainer/augmented.py).
+
+    Each query key and each item gets a learned vector that is one more input of its own tower
+    and is pulled, by the mimic loss, toward its positive partner's output from the other tower
+    (a stop-gradient target): the towers exchange information before the dot product. The query
+    one is part of the exported query tower and the item one of the item embeddings, so
+    serving is unchanged.
+    """
+
+    enabled: bool = False
+    dims: int = Field(0, ge=0, description=(
+        "width of each augmented vector; 0 = train.embedding_dims (the paper's choice: the vector "
+        "mimics the other tower's output directly); another width mimics through a learned linear map"))
+    weight: float = Field(0.5, gt=0.0, description=(
+        "weight of the mimic loss, summed over the batch's positive pairs and both towers like the "
+        "softmax's rows (so relative to one row's softmax term)"))
+    hash_buckets: int = Field(100_000, ge=1, description=(
+        "rows of the table of a key without an id vocabulary (a text query key such as the shop's "
+        "search query, or item_id with use_item_ids_as_features off): its full string is hashed "
+        "into this many rows; id-typed keys use their own vocabulary (unknown keys get zeros)"))
+
+
+class CategoryAlignmentConfig(_Strict):
+    """``train.category_alignment``: DAT's category alignment loss (trainer/augmented.py)."""
+
+    feature: str = Field("", description=(
+        "the item feature (categorical, or multi_categorical by its first value) whose categories "
+        "are aligned: the covariance of each category's item embeddings in a batch is pulled toward "
+        "the batch's largest category's, so sparse categories borrow its spread; empty = off"))
+    weight: float = Field(1.0, gt=0.0, description=(
+        "weight of the alignment loss (the batch's sum of squared Frobenius distances, times the batch "
+        "size so it is relative to one row's softmax term like the mimic loss)"))
+
+
 class TrainConfig(_Strict):
     batch_size: int = Field(256, ge=2)
     n_epochs: int = Field(10, ge=1)
@@ -305,6 +340,8 @@ class TrainConfig(_Strict):
         "product) or euclidean (minus the squared distance)"))
     temperature: float = Field(0.05, gt=0.0, description=(
         "the softmax's logits are scores / temperature"))
+    augmented_vectors: AugmentedVectorsConfig = Field(default_factory=AugmentedVectorsConfig)
+    category_alignment: CategoryAlignmentConfig = Field(default_factory=CategoryAlignmentConfig)
     negative_samples_count: int = Field(0, ge=0, description=(
         "extra catalog negatives per batch, shared by every query in it (mixed negative sampling)"))
     negative_sampling: Literal["uniform", "popularity"] = Field(
@@ -595,6 +632,19 @@ def ignored_options(config: "Config") -> list[str]:
     if t.anonymous_query_rate > 0.0 and config.schema_.history_feature is None:
         out.append(f"train.anonymous_query_rate: {t.anonymous_query_rate} only applies with a history query "
                    f"feature (a request without query features is served from its history)")
+    aug = t.augmented_vectors
+    if not aug.enabled and any(_changed(aug, name) for name in ("dims", "weight", "hash_buckets")):
+        out.append("train.augmented_vectors: dims / weight / hash_buckets only apply with "
+                   "train.augmented_vectors.enabled=true")
+    cal = t.category_alignment
+    if cal.feature:
+        spec = next((f for f in config.schema_.item_features if f.name == cal.feature), None)
+        if spec is None or spec.type not in ("categorical", "multi_categorical"):
+            kinds = [f.name for f in config.schema_.item_features if f.type in ("categorical", "multi_categorical")]
+            out.append(f"train.category_alignment.feature: {cal.feature!r} is not a categorical or "
+                       f"multi_categorical item feature (those are: {kinds})")
+    elif _changed(cal, "weight"):
+        out.append("train.category_alignment.weight only applies with train.category_alignment.feature set")
     if _changed(t, "warm_start_epochs") and not t.warm_start:
         out.append(f"train.warm_start_epochs: {t.warm_start_epochs} only applies with train.warm_start=true")
     if _changed(t, "refit_epochs") and t.refit != "continue":

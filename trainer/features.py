@@ -281,9 +281,12 @@ class TowerModel(tf.keras.Model):
     def __init__(self, encoders: Mapping[str, tf.keras.layers.Layer], input_specs: Sequence[FeatureSpec],
                  hidden_dims: Sequence[int], activation: str, dropout: float, embedding_dims: int,
                  anonymous_rate: float = 0.0, anonymous_defaults: Optional[Mapping[str, object]] = None,
-                 unit_norm: bool = True, **kwargs):
+                 unit_norm: bool = True, augmented=None, **kwargs):
         super().__init__(**kwargs)
         self.unit_norm = bool(unit_norm)
+        #: DAT's augmented vector (trainer.augmented.AugmentedVector over its key column) or None:
+        #: one more input of the concat, returned beside the output by ``with_augmented``.
+        self.augmented = augmented
         if not encoders:
             raise ValueError(f"{self.name}: a tower needs at least one encoded feature")
         if not 0.0 <= anonymous_rate < 1.0:
@@ -328,14 +331,31 @@ class TowerModel(tf.keras.Model):
             out[name] = tf.where(rows, tf.fill(tf.shape(column), fill), column)
         return out
 
-    def call(self, features, training=False):
+    @property
+    def table_layers(self) -> list:
+        """Every layer that owns a looked-up embedding table: the encoders, then the augmented vector."""
+        return [*self.encoders.values(), *([self.augmented] if self.augmented is not None else [])]
+
+    def call(self, features, training=False, with_augmented=False):
+        """[B] features -> [B, embedding_dims]; ``with_augmented``: (that, the augmented vectors
+        [B, dims]) for the mimic loss (the tower must have one)."""
         if training and self.anonymous_rate > 0.0 and self.anonymous_defaults:
             features = self._anonymised(features)
-        x = tf.concat([self.encoders[name](features[name]) for name in self.encoded_names], axis=1)
+        parts = [self.encoders[name](features[name]) for name in self.encoded_names]
+        augmented = None
+        if self.augmented is not None:
+            augmented = self.augmented(features[self.augmented.key], training=training)
+            parts.append(augmented)
+        x = tf.concat(parts, axis=1)
         for layer in self.hidden:
             x = layer(x, training=training)
         x = self.projection(x)
-        return unit_rows(x) if self.unit_norm else x
+        output = unit_rows(x) if self.unit_norm else x
+        if with_augmented:
+            if augmented is None:
+                raise ValueError(f"{self.name}: with_augmented needs train.augmented_vectors")
+            return output, augmented
+        return output
 
 
 @tf.custom_gradient
@@ -351,6 +371,11 @@ def unit_rows(x):
         return (upstream - y * tf.reduce_sum(upstream * y, axis=1, keepdims=True)) * inverse_norm
 
     return y, gradient
+
+
+def _looks_up_ahead(encoder) -> bool:
+    """Whether ``encoder`` maps a column to one table row per value (id / categorical)."""
+    return isinstance(encoder, IdEncoder) and not isinstance(encoder, MultiCategoricalEncoder)
 
 
 def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats: dict,
@@ -414,11 +439,22 @@ def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, Towe
     stats = artifacts.read_stats(transformed_dir)
     t = config.train
 
-    def tower(specs: list[FeatureSpec], encoders: dict, name: str,
+    def tower(specs: list[FeatureSpec], encoders: dict, name: str, key: str, key_dropout: float,
               anonymous: Optional[dict] = None) -> TowerModel:
+        augmented = None
+        if t.augmented_vectors.enabled:
+            from trainer.augmented import AugmentedVector
+
+            key_encoder = encoders.get(key)
+            av = t.augmented_vectors
+            augmented = AugmentedVector(key, av.dims or t.embedding_dims,
+                                        key_encoder if _looks_up_ahead(key_encoder) else None,
+                                        av.hash_buckets, dropout=key_dropout, mimic_dims=t.embedding_dims,
+                                        name=f"{key}_augmented")
         return TowerModel(encoders, specs, t.hidden_dims, t.activation_fn, t.dropout, t.embedding_dims,
                           anonymous_rate=t.anonymous_query_rate if anonymous else 0.0,
-                          anonymous_defaults=anonymous, unit_norm=similarity.unit_rows(t.similarity), name=name)
+                          anonymous_defaults=anonymous, unit_norm=similarity.unit_rows(t.similarity),
+                          augmented=augmented, name=name)
 
     q_specs = query_input_specs(config)
     i_specs = item_input_specs(config)
@@ -432,5 +468,7 @@ def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, Towe
                       for s in q_specs}
     # What a history-only request's other features are at serving (publishing/publish.py's defaults).
     anonymous = {s.name: artifacts.query_feature_default(s, stats) for s in q_specs if s.type != "history"}
-    return (tower(q_specs, query_encoders, "query_tower", anonymous if t.anonymous_query_rate > 0.0 else None),
-            tower(i_specs, item_encoders, "item_tower"))
+    query_key = config.schema.query_key
+    return (tower(q_specs, query_encoders, "query_tower", query_key, t.query_key_dropout,
+                  anonymous if t.anonymous_query_rate > 0.0 else None),
+            tower(i_specs, item_encoders, "item_tower", ITEM_KEY, t.item_id_dropout))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from core.records import ITEM_KEY, WEIGHT_KEY
+from trainer.augmented import category_alignment_loss, category_codes, mimic_loss
 from trainer.data import LABELLED_NEGATIVES, POSITIVES
 from trainer.features import TowerModel
 from trainer.tfenv import import_tf
@@ -181,7 +182,8 @@ class TwoTowerModel(tfrs.Model):
                  sampling_probability: Optional["SamplingProbability"] = None, *,
                  negative_sampler=None, negative_samples_count: int = 0, num_hard_negatives: int = 0,
                  labelled_negative_weight: float = 0.0, dedupe_candidates: bool = False,
-                 similarity: str = "cosine", **kwargs):
+                 similarity: str = "cosine", mimic_weight: float = 0.0, category_feature: str = "",
+                 category_multi_valued: bool = False, category_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         from core.similarity import check
 
@@ -201,6 +203,12 @@ class TwoTowerModel(tfrs.Model):
         self.negative_samples_count = int(negative_samples_count)
         self.labelled_negative_weight = float(labelled_negative_weight)
         self.dedupe_candidates = bool(dedupe_candidates) and not num_hard_negatives
+        if mimic_weight > 0.0 and (query_tower.augmented is None or item_tower.augmented is None):
+            raise ValueError("mimic_weight > 0 needs an augmented vector in both towers (train.augmented_vectors)")
+        self.mimic_weight = float(mimic_weight)
+        self.category_feature = category_feature if category_weight > 0.0 else ""
+        self.category_multi_valued = bool(category_multi_valued)
+        self.category_weight = float(category_weight)
         # TFRS treats None (not 0) as "keep every negative".
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True,
                                          num_hard_negatives=int(num_hard_negatives) or None)
@@ -258,10 +266,14 @@ class TwoTowerModel(tfrs.Model):
             features, negatives = inputs[POSITIVES], inputs[LABELLED_NEGATIVES]
         else:
             features, negatives = inputs, None
-        query = self.query_tower(features, training=training)
-        item = self.item_tower(features, training=training)
-        candidates, hashed_ids, q = self.candidates(features, item, training=training)
         weights = features[WEIGHT_KEY] if WEIGHT_KEY in features else None
+        if self.mimic_weight > 0.0:
+            query, query_augmented = self.query_tower(features, training=training, with_augmented=True)
+            item, item_augmented = self.item_tower(features, training=training, with_augmented=True)
+        else:
+            query = self.query_tower(features, training=training)
+            item = self.item_tower(features, training=training)
+        candidates, hashed_ids, q = self.candidates(features, item, training=training)
         scored_query, scored_candidates, scored_item = query, candidates, item
         if self.similarity == "euclidean":
             scored_query, scored_candidates, scored_item = euclidean_as_inner_products(query, candidates, item)
@@ -277,6 +289,16 @@ class TwoTowerModel(tfrs.Model):
             loss += self.labelled_negative_weight * self.labelled_negative_loss(query, item, negatives,
                                                                                 training=training,
                                                                                 positive_weights=weights)
+        if self.mimic_weight > 0.0:
+            # DAT's adaptive mimic: each side's augmented vector toward the other tower's output.
+            loss += self.mimic_weight * (
+                mimic_loss(self.query_tower.augmented.mimic(query_augmented), item, weights)
+                + mimic_loss(self.item_tower.augmented.mimic(item_augmented), query, weights))
+        if self.category_feature:
+            codes = category_codes(features[self.category_feature], self.category_multi_valued)
+            # Times B: a batch-level term, weighed against the summed (per-row) softmax terms.
+            batch = tf.cast(tf.shape(item)[0], tf.float32)
+            loss += self.category_weight * batch * category_alignment_loss(item, codes)
         return loss
 
 

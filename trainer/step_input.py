@@ -93,6 +93,8 @@ def compiled_step_plan(config, towers, *, in_memory: bool, multi_worker: bool) -
         reasons.append("labelled negatives are read as strings inside the step")
     if t.hard_negatives:
         reasons.append("hard negatives")
+    if t.category_alignment.feature:
+        reasons.append("category alignment groups the batch by category (tf.unique: no static shape)")
     for tower in towers:
         for name, encoder in tower.encoders.items():
             if isinstance(encoder, NumericEncoder):
@@ -101,6 +103,13 @@ def compiled_step_plan(config, towers, *, in_memory: bool, multi_worker: bool) -
                 reasons.append(f"{name} is encoded with string ops")
             elif encoder.embedding.input_dim * encoder.embedding.output_dim > DENSIFY_MAX_ELEMENTS:
                 reasons.append(f"{name}'s table is above {DENSIFY_MAX_ELEMENTS:,} weights (row-wise updates)")
+        augmented = getattr(tower, "augmented", None)
+        if augmented is not None:
+            if augmented.lookup is None:
+                reasons.append(f"{augmented.name} hashes its key's strings")
+            elif augmented.embedding.input_dim * augmented.embedding.output_dim > DENSIFY_MAX_ELEMENTS:
+                reasons.append(f"{augmented.name}'s table is above {DENSIFY_MAX_ELEMENTS:,} weights "
+                               f"(row-wise updates)")
     if not reasons and not _can_jit_compile():
         reasons.append("XLA is not usable here")
     return StepPlan(True, not reasons, "; ".join(reasons) or None)

@@ -269,6 +269,12 @@ def _start(config, out_dir: str):
     return strategy, chief, work_dir
 
 
+def _category_is_multi_valued(config) -> bool:
+    """Whether train.category_alignment's feature is multi_categorical (aligned by its first value)."""
+    name = config.train.category_alignment.feature
+    return any(f.name == name and f.type == "multi_categorical" for f in config.schema.item_features)
+
+
 def _new_model(config, transformed_dir: str, planned_steps: int, warm, logq, sampler):
     """Fresh towers, model and optimizer (call under the strategy's scope); the optimizer's lr
     follows the schedule over ``planned_steps`` from the warm plan's first step."""
@@ -281,7 +287,11 @@ def _new_model(config, transformed_dir: str, planned_steps: int, warm, logq, sam
     model = TwoTowerModel(*towers, t.temperature, sampling_probability=logq,
                           negative_sampler=sampler, negative_samples_count=t.negative_samples_count,
                           num_hard_negatives=t.hard_negatives, labelled_negative_weight=t.labelled_negative_weight,
-                          dedupe_candidates=_item_tower_is_deterministic(config), similarity=t.similarity)
+                          dedupe_candidates=_item_tower_is_deterministic(config), similarity=t.similarity,
+                          mimic_weight=t.augmented_vectors.weight if t.augmented_vectors.enabled else 0.0,
+                          category_feature=t.category_alignment.feature,
+                          category_multi_valued=_category_is_multi_valued(config),
+                          category_weight=t.category_alignment.weight)
     return towers, model, make_optimizer(config, planned_steps, warm.lr_scale, warm.first_step)
 
 
@@ -386,7 +396,12 @@ def training_summary(config, history: list, best_epoch: int, *, n_train: int, n_
         # What shaped the curves above, so the report can show them beside the curves.
         "optimizer": t.optimizer, "lr": t.lr, "lr_schedule": t.lr_schedule, "warmup_steps": t.warmup_steps,
         "weight_decay": t.weight_decay, "batch_size": t.batch_size, "n_epochs": n_epochs,
-        "temperature": t.temperature,
+        "temperature": t.temperature, "similarity": t.similarity,
+        # DAT (trainer/augmented.py): the augmented vectors' width and mimic weight, the aligned category.
+        "augmented_vectors": ({"dims": model.query_tower.augmented.dims, "weight": model.mimic_weight}
+                              if model.mimic_weight > 0.0 else None),
+        "category_alignment": ({"feature": model.category_feature, "weight": model.category_weight}
+                               if model.category_feature else None),
         # Replicas that trained together (2 for two single-device workers), and how.
         "distribute": t.distribute, "num_replicas": num_replicas,
     }

@@ -60,7 +60,7 @@ def _tables(towers: Sequence) -> dict[str, tuple[list[str], int]]:
     encoder table looked up through a StringLookup (hashed bigram tables have none)."""
     out = {}
     for tower in towers:
-        for encoder in tower.encoders.values():
+        for encoder in tower.table_layers:
             lookup, embedding = getattr(encoder, "lookup", None), getattr(encoder, "embedding", None)
             if lookup is None or embedding is None:
                 continue
