@@ -153,8 +153,24 @@ def build_index_stage(config: Config, embeddings_dir: str, out_dir: str) -> dict
             json.dump(metrics, fh, indent=2, sort_keys=True)
         if result is not None:
             write_artifacts(result, tmp)
+        _draw_embedding_map(embeddings_dir, tmp)
         storage.upload_tree(tmp, out_dir)
     return metrics
+
+
+def _draw_embedding_map(embeddings_dir: str, folder: str) -> None:
+    """Copy the embed stage's embedding_map.json into ``folder`` (a local staging folder) and draw
+    it as embedding_map.svg; embed artifacts from before the map existed have none."""
+    from indexer.embedding_map import MAP_FILE, MAP_SVG_FILE, map_svg
+
+    source = storage.join(embeddings_dir, MAP_FILE)
+    if not storage.exists(source):
+        return
+    text = storage.read_text(source)
+    with open(os.path.join(folder, MAP_FILE), "w", encoding="utf-8") as fh:
+        fh.write(text)
+    with open(os.path.join(folder, MAP_SVG_FILE), "w", encoding="utf-8") as fh:
+        fh.write(map_svg(json.loads(text)))
 
 
 def read_item_ids(index_dir: str) -> list[str]:

@@ -119,6 +119,7 @@ def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: s
     if queries["dims"] not in (None, d):
         raise EmbedError(f"query tower emits {queries['dims']}-d vectors but the item tower {d}-d")
     del queries["dims"]
+    write_embedding_map(config, transformed_dir, ids, matrix, out_dir)
     return {"n_items": int(n), "dims": int(d), "seconds": round(seconds, 3),
             "items_per_second": round(n / seconds, 1) if seconds > 0 else None, **queries}
 
@@ -174,6 +175,25 @@ def embed_queries(config: Config, transformed_dir: str, model_dir: str, out_dir:
                            [TUNE] * len(tune_rows) + [EVAL] * len(eval_rows), vectors)
     return {"query_split": split, "n_tune_queries": int(len(tune_rows)), "n_eval_queries": int(len(eval_rows)),
             "query_seconds": round(time.perf_counter() - start, 3), "dims": int(vectors.shape[1])}
+
+
+def write_embedding_map(config: Config, transformed_dir: str, ids: list[str], matrix: np.ndarray,
+                        out_dir: str) -> None:
+    """``embedding_map.json`` (indexer/embedding_map.py) of the catalog and the "eval" queries
+    written beside them, for the index stage to draw."""
+    import json
+
+    from indexer.embedding_map import MAP_FILE, embedding_map
+    from indexer.embeddings import load_query_embeddings
+
+    queries = load_query_embeddings(out_dir)
+    keys, vectors, split = [], np.zeros((0, matrix.shape[1]), np.float32), None
+    if queries is not None:
+        rows = [i for i, p in enumerate(queries.purpose) if p == EVAL]
+        keys, vectors = [queries.keys[i] for i in rows], queries.matrix[rows]
+        split = queries.split[rows[0]] if rows else None
+    doc = embedding_map(config, transformed_dir, ids, matrix, keys, vectors, split)
+    storage.write_text(storage.join(out_dir, MAP_FILE), json.dumps(doc))
 
 
 def _write_embeddings_sink(pairs: Iterable[tuple[str, np.ndarray]], out_dir: str) -> None:

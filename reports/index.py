@@ -49,6 +49,8 @@ def build(out_dir: str, record: dict) -> Report:
     else:
         report.paragraph("No parameters were recorded.")
 
+    _embedding_map(report, out_dir)
+
     report.heading("Tuning")
     doc = artifacts.read_json(out_dir, TUNING)
     if tuning.get("enabled") is False:
@@ -58,6 +60,25 @@ def build(out_dir: str, record: dict) -> Report:
     if doc is not None:
         _tuning(report, doc)
     return files_section(report, artifacts.children(out_dir))
+
+
+def _embedding_map(report: Report, out_dir: str) -> None:
+    from indexer.embedding_map import MAP_FILE, map_alt, map_svg
+
+    doc = artifacts.read_json(out_dir, MAP_FILE)
+    if doc is None:
+        return
+    report.heading("Embedding map")
+    report.chart(map_svg(doc), alt=map_alt(doc),
+                 caption="Item embeddings projected to their first two principal components; each ringed "
+                         "query is joined to its positive items in its split. A projection keeps only part "
+                         "of the space's spread (the axis labels say how much): read clusters, not distances "
+                         "to the last pixel.")
+    queries = doc.get("queries") or []
+    if queries:
+        report.table(["query", "key", "positives drawn", "mean score of its positives", "mean score of the catalog"],
+                     [[f"q{i + 1}", q["key"], q["n_positives"], q["mean_score_positives"], q["mean_score_catalog"]]
+                      for i, q in enumerate(queries)])
 
 
 def _tuning(report: Report, doc: dict) -> None:

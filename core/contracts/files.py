@@ -103,6 +103,9 @@ INDEX_METRICS_FILE = "index_metrics.json"
 TUNING_FILE = "tuning.json"
 TUNING_MARKDOWN_FILE = "tuning.md"
 TUNING_SVG_FILE = "tuning.svg"
+#: The embed stage's 2-D map of the embeddings (indexer/embedding_map.py), drawn by the index stage.
+EMBEDDING_MAP_FILE = "embedding_map.json"
+EMBEDDING_MAP_SVG_FILE = "embedding_map.svg"
 
 # -- every stage, the run ----------------------------------------------------------------------
 STAGE_FILE = "stage.json"

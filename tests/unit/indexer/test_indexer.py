@@ -297,6 +297,12 @@ def test_embed_writes_real_query_embeddings_that_the_index_stage_uses(stage_dirs
     assert (metrics["tune_queries"], metrics["query_split"]) == ("real", "valid")
     assert (metrics["n_tune_queries"], metrics["n_eval_queries"]) == (8, 4)
     assert metrics["tuning"]["recall_definition"] == "tie_aware" and metrics["recall_at_10_vs_exact"] == 1.0
+    # The embed stage's map of those embeddings (its "eval" queries ringed) is drawn by the index stage.
+    drawn = json.loads(storage.read_text(os.path.join(str(tmp_path / "index"), "embedding_map.json")))
+    assert drawn == json.loads(storage.read_text(os.path.join(emb, "embedding_map.json")))
+    assert len(drawn["items"]["x"]) == N_ITEMS and drawn["queries"]
+    assert {q["key"] for q in drawn["queries"]} <= set(got.keys[8:])
+    assert storage.read_text(os.path.join(str(tmp_path / "index"), "embedding_map.svg")).startswith("<svg")
 
 
 def test_index_stage_writes_contract_files(stage_dirs):

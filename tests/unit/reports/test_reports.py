@@ -15,40 +15,9 @@ import pytest
 
 import reports
 from reports import ReportInputError, write_stage_report
-from tests.support.report_pages import IMG, md_rows, render
+from tests.support.report_pages import IMG, NS, charts, md_rows, of_class, render, stage_dir
 
-NS = "{http://www.w3.org/2000/svg}"
 SCRIPT = "<script>alert(1)</script>"
-
-
-# ---------------------------------------------------------------- helpers
-def stage_dir(tmp_path: Path, stage: str, result: dict, files: dict | None = None, seconds: float = 1.5) -> Path:
-    """A folder with stage.json plus ``files`` (name -> dict (JSON) | str (text) | None (folder))."""
-    out = tmp_path / stage
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stage.json").write_text(json.dumps({"stage": stage, "seconds": seconds, "result": result}))
-    for name, content in (files or {}).items():
-        path = out / name
-        if content is None:
-            path.mkdir(parents=True, exist_ok=True)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content if isinstance(content, str) else json.dumps(content))
-    return out
-
-
-def charts(html: str) -> list[tuple[ET.Element, str]]:
-    """(parsed SVG root, alt text) of every embedded chart image."""
-    out = []
-    for b64, alt in IMG.findall(html):
-        root = ET.fromstring(base64.b64decode(b64).decode("utf-8"))
-        assert root.tag == f"{NS}svg" and alt
-        out.append((root, alt))
-    return out
-
-
-def of_class(root: ET.Element, tag: str, cls: str) -> list[ET.Element]:
-    return [e for e in root.iter(f"{NS}{tag}") if e.get("class") == cls]
 
 
 # ---------------------------------------------------------------- ingest
