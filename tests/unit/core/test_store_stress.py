@@ -452,6 +452,7 @@ def test_randomized_interleavings_never_dangle_or_lose_a_version(kind, rounds, t
 
 
 @pytest.mark.slow
+@pytest.mark.beside  # ~13 min of mostly sleeping jitter: `make test` runs it beside the rest
 @pytest.mark.parametrize("kind, rounds", [("local", 700), ("gs", 300)])
 def test_one_thousand_randomized_interleavings(kind, rounds, tmp_path, monkeypatch, fast_switching):
     """The issue's acceptance bar: 1,000 interleavings over both backends, 0 dangling, 0 lost."""
