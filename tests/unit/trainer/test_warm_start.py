@@ -173,3 +173,33 @@ def test_a_carried_step_count_shifts_the_decaying_schedules():
     warm = make_learning_rate("warmup_cosine", 1.0, 100, warmup_steps=10, first_step=500)
     assert float(warm(500)) == pytest.approx(0.0) and float(warm(510)) == pytest.approx(1.0)
     assert make_learning_rate("constant", 0.5, 100, first_step=500) == 0.5
+
+
+def test_dat_augmented_tables_are_remapped_by_token_like_the_encoders(tmp_path):
+    """train.augmented_vectors: the id-keyed augmented tables ride the warm start, remapped by their
+    key's vocabulary (a user both days know keeps its trained augmented row)."""
+    from trainer.features import build_towers
+    from trainer.warm_start import WARM_DIR, _key, read_weights, warm_start
+
+    dat = {"train.warm_start": True, "train.n_epochs": 2, "train.augmented_vectors.enabled": True}
+    day1_tables = ring_tables(seed=3, n_items=50, n_users=150)
+    cfg1, out1 = transform(tmp_path / "day1", day1_tables, store=tmp_path / "store", **dat)
+    _, _, result1 = publish_run(cfg1, out1, tmp_path / "day1")
+    assert result1["published"], result1["reasons"]
+    more = ring_tables(seed=4, n_items=60, n_users=40, user_prefix="new")
+    cfg2, out2 = transform(tmp_path / "day2", {"items": more["items"], "interactions": pd.concat(
+        [day1_tables["interactions"], more["interactions"]])}, store=tmp_path / "store", **dat)
+    towers = build_towers(cfg2, str(out2))
+    batch = {"user_id": np.array(["u1"], dtype=object), "recent": np.array([""], dtype=object),
+             "item_id": np.array(["i1"], dtype=object), "genre": np.array(["g1"], dtype=object)}
+    for tower in towers:
+        tower(batch)
+    warm_start(towers, str(tmp_path / "day1" / "model" / WARM_DIR))
+    arrays, vocabularies = read_weights(str(tmp_path / "day1" / "model" / WARM_DIR))
+    augmented = towers[0].augmented
+    name = _key(towers, augmented.embedding.embeddings)
+    assert name in vocabularies  # remapped by token, not copied by shape
+    row = int(augmented.lookup(np.array(["u7"], dtype=object)).numpy()[0])
+    old = vocabularies[name]["tokens"]
+    np.testing.assert_array_equal(augmented.embedding.embeddings.numpy()[row],
+                                  arrays[name][vocabularies[name]["oov_rows"] + old.index("u7")])
