@@ -299,6 +299,55 @@ class CategoryAlignmentConfig(_Strict):
         "size so it is relative to one row's softmax term like the mimic loss)"))
 
 
+class CascadeConfig(_Strict):
+    """``train.cascade``: an IntTower-style pre-ranker (Li et al. 2022) over the ANN's top-N
+    (trainer/prerank.py, scored by core/prerank.py).
+
+    Trained by the train stage after the retrieval towers, on the same train split, with log loss
+    on each positive against negatives drawn from the retrieval model's own top-N for that key
+    (what the pre-ranker will see at serving) and from the batch's other items, plus the
+    contrastive interaction regulariser. Each tower has a Light-SE feature-importance block; the
+    score is the fine-grained early interaction of ``heads`` query vectors with ``item_vectors``
+    item vectors (ColBERT's sum over heads of the best-matching item vector). Its item side is
+    precomputed by the embed stage; evaluate, the gate, publish and serving follow it.
+    """
+
+    enabled: bool = False
+    top_n: int = Field(100, ge=10, le=1000, description=(
+        "candidates of the ANN (or exact) retrieval that the pre-ranker re-scores per query, at "
+        "serving and in evaluation; also the pool its hard negatives are drawn from"))
+    heads: int = Field(4, ge=1, le=16, description="query vectors (multi-head) of the interaction block")
+    item_vectors: int = Field(4, ge=1, le=16, description="item vectors the query heads are matched against")
+    head_dims: int = Field(16, ge=2, le=256, description="width of each head / item vector")
+    hidden_dims: list[int] = Field(default_factory=lambda: [128, 64], description=(
+        "the pre-ranker towers' MLP (its own encoders and tables, apart from the retrieval towers')"))
+    epochs: int = Field(5, ge=1)
+    patience: int = Field(1, ge=0, description=(
+        "epochs without a better validation recall@10 of the cascade before stopping"))
+    lr: float = Field(0.003, gt=0.0)
+    batch_size: int = Field(512, ge=2)
+    hard_negatives: int = Field(6, ge=0, description=(
+        "negatives per positive drawn from the retrieval model's top_n for the row's key (its train "
+        "items excluded)"))
+    random_negatives: int = Field(2, ge=0, description="negatives per positive drawn from the batch's other items")
+    contrastive_weight: float = Field(0.1, ge=0.0, description=(
+        "weight of the contrastive interaction regulariser: in-batch InfoNCE between a query and its "
+        "positive item (mean head vs mean item vector), relative to the log loss's per-row terms"))
+    contrastive_temperature: float = Field(0.1, gt=0.0)
+    max_train_rows: int = Field(2_000_000, ge=0, description=(
+        "a seeded sample of at most this many train rows trains the pre-ranker (0 = every row)"))
+    max_mining_keys: int = Field(50_000, ge=1, description=(
+        "keys whose retrieval top_n is computed for hard negatives (a seeded sample above it; rows of "
+        "other keys take only random negatives): mining costs keys x items"))
+
+    @model_validator(mode="after")
+    def _has_negatives(self):
+        if self.hard_negatives + self.random_negatives < 1:
+            raise ValueError("train.cascade: hard_negatives + random_negatives must be >= 1 (log loss needs "
+                             "negatives)")
+        return self
+
+
 class TrainConfig(_Strict):
     batch_size: int = Field(256, ge=2)
     n_epochs: int = Field(10, ge=1)
@@ -342,6 +391,7 @@ class TrainConfig(_Strict):
         "the softmax's logits are scores / temperature"))
     augmented_vectors: AugmentedVectorsConfig = Field(default_factory=AugmentedVectorsConfig)
     category_alignment: CategoryAlignmentConfig = Field(default_factory=CategoryAlignmentConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     negative_samples_count: int = Field(0, ge=0, description=(
         "extra catalog negatives per batch, shared by every query in it (mixed negative sampling)"))
     negative_sampling: Literal["uniform", "popularity"] = Field(
@@ -534,6 +584,11 @@ class GateConfig(_Strict):
     #: live untested against the version it replaces; true = publish without the comparison,
     #: saying so (e.g. once, after a deliberate schema change the live tower cannot read).
     publish_when_live_unusable: bool = False
+    #: train.cascade: the pre-ranker is published with the version only when re-ranking the top-N
+    #: raises recall@10 on the held-out split by more than this (cascade minus retrieval alone, paired
+    #: on the same keys). Otherwise the version is published without it (retrieval alone serves), and
+    #: the reason says so: a pre-ranker costs latency, so it must earn its place.
+    cascade_min_gain: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class PublishConfig(_Strict):
@@ -645,6 +700,9 @@ def ignored_options(config: "Config") -> list[str]:
                        f"multi_categorical item feature (those are: {kinds})")
     elif _changed(cal, "weight"):
         out.append("train.category_alignment.weight only applies with train.category_alignment.feature set")
+    cascade = t.cascade
+    if not cascade.enabled and any(_changed(cascade, name) for name in CascadeConfig.model_fields if name != "enabled"):
+        out.append("train.cascade: its settings only apply with train.cascade.enabled=true")
     if _changed(t, "warm_start_epochs") and not t.warm_start:
         out.append(f"train.warm_start_epochs: {t.warm_start_epochs} only applies with train.warm_start=true")
     if _changed(t, "refit_epochs") and t.refit != "continue":

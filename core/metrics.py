@@ -377,6 +377,72 @@ def embedding_retrieval_metrics(query_embeddings, item_embeddings, relevant: Seq
 # --------------------------------------------------------------------------- sampled queries
 
 
+# --------------------------------------------------------------------------- candidate lists (the cascade)
+
+
+def top_positions(query_embeddings, item_embeddings, masked: Sequence, n: int, similarity: str = "cosine"
+                  ) -> np.ndarray:
+    """Each query's top ``n`` catalog positions by ``similarity`` with its ``masked`` ones left out:
+    int64 [Q, n'] (n' = min(n, N)), best first, computed block by block (Q x N never at once).
+
+    A query with fewer than n' unmasked items has its masked ones at the end (ranked last, as
+    :func:`_block_ranks` ranks them). This is exact retrieval's candidate list, which the cascade's
+    pre-ranker re-orders (core/prerank.py).
+    """
+    from core.similarity import ranking_terms
+
+    queries, item_bias = ranking_terms(query_embeddings, item_embeddings, similarity)
+    items = np.asarray(item_embeddings, dtype=np.float32)
+    q, n_items = queries.shape[0], items.shape[0]
+    if len(masked) != q:
+        raise ValueError(f"masked has {len(masked)} entries, queries have {q} rows")
+    n = min(int(n), n_items)
+    if n < 1:
+        raise ValueError(f"n must be >= 1 and the catalog non-empty, got n={n}, N={n_items}")
+    step = _chunk_rows(n_items)
+    out = np.zeros((q, n), dtype=np.int64)
+    for start in range(0, q, step):
+        cost = queries[start:start + step] @ -items.T
+        if item_bias is not None:
+            cost -= item_bias
+        for row, pos in enumerate(masked[start:start + step]):
+            if len(pos):
+                cost[row, np.asarray(pos, dtype=np.int64)] = np.inf
+        top = np.argpartition(cost, n - 1, axis=1)[:, :n] if n < n_items else np.tile(np.arange(n_items),
+                                                                                       (len(cost), 1))
+        order = np.argsort(np.take_along_axis(cost, top, axis=1), axis=1, kind="stable")
+        out[start:start + len(cost)] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def ranks_from_lists(lists: np.ndarray, relevant: Sequence, masked: Sequence, n_items: int, max_k: int
+                     ) -> PairRanks:
+    """:class:`PairRanks` of ranked candidate lists (int [Q, L] catalog positions, best first), e.g. a
+    cascade's re-ordered top-N: a relevant item's rank is its place in the list (1-based), 0 when it
+    is not in the first ``max_k``, or is masked."""
+    lists = np.asarray(lists, dtype=np.int64)
+    if lists.ndim != 2:
+        raise ValueError(f"lists must be [Q, L], got shape {lists.shape}")
+    _check_inputs(lists.shape[0], relevant, masked)
+    max_k = min(int(max_k), lists.shape[1])
+    rows, items, ranks = [], [], []
+    for row in range(lists.shape[0]):
+        rel = np.unique(np.asarray(relevant[row], dtype=np.int64))
+        if rel.size == 0:
+            raise ValueError(f"query {row}: relevant is empty (drop such queries before scoring)")
+        rank = np.zeros(rel.size, dtype=np.int64)
+        at, which = np.nonzero(lists[row, :max_k][:, None] == rel[None, :])
+        rank[which] = at + 1
+        if len(masked[row]):
+            rank[np.isin(rel, np.asarray(masked[row], dtype=np.int64))] = 0
+        rows.append(np.full(rel.size, row, dtype=np.int64))
+        items.append(rel)
+        ranks.append(rank)
+    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64))
+    return PairRanks(query=cat(rows), item=cat(items), rank=cat(ranks), n_queries=lists.shape[0],
+                     n_items=int(n_items), max_k=max_k)
+
+
 # --------------------------------------------------------------------------- item slices
 
 

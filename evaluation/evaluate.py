@@ -368,6 +368,13 @@ def evaluate_model(config, transformed_dir, model_dir: str, out_dir: str,
                "protocol": protocol}
     if ecfg.slices:
         metrics["slices"] = slice_report(model_ranks, pop_ranks, slices)
+    from evaluation.cascade import evaluate_cascade, prerank_doc
+
+    cascade = prerank_doc(model_dir)
+    if cascade is not None:  # train.cascade: the pre-ranker over the same keys' top-N
+        metrics["cascade"] = evaluate_cascade(model_dir, cascade, queries, catalog, query_emb, item_emb,
+                                              config.train.similarity, ks, ndcg_k, per, intervals,
+                                              paired_differences, _embed)
     if live_store:
         metrics["live"] = evaluate_live(live_store, queries, catalog, ks, ndcg_k, per, depth,
                                         candidate_values=model_values)

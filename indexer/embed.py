@@ -94,7 +94,10 @@ def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: s
         transformed_dir: transform output holding ``items-*.tfrecord``.
         model_dir: trainer output holding ``item_tower/``.
         out_dir: where ``item_embeddings.parquet`` (and, when the transform output has
-            interaction splits, ``query_embeddings.parquet``) is written (local or gs://).
+            interaction splits, ``query_embeddings.parquet``) is written (local or gs://); with a
+            pre-ranker (``model_dir/prerank/item_tower``, train.cascade) also
+            ``prerank/item_embeddings.parquet``, its item vectors flattened [M * d], from the same
+            parsed catalog batches.
     Returns:
         {"n_items", "dims", "seconds" (wall clock, catalog), "items_per_second", and from
         :func:`embed_queries`: "query_split", "n_tune_queries", "n_eval_queries", "query_seconds"}.
@@ -103,14 +106,22 @@ def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: s
     """
     start = time.perf_counter()
     specs = item_specs(config.schema)
+    prerank_tower = storage.join(model_dir, names.prerank_path(names.ITEM_TOWER_DIR))
+    with_prerank = storage.exists(storage.join(prerank_tower, names.SAVED_MODEL_FILE))
     with make_pipeline(config.transform, job_name=f"{config.pipeline.name}-embed") as p:
-        (p
-         | "ReadCatalog" >> beam.io.ReadFromTFRecord(storage.join(transformed_dir, ITEMS_PATTERN))
-         | "Parse" >> beam.ParDo(ParseItemExample(specs))
-         | "Batch" >> beam.BatchElements(min_batch_size=32, max_batch_size=MAX_BATCH)
+        batches = (p
+                   | "ReadCatalog" >> beam.io.ReadFromTFRecord(storage.join(transformed_dir, ITEMS_PATTERN))
+                   | "Parse" >> beam.ParDo(ParseItemExample(specs))
+                   | "Batch" >> beam.BatchElements(min_batch_size=32, max_batch_size=MAX_BATCH))
+        (batches
          | "EmbedItemBatch" >> beam.ParDo(EmbedItemBatch(item_tower_path(model_dir)))
          | "Collect" >> beam.combiners.ToList()
          | "WriteParquet" >> beam.Map(_write_embeddings_sink, out_dir))
+        if with_prerank:  # train.cascade: the pre-ranker's item side, precomputed like the embeddings
+            (batches
+             | "EmbedPreRankBatch" >> beam.ParDo(EmbedItemBatch(prerank_tower))
+             | "CollectPreRank" >> beam.combiners.ToList()
+             | "WritePreRankParquet" >> beam.Map(_write_embeddings_sink, storage.join(out_dir, names.PRERANK_DIR)))
     seconds = time.perf_counter() - start
 
     ids, matrix = load_embeddings(out_dir)

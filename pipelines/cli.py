@@ -69,6 +69,8 @@ def add_schedule_run_parser(schedule_sub) -> None:
 
 
 EXCLUDE_SEEN_HELP = "leave out items the user already interacted with (training data and any given history)"
+NO_RERANK_HELP = ("serve retrieval alone even when the version has the cascade's pre-ranker (train.cascade), "
+                  "which otherwise re-scores the index's top-N")
 
 
 def _add_store_arg(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("-k", type=int, default=10, help="items to return (default 10)")
     query.add_argument("--exclude-seen", action="store_true", help=EXCLUDE_SEEN_HELP)
     query.add_argument("--version", help="a published version (default: CURRENT)")
+    query.add_argument("--no-rerank", action="store_true", help=NO_RERANK_HELP)
 
     retrieve = sub.add_parser("retrieve", help="batch retrieval from a JSONL file of requests")
     _add_store_arg(retrieve)
@@ -133,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--exclude-seen", action="store_true", help=EXCLUDE_SEEN_HELP)
     retrieve.add_argument("--out", required=True, help="JSONL file to write, one result line per request line")
     retrieve.add_argument("--version", help="a published version (default: CURRENT)")
+    retrieve.add_argument("--no-rerank", action="store_true", help=NO_RERANK_HELP)
 
     index = sub.add_parser("index", help="inspect the versioned index store")
     index_sub = index.add_subparsers(dest="index_command", required=True)
@@ -182,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-batch", type=int, default=64,
                      help="most concurrent requests answered by one query-tower call and one batched search "
                           "(default 64; 1 = each request alone)")
+    srv.add_argument("--no-rerank", action="store_true", help=NO_RERANK_HELP)
     srv.add_argument("--max-connections", type=int, default=256,
                      help="open connections at most; past it idle ones are closed first, then new ones get 503")
     srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],

@@ -180,13 +180,15 @@ def _request_from_args(args) -> dict:
 def cmd_query(args) -> int:
     from serving.retriever import Retriever
 
-    retriever = Retriever.load(args.store, version=args.version)
+    retriever = Retriever.load(args.store, version=args.version, rerank=not args.no_rerank)
     answer = retriever.retrieve(_request_from_args(args), k=args.k, exclude_seen=args.exclude_seen)
     label = (args.text if args.text is not None else f"user_id={args.user_id}" if args.user_id is not None
              else "history only")
     note = answer.get("history")
     if note is not None:
         label += f"  (history: {note['used']} items used, {note['ignored']} unknown ignored, {note['cut']} cut)"
+    if answer.get("reranked"):
+        label += f"  (re-ranked by the pre-ranker: {answer['candidates']} candidates re-scored)"
     print(f"version {answer['version']}  query: {label}")
     for rank, (item, score) in enumerate(zip(answer["items"], answer["scores"]), start=1):
         fields = "  |  ".join(str(v) for k, v in item.items() if k != "item_id")
@@ -212,7 +214,7 @@ def cmd_retrieve(args) -> int:
                 raise ConfigError(f"{args.queries}: line {line_no}: not valid JSON ({exc.msg})") from None
             except RecursionError:
                 raise ConfigError(f"{args.queries}: line {line_no}: JSON nested too deeply") from None
-    retriever = Retriever.load(args.store, version=args.version)
+    retriever = Retriever.load(args.store, version=args.version, rerank=not args.no_rerank)
     answers = retriever.retrieve_batch(requests, k=args.k, exclude_seen=args.exclude_seen)
     with open(args.out, "w") as out:
         for request, answer in zip(requests, answers):
@@ -366,7 +368,8 @@ def cmd_serve(args) -> int:
     try:
         return serve(args.store, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
                      max_k=args.max_k, on_started=_started, allow_hosts=args.allow_host,
-                     max_connections=args.max_connections, max_batch=args.max_batch)
+                     max_connections=args.max_connections, max_batch=args.max_batch,
+                     rerank=not args.no_rerank)
     except OSError as exc:
         import errno
 

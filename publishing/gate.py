@@ -53,6 +53,8 @@ class GateDecision:
     reasons: list[str] = field(default_factory=list)
     #: {"version", "recall_at_10"[, "error"]} of the live version compared against, or None.
     baseline: Optional[dict] = None
+    #: train.cascade: whether the pre-ranker is published with the version (None: the run has none).
+    cascade: Optional[bool] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +118,35 @@ def decide(config: Config, metrics: dict) -> GateDecision:
     live_ok, live_reason, baseline = _against_live(config, metrics, recall)
     ok = ok and live_ok
     reasons.append(live_reason)
-    return GateDecision(publish=ok, reasons=reasons, baseline=baseline)
+    cascade, cascade_reason = _cascade(config, metrics)
+    if cascade_reason:
+        reasons.append(cascade_reason)
+    return GateDecision(publish=ok, reasons=reasons, baseline=baseline, cascade=cascade)
+
+
+def _cascade(config: Config, metrics: dict) -> tuple[Optional[bool], str]:
+    """(whether the pre-ranker is published, reason); (None, "") when the run has none.
+
+    It goes out with the version only when re-ranking raised recall@10 over retrieval alone by more
+    than ``gate.cascade_min_gain`` on the held-out keys (the paired mean of cascade minus retrieval).
+    A pre-ranker that does not is left out; the retrieval model is judged by the rules above alone.
+    """
+    cascade = metrics.get("cascade")
+    if not cascade:
+        return None, ""
+    alone = _metric(cascade, "retrieval", "recall_at_10")
+    ranked = _metric(cascade, "cascade", "recall_at_10")
+    gain = _metric(cascade, "cascade", "diff", "recall_at_10", "mean")
+    lo, hi = _interval(cascade, "cascade", "diff", "recall_at_10", "ci95")
+    latency = ((cascade.get("latency_ms") or {}).get(str(cascade.get("top_n"))) or {}).get("p50")
+    detail = (f"pre-ranker over the top {cascade.get('top_n')}: recall@10 {ranked:.4f} vs retrieval alone "
+              f"{alone:.4f} (gain {gain:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}]"
+              + (f"; +{latency:.2f} ms per query" if latency is not None else "") + ")")
+    floor = config.gate.cascade_min_gain
+    if gain > floor:
+        return True, f"{detail}: published with the version (gain above gate.cascade_min_gain {floor:.4f})"
+    return False, (f"{detail}: NOT published, the version serves retrieval alone (gain not above "
+                   f"gate.cascade_min_gain {floor:.4f})")
 
 
 def _against_live(config: Config, metrics: dict, recall: float) -> tuple[bool, str, Optional[dict]]:

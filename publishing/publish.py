@@ -5,6 +5,8 @@ A version folder (see :mod:`indexer.store`) holds::
     query_tower/         copy of the trainer's query tower SavedModel
     index/scann/         serialized ScaNN searcher;  index/item_ids.txt (row i = position i)
     items.parquet        item_id, config.schema.display_fields, embedding (list<float32>)
+    prerank/             train.cascade's pre-ranker, when the gate kept it: query_tower/,
+                         item_embeddings.parquet (its item vectors), prerank.json
     query_table.jsonl    key -> raw query features (from transform)
     seen.jsonl           key -> train/valid/test item ids (from transform)
     manifest.json        files + sha256, metrics, index metrics, gate decision, lineage,
@@ -142,8 +144,17 @@ def serving_section(config: Config, index_metrics: dict, stats: dict | None = No
 
 
 def assemble_staging(config: Config, transformed_dir: str, model_dir: str, embeddings_dir: str,
-                     index_dir: str, staging: str) -> None:
-    """Lay out every servable file of a version in the local folder ``staging``."""
+                     index_dir: str, staging: str, with_prerank: bool = False) -> None:
+    """Lay out every servable file of a version in the local folder ``staging`` (``with_prerank``:
+    the cascade's pre-ranker too: its query tower, the embed stage's item vectors, prerank.json)."""
+    if with_prerank:
+        folder = os.path.join(staging, names.PRERANK_DIR)
+        os.makedirs(folder)
+        _copy_tree(storage.join(model_dir, names.prerank_path(QUERY_TOWER)), os.path.join(folder, QUERY_TOWER))
+        _copy_file(storage.join(embeddings_dir, names.prerank_path(names.ITEM_EMBEDDINGS_FILE)),
+                   os.path.join(folder, names.ITEM_EMBEDDINGS_FILE))
+        _copy_file(storage.join(model_dir, names.prerank_path(names.PRERANK_FILE)),
+                   os.path.join(folder, names.PRERANK_FILE))
     _copy_tree(storage.join(model_dir, QUERY_TOWER), os.path.join(staging, QUERY_TOWER))
     if config.train.warm_start:  # the weights the next warm-started run starts from
         _copy_tree(storage.join(model_dir, WARM_DIR), os.path.join(staging, WARM_DIR))
@@ -189,7 +200,8 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
     with tempfile.TemporaryDirectory(prefix="twotower-publish-") as tmp:
         staging = os.path.join(tmp, version)
         os.makedirs(staging)
-        assemble_staging(config, transformed_dir, model_dir, embeddings_dir, index_dir, staging)
+        assemble_staging(config, transformed_dir, model_dir, embeddings_dir, index_dir, staging,
+                         with_prerank=bool(decision.cascade))
         manifest = {
             "run_id": run_id,
             "created": utc_now().isoformat(timespec="seconds"),
@@ -200,12 +212,22 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
             # Which splits the published weights trained on (training.json): a refit version's
             # saw the test split, so the next run's live comparison leaves those keys out.
             "published_weights": _published_weights(model_dir),
-            "serving": serving_section(config, index_metrics, stats),
+            "serving": {**serving_section(config, index_metrics, stats),
+                        "cascade": _cascade_section(model_dir) if decision.cascade else None},
         }
         store.publish(version, staging, manifest)
     deleted, gc_error = _retention(store, config.publish.keep_versions)
     result.update(published=True, version=version, deleted=deleted, gc_error=gc_error)
     return result
+
+
+def _cascade_section(model_dir: str) -> dict:
+    """The manifest's ``serving.cascade``: how many candidates the pre-ranker re-scores and its
+    interaction block's shape, scale and bias (core/prerank.py)."""
+    from core.prerank import InteractionShape
+
+    doc = json.loads(storage.read_text(storage.join(model_dir, names.prerank_path(names.PRERANK_FILE))))
+    return {"top_n": int(doc["top_n"]), **InteractionShape.from_dict(doc).to_dict()}
 
 
 def _published_weights(model_dir: str) -> dict:

@@ -22,6 +22,13 @@ the run config; see that module for why it is stored rather than inferred.
 Scores follow the model's ``similarity`` (manifest serving section; core/similarity.py): the
 cosine of unit embeddings by default, a dot product, or minus the squared euclidean distance;
 always best (highest) first.
+
+Cascade (a version published with train.cascade's pre-ranker, manifest ``serving.cascade``): the
+index's top max(top_n, k) unseen candidates are re-scored by the pre-ranker (core/prerank.py: its
+query tower once per request, the precomputed item vectors of the candidates) and the best k
+returned; every answer says ``"reranked": true`` and ``"candidates"`` (how many were re-scored),
+its ``scores`` being the pre-ranker's logits. ``rerank=False`` at load (``--no-rerank``) serves
+retrieval alone (``"reranked": false``), as does a version without a pre-ranker.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from core import history, storage
 from core import similarity as similarities
 from core.contracts import files as names
 from core.contracts.records import VersionManifest
+from core.prerank import InteractionShape, rerank
 from core.storage import is_gcs
 from core.store import VersionStore
 from core.text import normalize_text
@@ -104,8 +112,10 @@ class Retriever:
 
     def __init__(self, version: str, folder: str, manifest: dict, tower: Tower, searcher,
                  item_ids: list[str], items: dict[str, dict], query_table: dict[str, dict],
-                 seen: dict[str, set[str]]):
+                 seen: dict[str, set[str]], prerank: Optional["PreRanker"] = None):
         self.version = version
+        #: The cascade's pre-ranker (None: retrieval alone answers).
+        self.prerank = prerank
         self.folder = folder
         self.manifest = manifest
         self.tower = tower
@@ -137,11 +147,13 @@ class Retriever:
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, store: str, version: Optional[str] = None, cache_dir: Optional[str] = None) -> "Retriever":
+    def load(cls, store: str, version: Optional[str] = None, cache_dir: Optional[str] = None,
+             rerank: bool = True) -> "Retriever":
         """Load ``version`` (None = the live one) from a store (local folder or gs://).
 
         Args:
             cache_dir: where a gs:// version is downloaded (default: a new temp folder).
+            rerank: use the version's pre-ranker when it has one (False: retrieval alone).
         Raises:
             NoLiveVersionError: version is None and the store has no CURRENT.
             core.store.VersionNotFoundError / IntegrityError: missing or corrupt version.
@@ -156,10 +168,10 @@ class Retriever:
             cache_dir = tempfile.mkdtemp(prefix="twotower-serve-")
         folder = vs.fetch_version(version, cache_dir or "")
         manifest = vs.read_manifest(version)
-        return cls.from_folder(version, folder, manifest)
+        return cls.from_folder(version, folder, manifest, rerank=rerank)
 
     @classmethod
-    def from_folder(cls, version: str, folder: str, manifest: dict) -> "Retriever":
+    def from_folder(cls, version: str, folder: str, manifest: dict, rerank: bool = True) -> "Retriever":
         """Build from an already verified version folder.
 
         The folder is normally local (:meth:`load` downloads a gs:// version first). A gs://
@@ -188,7 +200,9 @@ class Retriever:
         seen = {str(row["key"]): {str(i) for part in names.SPLITS for i in row.get(part, [])}
                 for row in _read_jsonl(storage.join(folder, SEEN))}
         check_counts(version, searcher, item_ids, items, tower, serving)
-        return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen)
+        prerank = PreRanker.load(version, folder, serving["cascade"], item_ids, tower) \
+            if rerank and serving.get("cascade") else None
+        return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen, prerank)
 
     # -- requests --------------------------------------------------------------------------
     def _features_for(self, request: dict) -> Resolved:
@@ -396,25 +410,88 @@ class Retriever:
         seen_sets = [self._seen_for(resolved[r].key) | resolved[r].clicks if exclude_seen[r] else set()
                      for r in rows]
         n_items = len(self.item_ids)
-        fetch = min(n_items, max(ks[r] + len(seen) for r, seen in zip(rows, seen_sets)))
+        # With a pre-ranker each request's top max(top_n, k) unseen candidates are re-scored.
+        wanted = [max(ks[r], self.prerank.top_n) if self.prerank else ks[r] for r in range(len(resolved))]
+        fetch = min(n_items, max(wanted[r] + len(seen) for r, seen in zip(rows, seen_sets)))
         pre = max(fetch, self.reorder_k) if self.reorder_k else None
         idx, scores = self._search(vectors[rows], fetch, pre)
+        candidates = []
         for r, row_idx, row_scores, seen in zip(rows, idx, scores, seen_sets):
-            items, kept = [], []
+            positions, kept = [], []
             for i, score in zip(row_idx, row_scores):
                 if not 0 <= int(i) < n_items or not math.isfinite(float(score)):
                     continue  # padding: the index holds fewer candidates than asked for
-                item_id = self.item_ids[int(i)]
-                if item_id in seen:
+                if self.item_ids[int(i)] in seen:
                     continue
-                items.append(dict(self.items[item_id]))
+                positions.append(int(i))
                 kept.append(float(score))
-                if len(items) == ks[r]:
+                if len(positions) == wanted[r]:
                     break
-            out[r] = {"items": items, "scores": kept, "version": self.version}
+            candidates.append((positions, kept))
+        if self.prerank is not None:
+            candidates = self.prerank.rerank_lists({n: [resolved[r].features[n] for r in rows]
+                                                    for n in self.prerank.tower.input_names}, candidates)
+        for r, (positions, kept) in zip(rows, candidates):
+            out[r] = {"items": [dict(self.items[self.item_ids[i]]) for i in positions[:ks[r]]],
+                      "scores": kept[:ks[r]], "version": self.version, "reranked": self.prerank is not None}
+            if self.prerank is not None:
+                out[r]["candidates"] = len(positions)
             if resolved[r].history is not None:
                 out[r]["history"] = dict(resolved[r].history)
         return out
+
+class PreRanker:
+    """A version's cascade stage (``prerank/``): its query tower and the catalog's precomputed item
+    vectors in index order, float32 [N, M * d]."""
+
+    def __init__(self, tower: Tower, item_vectors: np.ndarray, shape: InteractionShape, top_n: int):
+        self.tower = tower
+        self.item_vectors = item_vectors
+        self.shape = shape
+        self.top_n = int(top_n)
+
+    @classmethod
+    def load(cls, version: str, folder: str, section: dict, item_ids: list[str], query_tower: Tower) -> "PreRanker":
+        """ValueError naming the file when the pre-ranker's files disagree with the index or the
+        query tower (another width, an indexed item without a vector, other inputs)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        shape = InteractionShape.from_dict(section)
+        tower = Tower(storage.join(folder, names.prerank_path(QUERY_TOWER)))
+        if tower.input_names != query_tower.input_names:
+            raise ValueError(f"version {version}: the pre-ranker's query tower takes {tower.input_names}, "
+                             f"the query tower {query_tower.input_names}")
+        path = names.prerank_path(names.ITEM_EMBEDDINGS_FILE)
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(folder, path))))
+        row_of = {str(i): n for n, i in enumerate(table.column("item_id").to_pylist())}
+        missing = [i for i in item_ids if i not in row_of]
+        if missing:
+            raise ValueError(f"version {version}: {len(missing)} indexed items have no row in {path}, "
+                             f"e.g. {missing[:3]}")
+        flat = table.column("embedding").combine_chunks()
+        width = len(flat[0]) if len(flat) else 0
+        if width != shape.item_width:
+            raise ValueError(f"version {version}: {path} holds {width}-wide vectors, the manifest's "
+                             f"cascade needs {shape.item_width}")
+        matrix = np.asarray(flat.flatten(), dtype=np.float32).reshape(len(flat), width)
+        return cls(tower, matrix[np.array([row_of[i] for i in item_ids], dtype=np.int64)], shape,
+                   section["top_n"])
+
+    def rerank_lists(self, columns: dict, candidates: list[tuple[list[int], list[float]]]
+                     ) -> list[tuple[list[int], list[float]]]:
+        """Each request's (index positions, retrieval scores) -> (positions, pre-ranker scores), best
+        first: one query-tower call for the batch, then each list re-scored on its own (lengths differ)."""
+        vectors = self.tower.embed(columns)
+        out = []
+        for vector, (positions, _) in zip(vectors, candidates):
+            if not positions:
+                out.append(([], []))
+                continue
+            order, scores = rerank(vector[None, :], self.item_vectors, np.asarray([positions]), self.shape)
+            out.append(([int(i) for i in order[0]], [float(x) for x in scores[0]]))
+        return out
+
 
 def check_counts(version: str, searcher, item_ids: list[str], items: dict, tower: Tower, serving: dict) -> None:
     """ValueError naming the file whose count disagrees with what serving relies on.

@@ -202,6 +202,15 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         # evaluation and gate would score the model on pairs it trained on.
         save_weights(towers, f"{work_dir}/{WARM_DIR}", optimizer if warm.carry_optimizer else None)
 
+    cascade = None
+    if t.cascade.enabled and chief:
+        # The pre-ranker learns to re-order this (early-stopped, train-split) model's top-N; it is
+        # trained on the train split too, so evaluate judges both on held-out pairs.
+        from trainer.prerank import train_prerank
+
+        cascade = train_prerank(config, transformed_dir, work_dir, catalog, valid,
+                                ((query_tower, item_tower), (query_serve, item_serve)))
+
     refit = None
     trained = None
     if t.refit != "none":
@@ -231,6 +240,8 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         config, history, best_epoch, n_train=inputs.n_train, n_epochs=n_epochs, refit=refit, inputs=inputs,
         model=model, chunked=chunked is not None, plan=plan, valid=valid, warm_report=warm_report,
         num_replicas=int(strategy.num_replicas_in_sync))
+    if cascade is not None:
+        summary["cascade"] = {k: v for k, v in cascade.items() if k != "history"}
     with tf.io.gfile.GFile(f"{work_dir}/{names.TRAINING_FILE}", "w") as fh:
         fh.write(json.dumps(summary, indent=2))
     if not chief:

@@ -27,11 +27,13 @@ file (in the stage's folder)          written by     read by                    
 ``query_tower/``, ``item_tower/``     train          evaluate, embed, publish   SavedModels
 ``heldout/<side>_tower/``             train (refit)  evaluate                   the early-stopped towers
 ``training.json``                     train          publish, reports           history, published_weights
+``prerank/``                          train          evaluate, embed, publish   the cascade's pre-ranker
 **evaluate** (``evaluation``)
 ``metrics.json``                      evaluate       publish, summary, reports  :class:`EvalMetrics`
 **embed** (``embeddings``)
 ``item_embeddings.parquet``           embed          index, publish, reports    item_id, float32 [D]
 ``query_embeddings.parquet``          embed          index (tuning)             sampled query embeddings
+``prerank/item_embeddings.parquet``   embed          publish                    pre-ranker item vectors
 **index** (``index``)
 ``scann/``                            index          publish                    a serialized ScaNN searcher
 ``item_ids.txt``                      index          publish, serving           row i: id at position i
@@ -92,6 +94,12 @@ HELDOUT_DIR = "heldout"
 #: What TensorFlow names a SavedModel's graph file: its presence marks a complete export.
 SAVED_MODEL_FILE = "saved_model.pb"
 TRAINING_FILE = "training.json"
+#: train.cascade's pre-ranker (trainer/prerank.py): ``prerank/query_tower/``, ``prerank/item_tower/`` and
+#: ``prerank/prerank.json`` in the model folder; the embed stage writes
+#: ``prerank/item_embeddings.parquet`` (its item vectors, flattened) in its folder, and a version holds
+#: ``prerank/query_tower/``, ``prerank/item_embeddings.parquet`` and ``prerank/prerank.json``.
+PRERANK_DIR = "prerank"
+PRERANK_FILE = "prerank.json"
 
 # -- evaluate / embed / index ------------------------------------------------------------------
 METRICS_FILE = "metrics.json"
@@ -168,6 +176,11 @@ def tower_dir(side: str) -> str:
     if side not in towers:
         raise ValueError(f"unknown tower side {side!r}; expected 'query' or 'item'")
     return towers[side]
+
+
+def prerank_path(*parts: str) -> str:
+    """A path under the pre-ranker's folder: ``prerank/<parts...>`` (model, embeddings or version)."""
+    return "/".join((PRERANK_DIR, *parts))
 
 
 def heldout_tower_dir(side: str) -> str:

@@ -235,6 +235,7 @@ class EvalMetrics(_Scores):
     protocol: Protocol
     slices: Optional[dict[str, SliceMetrics]] = None  # head / torso / tail / cold, when enabled
     live: Optional[LiveComparison] = None  # absent: no comparison asked for; null: no live version
+    cascade: Optional[dict[str, Any]] = None  # train.cascade: retrieval top-N vs re-ranked (evaluation/cascade.py)
 
 
 def write_metrics(path: str, metrics: Mapping | EvalMetrics) -> EvalMetrics:
@@ -315,6 +316,7 @@ class ServingSection(Document):
     reorder_k: Optional[int] = None
     embedding_dims: Optional[int] = None
     similarity: str = "cosine"  # train.similarity (core/similarity.py); older versions: cosine
+    cascade: Optional[dict[str, Any]] = None  # the pre-ranker: {"top_n", "heads", ...}; None: retrieval alone
 
 
 class VersionManifest(Document):
