@@ -334,6 +334,14 @@ class CascadeConfig(_Strict):
         "weight of the contrastive interaction regulariser: in-batch InfoNCE between a query and its "
         "positive item (mean head vs mean item vector), relative to the log loss's per-row terms"))
     contrastive_temperature: float = Field(0.1, gt=0.0)
+    loss: Literal["softmax", "log"] = Field("log", description=(
+        "softmax: each positive's cross-entropy against its own negatives (listwise, the retrieval "
+        "loss's form, so the retrieval term starts at its trained scale); log: IntTower's pointwise "
+        "sigmoid log loss, label 1 for the positive and 0 for each negative"))
+    use_retrieval_score: bool = Field(True, description=(
+        "add the retrieval model's score of each candidate, times a learned weight (initialised at "
+        "1 / train.temperature, the retrieval logits' scale), to the interaction score: the pre-ranker "
+        "learns a correction of the retrieval order (false: the interaction alone, IntTower as published)"))
     max_train_rows: int = Field(2_000_000, ge=0, description=(
         "a seeded sample of at most this many train rows trains the pre-ranker (0 = every row)"))
     max_mining_keys: int = Field(50_000, ge=1, description=(

@@ -27,6 +27,7 @@ from core import storage
 from core.contracts import files as names
 from core.metrics import estimates, query_contributions, ranks_from_lists, top_positions
 from core.prerank import InteractionShape, rerank
+from core.similarity import gathered_scores
 
 #: Candidate counts whose added latency is reported (the issue's N = 100 and 500).
 LATENCY_NS = (100, 500)
@@ -60,7 +61,8 @@ def evaluate_cascade(model_dir: str, doc: dict, queries, catalog, query_emb: np.
     item_vectors = embed(item_tower, catalog.features)
     query_vectors = embed(query_tower, queries.features)
     candidates = top_positions(query_emb, item_emb, queries.masked, top_n, similarity)
-    reordered, _ = rerank(query_vectors, item_vectors, candidates, shape)
+    retrieval_scores = gathered_scores(query_emb, item_emb[candidates], similarity)
+    reordered, _ = rerank(query_vectors, item_vectors, candidates, shape, retrieval_scores)
     ks = [k for k in ks if k <= candidates.shape[1]] or [candidates.shape[1]]
     depth = max(*ks, ndcg_k)
     n_items = len(catalog.ids)
@@ -95,9 +97,10 @@ def added_latency(query_tower, features: Mapping[str, np.ndarray], item_vectors:
             row = i % max(n_rows, 1)
             one = {name: features[name][row:row + 1] for name in query_tower.input_names}
             candidates = rng.choice(len(item_vectors), size=(1, n_eff), replace=False)
+            retrieval_scores = rng.standard_normal((1, n_eff)).astype(np.float32)
             began = time.perf_counter()
             vector = query_tower.embed(one)
-            rerank(vector, item_vectors, candidates, shape)
+            rerank(vector, item_vectors, candidates, shape, retrieval_scores)
             if i >= 5:
                 times.append((time.perf_counter() - began) * 1000.0)
         out[str(n)] = {"p50": round(float(np.percentile(times, 50)), 3),

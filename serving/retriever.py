@@ -481,14 +481,16 @@ class PreRanker:
     def rerank_lists(self, columns: dict, candidates: list[tuple[list[int], list[float]]]
                      ) -> list[tuple[list[int], list[float]]]:
         """Each request's (index positions, retrieval scores) -> (positions, pre-ranker scores), best
-        first: one query-tower call for the batch, then each list re-scored on its own (lengths differ)."""
+        first: one query-tower call for the batch, then each list re-scored on its own (lengths differ).
+        The index's scores are the retrieval term of the score (exact after ScaNN's reordering)."""
         vectors = self.tower.embed(columns)
         out = []
-        for vector, (positions, _) in zip(vectors, candidates):
+        for vector, (positions, retrieval_scores) in zip(vectors, candidates):
             if not positions:
                 out.append(([], []))
                 continue
-            order, scores = rerank(vector[None, :], self.item_vectors, np.asarray([positions]), self.shape)
+            order, scores = rerank(vector[None, :], self.item_vectors, np.asarray([positions]), self.shape,
+                                   np.asarray([retrieval_scores], dtype=np.float32))
             out.append(([int(i) for i in order[0]], [float(x) for x in scores[0]]))
         return out
 

@@ -9,9 +9,11 @@ Model (each tower has its own encoders and tables, built like the retrieval towe
 - an MLP (``cascade.hidden_dims``), then the query side emits ``heads`` unit vectors and the item
   side ``item_vectors`` unit vectors of ``head_dims`` each (flattened: the exported towers' output
   is [B, H * d] / [B, M * d]);
-- the fine-grained early interaction, scale * sum_h max_m <q_h, i_m> + bias (core/prerank.py,
-  the one definition evaluation and serving use);
-- trained with log loss: each positive (label 1) against ``hard_negatives`` items drawn from the
+- the fine-grained early interaction, scale * sum_h max_m <q_h, i_m> + bias, plus (by default,
+  ``use_retrieval_score``) a learned weight times the frozen retrieval model's score of the pair
+  (core/prerank.py, the one definition evaluation and serving use);
+- trained with ``cascade.loss`` (softmax: cross-entropy of the positive among its negatives; log:
+  IntTower's sigmoid log loss): each positive (label 1) against ``hard_negatives`` items drawn from the
   retrieval model's own top ``top_n`` for the row's key (its train items excluded: what the
   pre-ranker re-scores at serving) and ``random_negatives`` of the batch's other positives
   (label 0), plus the contrastive interaction regulariser (CIR): in-batch InfoNCE between the
@@ -39,6 +41,7 @@ from core.config import Config, FeatureSpec
 from core.contracts import files as names
 from core.metrics import query_contributions, estimates, ranks_from_lists, top_positions
 from core.prerank import InteractionShape, rerank
+from core.similarity import gathered_scores
 from core.records import ITEM_KEY, interaction_specs
 from core.sampling import sample_keys
 from core.text import normalize_text
@@ -161,12 +164,35 @@ class _TrainRows:
         return int(len(self.positions))
 
 
-def _mine(config: Config, transformed_dir, rows: _TrainRows, catalog, retrieval, seed: int
+class _RetrievalEmbeddings:
+    """The frozen retrieval towers' embeddings the pre-ranker trains against: the catalog's
+    float32 [N_items, D] and, with ``use_retrieval_score``, every train row's query float32 [R, D]."""
+
+    def __init__(self, config: Config, rows: _TrainRows, catalog, retrieval):
+        from trainer.export import embed_columns
+
+        (self.query_tower, item_tower), (self.query_serve, item_serve) = retrieval
+        self.similarity = config.train.similarity
+        self.items = embed_columns(item_serve, item_tower, catalog.features)
+        self.rows = (embed_columns(self.query_serve, self.query_tower, rows.features)
+                     if config.train.cascade.use_retrieval_score else None)
+
+    def queries(self, features: dict) -> np.ndarray:
+        from trainer.export import embed_columns
+
+        return embed_columns(self.query_serve, self.query_tower, features)
+
+    def row_scores(self, batch_rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """float32 [B, K]: train rows' retrieval scores of catalog positions [B, K] (zeros without rows)."""
+        if self.rows is None:
+            return np.zeros(positions.shape, dtype=np.float32)
+        return gathered_scores(self.rows[batch_rows], self.items[positions], self.similarity).astype(np.float32)
+
+
+def _mine(config: Config, transformed_dir, rows: _TrainRows, catalog, embedded: _RetrievalEmbeddings, seed: int
           ) -> tuple[dict[str, np.ndarray], float]:
     """({key: its retrieval top_n positions, its train items removed}, seconds) for a seeded sample of
     at most ``cascade.max_mining_keys`` keys (each embedded from its first training row)."""
-    from trainer.export import embed_columns
-
     start = time.perf_counter()
     c = config.train.cascade
     first: dict[str, int] = {}
@@ -182,12 +208,11 @@ def _mine(config: Config, transformed_dir, rows: _TrainRows, catalog, retrieval,
         return np.array(sorted(index[i] for i in artifacts.seen_items(seen, entry, (names.TRAIN,)) if i in index),
                         dtype=np.int64)
 
-    (query_tower, item_tower), (query_serve, item_serve) = retrieval
-    items = embed_columns(item_serve, item_tower, catalog.features)
     picked = np.array([first[k] for k in keys], dtype=np.int64)
-    queries = embed_columns(query_serve, query_tower, {n: v[picked] for n, v in rows.features.items()})
+    queries = (embedded.rows[picked] if embedded.rows is not None
+               else embedded.queries({n: v[picked] for n, v in rows.features.items()}))
     masked = [train_items(k) for k in keys]
-    top = top_positions(queries, items, masked, c.top_n, config.train.similarity)
+    top = top_positions(queries, embedded.items, masked, c.top_n, config.train.similarity)
     pools = {}
     for key, row, mask in zip(keys, top, masked):
         pool = row[~np.isin(row, mask)] if len(mask) else row
@@ -217,19 +242,16 @@ def _negatives(rng, batch_rows: np.ndarray, rows: _TrainRows, pools: dict, hard:
 class _Validation:
     """The valid keys' fixed retrieval candidates, and recall@10 of them re-ordered by the pre-ranker."""
 
-    def __init__(self, config: Config, valid, catalog, retrieval):
-        from trainer.export import embed_columns
-
+    def __init__(self, config: Config, valid, catalog, embedded: _RetrievalEmbeddings):
         self.valid = valid
         self.catalog = catalog
-        (query_tower, item_tower), (query_serve, item_serve) = retrieval
         if not len(valid):
             self.candidates = None
             return
-        items = embed_columns(item_serve, item_tower, catalog.features)
-        queries = embed_columns(query_serve, query_tower, valid.features)
-        self.candidates = top_positions(queries, items, valid.masked, config.train.cascade.top_n,
+        queries = embedded.queries(valid.features)
+        self.candidates = top_positions(queries, embedded.items, valid.masked, config.train.cascade.top_n,
                                         config.train.similarity)
+        self.scores = gathered_scores(queries, embedded.items[self.candidates], config.train.similarity)
         self.retrieval_recall = self.recall(self.candidates)
 
     def recall(self, lists: np.ndarray) -> float:
@@ -245,7 +267,7 @@ class _Validation:
         (query_tower, item_tower), (query_serve, item_serve) = towers, serves
         item_vectors = embed_columns(item_serve, item_tower, self.catalog.features, EMBED_BATCH)
         query_vectors = embed_columns(query_serve, query_tower, self.valid.features)
-        lists, _ = rerank(query_vectors, item_vectors, self.candidates, shape)
+        lists, _ = rerank(query_vectors, item_vectors, self.candidates, shape, self.scores)
         return self.recall(lists)
 
 
@@ -268,38 +290,56 @@ def train_prerank(config: Config, transformed_dir, out_dir: str, catalog, valid,
     rows = _TrainRows(config, transformed_dir, catalog, seed)
     if not len(rows):
         raise ValueError(f"{transformed_dir}: no train row has a catalog item to train the pre-ranker on")
-    pools, mining_seconds = _mine(config, transformed_dir, rows, catalog, retrieval, seed) if c.hard_negatives \
+    embedded = _RetrievalEmbeddings(config, rows, catalog, retrieval)
+    pools, mining_seconds = _mine(config, transformed_dir, rows, catalog, embedded, seed) if c.hard_negatives \
         else ({}, 0.0)
-    validation = _Validation(config, valid, catalog, retrieval)
+    validation = _Validation(config, valid, catalog, embedded)
     query_tower, item_tower = build_prerank_towers(config, transformed_dir)
-    scale = tf.Variable(5.0 / c.heads, name="prerank_scale")
+    # With the retrieval score, training starts from the retrieval order (its logits' own scale)
+    # and a small interaction term; without, the interaction alone carries the score.
+    scale = tf.Variable((1.0 if c.use_retrieval_score else 5.0) / c.heads, name="prerank_scale")
     bias = tf.Variable(0.0, name="prerank_bias")
+    retrieval_weight = tf.Variable(1.0 / t.temperature if c.use_retrieval_score else 0.0,
+                                   trainable=c.use_retrieval_score, name="prerank_retrieval_weight")
     shape = InteractionShape(c.heads, c.item_vectors, c.head_dims)
     optimizer = tf.keras.optimizers.Adam(c.lr)
     query_columns = {name: tf.constant(values) for name, values in rows.features.items()}
     item_columns = {name: tf.constant(values) for name, values in catalog.features.items()}
     n_negatives = c.hard_negatives + c.random_negatives
 
+    def row_loss(logits):
+        """Mean over rows of logits [B, 1 + K] (column 0 the positive), ``cascade.loss``."""
+        if c.loss == "softmax":
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.zeros(tf.shape(logits)[0], dtype=tf.int32), logits=logits))
+        labels = tf.concat([tf.ones_like(logits[:, :1]), tf.zeros_like(logits[:, 1:])], axis=1)
+        return tf.reduce_mean(tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits),
+                                            axis=1))
+
     @tf.function(reduce_retracing=True)
-    def step(batch_rows, positions):
+    def step(batch_rows, positions, retrieval_scores):
         # positions [B, 1 + K]: column 0 the positive. The item tower runs once per distinct item.
         distinct, where = tf.unique(tf.reshape(positions, [-1]))
         with tf.GradientTape() as tape:
             query = query_tower({n: tf.gather(v, batch_rows) for n, v in query_columns.items()}, training=True)
             vectors = item_tower({n: tf.gather(v, distinct) for n, v in item_columns.items()}, training=True)
             items = tf.reshape(tf.gather(vectors, where), [tf.shape(positions)[0], 1 + n_negatives, -1])
-            logits = interaction_logits(query, items, shape, scale, bias)
-            labels = tf.concat([tf.ones_like(logits[:, :1]), tf.zeros_like(logits[:, 1:])], axis=1)
-            loss = tf.reduce_mean(tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits),
-                                                axis=1))
+            logits = interaction_logits(query, items, shape, scale, bias) + retrieval_weight * retrieval_scores
+            loss = row_loss(logits)
             if c.contrastive_weight > 0.0:
                 loss += c.contrastive_weight * contrastive_loss(query, items[:, 0], positions[:, 0], shape,
                                                                 c.contrastive_temperature)
         variables = [*query_tower.trainable_variables, *item_tower.trainable_variables, scale, bias]
+        if c.use_retrieval_score:
+            variables.append(retrieval_weight)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
     serves = (serving_function(query_tower), serving_function(item_tower))
+    def current_shape() -> InteractionShape:
+        return InteractionShape(c.heads, c.item_vectors, c.head_dims, float(scale.numpy()), float(bias.numpy()),
+                                float(retrieval_weight.numpy()))
+
     history, best, best_value, best_weights, waited = [], 0, None, None, 0
     for epoch in range(1, c.epochs + 1):
         began = time.perf_counter()
@@ -311,10 +351,10 @@ def train_prerank(config: Config, transformed_dir, out_dir: str, catalog, valid,
                 continue
             negatives = _negatives(rng, batch_rows, rows, pools, c.hard_negatives, c.random_negatives)
             positions = np.concatenate([rows.positions[batch_rows][:, None], negatives], axis=1)
-            losses.append(float(step(tf.constant(batch_rows), tf.constant(positions))))
+            losses.append(float(step(tf.constant(batch_rows), tf.constant(positions),
+                                     tf.constant(embedded.row_scores(batch_rows, positions)))))
         seconds = time.perf_counter() - began
-        current = InteractionShape(c.heads, c.item_vectors, c.head_dims, float(scale.numpy()), float(bias.numpy()))
-        value = validation.cascade_recall((query_tower, item_tower), serves, current)
+        value = validation.cascade_recall((query_tower, item_tower), serves, current_shape())
         history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else None,
                         "val_cascade_recall_at_10": value, "seconds": round(seconds, 3)})
         print(f"[prerank] epoch {epoch}: loss={history[-1]['loss']:.4f} val cascade recall@10="
@@ -322,16 +362,14 @@ def train_prerank(config: Config, transformed_dir, out_dir: str, catalog, valid,
               f"{getattr(validation, 'retrieval_recall', None)}) {seconds:.1f}s", flush=True)
         if value is None or best_value is None or value > best_value:
             best, best_value, waited = epoch, value, 0
-            best_weights = ([v.numpy() for v in (*query_tower.variables, *item_tower.variables)],
-                            float(scale.numpy()), float(bias.numpy()))
+            best_weights = ([v.numpy() for v in (*query_tower.variables, *item_tower.variables)], current_shape())
         else:
             waited += 1
             if waited > c.patience:
                 break
-    weights, best_scale, best_bias = best_weights
+    weights, shape = best_weights
     for variable, value in zip((*query_tower.variables, *item_tower.variables), weights):
         variable.assign(value)
-    shape = InteractionShape(c.heads, c.item_vectors, c.head_dims, best_scale, best_bias)
     folder = storage.join(out_dir, names.PRERANK_DIR)
     export_tower(query_tower, storage.join(folder, names.QUERY_TOWER_DIR))
     export_tower(item_tower, storage.join(folder, names.ITEM_TOWER_DIR))
@@ -341,6 +379,7 @@ def train_prerank(config: Config, transformed_dir, out_dir: str, catalog, valid,
            "n_train_rows": len(rows), "n_train_rows_total": rows.n_total, "n_mined_keys": len(pools),
            "mining_seconds": round(mining_seconds, 3), "hard_negatives": c.hard_negatives,
            "random_negatives": c.random_negatives, "contrastive_weight": c.contrastive_weight,
+           "use_retrieval_score": c.use_retrieval_score, "loss": c.loss,
            "seconds": round(time.perf_counter() - start, 3)}
     storage.write_text(storage.join(folder, names.PRERANK_FILE), json.dumps(doc, indent=2))
     return doc

@@ -258,3 +258,29 @@ def test_ratio_interval_covers_the_population_value(per):
         covered += lo <= exact <= hi
     assert 0.91 <= covered / 300 <= 0.99, covered
     assert M.ratio_interval(values, weights, n_pop) == [pytest.approx(exact)] * 2
+
+
+def test_top_positions_is_the_masked_exact_order_and_its_lists_score_as_retrieval_does(monkeypatch):
+    """The cascade's candidate lists (top_positions) and their metrics (ranks_from_lists) agree with
+    the dense path: same order as a full sort with masked items removed, same recall and nDCG."""
+    rng = np.random.default_rng(3)
+    q, n = rng.normal(size=(9, 4)).astype(np.float32), rng.normal(size=(40, 4)).astype(np.float32)
+    relevant = [rng.choice(40, size=1 + i % 3, replace=False) for i in range(9)]
+    masked = [rng.choice(40, size=i % 4, replace=False) for i in range(9)]
+    monkeypatch.setattr(M, "MAX_BLOCK_FLOATS", 80)  # 2 queries per block: the blocks are stitched right
+    lists = M.top_positions(q, n, masked, 12)
+    scores = q @ n.T
+    for row in range(9):
+        order = [int(i) for i in np.argsort(-scores[row], kind="stable") if i not in set(masked[row])]
+        assert lists[row].tolist() == order[:12]
+    dense = M.retrieval_metrics(scores, relevant, masked, ks=(5, 10), ndcg_k=10)
+    ranks = M.ranks_from_lists(lists, relevant, masked, 40, 10)
+    from_lists = M.estimates(*M.query_contributions(ranks, (5, 10), 10, "query"))
+    for name in ("recall_at_5", "recall_at_10", "ndcg_at_10"):
+        assert from_lists[name] == pytest.approx(dense[name])
+    # Re-ordering changes the metrics: a list with its relevant items pushed out scores lower.
+    worst = np.array([[i for i in range(40) if i not in set(relevant[r])][:12] for r in range(9)])
+    assert M.estimates(*M.query_contributions(M.ranks_from_lists(worst, relevant, masked, 40, 10),
+                                              (10,), 10, "query"))["recall_at_10"] == 0.0
+    with pytest.raises(ValueError, match="masked has 2 entries"):
+        M.top_positions(q, n, masked[:2], 5)
