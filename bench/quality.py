@@ -324,32 +324,9 @@ def part_throughput(stages: Stages, data: Path, work: Path, args) -> dict:
         full = f"{row['ours_full']:,.0f}" if "ours_full" in row else "not run"
         lines.append(f"| {row['batch_size']} | {ids_s} | {full} | {row['reference']:,.0f} | {ratio} | "
                      f"{row['loadavg_1min_before']:.1f} / {row['loadavg_1min_after']:.1f} |")
-    lines += cascade_lines(rows, col)
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
     return {"rows": rows, "table": table}
-
-
-def cascade_lines(rows: list[dict], col) -> list[str]:
-    """The sweep's cascade table (variants trained with train.cascade): the test keys' recall@10 of
-    retrieval's top N alone and re-ordered by the pre-ranker, their paired gain, and the latency
-    the re-ranking adds per query (evaluation/cascade.py)."""
-    with_cascade = [r for r in rows if any((run["metrics"].get("cascade") or {}) for run in r["runs"])]
-    if not with_cascade:
-        return []
-    lines = ["", "| variant | top N | retrieval recall@10 | cascade recall@10 | paired gain | cascade ndcg@10 | "
-                 "+ms p50 at N=100 | +ms p50 at N=500 |", "|---|---|---|---|---|---|---|---|"]
-    for row in with_cascade:
-        runs = [r for r in row["runs"] if r["metrics"].get("cascade")]
-        c = lambda r: r["metrics"]["cascade"]  # noqa: E731
-        lines.append(f"| {row['variant']} | {c(runs[0])['top_n']} | "
-                     f"{col(runs, lambda r: c(r)['retrieval']['recall_at_10'])} | "
-                     f"{col(runs, lambda r: c(r)['cascade']['recall_at_10'])} | "
-                     f"{col(runs, lambda r: c(r)['cascade']['diff']['recall_at_10']['mean'])} | "
-                     f"{col(runs, lambda r: c(r)['cascade']['ndcg_at_10'])} | "
-                     f"{col(runs, lambda r: c(r)['latency_ms']['100']['p50'])} | "
-                     f"{col(runs, lambda r: c(r)['latency_ms']['500']['p50'])} |")
-    return lines
 
 
 def ablation_variants(protocol: str, config) -> list[tuple[str, dict, list[str]]]:
@@ -431,32 +408,9 @@ def part_ablation(protocol: str, stages: Stages, data: Path, work: Path, args, c
         dn = "" if base is None or r is base else f"{m['ndcg_at_10'] - base['metrics']['ndcg_at_10']:+.4f}"
         lines.append(f"| {r['variant']} | {m['recall_at_10']:.4f} | {d10} | {m['ndcg_at_10']:.4f} | {dn} | "
                      f"{m.get('recall_at_100', float('nan')):.4f} | {r['epochs']} | {r['train_seconds']:.0f} |")
-    lines += cascade_lines(rows, col)
     table = "\n".join(lines)
     print("\n" + table + "\n", flush=True)
     return {"rows": rows, "table": table}
-
-
-def cascade_lines(rows: list[dict], col) -> list[str]:
-    """The sweep's cascade table (variants trained with train.cascade): the test keys' recall@10 of
-    retrieval's top N alone and re-ordered by the pre-ranker, their paired gain, and the latency
-    the re-ranking adds per query (evaluation/cascade.py)."""
-    with_cascade = [r for r in rows if any((run["metrics"].get("cascade") or {}) for run in r["runs"])]
-    if not with_cascade:
-        return []
-    lines = ["", "| variant | top N | retrieval recall@10 | cascade recall@10 | paired gain | cascade ndcg@10 | "
-                 "+ms p50 at N=100 | +ms p50 at N=500 |", "|---|---|---|---|---|---|---|---|"]
-    for row in with_cascade:
-        runs = [r for r in row["runs"] if r["metrics"].get("cascade")]
-        c = lambda r: r["metrics"]["cascade"]  # noqa: E731
-        lines.append(f"| {row['variant']} | {c(runs[0])['top_n']} | "
-                     f"{col(runs, lambda r: c(r)['retrieval']['recall_at_10'])} | "
-                     f"{col(runs, lambda r: c(r)['cascade']['recall_at_10'])} | "
-                     f"{col(runs, lambda r: c(r)['cascade']['diff']['recall_at_10']['mean'])} | "
-                     f"{col(runs, lambda r: c(r)['cascade']['ndcg_at_10'])} | "
-                     f"{col(runs, lambda r: c(r)['latency_ms']['100']['p50'])} | "
-                     f"{col(runs, lambda r: c(r)['latency_ms']['500']['p50'])} |")
-    return lines
 
 
 def part_cold(protocol: str, stages: Stages, data: Path, work: Path, args) -> dict:
