@@ -223,7 +223,7 @@ def gate_and_publish(config: Config, transformed_dir: str, model_dir: str, embed
 
 def _cascade_section(model_dir: str) -> dict:
     """The manifest's ``serving.cascade``: how many candidates the pre-ranker re-scores and its
-    interaction block's shape, scale and bias (core/prerank.py)."""
+    interaction block's shape, scale, bias and retrieval-score weight (core/prerank.py)."""
     from core.prerank import InteractionShape
 
     doc = json.loads(storage.read_text(storage.join(model_dir, names.prerank_path(names.PRERANK_FILE))))

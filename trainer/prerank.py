@@ -174,10 +174,10 @@ class _RetrievalEmbeddings:
         (self.query_tower, item_tower), (self.query_serve, item_serve) = retrieval
         self.similarity = config.train.similarity
         self.items = embed_columns(item_serve, item_tower, catalog.features)
-        self.rows = (embed_columns(self.query_serve, self.query_tower, rows.features)
-                     if config.train.cascade.use_retrieval_score else None)
+        self.rows = self.queries(rows.features) if config.train.cascade.use_retrieval_score else None
 
     def queries(self, features: dict) -> np.ndarray:
+        """float32 [R, D]: the retrieval query tower on raw query columns."""
         from trainer.export import embed_columns
 
         return embed_columns(self.query_serve, self.query_tower, features)
