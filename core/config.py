@@ -460,6 +460,11 @@ class TrainConfig(_Strict):
         "validate a warm start's own weights first (epoch 0) and keep them unless a warm epoch beats them "
         "(training.json warm_start.kept_start). Measured on the MovieLens daily replay: validation kept the "
         "start every day and the chain's test recall fell to 0.976x the cold one (docs/BENCHMARKS.md)"))
+    warm_start_average: Literal["none", "epochs", "start_and_epochs"] = Field("none", description=(
+        "a warm-started run keeps the mean of weight snapshots (stochastic weight averaging) instead of its "
+        "best epoch's: epochs = the end of every warm epoch, start_and_epochs = the warm start's own weights "
+        "too; its refit averages the same way. training.json warm_start.averaged has the mean's validation "
+        "recall; cold runs ignore it"))
     use_item_ids_as_features: bool = True
     item_id_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "share of training examples whose item-id embedding is zeroed, as for a cold item, so the "

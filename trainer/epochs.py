@@ -116,3 +116,42 @@ def fit_with_early_stopping(n_epochs: int, patience: int, train_epoch: Callable[
     if state.best_weights is not None and state.stopper.best_epoch != state.history[-1].epoch:  # incl. epoch 0
         restore(state.best_weights)
     return state.history, state.stopper.best_epoch
+
+
+class WeightAverage:
+    """The running, uniform mean of weight snapshots (stochastic weight averaging, Izmailov
+    et al. 2018): a warm-started run can publish the mean of its epochs' end weights (and of
+    its start) instead of one epoch's, which smooths a short fine-tune's last-step noise.
+
+    Snapshots are what ``Model.get_weights`` returns: a list of arrays, the same shapes in the
+    same order every time. Keeps one running sum (one model's worth of float64 memory); arrays
+    that are not floating point (counters, seeds) are not averaged: the last snapshot's stand.
+    """
+
+    def __init__(self) -> None:
+        self.sums: Optional[list] = None
+        self.last: Optional[list] = None
+        self.count = 0
+
+    def add(self, weights: list) -> None:
+        """Add one snapshot (a list of arrays of the same shapes as every earlier one)."""
+        import numpy as np
+
+        arrays = [np.asarray(w, dtype=np.float64) for w in weights]
+        if self.sums is None:
+            self.sums = arrays
+        else:
+            if len(arrays) != len(self.sums) or any(a.shape != s.shape for a, s in zip(arrays, self.sums)):
+                raise ValueError("WeightAverage.add: the snapshot's shapes differ from the earlier ones")
+            self.sums = [s + a for s, a in zip(self.sums, arrays)]
+        self.last = list(weights)
+        self.count += 1
+
+    def mean(self, like: list) -> list:
+        """The mean snapshot, each array cast to the dtype of ``like``'s (the model's own weights)."""
+        if not self.count:
+            raise ValueError("WeightAverage.mean: no snapshot added")
+        import numpy as np
+
+        return [(s / self.count).astype(np.asarray(w).dtype) if np.issubdtype(np.asarray(w).dtype, np.floating)
+                else np.asarray(last) for s, w, last in zip(self.sums, like, self.last)]

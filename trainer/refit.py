@@ -45,7 +45,7 @@ def refit_on_every_split(config: Config, transformed_dir: str, specs: Sequence[F
                          trained: Trained, best_epoch: int, new_model: Callable[[int], tuple],
                          start_from: Optional[Callable[[tuple, object, dict], None]],
                          strategy, steps_per_call: int, looked_up: bool, logq, chunked: bool,
-                         negatives) -> tuple[Trained, dict]:
+                         negatives, average: Optional[Callable[[object], object]] = None) -> tuple[Trained, dict]:
     """The refit model and training.json's refit report.
 
     Args:
@@ -57,6 +57,8 @@ def refit_on_every_split(config: Config, transformed_dir: str, specs: Sequence[F
             (towers, optimizer, first batch) — the live version's for a warm start — or None
             (random weights).
         steps_per_call: Keras ``steps_per_execution`` of the refit model.
+        average: model -> a trainer.epochs.WeightAverage (train.warm_start_average): the refit
+            keeps the mean of its epochs' end weights, as the run it refits did; None = the last.
         looked_up: whether the step reads table rows looked up ahead (trainer/step_input.py).
         logq: the sampling-probability table the lookups carry (or None).
         chunked: train with trainer/loop.py's chunks rather than Keras fit.
@@ -84,6 +86,7 @@ def refit_on_every_split(config: Config, transformed_dir: str, specs: Sequence[F
     losses = []
     with device_scope(t.distribute, t.device):
         loop = ChunkedTrainLoop(trained.model) if chunked else None
+        average = None if average is None else average(trained.model)
         for epoch in range(1, epochs + 1):
             seed_epoch = epoch + (0 if t.refit == "full" else best_epoch)
             if loop is not None:
@@ -95,5 +98,9 @@ def refit_on_every_split(config: Config, transformed_dir: str, specs: Sequence[F
                 losses.append(trained.model.fit(data, epochs=1, verbose=0).history["loss"][-1])
             print(f"[train] refit ({t.refit}) epoch {epoch}/{epochs} on train+valid+test "
                   f"({everything.size:,} examples) loss={losses[-1]:.4f}", flush=True)
+            if average is not None:
+                average.add(trained.model.get_weights())
+        if average is not None:  # the same train.warm_start_average as the run's own epochs
+            trained.model.set_weights(average.mean(trained.model.get_weights()))
     return trained, {"mode": t.refit, "epochs": epochs, "examples": everything.size, "splits": list(REFIT_SPLITS),
                      "losses": [float(x) for x in losses], "seconds": round(time.perf_counter() - started, 3)}

@@ -41,7 +41,7 @@ import statistics
 import tempfile
 from typing import Optional
 
-from trainer.epochs import EpochResult, fit_with_early_stopping
+from trainer.epochs import EpochResult, WeightAverage, fit_with_early_stopping
 
 VALID_METRIC = "recall_at_10"
 
@@ -186,11 +186,29 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
         if start_value is not None:
             warm_report["start_val_recall_at_10"] = start_value
             print(f"[train] warm start's own val_recall@10={start_value:.4f} (epoch 0)", flush=True)
+        # train.warm_start_average: a fresh warm start's snapshots (a resumed run lacks its earlier
+        # epochs' ends, so it keeps the best epoch as a cold run does).
+        average = (_weight_average(t.warm_start_average, model)
+                   if warm_report.get("copied") is not None and state is None else None)
+
+        def train_epoch_then_snapshot(epoch: int) -> float:
+            loss = train_epoch(epoch)
+            average.add(model.get_weights())
+            return loss
+
         log = EpochLog(f"{work_dir}/tensorboard", inputs.n_train, n_epochs)
         history, best_epoch = fit_with_early_stopping(
-            n_epochs, t.patience, train_epoch, validate, snapshot=model.get_weights, restore=model.set_weights,
+            n_epochs, t.patience, train_epoch if average is None else train_epoch_then_snapshot, validate,
+            snapshot=model.get_weights, restore=model.set_weights,
             on_epoch=log, state=state, save_state=checkpoint.save, start_value=start_value)
         log.close()
+        if average is not None:
+            model.set_weights(average.mean(model.get_weights()))
+            warm_report["averaged"] = {"mode": t.warm_start_average, "snapshots": average.count,
+                                       "val_recall_at_10": validate(0)}
+            print(f"[train] warm start: the mean of {average.count} weight snapshots "
+                  f"({t.warm_start_average}) val_recall@10={warm_report['averaged']['val_recall_at_10']:.4f}",
+                  flush=True)
         if start_value is not None:
             warm_report["kept_start"] = best_epoch == 0
 
@@ -226,8 +244,11 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
             warm.load(towers_, model_.optimizer)
 
         trained, refit = refit_on_every_split(
-            config, transformed_dir, specs, trained=Trained(towers, model), best_epoch=best_epoch,
+            # An averaged warm run's weights are every epoch's: its refit trains as many.
+            config, transformed_dir, specs, trained=Trained(towers, model),
+            best_epoch=len(history) if "averaged" in warm_report else best_epoch,
             new_model=new_model, start_from=start_where_this_run_started if warm_report["from"] is not None else None,
+            average=(lambda m: _weight_average(t.warm_start_average, m)) if "averaged" in warm_report else None,
             strategy=strategy, steps_per_call=STEPS_PER_EXECUTION, looked_up=plan.looked_up, logq=logq,
             chunked=chunked is not None, negatives=inputs.negatives)
         towers, model = trained.towers, trained.model
@@ -247,6 +268,17 @@ def train_model(config, transformed_dir: str, out_dir: str) -> dict:
     if not chief:
         shutil.rmtree(work_dir, ignore_errors=True)
     return summary
+
+
+def _weight_average(mode: str, model) -> Optional[WeightAverage]:
+    """train.warm_start_average's running mean for ``model`` (None for ``none``): seeded with
+    the model's current (warm start) weights for ``start_and_epochs``."""
+    if mode == "none":
+        return None
+    average = WeightAverage()
+    if mode == "start_and_epochs":
+        average.add(model.get_weights())
+    return average
 
 
 def _start(config, out_dir: str):

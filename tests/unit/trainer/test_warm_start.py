@@ -42,7 +42,8 @@ def two_days(tmp_path_factory):
                                                                         "train.warm_start_epochs": 1,
                                                                         "train.warm_start_lr_scale": 0.25,
                                                                         "train.warm_start_optimizer": "carry",
-                                                                        "train.warm_start_keep_start": True})
+                                                                        "train.warm_start_keep_start": True,
+                                                                        "train.warm_start_average": "start_and_epochs"})
     training2, metrics2, result2 = publish_run(cfg2, out2, root / "day2")
     return ({"config": cfg1, "training": training1, "metrics": metrics1, "result": result1, "root": root / "day1"},
             {"config": cfg2, "training": training2, "metrics": metrics2, "result": result2, "root": root / "day2",
@@ -85,6 +86,9 @@ def test_next_run_starts_from_the_live_version_and_remaps_grown_vocabularies(two
     assert warm["optimizer"]["slots"] == 2 * (len(warm["remapped"]) + warm["copied"])  # m and v of each
     day2_state = saved_optimizer(str(day2["root"] / "model" / WARM_DIR))
     assert day2_state["iterations"] > day1_state["iterations"]
+    # train.warm_start_average: the kept weights are the mean of the start and the one epoch's end.
+    assert warm["averaged"]["mode"] == "start_and_epochs" and warm["averaged"]["snapshots"] == 2
+    assert 0.0 <= warm["averaged"]["val_recall_at_10"] <= 1.0
     # Starting from trained weights, one epoch is as good as day 1's six (the data is the same ring).
     assert day2["metrics"]["recall_at_10"] >= 0.9 * day1["metrics"]["recall_at_10"]
 
@@ -113,6 +117,20 @@ def test_warm_rows_are_the_live_rows_for_tokens_both_runs_know(two_days):
     new_row = int(encoder.lookup(np.array(["new3"], dtype=object)).numpy()[0])
     np.testing.assert_array_equal(encoder.embedding.embeddings.numpy()[new_row],
                                   fresh[encoder.embedding.embeddings.name][new_row])
+
+
+def test_weight_average_is_the_uniform_mean_of_float_snapshots_and_keeps_the_last_counter():
+    from trainer.epochs import WeightAverage
+
+    average = WeightAverage()
+    average.add([np.array([1.0, 2.0], np.float32), np.array(3, np.int64)])
+    average.add([np.array([3.0, 6.0], np.float32), np.array(7, np.int64)])
+    average.add([np.array([5.0, 1.0], np.float32), np.array(9, np.int64)])
+    mean = average.mean([np.zeros(2, np.float32), np.array(0, np.int64)])
+    np.testing.assert_allclose(mean[0], [3.0, 3.0])
+    assert mean[0].dtype == np.float32 and int(mean[1]) == 9  # an integer counter is not averaged
+    with pytest.raises(ValueError, match="shapes differ"):
+        average.add([np.zeros(3, np.float32), np.array(0, np.int64)])
 
 
 def test_a_warm_start_scales_the_peak_learning_rate():
