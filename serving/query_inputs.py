@@ -12,11 +12,12 @@ default). ``tests/unit/core/test_cleaning.py`` checks that both paths give ident
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 
-from core import cleaning
+from core import cleaning, history
 
 #: The towers take numerics as tf.float32: a finite float64 past this is inf to them.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -105,3 +106,66 @@ def feature_input(name: str, feature_type: str, value, default=None):
     if feature_type == "numeric":
         return number(name, value, default)
     return string(name, feature_type, value)
+
+
+@dataclass(frozen=True)
+class TowerInputs:
+    """How a version's query tower takes its inputs: what the query service builds every
+    request with, and what the embed stage builds each query-table row with (so a key's
+    precomputed vector is the one serving would compute: ``tests/unit/serving/test_query_vectors.py``).
+
+    Args:
+        input_names: the tower's inputs (a subset of the query features).
+        feature_types: query feature name -> its schema type.
+        defaults: the manifest's serving defaults (feature -> its value when missing).
+        history_name / history_length: the history feature and its max_length (None / 0: none).
+        catalog: the item ids a history keeps (others are ignored and counted).
+    """
+
+    input_names: tuple
+    feature_types: dict
+    defaults: dict
+    history_name: Optional[str]
+    history_length: int
+    catalog: Collection[str]
+
+    @classmethod
+    def of(cls, serving: dict, input_names: Sequence[str], catalog: Collection[str]) -> "TowerInputs":
+        """From a manifest's ``serving`` section (publishing/publish.py's serving_section)."""
+        spec = next((f for f in serving["query_features"] if f["type"] == "history"), None)
+        return cls(tuple(input_names), {f["name"]: f["type"] for f in serving["query_features"]},
+                   dict(serving.get("defaults") or {}), spec["name"] if spec else None,
+                   int(spec.get("max_length", 20)) if spec else 0, catalog)
+
+    def history_input(self, base: list, clicks: Optional[list]) -> tuple[str, dict, frozenset]:
+        """(the tower's history string, {"used", "ignored", "cut"}, the ids as given): ``base``
+        then ``clicks``, ids outside the catalog dropped (counted), the rest cut to the most
+        recent ``history_length``."""
+        given = [*base, *(clicks or [])]
+        known = [item for item in given if item in self.catalog]
+        kept = history.extend(known, [], self.history_length)
+        return history.join(kept), {"used": len(kept), "ignored": len(given) - len(known),
+                                    "cut": len(known) - len(kept)}, frozenset(given)
+
+    def build(self, features: dict, clicks: Optional[list] = None) -> tuple[dict, Optional[dict], frozenset]:
+        """(exactly the tower's inputs, each of the right kind: strings for ids / categoricals /
+        text, the history joined with ``clicks`` appended; the history note or None; the
+        history's ids as given).
+
+        Raises:
+            RequestError: a tower input missing, an unknown one, or a value of the wrong kind.
+        """
+        missing = [n for n in self.input_names if n not in features]
+        if missing:
+            raise RequestError(f"missing query feature(s) {missing}; the query tower takes {list(self.input_names)}")
+        extra = sorted(set(features) - set(self.input_names))
+        if extra:
+            raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {list(self.input_names)}")
+        out, note, given = {}, None, frozenset()
+        for name in self.input_names:
+            value, feature_type = features[name], self.feature_types.get(name)
+            if name == self.history_name:
+                out[name], note, given = self.history_input(history_items(f"feature {name!r}", value), clicks)
+            else:
+                out[name] = feature_input(name, feature_type or "id", value, self.defaults.get(name))
+        return out, note, given

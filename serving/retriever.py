@@ -130,12 +130,14 @@ class Retriever:
         self.similarity: str = similarities.check(serving.get("similarity") or similarities.DEFAULT_SIMILARITY)
         self.query_key: str = serving["query_key"]
         self.query_key_type: str = serving["query_key_type"]
-        self.feature_types: dict[str, str] = {f["name"]: f["type"] for f in serving["query_features"]}
-        history_spec = next((f for f in serving["query_features"] if f["type"] == "history"), None)
-        self.history_name: Optional[str] = history_spec["name"] if history_spec else None
-        self.history_length: int = int(history_spec.get("max_length", 20)) if history_spec else 0
+        #: How a request's values become the tower's inputs; the embed stage builds each
+        #: query-table row's precomputed vector by the same rules.
+        self.inputs = query_inputs.TowerInputs.of(serving, tower.input_names, items)
+        self.feature_types: dict[str, str] = self.inputs.feature_types
+        self.history_name: Optional[str] = self.inputs.history_name
+        self.history_length: int = self.inputs.history_length
         #: What each query feature is when a request does not give it (history-only requests).
-        self.defaults: dict = dict(serving.get("defaults") or {})
+        self.defaults: dict = self.inputs.defaults
         tree = serving.get("index_kind") == "tree_ah"
         self.reorder_k: Optional[int] = serving.get("reorder_k") if tree else None
         #: Every leaf of the tree: the fallback search when the leaves searched by default hold
@@ -271,36 +273,11 @@ class Retriever:
         features, note, history_items = checked
         return Resolved(features, key, note, history_items | frozenset(clicks or ()))
 
-    def _history_input(self, base: list[str], clicks: Optional[list[str]]) -> tuple[str, dict, frozenset]:
-        """(the tower's history string, {"used", "ignored", "cut"}): ``base`` then ``clicks``,
-        ids outside the catalog dropped (counted), the rest cut to the most recent max_length."""
-        given = [*base, *(clicks or [])]
-        known = [item for item in given if item in self.items]
-        kept = history.extend(known, [], self.history_length)
-        return history.join(kept), {"used": len(kept), "ignored": len(given) - len(known),
-                                    "cut": len(known) - len(kept)}, frozenset(given)
-
     def _check_features(self, features: dict, clicks: Optional[list[str]] = None
                         ) -> tuple[dict, Optional[dict], frozenset]:
-        """(exactly the tower's inputs, each of the right kind: strings for ids / categoricals /
-        text, the history joined with ``clicks`` appended; the history note or None; the
-        history's ids as given, which exclude_seen excludes)."""
-        needed = self.tower.input_names
-        missing = [n for n in needed if n not in features]
-        if missing:
-            raise RequestError(f"missing query feature(s) {missing}; the query tower takes {needed}")
-        extra = sorted(set(features) - set(needed))
-        if extra:
-            raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {needed}")
-        out, note, history_items = {}, None, frozenset()
-        for name in needed:
-            value, feature_type = features[name], self.feature_types.get(name)
-            if name == self.history_name:
-                out[name], note, history_items = self._history_input(
-                    query_inputs.history_items(f"feature {name!r}", value), clicks)
-            else:
-                out[name] = query_inputs.feature_input(name, feature_type or "id", value, self.defaults.get(name))
-        return out, note, history_items
+        """(the tower's inputs, the history note or None, the history's ids as given, which
+        exclude_seen excludes): :meth:`serving.query_inputs.TowerInputs.build`."""
+        return self.inputs.build(features, clicks)
 
     def _search(self, vectors: np.ndarray, fetch: int, pre: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
         """(positions int [B, fetch], scores float32 [B, fetch]), best first.
