@@ -542,6 +542,11 @@ class IndexConfig(_Strict):
     eval_queries: int = Field(500, ge=1, description=(
         "queries the index stage reports recall@10 vs exact and queries/s on: real queries (query tower "
         "embeddings written by the embed stage, disjoint from the tuner's), else stand-ins"))
+    query_vectors: bool = Field(False, description=(
+        "the embed stage also runs every query-table key (its latest features and history) through the "
+        "query tower in batch (Beam) and the version carries query_vectors.parquet: a request by key alone "
+        "(no request-time history) is then served from that vector without running the tower (both towers "
+        "frozen, as in Alibaba's setup); requests with history or features still run the tower"))
     tune: bool = Field(True, description="sweep ScaNN tree/AH/reorder settings against exact search and "
                                          "keep the fastest that meets target_recall (indexer.tuner)")
     target_recall: float = Field(0.95, gt=0.0, le=1.0, description="recall@10 vs exact search the tuner must reach")

@@ -6,6 +6,11 @@ Flow: ``items-*.tfrecord`` -> ParseItemExample -> BatchElements -> EmbedItemBatc
 this project targets (1M items x 64 float32 = 256 MB); collecting them into one
 sorted file keeps the output deterministic and trivially loadable by the index build.
 
+With ``index.query_vectors`` the same pipeline also reads ``query_table.jsonl`` -> BatchElements
+-> EmbedQueryRows (the query tower, each row built by the query service's own rules) ->
+``query_vectors.parquet``: every known key's vector, which the version carries so a request by key
+is answered without running the tower.
+
 After the catalog, a seeded sample of real queries (distinct keys of the valid split, else
 test, else train; :mod:`core.queries`) goes through ``model_dir/query_tower`` into
 ``query_embeddings.parquet``: ``index.tune_queries`` rows for the index tuner and a disjoint
@@ -17,6 +22,7 @@ in-process pass, no Beam.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Iterable, Iterator
 
@@ -87,6 +93,51 @@ class EmbedItemBatch(beam.DoFn):
             yield str(row[ITEM_KEY]), vec
 
 
+class EmbedQueryRows(beam.DoFn):
+    """A list of query-table rows -> (key, float32 [D] vector) per row (``index.query_vectors``).
+
+    Each row becomes the tower's inputs by :class:`serving.query_inputs.TowerInputs`, the rules
+    the query service applies to a request by key, so the vector is the one serving would
+    compute. A row serving could not embed either (a feature missing or malformed) is skipped
+    and counted (``embed/query_rows_skipped``); serving answers that key through the tower and
+    reports the problem there.
+    """
+
+    def __init__(self, tower_path: str, serving: dict, key: str):
+        self._tower_path, self._serving, self._key = tower_path, serving, key
+        self._tower = None
+        self._inputs = None
+        self._embedded = beam.metrics.Metrics.counter("embed", "query_rows")
+        self._skipped = beam.metrics.Metrics.counter("embed", "query_rows_skipped")
+
+    def setup(self) -> None:
+        from core.towers import Tower
+
+        self._tower = Tower(self._tower_path)
+
+    def process(self, rows: list[dict], catalog: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        from serving.query_inputs import RequestError, TowerInputs
+
+        if self._inputs is None:  # the catalog side input is the same for every bundle
+            self._inputs = TowerInputs.of(self._serving, self._tower.input_names, frozenset(catalog))
+        keys, built = [], []
+        for row in rows:
+            try:
+                if any(row.get(n) is None for n in self._inputs.input_names):
+                    raise RequestError("a feature is missing")
+                built.append(self._inputs.build({n: row[n] for n in self._inputs.input_names})[0])
+                keys.append(str(row[self._key]))
+            except RequestError:
+                self._skipped.inc()
+        if not built:
+            return
+        vectors = self._tower.embed({n: [b[n] for b in built] for n in self._inputs.input_names})
+        if vectors.shape[0] != len(built):
+            raise EmbedError(f"query tower returned {vectors.shape[0]} rows for a batch of {len(built)}")
+        self._embedded.inc(len(built))
+        yield from zip(keys, vectors)
+
+
 def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: str) -> dict:
     """Embed every catalog item with ``model_dir/item_tower``.
 
@@ -94,13 +145,15 @@ def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: s
         transformed_dir: transform output holding ``items-*.tfrecord``.
         model_dir: trainer output holding ``item_tower/``.
         out_dir: where ``item_embeddings.parquet`` (and, when the transform output has
-            interaction splits, ``query_embeddings.parquet``) is written (local or gs://); with a
+            interaction splits, ``query_embeddings.parquet``; with ``index.query_vectors``,
+            ``query_vectors.parquet``) is written (local or gs://); with a
             pre-ranker (``model_dir/prerank/item_tower``, train.cascade) also
             ``prerank/item_embeddings.parquet``, its item vectors flattened [M * d], from the same
             parsed catalog batches.
     Returns:
         {"n_items", "dims", "seconds" (wall clock, catalog), "items_per_second", and from
-        :func:`embed_queries`: "query_split", "n_tune_queries", "n_eval_queries", "query_seconds"}.
+        :func:`embed_queries`: "query_split", "n_tune_queries", "n_eval_queries", "query_seconds";
+        "n_query_vectors" with ``index.query_vectors``}.
     Raises:
         EmbedError: empty catalog, duplicate item ids, or query vectors of another width.
     """
@@ -117,6 +170,18 @@ def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: s
          | "EmbedItemBatch" >> beam.ParDo(EmbedItemBatch(item_tower_path(model_dir)))
          | "Collect" >> beam.combiners.ToList()
          | "WriteParquet" >> beam.Map(_write_embeddings_sink, out_dir))
+        if config.index.query_vectors:  # both towers frozen: every known key's vector, served by key
+            catalog = (batches | "ItemIds" >> beam.FlatMap(lambda rows: [str(r[ITEM_KEY]) for r in rows])
+                       | "CollectItemIds" >> beam.combiners.ToList())
+            (p
+             | "ReadQueryTable" >> beam.io.ReadFromText(storage.join(transformed_dir, names.QUERY_TABLE_FILE))
+             | "ParseQueryRow" >> beam.Map(json.loads)
+             | "BatchQueryRows" >> beam.BatchElements(min_batch_size=32, max_batch_size=MAX_BATCH)
+             | "EmbedQueryRows" >> beam.ParDo(EmbedQueryRows(query_tower_path(model_dir), _serving_inputs(config, transformed_dir),
+                                                              config.schema.query_key),
+                                              beam.pvalue.AsSingleton(catalog))
+             | "CollectQueryVectors" >> beam.combiners.ToList()
+             | "WriteQueryVectors" >> beam.Map(_write_query_vectors_sink, out_dir))
         if with_prerank:  # train.cascade: the pre-ranker's item side, precomputed like the embeddings
             (batches
              | "EmbedPreRankBatch" >> beam.ParDo(EmbedItemBatch(prerank_tower))
@@ -131,8 +196,16 @@ def embed_items(config: Config, transformed_dir: str, model_dir: str, out_dir: s
         raise EmbedError(f"query tower emits {queries['dims']}-d vectors but the item tower {d}-d")
     del queries["dims"]
     write_embedding_map(config, transformed_dir, ids, matrix, out_dir)
-    return {"n_items": int(n), "dims": int(d), "seconds": round(seconds, 3),
-            "items_per_second": round(n / seconds, 1) if seconds > 0 else None, **queries}
+    out = {"n_items": int(n), "dims": int(d), "seconds": round(seconds, 3),
+           "items_per_second": round(n / seconds, 1) if seconds > 0 else None, **queries}
+    if config.index.query_vectors:
+        from indexer.embeddings import KEY_COLUMN
+
+        keys, vectors = load_embeddings(out_dir, names.QUERY_VECTORS_FILE, KEY_COLUMN)
+        if len(keys) and vectors.shape[1] != d:
+            raise EmbedError(f"query tower emits {vectors.shape[1]}-d vectors but the item tower {d}-d")
+        out["n_query_vectors"] = len(keys)
+    return out
 
 
 def split_sample_sizes(available: int, n_tune: int, n_eval: int) -> tuple[int, int]:
@@ -192,8 +265,6 @@ def write_embedding_map(config: Config, transformed_dir: str, ids: list[str], ma
                         out_dir: str) -> None:
     """``embedding_map.json`` (indexer/embedding_map.py) of the catalog and the "eval" queries
     written beside them, for the index stage to draw."""
-    import json
-
     from indexer.embedding_map import MAP_FILE, embedding_map
     from indexer.embeddings import load_query_embeddings
 
@@ -205,6 +276,25 @@ def write_embedding_map(config: Config, transformed_dir: str, ids: list[str], ma
         split = queries.split[rows[0]] if rows else None
     doc = embedding_map(config, transformed_dir, ids, matrix, keys, vectors, split)
     storage.write_text(storage.join(out_dir, MAP_FILE), json.dumps(doc))
+
+
+def _serving_inputs(config: Config, transformed_dir: str) -> dict:
+    """The serving section's query-feature part (publishing/publish.py writes the same into the
+    manifest): feature types, history length and numeric defaults, for :class:`EmbedQueryRows`."""
+    from publishing.publish import serving_section
+
+    stats = json.loads(storage.read_text(storage.join(transformed_dir, names.TRANSFORM_STATS_FILE)))
+    section = serving_section(config, {}, stats)
+    return {"query_features": section["query_features"], "defaults": section["defaults"]}
+
+
+def _write_query_vectors_sink(pairs: Iterable[tuple[str, np.ndarray]], out_dir: str) -> None:
+    """``query_vectors.parquet``: one sorted file (an empty query table writes an empty one)."""
+    from indexer.embeddings import KEY_COLUMN
+
+    pairs = list(pairs)
+    matrix = np.stack([p[1] for p in pairs]).astype(np.float32) if pairs else np.zeros((0, 0), np.float32)
+    write_embeddings(out_dir, [p[0] for p in pairs], matrix, names.QUERY_VECTORS_FILE, KEY_COLUMN)
 
 
 def _write_embeddings_sink(pairs: Iterable[tuple[str, np.ndarray]], out_dir: str) -> None:

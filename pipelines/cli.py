@@ -71,6 +71,8 @@ def add_schedule_run_parser(schedule_sub) -> None:
 EXCLUDE_SEEN_HELP = "leave out items the user already interacted with (training data and any given history)"
 NO_RERANK_HELP = ("serve retrieval alone even when the version has the cascade's pre-ranker (train.cascade), "
                   "which otherwise re-scores the index's top-N")
+NO_QUERY_VECTORS_HELP = ("run the query tower for every request, even a request by key alone that the version's "
+                         "precomputed query vectors (index.query_vectors) would answer")
 
 
 def _add_store_arg(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--exclude-seen", action="store_true", help=EXCLUDE_SEEN_HELP)
     query.add_argument("--version", help="a published version (default: CURRENT)")
     query.add_argument("--no-rerank", action="store_true", help=NO_RERANK_HELP)
+    query.add_argument("--no-query-vectors", action="store_true", help=NO_QUERY_VECTORS_HELP)
 
     retrieve = sub.add_parser("retrieve", help="batch retrieval from a JSONL file of requests")
     _add_store_arg(retrieve)
@@ -137,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--out", required=True, help="JSONL file to write, one result line per request line")
     retrieve.add_argument("--version", help="a published version (default: CURRENT)")
     retrieve.add_argument("--no-rerank", action="store_true", help=NO_RERANK_HELP)
+    retrieve.add_argument("--no-query-vectors", action="store_true", help=NO_QUERY_VECTORS_HELP)
 
     index = sub.add_parser("index", help="inspect the versioned index store")
     index_sub = index.add_subparsers(dest="index_command", required=True)
@@ -187,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="most concurrent requests answered by one query-tower call and one batched search "
                           "(default 64; 1 = each request alone)")
     srv.add_argument("--no-rerank", action="store_true", help=NO_RERANK_HELP)
+    srv.add_argument("--no-query-vectors", action="store_true", help=NO_QUERY_VECTORS_HELP)
     srv.add_argument("--max-connections", type=int, default=256,
                      help="open connections at most; past it idle ones are closed first, then new ones get 503")
     srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],

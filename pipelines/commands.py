@@ -180,7 +180,8 @@ def _request_from_args(args) -> dict:
 def cmd_query(args) -> int:
     from serving.retriever import Retriever
 
-    retriever = Retriever.load(args.store, version=args.version, rerank=not args.no_rerank)
+    retriever = Retriever.load(args.store, version=args.version, rerank=not args.no_rerank,
+                                query_vectors=not args.no_query_vectors)
     answer = retriever.retrieve(_request_from_args(args), k=args.k, exclude_seen=args.exclude_seen)
     label = (args.text if args.text is not None else f"user_id={args.user_id}" if args.user_id is not None
              else "history only")
@@ -214,7 +215,8 @@ def cmd_retrieve(args) -> int:
                 raise ConfigError(f"{args.queries}: line {line_no}: not valid JSON ({exc.msg})") from None
             except RecursionError:
                 raise ConfigError(f"{args.queries}: line {line_no}: JSON nested too deeply") from None
-    retriever = Retriever.load(args.store, version=args.version, rerank=not args.no_rerank)
+    retriever = Retriever.load(args.store, version=args.version, rerank=not args.no_rerank,
+                                query_vectors=not args.no_query_vectors)
     answers = retriever.retrieve_batch(requests, k=args.k, exclude_seen=args.exclude_seen)
     with open(args.out, "w") as out:
         for request, answer in zip(requests, answers):
@@ -369,7 +371,7 @@ def cmd_serve(args) -> int:
         return serve(args.store, host=args.host, port=args.port, poll_seconds=args.poll_seconds,
                      max_k=args.max_k, on_started=_started, allow_hosts=args.allow_host,
                      max_connections=args.max_connections, max_batch=args.max_batch,
-                     rerank=not args.no_rerank)
+                     rerank=not args.no_rerank, query_vectors=not args.no_query_vectors)
     except OSError as exc:
         import errno
 

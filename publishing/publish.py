@@ -140,6 +140,8 @@ def serving_section(config: Config, index_metrics: dict, stats: dict | None = No
         "reorder_k": (index_metrics.get("params") or {}).get("reorder_k"),
         "embedding_dims": index_metrics.get("dims"),
         "similarity": config.train.similarity,
+        # index.query_vectors: the version's precomputed vector of every query-table key.
+        "query_vectors": names.QUERY_VECTORS_FILE if config.index.query_vectors else None,
     }
 
 
@@ -163,6 +165,9 @@ def assemble_staging(config: Config, transformed_dir: str, model_dir: str, embed
     _copy_file(storage.join(index_dir, ITEM_IDS), os.path.join(staging, INDEX, ITEM_IDS))
     write_items_table(config, transformed_dir, embeddings_dir, os.path.join(staging, ITEMS))
     _copy_file(storage.join(transformed_dir, QUERY_TABLE), os.path.join(staging, QUERY_TABLE))
+    if config.index.query_vectors:  # the embed stage's vector of every query-table key
+        _copy_file(storage.join(embeddings_dir, names.QUERY_VECTORS_FILE),
+                   os.path.join(staging, names.QUERY_VECTORS_FILE))
     _copy_file(storage.join(transformed_dir, SEEN), os.path.join(staging, SEEN))
 
 

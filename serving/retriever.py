@@ -29,6 +29,12 @@ query tower once per request, the precomputed item vectors of the candidates) an
 returned; every answer says ``"reranked": true`` and ``"candidates"`` (how many were re-scored),
 its ``scores`` being the pre-ranker's logits. ``rerank=False`` at load (``--no-rerank``) serves
 retrieval alone (``"reranked": false``), as does a version without a pre-ranker.
+
+Both towers frozen (``index.query_vectors``): a version may carry every query-table key's vector,
+computed by the embed stage with the same input rules. A request by ``user_id`` alone (no
+request-time ``history``) is then answered from that vector without running the query tower;
+a request with a history or features runs the tower. Every answer says which
+(``"query_vector": "precomputed" | "tower"``); ``query_vectors=False`` at load always runs it.
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ class Resolved(NamedTuple):
     key: Optional[str]
     history: Optional[dict] = None
     clicks: frozenset = frozenset()
+    #: Row of the version's precomputed query vectors answering it (None: run the tower).
+    precomputed: Optional[int] = None
 
 
 def _searcher_module():
@@ -107,13 +115,31 @@ def _read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in _lines(path)]
 
 
+def _load_query_vectors(version: str, folder: str, filename: str, dims: Optional[int]
+                        ) -> tuple[dict[str, int], np.ndarray]:
+    """({key: row}, float32 [K, D]) of a version's ``query_vectors.parquet``.
+
+    Raises:
+        ValueError: the vectors' width is not the index's (a version assembled from two runs).
+    """
+    from core import vector_table
+
+    keys, matrix = vector_table.read_keyed(storage.join(folder, filename), names.QUERY_VECTORS_KEY_COLUMN)
+    if len(keys) and dims is not None and matrix.shape[1] != int(dims):
+        raise ValueError(f"version {version}: {filename} holds {matrix.shape[1]}-d vectors, the index {dims}-d")
+    return {key: row for row, key in enumerate(keys)}, matrix
+
+
 class Retriever:
     """One loaded version. Thread-safe for concurrent ``retrieve`` calls (reads only)."""
 
     def __init__(self, version: str, folder: str, manifest: dict, tower: Tower, searcher,
                  item_ids: list[str], items: dict[str, dict], query_table: dict[str, dict],
-                 seen: dict[str, set[str]], prerank: Optional["PreRanker"] = None):
+                 seen: dict[str, set[str]], prerank: Optional["PreRanker"] = None,
+                 query_vectors: Optional[tuple[dict[str, int], np.ndarray]] = None):
         self.version = version
+        #: ({key: row}, float32 [K, D]): the version's precomputed query vectors (None: the tower always).
+        self.query_vectors = query_vectors
         #: The cascade's pre-ranker (None: retrieval alone answers).
         self.prerank = prerank
         self.folder = folder
@@ -150,12 +176,14 @@ class Retriever:
     # -- loading ---------------------------------------------------------------------------
     @classmethod
     def load(cls, store: str, version: Optional[str] = None, cache_dir: Optional[str] = None,
-             rerank: bool = True) -> "Retriever":
+             rerank: bool = True, query_vectors: bool = True) -> "Retriever":
         """Load ``version`` (None = the live one) from a store (local folder or gs://).
 
         Args:
             cache_dir: where a gs:// version is downloaded (default: a new temp folder).
             rerank: use the version's pre-ranker when it has one (False: retrieval alone).
+            query_vectors: answer requests by key alone from the version's precomputed query
+                vectors when it has them (False: always run the query tower).
         Raises:
             NoLiveVersionError: version is None and the store has no CURRENT.
             core.store.VersionNotFoundError / IntegrityError: missing or corrupt version.
@@ -170,10 +198,11 @@ class Retriever:
             cache_dir = tempfile.mkdtemp(prefix="twotower-serve-")
         folder = vs.fetch_version(version, cache_dir or "")
         manifest = vs.read_manifest(version)
-        return cls.from_folder(version, folder, manifest, rerank=rerank)
+        return cls.from_folder(version, folder, manifest, rerank=rerank, query_vectors=query_vectors)
 
     @classmethod
-    def from_folder(cls, version: str, folder: str, manifest: dict, rerank: bool = True) -> "Retriever":
+    def from_folder(cls, version: str, folder: str, manifest: dict, rerank: bool = True,
+                    query_vectors: bool = True) -> "Retriever":
         """Build from an already verified version folder.
 
         The folder is normally local (:meth:`load` downloads a gs:// version first). A gs://
@@ -204,7 +233,9 @@ class Retriever:
         check_counts(version, searcher, item_ids, items, tower, serving)
         prerank = PreRanker.load(version, folder, serving["cascade"], item_ids, tower) \
             if rerank and serving.get("cascade") else None
-        return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen, prerank)
+        vectors = (_load_query_vectors(version, folder, serving["query_vectors"], serving.get("embedding_dims"))
+                   if query_vectors and serving.get("query_vectors") else None)
+        return cls(version, folder, manifest, tower, searcher, item_ids, items, query_table, seen, prerank, vectors)
 
     # -- requests --------------------------------------------------------------------------
     def _features_for(self, request: dict) -> Resolved:
@@ -258,7 +289,11 @@ class Retriever:
                 raise ValueError(f"version {self.version}: query table row for user_id {key!r} lacks "
                                  f"feature(s) {incomplete}")
             features = {n: row[n] for n in self.tower.input_names}
-            return self._with_clicks(self._check_features(features, clicks), key, clicks)
+            resolved = self._with_clicks(self._check_features(features, clicks), key, clicks)
+            if clicks is None and self.query_vectors is not None and key in self.query_vectors[0]:
+                # Nothing fresher than the table: the embed stage's vector of these very inputs.
+                return resolved._replace(precomputed=self.query_vectors[0][key])
+            return resolved
         if not isinstance(value, dict):
             raise RequestError(f"'features' must be an object of feature name -> value, got {type(value).__name__}")
         given = dict(value)
@@ -297,6 +332,21 @@ class Retriever:
                     leaves_to_search=int(self.num_leaves))
                 idx[short], scores[short] = np.asarray(more_idx), np.asarray(more_scores)
         return idx, similarities.scores_from_searcher(scores, self.similarity)
+
+    def _query_vectors(self, resolved: Sequence[Resolved]) -> np.ndarray:
+        """float32 [B, D]: each request's query vector, the precomputed row where it has one, the
+        query tower (one call for the rest) otherwise."""
+        tower_rows = [i for i, r in enumerate(resolved) if r.precomputed is None]
+        if len(tower_rows) == len(resolved):
+            return self.tower.embed({name: [r.features[name] for r in resolved] for name in self.tower.input_names})
+        table = self.query_vectors[1]
+        vectors = np.empty((len(resolved), table.shape[1]), dtype=np.float32)
+        known = [i for i, r in enumerate(resolved) if r.precomputed is not None]
+        vectors[known] = table[[resolved[i].precomputed for i in known]]
+        if tower_rows:
+            vectors[tower_rows] = self.tower.embed({name: [resolved[i].features[name] for i in tower_rows]
+                                                    for name in self.tower.input_names})
+        return vectors
 
     def _embedding_error(self, features: dict) -> RequestError:
         """Why a request's features gave a degenerate embedding (see :meth:`answer_resolved`)."""
@@ -374,8 +424,7 @@ class Retriever:
         every item. Such rows are never searched.
         """
         resolved = [r if isinstance(r, Resolved) else Resolved(*r) for r in resolved]
-        columns = {name: [r.features[name] for r in resolved] for name in self.tower.input_names}
-        vectors = self.tower.embed(columns)
+        vectors = self._query_vectors(resolved)
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
         good = np.isfinite(norms)
         if similarities.unit_rows(self.similarity):
@@ -410,7 +459,8 @@ class Retriever:
                                                     for n in self.prerank.tower.input_names}, candidates)
         for r, (positions, kept) in zip(rows, candidates):
             out[r] = {"items": [dict(self.items[self.item_ids[i]]) for i in positions[:ks[r]]],
-                      "scores": kept[:ks[r]], "version": self.version, "reranked": self.prerank is not None}
+                      "scores": kept[:ks[r]], "version": self.version, "reranked": self.prerank is not None,
+                      "query_vector": "tower" if resolved[r].precomputed is None else "precomputed"}
             if self.prerank is not None:
                 out[r]["candidates"] = len(positions)
             if resolved[r].history is not None:

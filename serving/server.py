@@ -125,7 +125,8 @@ class QueryService:
     def __init__(self, store: str, host: str = "127.0.0.1", port: int = 8080, poll_seconds: float = 5.0,
                  max_k: int = MAX_K, max_body_bytes: int = MAX_BODY_BYTES, retry_failed_seconds: float = 300.0,
                  drain_seconds: float = 30.0, loader: Optional[Callable[[str, str, Optional[str]], Retriever]] = None,
-                 allow_hosts=(), max_connections: int = 256, max_batch: int = 64, rerank: bool = True):
+                 allow_hosts=(), max_connections: int = 256, max_batch: int = 64, rerank: bool = True,
+                 query_vectors: bool = True):
         if not store:
             raise ValueError("QueryService: store must be a folder or gs:// prefix")
         if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k <= MAX_K:
@@ -148,8 +149,10 @@ class QueryService:
             raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         self.max_batch = max_batch  # 1: every request makes its own tower call
         self._coalescer: Optional[Coalescer] = None
-        # rerank: each version's cascade pre-ranker re-scores its top-N when it has one.
-        self._loader = loader or (lambda s, v, cache: Retriever.load(s, version=v, cache_dir=cache, rerank=rerank))
+        # rerank: each version's cascade pre-ranker re-scores its top-N when it has one;
+        # query_vectors: a request by key alone is answered from the version's precomputed vector.
+        self._loader = loader or (lambda s, v, cache: Retriever.load(s, version=v, cache_dir=cache, rerank=rerank,
+                                                                     query_vectors=query_vectors))
         self._versions = VersionStore(store)
         # Only a gs:// store downloads; a local one is served in place.
         self._cache_root = tempfile.mkdtemp(prefix="twotower-serve-") if storage.is_gcs(store) else None

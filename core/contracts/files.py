@@ -34,6 +34,7 @@ file (in the stage's folder)          written by     read by                    
 ``item_embeddings.parquet``           embed          index, publish, reports    item_id, float32 [D]
 ``query_embeddings.parquet``          embed          index (tuning)             sampled query embeddings
 ``prerank/item_embeddings.parquet``   embed          publish                    pre-ranker item vectors
+``query_vectors.parquet``             embed          publish, serving           every query-table key's vector
 **index** (``index``)
 ``scann/``                            index          publish                    a serialized ScaNN searcher
 ``item_ids.txt``                      index          publish, serving           row i: id at position i
@@ -105,6 +106,10 @@ PRERANK_FILE = "prerank.json"
 METRICS_FILE = "metrics.json"
 ITEM_EMBEDDINGS_FILE = "item_embeddings.parquet"
 QUERY_EMBEDDINGS_FILE = "query_embeddings.parquet"
+#: index.query_vectors: every query-table key through the published query tower (key str,
+#: embedding list<float32>), served by key without running the tower.
+QUERY_VECTORS_FILE = "query_vectors.parquet"
+QUERY_VECTORS_KEY_COLUMN = "key"
 SCANN_DIR = "scann"
 ITEM_IDS_FILE = "item_ids.txt"
 INDEX_METRICS_FILE = "index_metrics.json"

@@ -317,6 +317,7 @@ class ServingSection(Document):
     embedding_dims: Optional[int] = None
     similarity: str = "cosine"  # train.similarity (core/similarity.py); older versions: cosine
     cascade: Optional[dict[str, Any]] = None  # the pre-ranker: {"top_n", "heads", ...}; None: retrieval alone
+    query_vectors: Optional[str] = None  # index.query_vectors: the key -> vector file; None: the tower always
 
 
 class VersionManifest(Document):
