@@ -29,6 +29,11 @@ and the new one (queries from that distribution, tie-aware recall) each run once
 third (stand-in queries, tie-aware recall) that tells the two changes apart; the choices are
 then measured on held-out queries under both definitions, against numpy and ScaNN exact.
 
+``--similarity dot | euclidean`` (default cosine): the model's score (core/similarity.py), which picks
+the searchers' distance measure and the exact reference's score. Unnormalised towers emit rows of
+varying norm, so for those each item and query row is scaled by a log-normal factor (sd
+``--norm-sd``, default 0.3) after the unit draw; cosine keeps unit rows. Main path only.
+
 ``--crossover``: for each catalog size the tuner runs with exact search as one candidate
 (``brute_force_below=0``); the smallest size where a tree config beats ScaNN's exact search at
 the target recall is where ``index.brute_force_below`` belongs.
@@ -99,10 +104,11 @@ def catalog_queries(n: int, dims: int, centres: np.ndarray, spread: float, tie: 
     return q
 
 
-def both_recalls(found: np.ndarray, exact: np.ndarray, db: np.ndarray, queries: np.ndarray) -> dict:
+def both_recalls(found: np.ndarray, exact: np.ndarray, db: np.ndarray, queries: np.ndarray,
+                 similarity: str = "cosine") -> dict:
     """{"tie_aware", "id_overlap"} recall@10 vs exact (rounded to 4 places)."""
     found = np.asarray(found)
-    return {"tie_aware": round(recall_tie_aware(found, exact, db, queries), 4),
+    return {"tie_aware": round(recall_tie_aware(found, exact, db, queries, similarity=similarity), 4),
             "id_overlap": round(recall_vs_exact(found, exact), 4)}
 
 
@@ -124,8 +130,17 @@ def best_time(fn, runs: int) -> float:
     return best
 
 
-def numpy_single(db: np.ndarray, q: np.ndarray, k: int = 10):
+def with_norms(rows: np.ndarray, similarity: str, sd: float, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` as an unnormalised tower emits them: each scaled by exp(N(0, sd)) (cosine: unchanged)."""
+    if similarity == "cosine":
+        return rows
+    return (rows * np.exp(sd * rng.normal(size=(len(rows), 1)))).astype(np.float32)
+
+
+def numpy_single(db: np.ndarray, q: np.ndarray, k: int = 10, similarity: str = "cosine"):
     s = db @ q
+    if similarity == "euclidean":  # -||q - x||^2 ranks as 2 q.x - ||x||^2
+        s = 2 * s - np.einsum("ij,ij->i", db, db)
     top = np.argpartition(-s, k - 1)[:k]
     return top[np.argsort(-s[top])]
 
@@ -134,12 +149,14 @@ def run_main(args) -> dict:
     rng = np.random.default_rng(args.seed)
     clusters = args.clusters or max(10, args.n // 1000)
     t = time.perf_counter()
+    sim = args.similarity
     db, centres = clustered(args.n, args.dims, clusters, args.spread, rng)
     eval_q, _ = clustered(args.queries, args.dims, clusters, args.spread, rng, centres)
     tune_q, _ = clustered(args.tune_queries, args.dims, clusters, args.spread, rng, centres)
-    print(f"data: {args.n} x {args.dims}, {clusters} clusters, {time.perf_counter() - t:.1f}s", flush=True)
+    db, eval_q, tune_q = (with_norms(x, sim, args.norm_sd, rng) for x in (db, eval_q, tune_q))
+    print(f"data: {args.n} x {args.dims}, {clusters} clusters, {sim}, {time.perf_counter() - t:.1f}s", flush=True)
 
-    exact = exact_topk_chunked(db, eval_q, 10)
+    exact = exact_topk_chunked(db, eval_q, 10, similarity=sim)
     methods: dict[str, dict] = {}
     searchers: dict[str, tuple] = {}
 
@@ -147,7 +164,7 @@ def run_main(args) -> dict:
     cfg = IndexConfig(brute_force_below=0, target_recall=args.target)
     rss0 = rss_mb()
     t = time.perf_counter()
-    result = tune(db, tune_q, cfg, log=lambda m: print("  tuner:", m, flush=True))
+    result = tune(db, tune_q, cfg, log=lambda m: print("  tuner:", m, flush=True), similarity=sim)
     tune_seconds = time.perf_counter() - t
     chosen = result.chosen
     build_key = (f"tree_ah/leaves={chosen.num_leaves}/dpb={chosen.dims_per_block}"
@@ -170,7 +187,7 @@ def run_main(args) -> dict:
                           training_sample_size=min(args.n, 100_000), reorder_k=100)
         rss0 = rss_mb()
         t = time.perf_counter()
-        searcher = build_with_params(db, ref, k=10)
+        searcher = build_with_params(db, ref, k=10, similarity=sim)
         methods["hand-tuned reference"] = {"params": ref.to_dict(),
                                            "build_seconds": round(time.perf_counter() - t, 1),
                                            "rss_growth_mb": round(rss_mb() - rss0, 1)}
@@ -179,7 +196,7 @@ def run_main(args) -> dict:
     # Recall on the held-out evaluation queries (tie-aware; the id-overlap figure beside it).
     for name, (searcher, kw) in searchers.items():
         found, _ = searcher.search_batched(eval_q, final_num_neighbors=10, **kw)
-        both = both_recalls(found, exact, db, eval_q)
+        both = both_recalls(found, exact, db, eval_q, sim)
         methods[name]["recall_at_10_vs_exact"] = both["tie_aware"]
         methods[name]["recall_at_10_id_overlap"] = both["id_overlap"]
         methods[name]["serialized_mb"] = round(serialized_bytes(searcher) / 2 ** 20, 1)
@@ -193,8 +210,10 @@ def run_main(args) -> dict:
     per_query = {name: {"batched": float("inf"), "single": float("inf")} for name in methods}
     for r in range(args.rounds):
         b = per_query["numpy brute force"]
-        b["batched"] = min(b["batched"], best_time(lambda: exact_topk_chunked(db, eval_q, 10), 1) / len(eval_q))
-        b["single"] = min(b["single"], best_time(lambda: [numpy_single(db, q) for q in eval_q[:numpy_single_n]],
+        b["batched"] = min(b["batched"], best_time(lambda: exact_topk_chunked(db, eval_q, 10, similarity=sim), 1)
+                           / len(eval_q))
+        b["single"] = min(b["single"], best_time(lambda: [numpy_single(db, q, similarity=sim)
+                                                          for q in eval_q[:numpy_single_n]],
                                                  1) / numpy_single_n)
         for name, (searcher, kw) in searchers.items():
             one = {"final_num_neighbors": 10, **kw}
@@ -211,7 +230,8 @@ def run_main(args) -> dict:
                                               / per_query[name]["batched"], 1)
 
     return {"kind": "main", "date_utc": stamp, "command": " ".join(["bench/index.py"] + sys.argv[1:]),
-            "n": args.n, "dims": args.dims, "clusters": clusters, "spread": args.spread,
+            "n": args.n, "dims": args.dims, "clusters": clusters, "spread": args.spread, "similarity": sim,
+            "norm_sd": args.norm_sd if sim != "cosine" else None,
             "eval_queries": args.queries, "tune_queries": args.tune_queries, "target_recall": args.target,
             "cpus": os.cpu_count(), "platform": platform.platform(), "peak_rss_mb": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -359,6 +379,8 @@ def markdown(report: dict) -> str:
                          f"{r['tuner_choice']} |")
         return "\n".join(lines) + "\n"
     lines = [f"{report['n']:,} items x {report['dims']} dims ({report['clusters']} clusters), "
+             f"similarity {report.get('similarity', 'cosine')}"
+             + (f" (row norms log-normal, sd {report['norm_sd']})" if report.get("norm_sd") else "") + ", "
              f"{report['eval_queries']} evaluation queries, target recall@10 {report['target_recall']}; "
              f"{report['date_utc']}; `{report['command']}`", "",
              "| method | params | build s | index MB (serialized) | RSS growth MB | recall@10 (tie-aware / id "
@@ -395,6 +417,9 @@ def main(argv=None) -> int:
     ap.add_argument("--crossover", default="", help="comma-separated catalog sizes: find brute_force_below")
     ap.add_argument("--ties", type=float, default=0.0,
                     help="fraction of identical catalog rows: compare the old and new tuning measure")
+    ap.add_argument("--similarity", default="cosine", choices=["cosine", "dot", "euclidean"],
+                    help="the model's score: the distance measure and exact reference (main path only)")
+    ap.add_argument("--norm-sd", type=float, default=0.3, help="log-normal sd of row norms for dot / euclidean")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
