@@ -281,10 +281,10 @@ def write_embedding_map(config: Config, transformed_dir: str, ids: list[str], ma
 def _serving_inputs(config: Config, transformed_dir: str) -> dict:
     """The serving section's query-feature part (publishing/publish.py writes the same into the
     manifest): feature types, history length and numeric defaults, for :class:`EmbedQueryRows`."""
-    from publishing.publish import serving_section
+    from trainer.artifacts import query_inputs
 
     stats = json.loads(storage.read_text(storage.join(transformed_dir, names.TRANSFORM_STATS_FILE)))
-    section = serving_section(config, {}, stats)
+    section = query_inputs(config.schema, stats)
     return {"query_features": section["query_features"], "defaults": section["defaults"]}
 
 

@@ -40,7 +40,7 @@ from core.records import ITEM_KEY
 from indexer.build import ITEM_IDS, METRICS, SCANN_DIR
 from indexer.embeddings import load_embeddings
 from publishing.gate import decide
-from trainer.artifacts import query_feature_default
+from trainer.artifacts import query_inputs
 from trainer.warm_start import WARM_DIR
 from indexer.store import StoreError, VersionStore, utc_now
 
@@ -125,16 +125,8 @@ def serving_section(config: Config, index_metrics: dict, stats: dict | None = No
     """What the query service needs to turn a request into tower inputs (``stats``: the
     transform's stats.json, for the numeric defaults)."""
     schema = config.schema
-    key_type = next(f.type for f in schema.query_features if f.name == schema.query_key)
-
-    def described(f):
-        return {"name": f.name, "type": f.type, **({"max_length": f.max_length} if f.type == "history" else {})}
-
     return {
-        "query_key": schema.query_key,
-        "query_key_type": key_type,
-        "query_features": [described(f) for f in schema.query_features],
-        "defaults": {f.name: query_feature_default(f, stats or {}) for f in schema.query_features},
+        **query_inputs(schema, stats),
         "display_fields": list(schema.display_fields),
         "index_kind": index_metrics.get("kind"),
         "reorder_k": (index_metrics.get("params") or {}).get("reorder_k"),

@@ -235,6 +235,21 @@ def query_feature_default(spec, stats: dict):
     return ""
 
 
+def query_inputs(schema, stats: dict | None = None) -> dict:
+    """The query-feature part of the manifest's ``serving`` section (publishing/publish.py) and
+    of the embed stage's query-vector branch (indexer/embed.py): the key, its type, every query
+    feature described (type, a history's ``max_length``) and its request default."""
+    def described(f):
+        return {"name": f.name, "type": f.type, **({"max_length": f.max_length} if f.type == "history" else {})}
+
+    return {
+        "query_key": schema.query_key,
+        "query_key_type": next(f.type for f in schema.query_features if f.name == schema.query_key),
+        "query_features": [described(f) for f in schema.query_features],
+        "defaults": {f.name: query_feature_default(f, stats or {}) for f in schema.query_features},
+    }
+
+
 def read_seen(transformed_dir: "str | TransformedData") -> dict[str, dict[str, list[str]]]:
     """``seen.jsonl`` as ``{key: {"train": [...], "valid": [...], "test": [...]}}``."""
     return TransformedData.of(transformed_dir).seen
