@@ -15,14 +15,14 @@ DESIGN_PINS = {  # the verified set in docs/DESIGN.md
 }
 
 
-def _pins() -> dict[str, str]:
+def _pins(filename: str = "requirements.txt") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
+    for line in (REPO / filename).read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         name, sep, version = line.partition("==")
-        assert sep, f"requirements.txt: {line!r} is not pinned with =="
+        assert sep, f"{filename}: {line!r} is not pinned with =="
         pins[name.lower().replace("_", "-")] = version
     return pins
 
@@ -34,12 +34,14 @@ def test_design_versions_are_pinned():
 
 
 def test_environment_matches_the_pins():
-    mismatched = {}
-    for name, version in _pins().items():
-        installed = metadata.version(name)
-        if installed != version:
-            mismatched[name] = (version, installed)
-    assert not mismatched, f"installed packages differ from requirements.txt: {mismatched}"
+    # requirements-encoder.txt: installed with --no-deps beside requirements.txt (the Makefile).
+    for filename in ("requirements.txt", "requirements-encoder.txt"):
+        mismatched = {}
+        for name, version in _pins(filename).items():
+            installed = metadata.version(name)
+            if installed != version:
+                mismatched[name] = (version, installed)
+        assert not mismatched, f"installed packages differ from {filename}: {mismatched}"
 
 
 def test_console_script_is_declared():
