@@ -29,10 +29,14 @@ ITEM_KEY = "item_id"
 USER_KEY = "user_id"
 WEIGHT_KEY = "weight"
 
-FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric", "history"]
+FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric", "history", "embedding"]
 HistoryPooling = Literal["mean", "recency", "attention"]
 #: FeatureSpec fields that only a ``type: history`` feature takes.
 HISTORY_OPTIONS = ("max_length", "pooling", "item_embedding")
+#: FeatureSpec fields that only a ``type: embedding`` feature takes.
+EMBEDDING_OPTIONS = ("dims",)
+#: What each type-specific option belongs to.
+TYPE_OPTIONS = {"history": HISTORY_OPTIONS, "embedding": EMBEDDING_OPTIONS}
 
 
 class ConfigError(ValueError):
@@ -52,6 +56,12 @@ class FeatureSpec(_Strict):
     builds it from the interaction log (core/history.py) as the key's latest items before each
     interaction, and the published query table carries each key's latest ones. Its own options
     (``max_length``, ``pooling``, ``item_embedding``) apply to it alone.
+
+    ``type: embedding`` is a fixed-length float vector column computed by any encoder outside the
+    towers (``dims`` floats per row; core/cleaning.py reads a list, or a JSON array or
+    whitespace / comma separated string in a CSV cell). Ingest refuses a row whose vector has
+    another length or a non-finite value; a missing one is the zero vector. The towers put a
+    linear projection to ``train.feature_dims`` above it, then the usual dense layers.
     """
 
     name: str = Field(min_length=1)
@@ -66,23 +76,29 @@ class FeatureSpec(_Strict):
     item_embedding: Literal["shared", "separate"] = Field("separate", description=(
         "history only: shared = the item tower's item-id embedding table (needs "
         "train.use_item_ids_as_features), separate = a table of its own over the same item ids"))
+    dims: Optional[int] = Field(None, ge=1, le=65536, description=(
+        "embedding only (required there): the vector's length"))
 
     @model_serializer(mode="wrap")
     def _only_own_options(self, handler):
-        # A non-history feature's dump (config JSON, golden specs) lists only name and type.
+        # A feature's dump (config JSON, golden specs) lists name, type and its own type's options.
         data = handler(self)
-        if self.type != "history":
-            for name in HISTORY_OPTIONS:
-                data.pop(name, None)
+        for kind, options in TYPE_OPTIONS.items():
+            if self.type != kind:
+                for name in options:
+                    data.pop(name, None)
         return data
 
     @model_validator(mode="after")
-    def _history_options(self) -> "FeatureSpec":
-        if self.type != "history":
-            for name in HISTORY_OPTIONS:
-                if _changed(self, name):
-                    raise ValueError(f"feature {self.name!r}: {name} only applies to type history "
-                                     f"(it is {self.type})")
+    def _type_options(self) -> "FeatureSpec":
+        for kind, options in TYPE_OPTIONS.items():
+            if self.type != kind:
+                for name in options:
+                    if _changed(self, name):
+                        raise ValueError(f"feature {self.name!r}: {name} only applies to type {kind} "
+                                         f"(it is {self.type})")
+        if self.type == "embedding" and self.dims is None:
+            raise ValueError(f"feature {self.name!r}: type embedding needs dims (the vector's length)")
         return self
 
 
@@ -154,6 +170,9 @@ class SchemaConfig(_Strict):
             raise ValueError(f"query_features: at most one history feature, got {histories}")
         if histories and histories[0] == self.query_key:
             raise ValueError(f"query_key {self.query_key!r} cannot be the history feature")
+        key_type = next(f.type for f in self.query_features if f.name == self.query_key)
+        if key_type in ("numeric", "embedding"):
+            raise ValueError(f"query_key {self.query_key!r} cannot be {key_type} (a key is a string)")
         if any(f.type == "history" for f in self.item_features):
             raise ValueError("item_features: type history is a query-side feature (the query key's "
                              "latest items)")

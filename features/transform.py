@@ -70,7 +70,7 @@ from typing import Iterable, Optional
 from core import cleaning, history, storage
 from core.config import USER_KEY, Config, FeatureSpec, SchemaConfig
 from core.contracts import files as contract
-from core.records import ITEM_KEY, WEIGHT_KEY, encode_example, interaction_specs, item_specs
+from core.records import ITEM_KEY, WEIGHT_KEY, encode_example, interaction_specs, is_float, item_specs
 from core.text import tokenize
 from features.errors import TransformError
 
@@ -228,12 +228,12 @@ def _parquet_columns(path: str) -> list[str]:
 def clean_value(spec: FeatureSpec, value: object):
     """One raw cell -> its cleaned form (core/cleaning.py: str, or float with NaN for a
     missing numeric)."""
-    return cleaning.clean_value(spec.type, value)
+    return cleaning.clean_value(spec.type, value, spec.dims)
 
 
 def feature_tokens(spec: FeatureSpec, value: object, max_tokens: int) -> list[str]:
-    """Vocabulary entries of one cleaned value ([] for numerics and empties)."""
-    if spec.type == "numeric" or not value:
+    """Vocabulary entries of one cleaned value ([] for numerics, embeddings and empties)."""
+    if is_float(spec) or not value:
         return []
     if spec.type == "text":
         return tokenize(value, max_tokens)
@@ -678,7 +678,7 @@ class FeatureTokensFn(beam.DoFn):
     """
 
     def __init__(self, specs: list[FeatureSpec], max_tokens: int, weight: tuple[int, int] = (1, 1)):
-        self._specs = [s for s in specs if s.type != "numeric"]
+        self._specs = [s for s in specs if not is_float(s)]
         self._max_tokens, self._weight = max_tokens, tuple(weight)
 
     def process(self, row: dict):
@@ -1091,8 +1091,8 @@ class TransformFeatures(beam.PTransform):
         # ---- vocabularies: query side from train rows, item side from the catalog,
         # item ids = whole catalog (weight 0) + train frequency
         # A history is item ids: it looks them up in the item-id vocabulary, it has none of its own.
-        query_vocab_specs = [s for s in table_specs if s.type != "numeric"]
-        item_vocab_specs = [s for s in item_feats if s.type != "numeric"]
+        query_vocab_specs = [s for s in table_specs if not is_float(s)]
+        item_vocab_specs = [s for s in item_feats if not is_float(s)]
         # Weights are (count, train interactions): query features count train rows; item features
         # count catalog items, and id-typed ones also their train rows (for the coverage record).
         item_id_specs = [s for s in item_vocab_specs if s.type == "id"]

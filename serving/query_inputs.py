@@ -12,7 +12,7 @@ default). ``tests/unit/core/test_cleaning.py`` checks that both paths give ident
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Collection, Optional, Sequence
 
 import numpy as np
@@ -100,9 +100,29 @@ def string(name: str, feature_type: str, value) -> str:
     return cleaning.clean_value(feature_type, value)
 
 
-def feature_input(name: str, feature_type: str, value, default=None):
+def vector(name: str, value, dims: Optional[int]) -> list[float]:
+    """An embedding feature -> ``dims`` floats; null is the zero vector (ingest's missing one).
+
+    Raises:
+        RequestError: not a JSON list of ``dims`` finite float32 numbers.
+    """
+    if dims is None:
+        raise RequestError(f"feature {name!r}: the version publishes no dims for this embedding")
+    if value is not None and not isinstance(value, list):
+        raise RequestError(f"feature {name!r} must be a list of {dims} numbers, got {type(value).__name__}")
+    if value is not None and any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise RequestError(f"feature {name!r} must be a list of {dims} numbers")
+    try:
+        return cleaning.clean_embedding(value, dims)
+    except cleaning.NotAVector as err:
+        raise RequestError(f"feature {name!r}: {err}") from None
+
+
+def feature_input(name: str, feature_type: str, value, default=None, dims: Optional[int] = None):
     """One non-history query feature as a request gives it -> the tower's input: a float for a
-    numeric (``default`` when missing), else a cleaned string."""
+    numeric (``default`` when missing), ``dims`` floats for an embedding, else a cleaned string."""
+    if feature_type == "embedding":
+        return vector(name, value, dims)
     if feature_type == "numeric":
         return number(name, value, default)
     return string(name, feature_type, value)
@@ -120,6 +140,7 @@ class TowerInputs:
         defaults: the manifest's serving defaults (feature -> its value when missing).
         history_name / history_length: the history feature and its max_length (None / 0: none).
         catalog: the item ids a history keeps (others are ignored and counted).
+        vector_dims: embedding feature name -> its dims.
     """
 
     input_names: tuple
@@ -128,6 +149,7 @@ class TowerInputs:
     history_name: Optional[str]
     history_length: int
     catalog: Collection[str]
+    vector_dims: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, serving: dict, input_names: Sequence[str], catalog: Collection[str]) -> "TowerInputs":
@@ -135,7 +157,8 @@ class TowerInputs:
         spec = next((f for f in serving["query_features"] if f["type"] == "history"), None)
         return cls(tuple(input_names), {f["name"]: f["type"] for f in serving["query_features"]},
                    dict(serving.get("defaults") or {}), spec["name"] if spec else None,
-                   int(spec.get("max_length", 20)) if spec else 0, catalog)
+                   int(spec.get("max_length", 20)) if spec else 0, catalog,
+                   {f["name"]: int(f["dims"]) for f in serving["query_features"] if f["type"] == "embedding"})
 
     def history_input(self, base: list, clicks: Optional[list]) -> tuple[str, dict, frozenset]:
         """(the tower's history string, {"used", "ignored", "cut"}, the ids as given): ``base``
@@ -167,5 +190,6 @@ class TowerInputs:
             if name == self.history_name:
                 out[name], note, given = self.history_input(history_items(f"feature {name!r}", value), clicks)
             else:
-                out[name] = feature_input(name, feature_type or "id", value, self.defaults.get(name))
+                out[name] = feature_input(name, feature_type or "id", value, self.defaults.get(name),
+                                          self.vector_dims.get(name))
         return out, note, given
