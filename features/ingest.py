@@ -913,7 +913,7 @@ def _validate_all(config: Config, files: dict[str, str], local_root: str, shown_
 
 def _validate_items(path: str, shown: str, config: Config) -> _Table:
     """items.*: item_id + every item feature (+ display-only columns, carried as strings)."""
-    return _validate_keyed_table(path, shown, "items", ITEM_KEY, config.schema.item_features,
+    return _validate_keyed_table(path, shown, "items", ITEM_KEY, config.schema.table_item_features,
                                  display_fields=config.schema.display_fields)
 
 

@@ -128,6 +128,19 @@ def feature_input(name: str, feature_type: str, value, default=None, dims: Optio
     return string(name, feature_type, value)
 
 
+def _checked_encoder(feature: dict):
+    """The loaded encoder of a manifest's computed embedding, if its folder's checksum is the
+    published one."""
+    from core.sentence_encoder import load_encoder
+
+    model = load_encoder(feature["encoder"])
+    if feature.get("checksum") and model.checksum != feature["checksum"]:
+        raise ValueError(f"feature {feature['name']!r}: encoder {feature['encoder']!r} at {model.folder} has "
+                         f"checksum {model.checksum[:12]}..., the version was trained with "
+                         f"{feature['checksum'][:12]}...: install the same model")
+    return model
+
+
 @dataclass(frozen=True)
 class TowerInputs:
     """How a version's query tower takes its inputs: what the query service builds every
@@ -141,6 +154,8 @@ class TowerInputs:
         history_name / history_length: the history feature and its max_length (None / 0: none).
         catalog: the item ids a history keeps (others are ignored and counted).
         vector_dims: embedding feature name -> its dims.
+        derived: computed embedding name -> (its source feature names, its loaded encoder): built
+            from the request's cleaned source values when the request does not carry the vector.
     """
 
     input_names: tuple
@@ -150,15 +165,23 @@ class TowerInputs:
     history_length: int
     catalog: Collection[str]
     vector_dims: dict = field(default_factory=dict)
+    derived: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, serving: dict, input_names: Sequence[str], catalog: Collection[str]) -> "TowerInputs":
-        """From a manifest's ``serving`` section (publishing/publish.py's serving_section)."""
+        """From a manifest's ``serving`` section (publishing/publish.py's serving_section); each
+        computed embedding's encoder is loaded and checked against the published checksum.
+
+        Raises:
+            ValueError: an encoder's model folder is not the one the version was trained with.
+        """
         spec = next((f for f in serving["query_features"] if f["type"] == "history"), None)
         return cls(tuple(input_names), {f["name"]: f["type"] for f in serving["query_features"]},
                    dict(serving.get("defaults") or {}), spec["name"] if spec else None,
                    int(spec.get("max_length", 20)) if spec else 0, catalog,
-                   {f["name"]: int(f["dims"]) for f in serving["query_features"] if f["type"] == "embedding"})
+                   {f["name"]: int(f["dims"]) for f in serving["query_features"] if f["type"] == "embedding"},
+                   {f["name"]: (tuple(f["source"]), _checked_encoder(f))
+                    for f in serving["query_features"] if f.get("source") and f["name"] in input_names})
 
     def history_input(self, base: list, clicks: Optional[list]) -> tuple[str, dict, frozenset]:
         """(the tower's history string, {"used", "ignored", "cut"}, the ids as given): ``base``
@@ -178,7 +201,7 @@ class TowerInputs:
         Raises:
             RequestError: a tower input missing, an unknown one, or a value of the wrong kind.
         """
-        missing = [n for n in self.input_names if n not in features]
+        missing = [n for n in self.input_names if n not in features and n not in self.derived]
         if missing:
             raise RequestError(f"missing query feature(s) {missing}; the query tower takes {list(self.input_names)}")
         extra = sorted(set(features) - set(self.input_names))
@@ -186,10 +209,18 @@ class TowerInputs:
             raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {list(self.input_names)}")
         out, note, given = {}, None, frozenset()
         for name in self.input_names:
+            if name not in features:  # a computed embedding, from its sources below
+                continue
             value, feature_type = features[name], self.feature_types.get(name)
             if name == self.history_name:
                 out[name], note, given = self.history_input(history_items(f"feature {name!r}", value), clicks)
             else:
                 out[name] = feature_input(name, feature_type or "id", value, self.defaults.get(name),
                                           self.vector_dims.get(name))
-        return out, note, given
+        for name, (source, encoder) in self.derived.items():
+            if name not in out:
+                from core.sentence_encoder import source_text
+
+                text = source_text([out.get(s, "") for s in source])
+                out[name] = encoder.encode([text])[0].astype(np.float64).tolist()
+        return {n: out[n] for n in self.input_names}, note, given

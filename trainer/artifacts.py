@@ -241,10 +241,16 @@ def query_feature_default(spec, stats: dict):
 def query_inputs(schema, stats: dict | None = None) -> dict:
     """The query-feature part of the manifest's ``serving`` section (publishing/publish.py) and
     of the embed stage's query-vector branch (indexer/embed.py): the key, its type, every query
-    feature described (type, a history's ``max_length``, an embedding's ``dims``) and its request
-    default."""
+    feature described (type, a history's ``max_length``, an embedding's ``dims``; a computed
+    embedding's ``source``, ``encoder`` and the model folder's ``checksum`` from stats.json) and its
+    request default."""
+    encoders = (stats or {}).get("encoders") or {}
+
     def described(f):
         own = {"history": {"max_length": f.max_length}, "embedding": {"dims": f.dims}}.get(f.type, {})
+        if f.computed:  # what serving encodes a request's source text with, and must verify
+            record = encoders.get(f.name) or {}
+            own.update(source=list(f.source), encoder=f.encoder, checksum=record.get("checksum"))
         return {"name": f.name, "type": f.type, **own}
 
     return {

