@@ -101,6 +101,9 @@ class FeatureSpec(_Strict):
             if self.type != kind:
                 for name in options:
                     data.pop(name, None)
+        if self.type == "embedding" and not self.source:  # read from a table: no encoder
+            data.pop("source", None)
+            data.pop("encoder", None)
         return data
 
     @model_validator(mode="after")
