@@ -77,6 +77,7 @@ def run_pipeline(work: Path, data: Path, epochs: int | None, overrides: list[str
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     log = work / "run.log"
+    work.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
         proc = subprocess.run(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started

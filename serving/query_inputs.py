@@ -201,14 +201,19 @@ class TowerInputs:
         Raises:
             RequestError: a tower input missing, an unknown one, or a value of the wrong kind.
         """
+        # Source-only features (tower: false): sent by the request, read by an encoder alone.
+        source_only = [s for source, _ in self.derived.values() for s in source if s not in self.input_names]
         missing = [n for n in self.input_names if n not in features and n not in self.derived]
+        missing += [s for name, (source, _) in self.derived.items() if name not in features
+                    for s in source if s in source_only and s not in features]
         if missing:
-            raise RequestError(f"missing query feature(s) {missing}; the query tower takes {list(self.input_names)}")
-        extra = sorted(set(features) - set(self.input_names))
+            raise RequestError(f"missing query feature(s) {missing}; the query tower takes {list(self.input_names)}"
+                               + (f" and its encoder reads {source_only}" if source_only else ""))
+        extra = sorted(set(features) - set(self.input_names) - set(source_only))
         if extra:
             raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {list(self.input_names)}")
         out, note, given = {}, None, frozenset()
-        for name in self.input_names:
+        for name in (*self.input_names, *dict.fromkeys(source_only)):
             if name not in features:  # a computed embedding, from its sources below
                 continue
             value, feature_type = features[name], self.feature_types.get(name)

@@ -438,13 +438,15 @@ def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats
 
 
 def query_input_specs(config: Config) -> list[FeatureSpec]:
-    """Raw inputs of the query tower: every declared query feature."""
-    return list(config.schema.query_features)
+    """Raw inputs of the query tower: every declared query feature but a source-only one
+    (``tower: false``)."""
+    return [s for s in config.schema.query_features if s.tower]
 
 
 def item_input_specs(config: Config) -> list[FeatureSpec]:
-    """Raw inputs of the item tower: item_id (always accepted) + the item features."""
-    return [FeatureSpec(name=ITEM_KEY, type="id"), *config.schema.item_features]
+    """Raw inputs of the item tower: item_id (always accepted) + the item features but the
+    source-only ones (``tower: false``)."""
+    return [FeatureSpec(name=ITEM_KEY, type="id"), *(s for s in config.schema.item_features if s.tower)]
 
 
 def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, TowerModel]:

@@ -25,9 +25,11 @@ def _config(data, root, **overrides):
 
     base = load_config("shop", [f"data.path={data}", f"publish.store={root / 'store'}"])
     raw = json.loads(base.to_json())
-    raw["schema"]["item_features"] = [{"name": "title", "type": "text"}, {"name": "brand", "type": "categorical"},
-                                      ITEM_TEXT]
-    raw["schema"]["query_features"] = [{"name": "query", "type": "text"}, QUERY_TEXT]
+    # brand and the query key are source-only (tower: false): read by the encoder alone; title is
+    # both a tower input and a source.
+    raw["schema"]["item_features"] = [{"name": "title", "type": "text"},
+                                      {"name": "brand", "type": "categorical", "tower": False}, ITEM_TEXT]
+    raw["schema"]["query_features"] = [{"name": "query", "type": "text", "tower": False}, QUERY_TEXT]
     raw["train"].update(n_epochs=2, max_eval_queries=0)
     raw["index"].update(eval_queries=20, tune_queries=20)
     cfg = Config.model_validate(raw)
@@ -71,7 +73,9 @@ def test_serving_encodes_a_request_with_the_same_model_and_refuses_another(encod
     from serving.query_inputs import TowerInputs
     from serving.retriever import Retriever
 
-    cfg, _, _, result = encoded_run
+    from serving.query_inputs import RequestError
+
+    cfg, root, _, result = encoded_run
     assert result["published"], result["reasons"]
     retriever = Retriever.load(cfg.publish.store)
     answer = retriever.retrieve({"query": "Red  Running SHOES!"}, k=5)
@@ -83,7 +87,17 @@ def test_serving_encodes_a_request_with_the_same_model_and_refuses_another(encod
     np.testing.assert_allclose(built["query_vec"], expected, atol=1e-6)
     # The vector may also come with the request (checked like any embedding).
     given, _, _ = inputs.build({"query": "x", "query_vec": [0.5] * 384})
-    assert given["query_vec"] == [0.5] * 384
+    assert given == {"query_vec": [0.5] * 384}
+    # tower: false: the towers take only the rest; the source-only key is still what a request sends.
+    assert list(retriever.tower.input_names) == ["query_vec"]
+    from core.contracts.files import ITEM_TOWER_DIR
+    from core.towers import Tower
+
+    assert sorted(Tower(str(root / "model" / ITEM_TOWER_DIR)).input_dtypes) == ["item_id", "text_vec", "title"]
+    with pytest.raises(RequestError, match=r"missing query feature\(s\) \['query'\]; .* its encoder reads \['query'\]"):
+        inputs.build({})
+    with pytest.raises(RequestError, match=r"unknown query feature\(s\) \['brand'\]"):
+        inputs.build({"query": "x", "brand": "Nike"})
     tampered = {**serving, "query_features": [dict(f, checksum="0" * 64) if f["name"] == "query_vec" else f
                                               for f in serving["query_features"]]}
     with pytest.raises(ValueError, match=r"feature 'query_vec': encoder 'all-MiniLM-L6-v2' .* the version was "
@@ -94,6 +108,11 @@ def test_serving_encodes_a_request_with_the_same_model_and_refuses_another(encod
 def test_a_source_must_be_a_text_feature_of_the_same_tower_and_dims_the_encoders(tmp_path):
     from features.transform import TransformError, describe_encoders
 
+    with pytest.raises(ValueError, match=r"feature 'brand' has tower: false but is no computed embedding's source"):
+        _config(tmp_path, tmp_path, **{"schema.item_features": [{"name": "title", "type": "text"},
+                                                                 {"name": "brand", "type": "categorical",
+                                                                  "tower": False}]})
+
     with pytest.raises(ValueError, match=r"feature 'query_vec' source 'title' must be a feature of the same tower"):
         _config(tmp_path, tmp_path, **{"schema.query_features": [{"name": "query", "type": "text"},
                                                                   {**QUERY_TEXT, "source": ["title"]}]})
@@ -101,3 +120,26 @@ def test_a_source_must_be_a_text_feature_of_the_same_tower_and_dims_the_encoders
                                                                       {**QUERY_TEXT, "dims": 16}]})
     with pytest.raises(TransformError, match=r"feature 'query_vec': dims 16, but its encoder .* outputs 384"):
         describe_encoders(wrong.schema)
+
+
+def test_the_query_service_answers_text_over_http_with_the_encoder(encoded_run):
+    """``twotower serve``'s QueryService on 127.0.0.1: a text query is encoded by the serving
+    process (the same answer as the in-process retriever); a request missing the encoder's source
+    is a 400 naming it, never a 500."""
+    from serving.retriever import Retriever
+    from serving.server import QueryService
+    from tests.support.http_client import FAST_POLL, retrieve
+
+    cfg, _, _, _ = encoded_run
+    service = QueryService(cfg.publish.store, port=0, poll_seconds=FAST_POLL)
+    service.start()
+    try:
+        service.wait_ready(timeout=60)
+        status, body = retrieve(service.port, {"query": "blue running shoes", "k": 5})
+        assert status == 200, body
+        expected = Retriever.load(cfg.publish.store).retrieve({"query": "blue running shoes"}, k=5)
+        assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in expected["items"]]
+        status, body = retrieve(service.port, {"features": {}, "k": 5})
+        assert status == 400 and "'query'" in body["error"], body
+    finally:
+        service.stop()
