@@ -33,8 +33,11 @@ FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric
 HistoryPooling = Literal["mean", "recency", "attention"]
 #: FeatureSpec fields that only a ``type: history`` feature takes.
 HISTORY_OPTIONS = ("max_length", "pooling", "item_embedding")
-#: FeatureSpec fields that only a ``type: embedding`` feature takes.
-EMBEDDING_OPTIONS = ("dims", "source", "encoder")
+#: FeatureSpec fields that only a ``type: embedding`` feature takes (``source`` is also a numeric's).
+EMBEDDING_OPTIONS = ("dims", "encoder")
+#: Feature types a ``source`` computes: an embedding (its sentence encoder's vector) or a numeric
+#: (the source text's word count, e.g. a query's length).
+COMPUTED_TYPES = ("embedding", "numeric")
 #: Feature types a computed embedding's ``source`` may name (their cleaned values are text).
 TEXT_SOURCE_TYPES = ("id", "categorical", "multi_categorical", "text")
 #: What each type-specific option belongs to.
@@ -59,6 +62,10 @@ class FeatureSpec(_Strict):
     interaction, and the published query table carries each key's latest ones. Its own options
     (``max_length``, ``pooling``, ``item_embedding``) apply to it alone.
 
+    A ``type: numeric`` with a ``source`` is computed too: the number of words of the source
+    features' cleaned values joined by spaces (:func:`core.sentence_encoder.word_count`), e.g. a query's
+    length; the transform computes it for training, the query service for a request.
+
     ``type: embedding`` is a fixed-length float vector column computed by any encoder outside the
     towers (``dims`` floats per row; core/cleaning.py reads a list, or a JSON array or
     whitespace / comma separated string in a CSV cell). Ingest refuses a row whose vector has
@@ -81,9 +88,10 @@ class FeatureSpec(_Strict):
     dims: Optional[int] = Field(None, ge=1, le=65536, description=(
         "embedding only (required there): the vector's length"))
     source: list[str] = Field(default_factory=list, description=(
-        "embedding only: computed, not read from a table: the sentence encoder's vector of these "
-        "features' cleaned values joined by spaces (features of the same tower; the transform "
-        "computes it for training, the query service for a request)"))
+        "embedding or numeric only: computed, not read from a table, from these features' cleaned "
+        "values joined by spaces (features of the same tower): an embedding is the sentence "
+        "encoder's vector of that text, a numeric its word count; the transform computes it for "
+        "training, the query service for a request"))
     tower: bool = Field(True, description=(
         "false = read and cleaned only as a computed embedding's source: the tower does not encode "
         "it (a frozen-encoder tower, e.g. shop-encoder-softmax.yaml); a request still sends it"))
@@ -93,8 +101,8 @@ class FeatureSpec(_Strict):
 
     @property
     def computed(self) -> bool:
-        """An embedding the pipeline computes from ``source`` (no table column of its own)."""
-        return self.type == "embedding" and bool(self.source)
+        """An embedding or numeric the pipeline computes from ``source`` (no table column of its own)."""
+        return self.type in COMPUTED_TYPES and bool(self.source)
 
     @model_serializer(mode="wrap")
     def _only_own_options(self, handler):
@@ -104,8 +112,9 @@ class FeatureSpec(_Strict):
             if self.type != kind:
                 for name in options:
                     data.pop(name, None)
-        if self.type == "embedding" and not self.source:  # read from a table: no encoder
+        if not self.computed:  # read from a table
             data.pop("source", None)
+        if self.type == "embedding" and not self.source:  # no encoder either
             data.pop("encoder", None)
         if self.tower:  # the usual case, left out of dumps
             data.pop("tower", None)
@@ -119,6 +128,9 @@ class FeatureSpec(_Strict):
                     if _changed(self, name):
                         raise ValueError(f"feature {self.name!r}: {name} only applies to type {kind} "
                                          f"(it is {self.type})")
+        if self.source and self.type not in COMPUTED_TYPES:
+            raise ValueError(f"feature {self.name!r}: source only applies to type embedding (the sentence "
+                             f"encoder's vector) or numeric (the word count) (it is {self.type})")
         if self.type == "embedding" and self.dims is None:
             raise ValueError(f"feature {self.name!r}: type embedding needs dims (the vector's length)")
         if _changed(self, "encoder") and not self.source:

@@ -248,3 +248,9 @@ def source_text(values: Sequence[object]) -> str:
     """A computed embedding's input: its source features' cleaned values, non-empty ones joined
     by spaces (a multi-categorical's ``|`` read as a space)."""
     return " ".join(str(v).replace("|", " ") for v in values if v not in (None, ""))
+
+
+def word_count(text: str) -> float:
+    """A computed numeric's value (``type: numeric`` with a ``source``): the words of its
+    :func:`source_text`, split on whitespace, e.g. a query's length. A float: numerics are."""
+    return float(len(text.split()))

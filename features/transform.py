@@ -274,10 +274,11 @@ class NormalizeFeatures(beam.PTransform):
 
 
 class EncodeSourcesFn(beam.DoFn):
-    """A batch of cleaned rows -> the same rows with every computed embedding (``specs``: type
-    embedding with a ``source``) set to its sentence encoder's vector of the row's
-    :func:`core.sentence_encoder.source_text`. The model loads once per worker (``setup``);
-    texts repeated within a batch are encoded once."""
+    """A batch of cleaned rows -> the same rows with every computed feature (``specs``: an
+    embedding or numeric with a ``source``) set from the row's
+    :func:`core.sentence_encoder.source_text`: an embedding to its sentence encoder's vector, a
+    numeric to the text's word count. Each model loads once per worker (``setup``); texts repeated
+    within a batch are encoded once."""
 
     def __init__(self, specs: list[FeatureSpec]):
         self._specs = list(specs)
@@ -286,14 +287,18 @@ class EncodeSourcesFn(beam.DoFn):
     def setup(self):
         from core.sentence_encoder import load_encoder
 
-        self._models = {s.name: load_encoder(s.encoder) for s in self._specs}
+        self._models = {s.name: load_encoder(s.encoder) for s in self._specs if s.type == "embedding"}
 
     def process(self, batch: list):
-        from core.sentence_encoder import source_text
+        from core.sentence_encoder import source_text, word_count
 
         rows = [dict(r) for r in batch]
         for spec in self._specs:
             texts = [source_text([r.get(name) for name in spec.source]) for r in rows]
+            if spec.type == "numeric":
+                for row, text in zip(rows, texts):
+                    row[spec.name] = word_count(text)
+                continue
             distinct = sorted(set(texts))
             vectors = self._models[spec.name].encode(distinct)
             by_text = {t: vectors[i].astype(np.float64).tolist() for i, t in enumerate(distinct)}
@@ -314,7 +319,8 @@ def encode_sources(rows, label: str, specs: list[FeatureSpec]):
 
 def describe_encoders(schema: SchemaConfig) -> dict:
     """``{feature: {"encoder", "folder", "checksum", "dims", "source"}}`` of every computed
-    embedding (stats.json ``encoders``: which model folder encoded the data).
+    embedding (stats.json ``encoders``: which model folder encoded the data; a computed numeric
+    has no model).
 
     Raises:
         TransformError: a feature's dims is not its encoder's output width.
@@ -323,7 +329,7 @@ def describe_encoders(schema: SchemaConfig) -> dict:
 
     out = {}
     for spec in (*schema.query_features, *schema.item_features):
-        if spec.computed:
+        if spec.computed and spec.type == "embedding":
             record = describe(spec.encoder)
             if record["dims"] != spec.dims:
                 raise TransformError(f"feature {spec.name!r}: dims {spec.dims}, but its encoder "

@@ -154,8 +154,9 @@ class TowerInputs:
         history_name / history_length: the history feature and its max_length (None / 0: none).
         catalog: the item ids a history keeps (others are ignored and counted).
         vector_dims: embedding feature name -> its dims.
-        derived: computed embedding name -> (its source feature names, its loaded encoder): built
-            from the request's cleaned source values when the request does not carry the vector.
+        derived: computed feature name -> (its source feature names, its loaded encoder, None for a
+            computed numeric: the word count): built
+            from the request's cleaned source values when the request does not carry the value.
     """
 
     input_names: tuple
@@ -180,7 +181,7 @@ class TowerInputs:
                    dict(serving.get("defaults") or {}), spec["name"] if spec else None,
                    int(spec.get("max_length", 20)) if spec else 0, catalog,
                    {f["name"]: int(f["dims"]) for f in serving["query_features"] if f["type"] == "embedding"},
-                   {f["name"]: (tuple(f["source"]), _checked_encoder(f))
+                   {f["name"]: (tuple(f["source"]), _checked_encoder(f) if f["type"] == "embedding" else None)
                     for f in serving["query_features"] if f.get("source") and f["name"] in input_names})
 
     def history_input(self, base: list, clicks: Optional[list]) -> tuple[str, dict, frozenset]:
@@ -202,10 +203,11 @@ class TowerInputs:
             RequestError: a tower input missing, an unknown one, or a value of the wrong kind.
         """
         # Source-only features (tower: false): sent by the request, read by an encoder alone.
-        source_only = [s for source, _ in self.derived.values() for s in source if s not in self.input_names]
+        source_only = list(dict.fromkeys(s for source, _ in self.derived.values() for s in source
+                                         if s not in self.input_names))
         missing = [n for n in self.input_names if n not in features and n not in self.derived]
-        missing += [s for name, (source, _) in self.derived.items() if name not in features
-                    for s in source if s in source_only and s not in features]
+        missing += list(dict.fromkeys(s for name, (source, _) in self.derived.items() if name not in features
+                                      for s in source if s in source_only and s not in features))
         if missing:
             raise RequestError(f"missing query feature(s) {missing}; the query tower takes {list(self.input_names)}"
                                + (f" and its encoder reads {source_only}" if source_only else ""))
@@ -213,7 +215,7 @@ class TowerInputs:
         if extra:
             raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {list(self.input_names)}")
         out, note, given = {}, None, frozenset()
-        for name in (*self.input_names, *dict.fromkeys(source_only)):
+        for name in (*self.input_names, *source_only):
             if name not in features:  # a computed embedding, from its sources below
                 continue
             value, feature_type = features[name], self.feature_types.get(name)
@@ -224,8 +226,9 @@ class TowerInputs:
                                           self.vector_dims.get(name))
         for name, (source, encoder) in self.derived.items():
             if name not in out:
-                from core.sentence_encoder import source_text
+                from core.sentence_encoder import source_text, word_count
 
                 text = source_text([out.get(s, "") for s in source])
-                out[name] = encoder.encode([text])[0].astype(np.float64).tolist()
+                out[name] = (word_count(text) if encoder is None  # a computed numeric
+                             else encoder.encode([text])[0].astype(np.float64).tolist())
         return {n: out[n] for n in self.input_names}, note, given

