@@ -27,11 +27,12 @@ FROM ${BEAM_BOOT_IMAGE} AS beam_boot
 FROM ${BASE_IMAGE} AS deps
 ARG ACCELERATOR=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_DEFAULT_TIMEOUT=180
-COPY requirements.txt requirements-image.txt requirements-gpu.txt build-ca.cr[t] /tmp/build/
+COPY requirements.txt requirements-image.txt requirements-gpu.txt requirements-encoder.txt build-ca.cr[t] /tmp/build/
 RUN set -e; \
     if [ -f /tmp/build/build-ca.crt ]; then export PIP_CERT=/tmp/build/build-ca.crt; fi; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install -r /tmp/build/requirements.txt -r /tmp/build/requirements-image.txt; \
+    /opt/venv/bin/pip install --no-deps -r /tmp/build/requirements-encoder.txt; \
     if [ "$ACCELERATOR" = gpu ]; then /opt/venv/bin/pip install -r /tmp/build/requirements-gpu.txt; \
     elif [ "$ACCELERATOR" != cpu ]; then echo "ACCELERATOR must be cpu or gpu, got $ACCELERATOR" >&2; exit 1; fi; \
     rm -rf /tmp/build
@@ -51,6 +52,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TWOTOWER_HEALTH_FILE=/tmp/twotower-serve.json \
+    TWOTOWER_CACHE=/opt/twotower-cache \
     PATH=/opt/venv/bin:$PATH
 
 # Dataflow workers run this same image (transform.pipeline_options.sdk_container_image defaults
@@ -70,6 +72,8 @@ RUN pip install --no-deps --no-build-isolation --no-cache-dir . \
     && install -m 0755 components/image/entrypoint.sh /usr/local/bin/twotower-entrypoint \
     && cd / && python -c "import core, datagen, features, trainer, indexer, evaluation, publishing, run_records, \
 serving, reports, ui, components, pipelines; from core.config import load_config; load_config('shop')" \
+    && python -c "from core.sentence_encoder import packaged_model_folder; packaged_model_folder()" \
+    && chmod -R a+rX /opt/twotower-cache \
     && rm -rf /opt/twotower/build /opt/twotower/*.egg-info
 
 USER twotower

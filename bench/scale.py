@@ -62,11 +62,12 @@ def generate(folder: Path, items: int, users: int, interactions: int) -> float:
     return time.perf_counter() - started
 
 
-def run_pipeline(work: Path, data: Path, epochs: int | None, overrides: list[str]) -> dict:
-    """One ``twotower run`` in a child process; returns its summary.json plus the whole run's
-    wall seconds, CPU seconds and largest process (RSS MB) from the reaped children's rusage."""
+def run_pipeline(work: Path, data: Path, epochs: int | None, overrides: list[str], config: str = str(CONFIG)) -> dict:
+    """One ``twotower run --config config`` in a child process; returns its summary.json plus the
+    whole run's wall seconds, CPU seconds and largest process (RSS MB) from the reaped children's
+    rusage."""
     runs, store = work / "runs", work / "store"
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--config", str(CONFIG),
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--config", config,
                "--set", f"data.path={data}", "--set", f"publish.store={store}",
                "--set", f"pipeline.runs_dir={runs}"]
     if epochs:
@@ -76,6 +77,7 @@ def run_pipeline(work: Path, data: Path, epochs: int | None, overrides: list[str
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     log = work / "run.log"
+    work.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
         proc = subprocess.run(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started

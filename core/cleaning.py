@@ -13,6 +13,9 @@ Per feature type (core.config.FeatureType):
 - numeric: :func:`clean_number`: a float; a number may arrive as a string (" 33 ", "1e3");
   anything else (words, "inf", "nan") raises :class:`NotANumber`.
 - history: a list of item ids, each cleaned as an id (:func:`clean_history`).
+- embedding: :func:`clean_embedding`: ``dims`` finite float32 values (a list or array, or a
+  string: a JSON array or values separated by whitespace / commas); another length or a
+  non-finite value raises :class:`NotAVector`; missing is the zero vector.
 
 Missing (None, NaN, or a string that is empty after trimming) is not an error: strings become
 "" (the vocabulary's unknown row, no tokens) and numerics NaN, which the transform fills with
@@ -43,6 +46,10 @@ _EXACT_INTEGER = 2.0 ** 53
 
 class NotANumber(ValueError):
     """A numeric feature's value is not a finite number (the message shows the value)."""
+
+
+class NotAVector(ValueError):
+    """An embedding feature's value is not ``dims`` finite numbers (the message says why)."""
 
 
 def is_missing(value: object) -> bool:
@@ -116,8 +123,58 @@ def clean_history(items: Iterable[object]) -> list[str]:
     return [clean_string(item) for item in items]
 
 
-def clean_value(feature_type: str, value: object):
-    """One raw value of a ``feature_type`` feature -> its cleaned form (see the module doc)."""
+_VECTOR_SEPARATORS = re.compile(r"[\s,]+")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def clean_embedding(value: object, dims: int) -> list[float]:
+    """An embedding value -> ``dims`` Python floats, each exactly a float32 (zeros when missing).
+
+    Raises:
+        NotAVector: another length, a value that is not a number, a non-finite one, or one
+            beyond float32's range.
+    """
+    if is_missing(value) or (isinstance(value, str) and not value.strip()):
+        return [0.0] * dims
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        parts = [p for p in _VECTOR_SEPARATORS.split(text) if p]
+        bad = next((p for p in parts if not _NUMBER.fullmatch(p)), None)
+        if bad is not None:
+            raise NotAVector(f"not a number in the vector: {bad[:40]!r}")
+        values = np.asarray([float(p) for p in parts], dtype=np.float64)
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        try:
+            values = np.asarray(value, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise NotAVector(f"not a list of numbers: {str(value)[:60]!r}") from None
+        if np.asarray(value, dtype=object).ndim != 1:
+            raise NotAVector(f"a nested list, not a vector of {dims} numbers")
+    else:
+        raise NotAVector(f"not a vector: {value!r} ({type(value).__name__})")
+    if len(values) != dims:
+        raise NotAVector(f"{len(values)} values, the feature has dims {dims}")
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) > _FLOAT32_MAX):
+        at = int(np.flatnonzero(~np.isfinite(values) | (np.abs(np.nan_to_num(values)) > _FLOAT32_MAX))[0])
+        raise NotAVector(f"value {at} is not a finite float32: {values[at]!r}")
+    return values.astype(np.float32).astype(np.float64).tolist()
+
+
+def embedding_text(values: Iterable[float]) -> str:
+    """The canonical string of a cleaned vector (ingest's parquet column): shortest spellings,
+    space separated; :func:`clean_embedding` reads it back to the same floats."""
+    return " ".join(repr(float(v)) for v in values)
+
+
+def clean_value(feature_type: str, value: object, dims: int | None = None):
+    """One raw value of a ``feature_type`` feature -> its cleaned form (see the module doc;
+    ``dims``: an embedding's length)."""
+    if feature_type == "embedding":
+        if dims is None:
+            raise ValueError("an embedding feature is cleaned with its dims")
+        return clean_embedding(value, dims)
     if feature_type == "numeric":
         return clean_number(value)
     if feature_type == "text":

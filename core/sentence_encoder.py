@@ -16,6 +16,7 @@ tokenizer runs in the calling process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -145,8 +146,9 @@ class SentenceEncoder:
         self._forward = tf.function(self._graph, input_signature=[tf.TensorSpec([None, None], tf.int32),
                                                                    tf.TensorSpec([None, None], tf.int32)])
 
-    @property
+    @functools.cached_property
     def checksum(self) -> str:
+        """:func:`folder_checksum` of the folder, read once per instance (87 MB for MiniLM)."""
         return folder_checksum(self.folder)
 
     def _graph(self, ids, mask):
@@ -206,3 +208,49 @@ class SentenceEncoder:
                 mask[n, :len(encoded[r].ids)] = 1
             out[rows] = self._forward(ids, mask).numpy()
         return out
+
+
+_LOADED: dict[str, "SentenceEncoder"] = {}
+
+
+def resolve_folder(encoder: str) -> str:
+    """A feature's ``encoder`` (core/config.py) -> its model folder: the packaged model's for
+    :data:`PACKAGED_NAME`, else the path itself, which must be a folder.
+
+    Raises:
+        EncoderError: the package is absent, or the path is not a folder.
+    """
+    if encoder == PACKAGED_NAME:
+        return packaged_model_folder()
+    if not Path(encoder).is_dir():
+        raise EncoderError(f"encoder {encoder!r}: not a model folder (a sentence-transformers folder, "
+                           f"or {PACKAGED_NAME} for the packaged one)")
+    return encoder
+
+
+def load_encoder(encoder: str) -> "SentenceEncoder":
+    """One loaded :class:`SentenceEncoder` per folder and process (Beam workers and the query
+    service load each model once)."""
+    folder = resolve_folder(encoder)
+    if folder not in _LOADED:
+        _LOADED[folder] = SentenceEncoder(folder)
+    return _LOADED[folder]
+
+
+def describe(encoder: str) -> dict:
+    """``{"encoder", "folder", "checksum", "dims"}`` of a feature's encoder, for the lineage
+    (stats.json ``encoders``) and the manifest (serving checks it before it encodes a request)."""
+    model = load_encoder(encoder)
+    return {"encoder": encoder, "folder": model.folder, "checksum": model.checksum, "dims": model.dims}
+
+
+def source_text(values: Sequence[object]) -> str:
+    """A computed embedding's input: its source features' cleaned values, non-empty ones joined
+    by spaces (a multi-categorical's ``|`` read as a space)."""
+    return " ".join(str(v).replace("|", " ") for v in values if v not in (None, ""))
+
+
+def word_count(text: str) -> float:
+    """A computed numeric's value (``type: numeric`` with a ``source``): the words of its
+    :func:`source_text`, split on whitespace, e.g. a query's length. A float: numerics are."""
+    return float(len(text.split()))

@@ -23,6 +23,8 @@
   ========== ===== ==================================================================
 
 - ``complements.csv``: ``query,item_id`` (ESCI "complement" pairs, see above).
+- ``paraphrases.csv``: ``query,category``: each category asked for in words no generated query
+  uses (datagen/shop_paraphrases.py), for judging retrieval of unseen wording; never trained on.
 
 There is no timestamp column: the transform splits this dataset by a stable hash.
 
@@ -308,6 +310,8 @@ ACCEPTANCE_QUERIES: dict[str, dict[str, str]] = {
 }
 
 _CATEGORY_BY_NAME = {c.name: c for c in CATEGORIES}
+#: The held-out paraphrased queries' file (datagen/shop_paraphrases.py).
+PARAPHRASES_FILE = "paraphrases.csv"
 _ACCESSORY_WORD = "charger for"
 _MARKETING_NOISE = ("NEW!", "(2023 Model)", "Best Seller", "- Free Shipping")
 _QUERY_NOISE_WORDS = ("buy", "online", "sale", "new", "2023")
@@ -693,7 +697,7 @@ def generate_shop(out_dir: str, products: int = 2000, queries: int = 3000, seed:
     ``products`` catalog rows and ``queries`` distinct query strings (the
     :data:`ACCEPTANCE_QUERIES` included). Returns counts:
     ``{"items", "queries", "interactions", "exact", "substitute", "irrelevant",
-    "complements", "categories"}``. Raises ValueError when the sizes are too small for the
+    "complements", "paraphrases", "categories"}``. Raises ValueError when the sizes are too small for the
     planted structure or when ``queries`` distinct queries cannot be drawn.
     """
     min_products = 10 * len(CATEGORIES)
@@ -762,6 +766,10 @@ def generate_shop(out_dir: str, products: int = 2000, queries: int = 3000, seed:
     items.to_csv(os.path.join(out_dir, "items.csv"), index=False)
     interactions.to_csv(os.path.join(out_dir, "interactions.csv"), index=False)
     complements.to_csv(os.path.join(out_dir, "complements.csv"), index=False)
+    from datagen.shop_paraphrases import paraphrase_table
+
+    paraphrases = paraphrase_table(planned)  # held out: no interaction, no training query's words
+    paraphrases.to_csv(os.path.join(out_dir, PARAPHRASES_FILE), index=False)
     counts = interactions["esci"].value_counts()
     return {
         "items": len(items),
@@ -771,5 +779,6 @@ def generate_shop(out_dir: str, products: int = 2000, queries: int = 3000, seed:
         "substitute": int(counts.get("substitute", 0)),
         "irrelevant": int(counts.get("irrelevant", 0)),
         "complements": len(complements),
+        "paraphrases": len(paraphrases),
         "categories": len(CATEGORIES),
     }

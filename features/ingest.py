@@ -844,10 +844,13 @@ def _check_id(chk: _Checker, name: str) -> pd.Series:
 
 
 def _check_feature(chk: _Checker, spec: FeatureSpec) -> pd.Series:
-    """One declared feature column -> clean values (str, or float64 for numerics).
+    """One declared feature column -> clean values (str, or float64 for numerics; an
+    embedding's canonical vector string).
 
     Missing values are not errors: the transform fills them (""/train mean).
     """
+    if spec.type == "embedding":
+        return _check_embedding(chk, spec)
     text = _as_text(chk.frame[spec.name])
     if spec.type == "numeric":
         values, _, bad = _parse_numeric(chk.frame[spec.name])
@@ -857,6 +860,27 @@ def _check_feature(chk: _Checker, spec: FeatureSpec) -> pd.Series:
         # Not a key: a missing value is allowed (the transform fills "").
         return cleaning.clean_strings(chk.frame[spec.name]).fillna("")
     return text.fillna("")  # text and multi-categorical: the transform cleans them whole
+
+
+def _check_embedding(chk: _Checker, spec: FeatureSpec) -> pd.Series:
+    """An embedding column -> each row's vector as :func:`core.cleaning.embedding_text` ("" when
+    missing: the zero vector); a row with another length or a non-finite value is a dead letter.
+    Per-row Python on purpose: a vector cell is a list or a string of ``dims`` numbers."""
+    column = chk.frame[spec.name]
+    out = np.empty(len(column), dtype=object)
+    bad = np.zeros(len(column), dtype=bool)
+    reasons = np.full(len(column), None, dtype=object)
+    for i, cell in enumerate(column.to_numpy(dtype=object)):
+        if not isinstance(cell, (list, tuple, np.ndarray)) and (cleaning.is_missing(cell) or
+                                                                 (isinstance(cell, str) and not cell.strip())):
+            out[i] = ""
+            continue
+        try:
+            out[i] = cleaning.embedding_text(cleaning.clean_embedding(cell, spec.dims))
+        except cleaning.NotAVector as err:
+            bad[i], reasons[i], out[i] = True, str(err), ""
+    chk.flag(bad, spec.name, reasons)
+    return pd.Series(out, dtype=object)
 
 
 def _require_columns(frame: pd.DataFrame, required: list[str], shown: str) -> None:
@@ -889,7 +913,7 @@ def _validate_all(config: Config, files: dict[str, str], local_root: str, shown_
 
 def _validate_items(path: str, shown: str, config: Config) -> _Table:
     """items.*: item_id + every item feature (+ display-only columns, carried as strings)."""
-    return _validate_keyed_table(path, shown, "items", ITEM_KEY, config.schema.item_features,
+    return _validate_keyed_table(path, shown, "items", ITEM_KEY, config.schema.table_item_features,
                                  display_fields=config.schema.display_fields)
 
 

@@ -67,10 +67,12 @@ import time
 import uuid
 from typing import Iterable, Optional
 
+import numpy as np
+
 from core import cleaning, history, storage
 from core.config import USER_KEY, Config, FeatureSpec, SchemaConfig
 from core.contracts import files as contract
-from core.records import ITEM_KEY, WEIGHT_KEY, encode_example, interaction_specs, item_specs
+from core.records import ITEM_KEY, WEIGHT_KEY, encode_example, interaction_specs, is_float, item_specs
 from core.text import tokenize
 from features.errors import TransformError
 
@@ -129,9 +131,10 @@ def run_transform(config: Config, ingested_dir: str, out_dir: str) -> dict:
         os.makedirs(os.path.join(out_dir, contract.VOCAB_DIR), exist_ok=True)
     temp_dir = storage.join(out_dir, f".beam-temp-{uuid.uuid4().hex}")
     rows = _parquet_rows(inputs[contract.INTERACTIONS_TABLE])
+    encoders = describe_encoders(config.schema)
     try:
         with make_transform_pipeline(config) as pipeline:
-            build_pipeline(pipeline, config, inputs, out_dir, split, temp_dir)
+            build_pipeline(pipeline, config, inputs, out_dir, split, temp_dir, encoders)
     finally:
         if storage.exists(temp_dir):
             storage.delete_tree(temp_dir)
@@ -228,12 +231,12 @@ def _parquet_columns(path: str) -> list[str]:
 def clean_value(spec: FeatureSpec, value: object):
     """One raw cell -> its cleaned form (core/cleaning.py: str, or float with NaN for a
     missing numeric)."""
-    return cleaning.clean_value(spec.type, value)
+    return cleaning.clean_value(spec.type, value, spec.dims)
 
 
 def feature_tokens(spec: FeatureSpec, value: object, max_tokens: int) -> list[str]:
-    """Vocabulary entries of one cleaned value ([] for numerics and empties)."""
-    if spec.type == "numeric" or not value:
+    """Vocabulary entries of one cleaned value ([] for numerics, embeddings and empties)."""
+    if is_float(spec) or not value:
         return []
     if spec.type == "text":
         return tokenize(value, max_tokens)
@@ -265,6 +268,74 @@ class NormalizeFeatures(beam.PTransform):
 
     def expand(self, rows):
         return rows | "Clean" >> beam.ParDo(NormalizeRowFn(self._specs, self._keep))
+
+
+# --------------------------------------------------------------------------- computed embeddings
+
+
+class EncodeSourcesFn(beam.DoFn):
+    """A batch of cleaned rows -> the same rows with every computed feature (``specs``: an
+    embedding or numeric with a ``source``) set from the row's
+    :func:`core.sentence_encoder.source_text`: an embedding to its sentence encoder's vector, a
+    numeric to the text's word count. Each model loads once per worker (``setup``); texts repeated
+    within a batch are encoded once."""
+
+    def __init__(self, specs: list[FeatureSpec]):
+        self._specs = list(specs)
+        self._models = None
+
+    def setup(self):
+        from core.sentence_encoder import load_encoder
+
+        self._models = {s.name: load_encoder(s.encoder) for s in self._specs if s.type == "embedding"}
+
+    def process(self, batch: list):
+        from core.sentence_encoder import source_text, word_count
+
+        rows = [dict(r) for r in batch]
+        for spec in self._specs:
+            texts = [source_text([r.get(name) for name in spec.source]) for r in rows]
+            if spec.type == "numeric":
+                for row, text in zip(rows, texts):
+                    row[spec.name] = word_count(text)
+                continue
+            distinct = sorted(set(texts))
+            vectors = self._models[spec.name].encode(distinct)
+            by_text = {t: vectors[i].astype(np.float64).tolist() for i, t in enumerate(distinct)}
+            for row, text in zip(rows, texts):
+                row[spec.name] = by_text[text]
+        yield from rows
+
+
+def encode_sources(rows, label: str, specs: list[FeatureSpec]):
+    """``rows`` with their computed embeddings (:class:`EncodeSourcesFn`, batches of 16-256
+    rows), or ``rows`` as is when ``specs`` is empty."""
+    if not specs:
+        return rows
+    return (rows
+            | f"{label}Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
+            | label >> beam.ParDo(EncodeSourcesFn(specs)))
+
+
+def describe_encoders(schema: SchemaConfig) -> dict:
+    """``{feature: {"encoder", "folder", "checksum", "dims", "source"}}`` of every computed
+    embedding (stats.json ``encoders``: which model folder encoded the data; a computed numeric
+    has no model).
+
+    Raises:
+        TransformError: a feature's dims is not its encoder's output width.
+    """
+    from core.sentence_encoder import describe
+
+    out = {}
+    for spec in (*schema.query_features, *schema.item_features):
+        if spec.computed and spec.type == "embedding":
+            record = describe(spec.encoder)
+            if record["dims"] != spec.dims:
+                raise TransformError(f"feature {spec.name!r}: dims {spec.dims}, but its encoder "
+                                     f"{spec.encoder!r} ({record['folder']}) outputs {record['dims']}")
+            out[spec.name] = {**record, "source": list(spec.source)}
+    return out
 
 
 # --------------------------------------------------------------------------- numeric stats
@@ -678,7 +749,7 @@ class FeatureTokensFn(beam.DoFn):
     """
 
     def __init__(self, specs: list[FeatureSpec], max_tokens: int, weight: tuple[int, int] = (1, 1)):
-        self._specs = [s for s in specs if s.type != "numeric"]
+        self._specs = [s for s in specs if not is_float(s)]
         self._max_tokens, self._weight = max_tokens, tuple(weight)
 
     def process(self, row: dict):
@@ -964,7 +1035,7 @@ class AddHistoryFn(beam.DoFn):
 
 
 def assemble_stats(_, counts: dict, numeric_query: dict, numeric_items: dict, vocab_coverage: dict,
-                   split: str) -> tuple[str, str]:
+                   split: str, encoders: Optional[dict] = None) -> tuple[str, str]:
     """``("stats.json", text)`` (sorted keys so reruns are byte-identical).
 
     ``vocab_coverage``: ``{feature: {"entries", **plan_vocab's coverage record}}``; its
@@ -974,13 +1045,16 @@ def assemble_stats(_, counts: dict, numeric_query: dict, numeric_items: dict, vo
     coverage = {f: {k: v for k, v in cov.items() if k != "entries"} for f, cov in vocab_coverage.items()}
     doc = {"numeric": {**numeric_query, **numeric_items}, "counts": counts, "split": split,
            "vocab_sizes": sizes, "vocab_coverage": coverage}
+    if encoders:
+        doc["encoders"] = encoders
     return STATS_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
 # --------------------------------------------------------------------------- the pipeline
 
 
-def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, temp_dir: str) -> None:
+def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, temp_dir: str,
+                   encoders: Optional[dict] = None) -> None:
     """Add the transform to pipeline ``p``: the I/O at the edges (reads ``inputs``, writes into
     ``out_dir``; ``temp_dir`` holds the small files' temporaries and is the caller's to remove),
     :class:`TransformFeatures` in between."""
@@ -988,7 +1062,7 @@ def build_pipeline(p, config: Config, inputs: dict, out_dir: str, split: str, te
               "interactions": p | "ReadInteractions" >> beam.io.ReadFromParquet(inputs[contract.INTERACTIONS_TABLE])}
     if uses_users_table(config.schema):
         tables["users"] = p | "ReadUsers" >> beam.io.ReadFromParquet(inputs[contract.USERS_TABLE])
-    outputs = tables | "Transform" >> TransformFeatures(config, split)
+    outputs = tables | "Transform" >> TransformFeatures(config, split, encoders)
     for name in contract.RECORD_SPLITS:
         _ = outputs[name] | f"Write[{name}]" >> _tfrecord_sink(out_dir, name)
     _ = outputs[SMALL_FILES] | "WriteSmallFiles" >> WriteTextFiles(out_dir, temp_dir)
@@ -1009,9 +1083,10 @@ class TransformFeatures(beam.PTransform):
     query_table.jsonl, items_display.jsonl, cold_items.txt and stats.json.
     """
 
-    def __init__(self, config: Config, split: str):
+    def __init__(self, config: Config, split: str, encoders: Optional[dict] = None):
         super().__init__()
-        self._config, self._split = config, split
+        #: ``encoders``: :func:`describe_encoders`'s record, written into stats.json.
+        self._config, self._split, self._encoders = config, split, dict(encoders or {})
 
     def expand(self, tables):
         config, split = self._config, self._split
@@ -1031,6 +1106,7 @@ class TransformFeatures(beam.PTransform):
                         | "DisplayLine" >> beam.Map(display_line, list(schema.display_fields))
                         | "DisplayFile" >> SortedFile(ITEMS_DISPLAY_FILE))
         items = raw_items | "NormalizeItems" >> NormalizeFeatures(catalog_specs)
+        items = encode_sources(items, "EncodeItemSources", [s for s in item_feats if s.computed])
         item_stats = items | "ItemNumericStats" >> ComputeNumericStats(item_numeric)
         items = fill_numerics(items, "FillItemNumerics", item_numeric, item_stats)
         items_written = items | "EncodeItems" >> beam.ParDo(EncodeFn(catalog_specs))
@@ -1077,6 +1153,7 @@ class TransformFeatures(beam.PTransform):
         # memory (ingest has already refused interactions of unknown items).
         if item_feats:
             rows = rows | "JoinItemFeatures" >> JoinItemFeatures(items, item_feats)
+        rows = encode_sources(rows, "EncodeQuerySources", [s for s in query_specs if s.computed])
 
         # ---- query-side numerics: train-split mean, then fill and encode by split
         train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == contract.TRAIN)
@@ -1091,8 +1168,8 @@ class TransformFeatures(beam.PTransform):
         # ---- vocabularies: query side from train rows, item side from the catalog,
         # item ids = whole catalog (weight 0) + train frequency
         # A history is item ids: it looks them up in the item-id vocabulary, it has none of its own.
-        query_vocab_specs = [s for s in table_specs if s.type != "numeric"]
-        item_vocab_specs = [s for s in item_feats if s.type != "numeric"]
+        query_vocab_specs = [s for s in table_specs if not is_float(s)]
+        item_vocab_specs = [s for s in item_feats if not is_float(s)]
         # Weights are (count, train interactions): query features count train rows; item features
         # count catalog items, and id-typed ones also their train rows (for the coverage record).
         item_id_specs = [s for s in item_vocab_specs if s.type == "id"]
@@ -1156,7 +1233,7 @@ class TransformFeatures(beam.PTransform):
                                            numeric_query=pvalue.AsSingleton(query_stats),
                                            numeric_items=pvalue.AsSingleton(item_stats),
                                            vocab_coverage=pvalue.AsDict(vocab_coverage),
-                                           split=split))
+                                           split=split, encoders=self._encoders))
         small_files = ((vocab_files, seen_file, query_file, display_file, cold_file, stats_file)
                        | "SmallFiles" >> beam.Flatten())
         return {**{name: encoded[name] for name in (*SPLITS, NEGATIVES)}, contract.ITEMS_SPLIT: items_written,

@@ -12,7 +12,7 @@ default). ``tests/unit/core/test_cleaning.py`` checks that both paths give ident
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Collection, Optional, Sequence
 
 import numpy as np
@@ -100,12 +100,45 @@ def string(name: str, feature_type: str, value) -> str:
     return cleaning.clean_value(feature_type, value)
 
 
-def feature_input(name: str, feature_type: str, value, default=None):
+def vector(name: str, value, dims: Optional[int]) -> list[float]:
+    """An embedding feature -> ``dims`` floats; null is the zero vector (ingest's missing one).
+
+    Raises:
+        RequestError: not a JSON list of ``dims`` finite float32 numbers.
+    """
+    if dims is None:
+        raise RequestError(f"feature {name!r}: the version publishes no dims for this embedding")
+    if value is not None and not isinstance(value, list):
+        raise RequestError(f"feature {name!r} must be a list of {dims} numbers, got {type(value).__name__}")
+    if value is not None and any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise RequestError(f"feature {name!r} must be a list of {dims} numbers")
+    try:
+        return cleaning.clean_embedding(value, dims)
+    except cleaning.NotAVector as err:
+        raise RequestError(f"feature {name!r}: {err}") from None
+
+
+def feature_input(name: str, feature_type: str, value, default=None, dims: Optional[int] = None):
     """One non-history query feature as a request gives it -> the tower's input: a float for a
-    numeric (``default`` when missing), else a cleaned string."""
+    numeric (``default`` when missing), ``dims`` floats for an embedding, else a cleaned string."""
+    if feature_type == "embedding":
+        return vector(name, value, dims)
     if feature_type == "numeric":
         return number(name, value, default)
     return string(name, feature_type, value)
+
+
+def _checked_encoder(feature: dict):
+    """The loaded encoder of a manifest's computed embedding, if its folder's checksum is the
+    published one."""
+    from core.sentence_encoder import load_encoder
+
+    model = load_encoder(feature["encoder"])
+    if feature.get("checksum") and model.checksum != feature["checksum"]:
+        raise ValueError(f"feature {feature['name']!r}: encoder {feature['encoder']!r} at {model.folder} has "
+                         f"checksum {model.checksum[:12]}..., the version was trained with "
+                         f"{feature['checksum'][:12]}...: install the same model")
+    return model
 
 
 @dataclass(frozen=True)
@@ -120,6 +153,10 @@ class TowerInputs:
         defaults: the manifest's serving defaults (feature -> its value when missing).
         history_name / history_length: the history feature and its max_length (None / 0: none).
         catalog: the item ids a history keeps (others are ignored and counted).
+        vector_dims: embedding feature name -> its dims.
+        derived: computed feature name -> (its source feature names, its loaded encoder, None for a
+            computed numeric: the word count): built
+            from the request's cleaned source values when the request does not carry the value.
     """
 
     input_names: tuple
@@ -128,14 +165,24 @@ class TowerInputs:
     history_name: Optional[str]
     history_length: int
     catalog: Collection[str]
+    vector_dims: dict = field(default_factory=dict)
+    derived: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, serving: dict, input_names: Sequence[str], catalog: Collection[str]) -> "TowerInputs":
-        """From a manifest's ``serving`` section (publishing/publish.py's serving_section)."""
+        """From a manifest's ``serving`` section (publishing/publish.py's serving_section); each
+        computed embedding's encoder is loaded and checked against the published checksum.
+
+        Raises:
+            ValueError: an encoder's model folder is not the one the version was trained with.
+        """
         spec = next((f for f in serving["query_features"] if f["type"] == "history"), None)
         return cls(tuple(input_names), {f["name"]: f["type"] for f in serving["query_features"]},
                    dict(serving.get("defaults") or {}), spec["name"] if spec else None,
-                   int(spec.get("max_length", 20)) if spec else 0, catalog)
+                   int(spec.get("max_length", 20)) if spec else 0, catalog,
+                   {f["name"]: int(f["dims"]) for f in serving["query_features"] if f["type"] == "embedding"},
+                   {f["name"]: (tuple(f["source"]), _checked_encoder(f) if f["type"] == "embedding" else None)
+                    for f in serving["query_features"] if f.get("source") and f["name"] in input_names})
 
     def history_input(self, base: list, clicks: Optional[list]) -> tuple[str, dict, frozenset]:
         """(the tower's history string, {"used", "ignored", "cut"}, the ids as given): ``base``
@@ -155,17 +202,33 @@ class TowerInputs:
         Raises:
             RequestError: a tower input missing, an unknown one, or a value of the wrong kind.
         """
-        missing = [n for n in self.input_names if n not in features]
+        # Source-only features (tower: false): sent by the request, read by an encoder alone.
+        source_only = list(dict.fromkeys(s for source, _ in self.derived.values() for s in source
+                                         if s not in self.input_names))
+        missing = [n for n in self.input_names if n not in features and n not in self.derived]
+        missing += list(dict.fromkeys(s for name, (source, _) in self.derived.items() if name not in features
+                                      for s in source if s in source_only and s not in features))
         if missing:
-            raise RequestError(f"missing query feature(s) {missing}; the query tower takes {list(self.input_names)}")
-        extra = sorted(set(features) - set(self.input_names))
+            raise RequestError(f"missing query feature(s) {missing}; the query tower takes {list(self.input_names)}"
+                               + (f" and its encoder reads {source_only}" if source_only else ""))
+        extra = sorted(set(features) - set(self.input_names) - set(source_only))
         if extra:
             raise RequestError(f"unknown query feature(s) {extra}; the query tower takes {list(self.input_names)}")
         out, note, given = {}, None, frozenset()
-        for name in self.input_names:
+        for name in (*self.input_names, *source_only):
+            if name not in features:  # a computed embedding, from its sources below
+                continue
             value, feature_type = features[name], self.feature_types.get(name)
             if name == self.history_name:
                 out[name], note, given = self.history_input(history_items(f"feature {name!r}", value), clicks)
             else:
-                out[name] = feature_input(name, feature_type or "id", value, self.defaults.get(name))
-        return out, note, given
+                out[name] = feature_input(name, feature_type or "id", value, self.defaults.get(name),
+                                          self.vector_dims.get(name))
+        for name, (source, encoder) in self.derived.items():
+            if name not in out:
+                from core.sentence_encoder import source_text, word_count
+
+                text = source_text([out.get(s, "") for s in source])
+                out[name] = (word_count(text) if encoder is None  # a computed numeric
+                             else encoder.encode([text])[0].astype(np.float64).tolist())
+        return {n: out[n] for n in self.input_names}, note, given

@@ -98,6 +98,9 @@ def warm(retriever: Retriever) -> dict:
         if name == retriever.history_name:
             features[name] = value if isinstance(value, list) else []
             continue
+        if retriever.feature_types.get(name) == "embedding":  # null: the zero vector
+            features[name] = value if isinstance(value, list) else None
+            continue
         numeric = retriever.feature_types.get(name) == "numeric"
         if value is None or (numeric and (isinstance(value, bool) or not isinstance(value, (int, float))
                                           or not math.isfinite(value))):

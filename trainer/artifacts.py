@@ -227,9 +227,12 @@ def numeric_stats(stats: dict, feature: str) -> tuple[float, float]:
 def query_feature_default(spec, stats: dict):
     """The raw value a query feature takes when a request does not carry it (the manifest's
     ``serving.defaults``, and ``train.anonymous_query_rate``'s stand-in): a numeric's train mean
-    (0 after scaling), an empty history, "" for every string type (the unknown row, no tokens)."""
+    (0 after scaling), an empty history, the zero vector for an embedding, "" for every string
+    type (the unknown row, no tokens)."""
     if spec.type == "history":
         return []
+    if spec.type == "embedding":
+        return [0.0] * int(spec.dims)  # ingest's missing vector
     if spec.type == "numeric":
         return float(((stats.get("numeric") or {}).get(spec.name) or {}).get("mean", 0.0))
     return ""
@@ -238,9 +241,19 @@ def query_feature_default(spec, stats: dict):
 def query_inputs(schema, stats: dict | None = None) -> dict:
     """The query-feature part of the manifest's ``serving`` section (publishing/publish.py) and
     of the embed stage's query-vector branch (indexer/embed.py): the key, its type, every query
-    feature described (type, a history's ``max_length``) and its request default."""
+    feature described (type, a history's ``max_length``, an embedding's ``dims``; a computed
+    embedding's ``source``, ``encoder`` and the model folder's ``checksum`` from stats.json) and its
+    request default."""
+    encoders = (stats or {}).get("encoders") or {}
+
     def described(f):
-        return {"name": f.name, "type": f.type, **({"max_length": f.max_length} if f.type == "history" else {})}
+        own = {"history": {"max_length": f.max_length}, "embedding": {"dims": f.dims}}.get(f.type, {})
+        if f.computed and f.type == "embedding":  # what serving encodes a request's text with, and must verify
+            record = encoders.get(f.name) or {}
+            own.update(source=list(f.source), encoder=f.encoder, checksum=record.get("checksum"))
+        elif f.computed:  # a word count of the request's source text
+            own.update(source=list(f.source))
+        return {"name": f.name, "type": f.type, **own}
 
     return {
         "query_key": schema.query_key,

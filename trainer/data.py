@@ -12,7 +12,7 @@ import numpy as np
 
 from core.config import FeatureSpec
 from core.contracts import files as names
-from core.records import is_numeric, tf_feature_description
+from core.records import is_float, tf_feature_description, value_shape
 from trainer.tfenv import import_tf
 
 tf = import_tf()
@@ -109,7 +109,7 @@ class InMemoryExamples:
         for spec in specs:
             parts = chunks[spec.name]
             columns[spec.name] = (tf.concat(parts, axis=0) if parts else
-                                  tf.zeros([0], tf.float32 if is_numeric(spec) else tf.string))
+                                  tf.zeros([0, *value_shape(spec)], tf.float32 if is_float(spec) else tf.string))
         return cls(columns)
 
     def order(self, seed: int, epoch: int) -> np.ndarray:
@@ -391,8 +391,8 @@ def read_columns(files: Sequence[str], specs: Sequence[FeatureSpec], batch_size:
                 chunks[spec.name].append(batch[spec.name].numpy())
     out: dict[str, np.ndarray] = {}
     for spec in specs:
-        if is_numeric(spec):
-            parts = chunks[spec.name] or [np.zeros(0, np.float32)]
+        if is_float(spec):
+            parts = chunks[spec.name] or [np.zeros((0, *value_shape(spec)), np.float32)]
             out[spec.name] = np.concatenate(parts).astype(np.float32)
         else:
             parts = chunks[spec.name] or [np.zeros(0, object)]

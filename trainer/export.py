@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from core.records import is_numeric
+from core.records import is_float, value_shape
 from core.towers import OUTPUT_KEY, SIGNATURE
 from trainer.features import TowerModel
 from trainer.tfenv import import_tf
@@ -21,8 +21,9 @@ tf = import_tf()
 
 
 def input_signature(tower: TowerModel) -> dict:
-    """``{name: tf.TensorSpec([None], dtype, name)}`` for the tower's raw inputs."""
-    return {s.name: tf.TensorSpec([None], tf.float32 if is_numeric(s) else tf.string, name=s.name)
+    """``{name: tf.TensorSpec([None, *shape], dtype, name)}`` for the tower's raw inputs ([None]
+    for scalars, [None, dims] for an embedding)."""
+    return {s.name: tf.TensorSpec([None, *value_shape(s)], tf.float32 if is_float(s) else tf.string, name=s.name)
             for s in tower.input_specs}
 
 
@@ -54,7 +55,7 @@ def to_tensors(tower: TowerModel, columns: Mapping[str, np.ndarray]) -> dict:
         if spec.name not in columns:
             raise KeyError(f"{tower.name}: missing input feature {spec.name!r}")
         values = columns[spec.name]
-        if is_numeric(spec):
+        if is_float(spec):
             out[spec.name] = tf.constant(np.asarray(values, dtype=np.float32))
         else:
             out[spec.name] = tf.constant([str(v) for v in values], dtype=tf.string)

@@ -269,6 +269,19 @@ class NumericEncoder(tf.keras.layers.Layer):
         return ((tf.cast(values, tf.float32) - self.mean) / self.std)[:, None]
 
 
+class EmbeddingEncoder(tf.keras.layers.Layer):
+    """embedding: [B, dims] float32 (a precomputed vector) -> [B, out_dims], a learned linear
+    projection (the tower's hidden layers come after the concatenation, as for every feature)."""
+
+    def __init__(self, dims: int, out_dims: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dims = int(dims)
+        self.projection = tf.keras.layers.Dense(int(out_dims), name="projection")
+
+    def call(self, values):
+        return self.projection(tf.reshape(tf.cast(values, tf.float32), [-1, self.dims]))
+
+
 class TowerModel(tf.keras.Model):
     """Feature encoders -> concat -> MLP -> Dense(embedding_dims) -> L2 normalise (``unit_norm``).
 
@@ -326,6 +339,10 @@ class TowerModel(tf.keras.Model):
                 fill = tf.constant(str(default))
             elif column.dtype.is_integer:  # prepared rows (trainer.step_input.look_up_columns)
                 fill = tf.cast(self.encoders[name].lookup(tf.constant([str(default)]))[0], column.dtype)
+            elif column.shape.rank == 2:  # an embedding [B, dims]: its default vector on those rows
+                out[name] = tf.where(rows[:, None], tf.broadcast_to(tf.constant(default, column.dtype),
+                                                                    tf.shape(column)), column)
+                continue
             else:
                 fill = tf.constant(default, dtype=column.dtype)
             out[name] = tf.where(rows, tf.fill(tf.shape(column), fill), column)
@@ -403,6 +420,8 @@ def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats
     if spec.type == "numeric":
         mean, std = artifacts.numeric_stats(stats, spec.name)
         return NumericEncoder(mean, std, name=name)
+    if spec.type == "embedding":
+        return EmbeddingEncoder(spec.dims, dims, name=name)
     tokens, _ = artifacts.read_vocab(transformed_dir, spec.name)
     if spec.type == "id":
         unknown = config.train.query_key_dropout if spec.name == config.schema.query_key else 0.0
@@ -419,13 +438,15 @@ def build_encoder(spec: FeatureSpec, config: Config, transformed_dir: str, stats
 
 
 def query_input_specs(config: Config) -> list[FeatureSpec]:
-    """Raw inputs of the query tower: every declared query feature."""
-    return list(config.schema.query_features)
+    """Raw inputs of the query tower: every declared query feature but a source-only one
+    (``tower: false``)."""
+    return [s for s in config.schema.query_features if s.tower]
 
 
 def item_input_specs(config: Config) -> list[FeatureSpec]:
-    """Raw inputs of the item tower: item_id (always accepted) + the item features."""
-    return [FeatureSpec(name=ITEM_KEY, type="id"), *config.schema.item_features]
+    """Raw inputs of the item tower: item_id (always accepted) + the item features but the
+    source-only ones (``tower: false``)."""
+    return [FeatureSpec(name=ITEM_KEY, type="id"), *(s for s in config.schema.item_features if s.tower)]
 
 
 def build_towers(config: Config, transformed_dir: str) -> tuple[TowerModel, TowerModel]:

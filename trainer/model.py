@@ -166,6 +166,10 @@ class TwoTowerModel(tfrs.Model):
       the explicit label-0 pairs (summed like TFRS's softmax loss, so w is relative to
       one row's softmax term).
 
+    ``loss="labelled_bce"`` (the query -> product design document's seed recipe): the softmax
+    term is left out and the loss is ``w *`` that BCE alone (positives label 1, explicit label-0
+    pairs label 0), so every batch must carry labelled negatives.
+
     Graded actions: a batch carrying ``core.records.WEIGHT_KEY`` ([B] float32 >= 0, a weighted
     schema's TFRecords) scales each row's softmax term by its weight (TFRS's ``sample_weight``,
     or ``row_weights`` of :func:`deduplicated_softmax_loss`) and its positive pair's
@@ -183,7 +187,8 @@ class TwoTowerModel(tfrs.Model):
                  negative_sampler=None, negative_samples_count: int = 0, num_hard_negatives: int = 0,
                  labelled_negative_weight: float = 0.0, dedupe_candidates: bool = False,
                  similarity: str = "cosine", mimic_weight: float = 0.0, category_feature: str = "",
-                 category_multi_valued: bool = False, category_weight: float = 0.0, **kwargs):
+                 category_multi_valued: bool = False, category_weight: float = 0.0, loss: str = "softmax",
+                 **kwargs):
         super().__init__(**kwargs)
         from core.similarity import check
 
@@ -202,6 +207,11 @@ class TwoTowerModel(tfrs.Model):
         self.negative_sampler = negative_sampler
         self.negative_samples_count = int(negative_samples_count)
         self.labelled_negative_weight = float(labelled_negative_weight)
+        if loss not in ("softmax", "labelled_bce"):
+            raise ValueError(f"train.loss must be softmax or labelled_bce, got {loss!r}")
+        if loss == "labelled_bce" and self.labelled_negative_weight <= 0.0:
+            raise ValueError("train.loss=labelled_bce needs labelled_negative_weight > 0")
+        self.loss = loss
         self.dedupe_candidates = bool(dedupe_candidates) and not num_hard_negatives
         if mimic_weight > 0.0 and (query_tower.augmented is None or item_tower.augmented is None):
             raise ValueError("mimic_weight > 0 needs an augmented vector in both towers (train.augmented_vectors)")
@@ -260,7 +270,8 @@ class TwoTowerModel(tfrs.Model):
 
     def compute_loss(self, inputs, training=False):
         """Summed softmax cross-entropy of one batch (TFRS's default reduction), plus the
-        weighted labelled-negative term when ``inputs`` carries labelled negatives; each row's
+        weighted labelled-negative term when ``inputs`` carries labelled negatives (that term
+        alone with ``loss="labelled_bce"``); each row's
         terms scaled by its ``core.records.WEIGHT_KEY`` when the batch carries one."""
         if LABELLED_NEGATIVES in inputs:
             features, negatives = inputs[POSITIVES], inputs[LABELLED_NEGATIVES]
@@ -273,6 +284,14 @@ class TwoTowerModel(tfrs.Model):
         else:
             query = self.query_tower(features, training=training)
             item = self.item_tower(features, training=training)
+            query_augmented = item_augmented = None
+        if self.loss == "labelled_bce":
+            if negatives is None:
+                raise ValueError("train.loss=labelled_bce: the batch carries no labelled negatives")
+            loss = self.labelled_negative_weight * self.labelled_negative_loss(query, item, negatives,
+                                                                                training=training,
+                                                                                positive_weights=weights)
+            return self._auxiliary_losses(loss, features, query, item, query_augmented, item_augmented, weights)
         candidates, hashed_ids, q = self.candidates(features, item, training=training)
         scored_query, scored_candidates, scored_item = query, candidates, item
         if self.similarity == "euclidean":
@@ -289,6 +308,10 @@ class TwoTowerModel(tfrs.Model):
             loss += self.labelled_negative_weight * self.labelled_negative_loss(query, item, negatives,
                                                                                 training=training,
                                                                                 positive_weights=weights)
+        return self._auxiliary_losses(loss, features, query, item, query_augmented, item_augmented, weights)
+
+    def _auxiliary_losses(self, loss, features, query, item, query_augmented, item_augmented, weights):
+        """``loss`` plus the optional mimic and category-alignment terms."""
         if self.mimic_weight > 0.0:
             # DAT's adaptive mimic: each side's augmented vector toward the other tower's output.
             loss += self.mimic_weight * (

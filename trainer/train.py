@@ -334,7 +334,7 @@ def _new_model(config, transformed_dir: str, planned_steps: int, warm, logq, sam
                           mimic_weight=t.augmented_vectors.weight if t.augmented_vectors.enabled else 0.0,
                           category_feature=t.category_alignment.feature,
                           category_multi_valued=_category_is_multi_valued(config),
-                          category_weight=t.category_alignment.weight)
+                          category_weight=t.category_alignment.weight, loss=t.loss)
     return towers, model, make_optimizer(config, planned_steps, warm.lr_scale, warm.first_step)
 
 

@@ -162,4 +162,8 @@ def load_train_inputs(config: Config, transformed_dir: str, specs: Sequence[Feat
     if negatives_files is not None and not multi_worker:
         negatives = labelled_negatives_dataset(negatives_files, specs, t.batch_size, seed=t.seed,
                                                num_parallel_calls=t.num_workers)
+        if negatives is None and t.loss == "labelled_bce":
+            raise ValueError(f"train.loss=labelled_bce trains on labelled pairs alone, but {transformed_dir} has no "
+                             f"labelled negatives ({names.NEGATIVES_SPLIT}: interactions with label 0): "
+                             f"add label-0 rows or use train.loss=softmax")
     return TrainInputs(config, specs, files, n_train, examples, streamed, negatives, negatives_files)

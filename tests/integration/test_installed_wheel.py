@@ -28,7 +28,7 @@ from tests.support.packages import PACKAGES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SHIPPED_CONFIGS = {"movielens", "movielens-history", "movielens-ids", "shop", "synth-interactions"}
+SHIPPED_CONFIGS = {"movielens", "movielens-history", "movielens-ids", "shop", "shop-encoder", "shop-encoder-bce", "shop-encoder-softmax", "synth-interactions"}
 #: What setup.py reads besides the packages (MANIFEST.in must bring them into the sdist).
 PACKAGING_FILES = ("setup.py", "MANIFEST.in", "README.md", "requirements.txt")
 #: Small enough for CI (a few thousand training examples), large enough to beat popularity.

@@ -67,7 +67,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(bad)
 
 
-SHIPPED = ["movielens", "movielens-history", "movielens-ids", "shop", "synth-interactions"]
+SHIPPED = ["movielens", "movielens-history", "movielens-ids", "shop", "shop-encoder", "shop-encoder-bce", "shop-encoder-softmax", "synth-interactions"]
 
 
 def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):

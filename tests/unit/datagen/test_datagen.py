@@ -16,6 +16,7 @@ from datagen.movielens import (
     convert_movielens,
     download_movielens,
 )
+from core.text import normalize_text
 from datagen.synth_shop import ACCEPTANCE_QUERIES, CATEGORIES, expected_category, generate_shop
 from tests.conftest import MOVIELENS_RAW
 from tests.support.movielens_raw import genre_flags, write_raw
@@ -56,6 +57,24 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path):
     other = _file_bytes(c)
     assert other["items.csv"] != _file_bytes(a)["items.csv"]
     assert other["interactions.csv"] != _file_bytes(a)["interactions.csv"]
+
+
+def test_paraphrases_share_no_content_word_with_any_query_and_name_real_categories(shop):
+    from datagen.shop_paraphrases import FUNCTION_WORDS, PARAPHRASES
+    from datagen.synth_shop import PARAPHRASES_FILE
+
+    folder, counts = shop
+    paraphrases = _read(folder, PARAPHRASES_FILE)
+    inter = _read(folder, "interactions.csv")
+    assert list(paraphrases.columns) == ["query", "category"] and len(paraphrases) == counts["paraphrases"]
+    used = {w for q in inter["query"] for w in normalize_text(q).split()}
+    for text in paraphrases["query"]:
+        assert not (set(normalize_text(text).split()) - FUNCTION_WORDS) & used, text
+    assert not set(paraphrases["query"]) & set(inter["query"])
+    assert set(paraphrases["category"]) <= {c.name for c in CATEGORIES}
+    # Most of the word list survives the filter, and every category is asked for.
+    assert len(paraphrases) >= 0.8 * sum(len(v) for v in PARAPHRASES.values())
+    assert set(paraphrases["category"]) == set(PARAPHRASES)
 
 
 def test_schema_labels_and_counts(shop):

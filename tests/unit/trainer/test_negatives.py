@@ -256,6 +256,38 @@ def test_labelled_negative_term_by_hand(tf, dedupe):
     assert both == pytest.approx(plain + 0.5 * bce, rel=1e-5)
 
 
+def test_labelled_bce_is_the_labelled_term_alone(tf):
+    """train.loss=labelled_bce (the seed recipe): no in-batch softmax, only the BCE over the
+    positives (label 1) and the labelled pairs (label 0), times labelled_negative_weight; a batch
+    without labelled negatives is refused rather than trained on positives alone."""
+    from trainer.data import LABELLED_NEGATIVES, POSITIVES
+
+    batch = _batch(tf)
+    negatives = _batch(tf, {"query": ["q0"], "item_id": ["x"]})
+    softplus = lambda z: math.log1p(math.exp(z))  # noqa: E731
+    bce = 2 * softplus(-1) + softplus(1)
+    model = _model(tf, labelled_negative_weight=2.0, loss="labelled_bce")
+    assert float(model.compute_loss({POSITIVES: batch, LABELLED_NEGATIVES: negatives})) == pytest.approx(2.0 * bce,
+                                                                                                       rel=1e-5)
+    with pytest.raises(ValueError, match="no labelled negatives"):
+        model.compute_loss(batch)
+    with pytest.raises(ValueError, match="labelled_negative_weight > 0"):
+        _model(tf, loss="labelled_bce")
+
+
+def test_labelled_bce_config_refuses_softmax_only_options():
+    from core.config import load_config
+
+    config = load_config("shop")
+    with pytest.raises(ValueError, match="needs train.labelled_negative_weight > 0"):
+        config.with_overrides({"train.loss": "labelled_bce"})
+    with pytest.raises(ValueError, match="train.hard_negatives: 5 only applies to the in-batch softmax"):
+        config.with_overrides({"train.loss": "labelled_bce", "train.labelled_negative_weight": 1.0,
+                               "train.hard_negatives": 5})
+    ok = config.with_overrides({"train.loss": "labelled_bce", "train.labelled_negative_weight": 1.0})
+    assert ok.train.loss == "labelled_bce"
+
+
 def test_labelled_negatives_push_the_pair_down(tf):
     """Train twice from the same init on the same positives; the run with the labelled
     (q0, e) pair ends with a clearly lower q0 . e (e is never a positive, so the in-batch

