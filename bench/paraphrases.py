@@ -23,7 +23,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,32 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.scale import run_pipeline  # noqa: E402
+from evaluation.paraphrases import judge_paraphrases  # noqa: E402
 
 STAGES = ("transform", "train", "evaluate", "embed", "index")
-
-
-def judge(store: str, items_csv: Path, paraphrases) -> dict:
-    """Category precision@10 / hit@1 of the live version's answers, and its latency per request."""
-    import numpy as np
-    import pandas as pd
-
-    from serving.retriever import Retriever
-
-    category = dict(pd.read_csv(items_csv, usecols=["item_id", "category"]).itertuples(index=False))
-    retriever = Retriever.load(store)
-    retriever.retrieve({"query": "warm up"}, k=10)
-    precision, hit, latencies = [], [], []
-    for text, expected in paraphrases.itertuples(index=False):
-        began = time.perf_counter()
-        answer = retriever.retrieve({"query": text}, k=10)
-        latencies.append((time.perf_counter() - began) * 1e3)
-        cats = [category.get(item["item_id"]) for item in answer["items"]]
-        precision.append(sum(c == expected for c in cats) / 10)
-        hit.append(float(bool(cats) and cats[0] == expected))
-    return {"category_precision_at_10": round(float(np.mean(precision)), 4),
-            "category_hit_at_1": round(float(np.mean(hit)), 4), "n_paraphrases": len(precision),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 3),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 3)}
 
 
 def main() -> None:
@@ -92,7 +68,7 @@ def main() -> None:
                       "stages": {s: {"seconds": summary["stage_seconds"].get(s), **(resources.get(s) or {})}
                                  for s in STAGES},
                       "run_wall_seconds": run["run_wall_seconds"],
-                      **judge(str(folder / "store"), data / "items.csv", paraphrases)}
+                      **judge_paraphrases(str(folder / "store"), str(data / "items.csv"), paraphrases)}
             runs.append(record)
             print(f"[paraphrases] seed {seed} {config}: {json.dumps(record)}", flush=True)
 
