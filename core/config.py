@@ -62,9 +62,11 @@ class FeatureSpec(_Strict):
     interaction, and the published query table carries each key's latest ones. Its own options
     (``max_length``, ``pooling``, ``item_embedding``) apply to it alone.
 
-    A ``type: numeric`` with a ``source`` is computed too: the number of words of the source
-    features' cleaned values joined by spaces (:func:`core.sentence_encoder.word_count`), e.g. a query's
-    length; the transform computes it for training, the query service for a request.
+    A ``type: numeric`` with a ``source`` is computed too (``derive``): ``word_count``, the number
+    of words of the source features' cleaned values joined by spaces
+    (:func:`core.sentence_encoder.word_count`), e.g. a query's length; or ``key_count``, the query
+    key's popularity: log(1 + its train interactions) (:func:`core.sentence_encoder.key_popularity`),
+    written to the query table for serving, 0 for a key the version never saw.
 
     ``type: embedding`` is a fixed-length float vector column computed by any encoder outside the
     towers (``dims`` floats per row; core/cleaning.py reads a list, or a JSON array or
@@ -92,6 +94,10 @@ class FeatureSpec(_Strict):
         "values joined by spaces (features of the same tower): an embedding is the sentence "
         "encoder's vector of that text, a numeric its word count; the transform computes it for "
         "training, the query service for a request"))
+    derive: Literal["word_count", "key_count"] = Field("word_count", description=(
+        "numeric with a source only: word_count = the source text's words (a query's length); "
+        "key_count = log(1 + the query key's train interactions), its popularity (source: the query "
+        "key alone; the query table carries it, an unknown key is 0)"))
     tower: bool = Field(True, description=(
         "false = read and cleaned only as a computed embedding's source: the tower does not encode "
         "it (a frozen-encoder tower, e.g. shop-encoder-softmax.yaml); a request still sends it"))
@@ -104,6 +110,11 @@ class FeatureSpec(_Strict):
         """An embedding or numeric the pipeline computes from ``source`` (no table column of its own)."""
         return self.type in COMPUTED_TYPES and bool(self.source)
 
+    @property
+    def key_count(self) -> bool:
+        """A computed numeric counting the query key's train interactions (``derive: key_count``)."""
+        return self.computed and self.type == "numeric" and self.derive == "key_count"
+
     @model_serializer(mode="wrap")
     def _only_own_options(self, handler):
         # A feature's dump (config JSON, golden specs) lists name, type and its own type's options.
@@ -114,6 +125,8 @@ class FeatureSpec(_Strict):
                     data.pop(name, None)
         if not self.computed:  # read from a table
             data.pop("source", None)
+        if not (self.computed and self.type == "numeric"):
+            data.pop("derive", None)
         if self.type == "embedding" and not self.source:  # no encoder either
             data.pop("encoder", None)
         if self.tower:  # the usual case, left out of dumps
@@ -131,6 +144,8 @@ class FeatureSpec(_Strict):
         if self.source and self.type not in COMPUTED_TYPES:
             raise ValueError(f"feature {self.name!r}: source only applies to type embedding (the sentence "
                              f"encoder's vector) or numeric (the word count) (it is {self.type})")
+        if _changed(self, "derive") and not (self.type == "numeric" and self.source):
+            raise ValueError(f"feature {self.name!r}: derive only applies to a numeric with a source")
         if self.type == "embedding" and self.dims is None:
             raise ValueError(f"feature {self.name!r}: type embedding needs dims (the vector's length)")
         if _changed(self, "encoder") and not self.source:
@@ -229,6 +244,11 @@ class SchemaConfig(_Strict):
                                      f"embedding's source, so nothing would use it")
             if not any(f.tower for f in feats) and side == "query_features":
                 raise ValueError("query_features: every one has tower: false; the query tower needs an input")
+        for f in (*self.query_features, *self.item_features):
+            if f.key_count and (
+                    f not in self.query_features or f.source != [self.query_key]):
+                raise ValueError(f"feature {f.name!r}: derive key_count counts the query key's interactions: "
+                                 f"a query feature with source [{self.query_key}]")
         if any(f.name == "item_id" for f in self.item_features):
             raise ValueError("item_features: do not declare item_id; it is the item key "
                              "(see train.use_item_ids_as_features)")

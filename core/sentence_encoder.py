@@ -254,3 +254,12 @@ def word_count(text: str) -> float:
     """A computed numeric's value (``type: numeric`` with a ``source``): the words of its
     :func:`source_text`, split on whitespace, e.g. a query's length. A float: numerics are."""
     return float(len(text.split()))
+
+
+def key_popularity(train_interactions: int) -> float:
+    """A ``derive: key_count`` numeric's value: log(1 + the key's train interactions), so a head
+    query and a tail one differ by orders of magnitude on a scale the towers' normalisation
+    handles; 0 for a key never seen in training."""
+    import math
+
+    return math.log1p(max(0, int(train_interactions)))

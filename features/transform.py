@@ -993,6 +993,15 @@ def display_line(row: dict, fields: list[str]) -> tuple[str, str]:
     return values[ITEM_KEY], json.dumps(values)
 
 
+def with_key_counts(row: dict, names: list[str], key_name: str, counts: dict) -> dict:
+    """``row`` with each ``derive: key_count`` feature in ``names`` set to its key's popularity
+    (:func:`core.sentence_encoder.key_popularity` of the key's train positives in ``counts``)."""
+    from core.sentence_encoder import key_popularity
+
+    value = key_popularity(counts.get(row[key_name], 0))
+    return {**row, **{name: value for name in names}}
+
+
 def query_line(row: dict, specs: list[FeatureSpec], key_name: str) -> tuple[str, str]:
     """Filled query row -> (key, JSON line of the query features in declaration order)."""
     values = {s.name: row[s.name] for s in specs}
@@ -1153,7 +1162,18 @@ class TransformFeatures(beam.PTransform):
         # memory (ingest has already refused interactions of unknown items).
         if item_feats:
             rows = rows | "JoinItemFeatures" >> JoinItemFeatures(items, item_feats)
-        rows = encode_sources(rows, "EncodeQuerySources", [s for s in query_specs if s.computed])
+        rows = encode_sources(rows, "EncodeQuerySources", [s for s in query_specs if s.computed and not s.key_count])
+        # Popularity features (derive: key_count): each key's train positives, on every row and
+        # in the query table (what serving looks a free-text query up in).
+        key_count_specs = [s.name for s in query_specs if s.key_count]
+        key_counts = None
+        if key_count_specs:
+            key_counts = beam.pvalue.AsDict(
+                positives
+                | "TrainPositives" >> beam.Filter(lambda r: r[SPLIT] == contract.TRAIN)
+                | "KeyOnes" >> beam.Map(lambda r: (r[KEY], 1))
+                | "KeyTrainCounts" >> beam.CombinePerKey(sum))
+            rows = rows | "RowKeyCounts" >> beam.Map(with_key_counts, key_count_specs, schema.query_key, key_counts)
 
         # ---- query-side numerics: train-split mean, then fill and encode by split
         train_rows = rows | "TrainRows" >> beam.Filter(lambda r: r[SPLIT] == contract.TRAIN)
@@ -1208,8 +1228,12 @@ class TransformFeatures(beam.PTransform):
         else:
             query_rows = interactions | "QueryRows" >> beam.Map(
                 lambda r, names=[s.name for s in table_specs]: {n: r[n] for n in names})
+        query_table_specs = [*table_specs, *(s for s in query_specs if s.key_count)]
+        if key_counts is not None:
+            query_rows = query_rows | "QueryKeyCounts" >> beam.Map(with_key_counts, key_count_specs,
+                                                                  schema.query_key, key_counts)
         query_lines = (fill_numerics(query_rows, "FillQueryTable", query_numeric, query_stats)
-                       | "QueryLine" >> beam.Map(query_line, table_specs, schema.query_key)
+                       | "QueryLine" >> beam.Map(query_line, query_table_specs, schema.query_key)
                        # Several interactions share a key: keep one deterministic line per key.
                        | "OnePerKey" >> beam.CombinePerKey(min))
         if latest is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Collection, Optional, Sequence
+from typing import Collection, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -128,6 +128,18 @@ def feature_input(name: str, feature_type: str, value, default=None, dims: Optio
     return string(name, feature_type, value)
 
 
+#: ``TowerInputs.derived``'s marker of a ``derive: key_count`` feature (a query-table lookup).
+KEY_COUNT = "key_count"
+
+
+def _derivation(feature: dict):
+    """How serving computes a manifest's computed feature: its checked encoder (an embedding),
+    :data:`KEY_COUNT` (a key's popularity) or None (a word count)."""
+    if feature["type"] == "embedding":
+        return _checked_encoder(feature)
+    return KEY_COUNT if feature.get("derive") == KEY_COUNT else None
+
+
 def _checked_encoder(feature: dict):
     """The loaded encoder of a manifest's computed embedding, if its folder's checksum is the
     published one."""
@@ -154,8 +166,8 @@ class TowerInputs:
         history_name / history_length: the history feature and its max_length (None / 0: none).
         catalog: the item ids a history keeps (others are ignored and counted).
         vector_dims: embedding feature name -> its dims.
-        derived: computed feature name -> (its source feature names, its loaded encoder, None for a
-            computed numeric: the word count): built
+        derived: computed feature name -> (its source feature names, its loaded encoder; None for a
+            word count, :data:`KEY_COUNT` for a key's popularity): built
             from the request's cleaned source values when the request does not carry the value.
     """
 
@@ -167,9 +179,13 @@ class TowerInputs:
     catalog: Collection[str]
     vector_dims: dict = field(default_factory=dict)
     derived: dict = field(default_factory=dict)
+    #: The version's query table ({key: row}): where a ``derive: key_count`` feature of a request
+    #: is looked up (a key not in it has never been seen: popularity 0).
+    query_table: Mapping = field(default_factory=dict)
 
     @classmethod
-    def of(cls, serving: dict, input_names: Sequence[str], catalog: Collection[str]) -> "TowerInputs":
+    def of(cls, serving: dict, input_names: Sequence[str], catalog: Collection[str],
+           query_table: Optional[Mapping] = None) -> "TowerInputs":
         """From a manifest's ``serving`` section (publishing/publish.py's serving_section); each
         computed embedding's encoder is loaded and checked against the published checksum.
 
@@ -181,8 +197,9 @@ class TowerInputs:
                    dict(serving.get("defaults") or {}), spec["name"] if spec else None,
                    int(spec.get("max_length", 20)) if spec else 0, catalog,
                    {f["name"]: int(f["dims"]) for f in serving["query_features"] if f["type"] == "embedding"},
-                   {f["name"]: (tuple(f["source"]), _checked_encoder(f) if f["type"] == "embedding" else None)
-                    for f in serving["query_features"] if f.get("source") and f["name"] in input_names})
+                   {f["name"]: (tuple(f["source"]), _derivation(f))
+                    for f in serving["query_features"] if f.get("source") and f["name"] in input_names},
+                   query_table if query_table is not None else {})
 
     def history_input(self, base: list, clicks: Optional[list]) -> tuple[str, dict, frozenset]:
         """(the tower's history string, {"used", "ignored", "cut"}, the ids as given): ``base``
@@ -229,6 +246,12 @@ class TowerInputs:
                 from core.sentence_encoder import source_text, word_count
 
                 text = source_text([out.get(s, "") for s in source])
-                out[name] = (word_count(text) if encoder is None  # a computed numeric
-                             else encoder.encode([text])[0].astype(np.float64).tolist())
+                if encoder == KEY_COUNT:
+                    from core.sentence_encoder import key_popularity
+
+                    row = self.query_table.get(out.get(source[0])) or {}
+                    out[name] = float(row.get(name, key_popularity(0)))
+                else:
+                    out[name] = (word_count(text) if encoder is None  # a computed numeric
+                                 else encoder.encode([text])[0].astype(np.float64).tolist())
         return {n: out[n] for n in self.input_names}, note, given

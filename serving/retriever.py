@@ -158,7 +158,7 @@ class Retriever:
         self.query_key_type: str = serving["query_key_type"]
         #: How a request's values become the tower's inputs; the embed stage builds each
         #: query-table row's precomputed vector by the same rules.
-        self.inputs = query_inputs.TowerInputs.of(serving, tower.input_names, items)
+        self.inputs = query_inputs.TowerInputs.of(serving, tower.input_names, items, query_table)
         self.feature_types: dict[str, str] = self.inputs.feature_types
         self.history_name: Optional[str] = self.inputs.history_name
         self.history_length: int = self.inputs.history_length

@@ -251,8 +251,8 @@ def query_inputs(schema, stats: dict | None = None) -> dict:
         if f.computed and f.type == "embedding":  # what serving encodes a request's text with, and must verify
             record = encoders.get(f.name) or {}
             own.update(source=list(f.source), encoder=f.encoder, checksum=record.get("checksum"))
-        elif f.computed:  # a word count of the request's source text
-            own.update(source=list(f.source))
+        elif f.computed:  # the request's source text's word count, or its key's popularity
+            own.update(source=list(f.source), derive=f.derive)
         return {"name": f.name, "type": f.type, **own}
 
     return {

