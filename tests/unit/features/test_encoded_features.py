@@ -113,6 +113,13 @@ def test_serving_encodes_a_request_with_the_same_model_and_refuses_another(encod
 def test_a_source_must_be_a_text_feature_of_the_same_tower_and_dims_the_encoders(tmp_path):
     from features.transform import TransformError, describe_encoders
 
+    with pytest.raises(ValueError, match=r"derive key_count counts the query key's interactions"):
+        _config(tmp_path, tmp_path, **{"schema.item_features": [
+            {"name": "title", "type": "text"},
+            {"name": "pop", "type": "numeric", "source": ["title"], "derive": "key_count"}]})
+    with pytest.raises(ValueError, match=r"feature 'vec': derive only applies to a numeric with a source"):
+        _config(tmp_path, tmp_path, **{"schema.query_features": [
+            {"name": "query", "type": "text"}, {**QUERY_TEXT, "name": "vec", "derive": "key_count"}]})
     with pytest.raises(ValueError, match=r"feature 'brand' has tower: false but is no computed embedding's source"):
         _config(tmp_path, tmp_path, **{"schema.item_features": [{"name": "title", "type": "text"},
                                                                  {"name": "brand", "type": "categorical",
