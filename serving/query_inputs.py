@@ -211,6 +211,20 @@ class TowerInputs:
         return history.join(kept), {"used": len(kept), "ignored": len(given) - len(known),
                                     "cut": len(known) - len(kept)}, frozenset(given)
 
+    def _derived_value(self, name: str, source: tuple, derivation, cleaned: dict):
+        """A computed feature's value from the request's ``cleaned`` source values: the key's
+        query-table popularity (:data:`KEY_COUNT`; 0 for a key the version never saw), the source
+        text's word count (None) or the encoder's vector."""
+        from core.sentence_encoder import key_popularity, source_text, word_count
+
+        if derivation == KEY_COUNT:
+            row = self.query_table.get(cleaned.get(source[0])) or {}
+            return float(row.get(name, key_popularity(0)))
+        text = source_text([cleaned.get(s, "") for s in source])
+        if derivation is None:
+            return word_count(text)
+        return derivation.encode([text])[0].astype(np.float64).tolist()
+
     def build(self, features: dict, clicks: Optional[list] = None) -> tuple[dict, Optional[dict], frozenset]:
         """(exactly the tower's inputs, each of the right kind: strings for ids / categoricals /
         text, the history joined with ``clicks`` appended; the history note or None; the
@@ -241,17 +255,7 @@ class TowerInputs:
             else:
                 out[name] = feature_input(name, feature_type or "id", value, self.defaults.get(name),
                                           self.vector_dims.get(name))
-        for name, (source, encoder) in self.derived.items():
+        for name, (source, derivation) in self.derived.items():
             if name not in out:
-                from core.sentence_encoder import source_text, word_count
-
-                text = source_text([out.get(s, "") for s in source])
-                if encoder == KEY_COUNT:
-                    from core.sentence_encoder import key_popularity
-
-                    row = self.query_table.get(out.get(source[0])) or {}
-                    out[name] = float(row.get(name, key_popularity(0)))
-                else:
-                    out[name] = (word_count(text) if encoder is None  # a computed numeric
-                                 else encoder.encode([text])[0].astype(np.float64).tolist())
+                out[name] = self._derived_value(name, source, derivation, out)
         return {n: out[n] for n in self.input_names}, note, given
