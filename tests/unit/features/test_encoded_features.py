@@ -202,3 +202,46 @@ def test_a_key_count_is_the_key_s_train_popularity_in_training_the_query_table_a
     head = counts.most_common(1)[0][0]
     built, _, _ = inputs.build({"query": head})
     assert built["query_popularity"] == pytest.approx(math.log1p(counts[head])) and counts[head] >= 2
+
+
+def test_each_distinct_query_text_is_encoded_once_and_every_row_gets_its_vector():
+    """The query side encodes distinct texts, not rows: 60 interaction rows of 3 queries (one
+    empty) cost 3 encodes, and each row carries its own query's vector."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.util import assert_that
+
+    from core.config import FeatureSpec
+    from core.sentence_encoder import load_encoder
+    from features.transform import EncodeDistinctSources
+
+    specs = [FeatureSpec.model_validate(QUERY_TEXT), FeatureSpec.model_validate(QUERY_LENGTH)]
+    queries = ["red running shoes", "", "wool winter hat"]
+    rows = [{"query": queries[i % 3], "item_id": f"p{i}"} for i in range(60)]
+    expected = dict(zip(queries, load_encoder("all-MiniLM-L6-v2").encode(queries)))
+
+    def check(out):
+        assert sorted(r["item_id"] for r in out) == sorted(r["item_id"] for r in rows)
+        for r in out:
+            np.testing.assert_allclose(r["query_vec"], expected[r["query"]], atol=1e-5)
+            assert r["query_length"] == len(r["query"].split())
+
+    pipeline = beam.Pipeline()
+    out = pipeline | beam.Create(rows) | EncodeDistinctSources(specs)
+    assert_that(out, check)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("encoded_texts"))["counters"]
+    assert sum(c.committed for c in counters) == 3
+
+
+def test_the_training_rows_carry_their_query_s_encoding(encoded_run):
+    from core.records import interaction_specs
+    from core.sentence_encoder import load_encoder
+
+    cfg, root, _, _ = encoded_run
+    files = sorted(glob.glob(str(root / "transformed" / "valid-*.tfrecord")))
+    rows = [decode_example(r.numpy(), interaction_specs(cfg.schema)) for r in tf.data.TFRecordDataset(files)]
+    model = load_encoder("all-MiniLM-L6-v2")
+    assert len({r["query"] for r in rows}) >= 5
+    np.testing.assert_allclose([r["query_vec"] for r in rows], model.encode([r["query"] for r in rows]), atol=1e-5)
