@@ -62,7 +62,7 @@ def encode_example(values: Mapping[str, object], specs: Iterable[FeatureSpec]) -
     for spec in specs:
         value = values[spec.name]
         if spec.type == "embedding":
-            feats[spec.name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=list(value)))
+            feats[spec.name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=value))
         elif is_numeric(spec):
             feats[spec.name] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(value)]))
         else:
