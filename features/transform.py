@@ -296,8 +296,8 @@ def _with_word_counts(row: dict, specs: list[FeatureSpec]) -> dict:
     """``row`` with every computed numeric in ``specs`` set to its source text's word count."""
     from core.sentence_encoder import word_count
 
-    counts = _source_texts(row, specs)
-    return {**row, **{spec.name: word_count(text) for spec, text in zip(specs, counts)}}
+    texts = _source_texts(row, specs)
+    return {**row, **{spec.name: word_count(text) for spec, text in zip(specs, texts)}}
 
 
 class _EncoderDoFn(beam.DoFn):
